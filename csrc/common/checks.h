@@ -1,0 +1,67 @@
+// Argument validation and shape arithmetic shared by every backend (CPU, CUDA, SIMT emulator).
+// Every public op calls one of the check_* functions before touching memory, so a bad call gets
+// the same Python exception whichever backend runs it:
+//   RuntimeError (TORCH_CHECK) for shape/parameter/device problems, as torch.nn.functional does;
+//   TypeError (TORCH_CHECK_TYPE) for unsupported dtypes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+
+namespace fastconv {
+
+using DTypes = std::initializer_list<c10::ScalarType>;
+
+// All sizes of one conv2d call. Input (N,C,H,W), weight (K,C/groups,R,S), output (N,K,P,Q).
+struct Conv2dShape {
+  int64_t N, C, H, W;
+  int64_t K, R, S;
+  int64_t P, Q;
+  int64_t groups;
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t Cg() const { return C / groups; }  // input channels per group
+  int64_t Kg() const { return K / groups; }  // output channels per group
+};
+
+// Sizes of one max_pool2d call. Input (N,C,H,W), output and indices (N,C,P,Q).
+struct Pool2dShape {
+  int64_t N, C, H, W;
+  int64_t P, Q;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+// Output length of a convolution / pooling window sweep along one axis (floor mode); may be < 1
+// for an invalid call, which the checks reject.
+int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);
+// PyTorch's pooling output length, with ceil_mode and its "last window must start inside the
+// input or left padding" rule.
+int64_t pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil, bool ceil_mode);
+
+Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                         DTypes dtypes);
+
+// check_conv2d on (input, weight) plus: grad_output has the output's shape, dtype and device.
+Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& weight, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  int64_t groups, DTypes dtypes);
+
+Pool2dShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes);
+
+// grad_output (N,C,P,Q) and int64 indices of the same shape; input_size = (H, W).
+Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                                      at::IntArrayRef input_size, DTypes dtypes);
+
+// relu / relu_: any shape; relu_ additionally rejects inputs whose elements overlap in memory.
+void check_relu(const char* op, const at::Tensor& input, DTypes dtypes, bool inplace);
+void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result, DTypes dtypes);
+
+}  // namespace fastconv

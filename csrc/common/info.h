@@ -1,0 +1,13 @@
+// Build and run-time facts reported to Python (fastconv.info()).
+#pragma once
+#include <string>
+
+namespace fastconv {
+// JSON object: version, compiled backends, CUDA architectures, the CPU ISA in use.
+std::string info_json();
+// Select the CPU micro-kernel ISA ("auto", "avx512", "avx2", "generic"); returns the ISA now in
+// use. Raises if the machine cannot run the requested one. Used by tests to cover every path.
+std::string set_cpu_isa(std::string isa);
+// The CPU ISA in use ("avx512", "avx2" or "generic").
+const char* cpu_isa_name();
+}  // namespace fastconv

@@ -1,0 +1,178 @@
+// conv2d forward and backward on the CPU, as GEMMs over implicit im2col matrices (cpu/im2col.h)
+// driven by the blocked GEMM of cpu/gemm.h. Per image n and group g, with CRS = Cg*R*S, PQ = P*Q:
+//   forward:      y[Kg x PQ]    = W[Kg x CRS] * col[CRS x PQ]                 (+ bias)
+//   input grad:   colgrad[CRS x PQ] = W^T * dy[Kg x PQ], then col2im adds it into dx
+//   weight grad:  dW^T[CRS x Kg] += col[CRS x PQ] * dy^T[PQ x Kg]   (summed over n)
+// All reductions run in a fixed order independent of the thread count, so results are
+// deterministic and reproducible.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "common/checks.h"
+#include "cpu/gemm.h"
+#include "cpu/im2col.h"
+
+namespace fastconv {
+namespace cpu {
+namespace {
+
+constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
+constexpr int64_t kColumnTile = kNC;  // output pixels per forward / input-grad task
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T>
+void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
+  const Im2colGeometry geo(s);
+  const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t tiles = ceil_div(PQ, kColumnTile);
+  at::parallel_for(0, s.N * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t = task % tiles, ng = task / tiles, g = ng % s.groups, n = ng / s.groups;
+      const int64_t j0 = t * kColumnTile, nc = std::min(kColumnTile, PQ - j0);
+      const T* xg = x + (n * s.C + g * Cg) * HW;
+      T* yg = y + (n * s.K + g * Kg) * PQ + j0;
+      gemm<T>(Kg, nc, CRS, StridedMatrix<T>{w + g * Kg * CRS, CRS, 1}, Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1,
+              false);
+      if (bias)
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T b = bias[g * Kg + k];
+          T* row = yg + k * PQ;
+          for (int64_t j = 0; j < nc; ++j) row[j] += b;
+        }
+    }
+  });
+}
+
+// Input gradient. Tasks own disjoint channel blocks of dx (col2im of rows of channel c only
+// touches input plane c), so no two tasks write the same element.
+template <typename T>
+void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+  const Im2colGeometry geo(s);
+  const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t cb = std::min<int64_t>(Cg, std::max<int64_t>(1, 256 / RS));  // channels per task
+  const int64_t cblocks = ceil_div(Cg, cb);
+  at::parallel_for(0, s.N * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<T> col_scratch;
+    T* col = col_scratch.get(cb * RS * kColumnTile);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task % cblocks, ng = task / cblocks, g = ng % s.groups, n = ng / s.groups;
+      const int64_t c0 = b * cb, cn = std::min(cb, Cg - c0), rows = cn * RS;
+      T* dxg = dx + (n * s.C + g * Cg) * HW;
+      std::fill(dxg + c0 * HW, dxg + (c0 + cn) * HW, T(0));
+      const T* dyg = dy + (n * s.K + g * Kg) * PQ;
+      const T* wg = w + g * Kg * CRS + c0 * RS;  // A(i=crs, k) = W[k][c0*RS + i]
+      for (int64_t j0 = 0; j0 < PQ; j0 += kColumnTile) {
+        const int64_t nc = std::min(kColumnTile, PQ - j0);
+        gemm<T>(rows, nc, Kg, StridedMatrix<T>{wg, 1, CRS}, StridedMatrix<T>{dyg + j0, 1, PQ}, col, nc, 1,
+                false);
+        for (int64_t i = 0; i < rows; ++i) geo.add_row(dxg, c0 * RS + i, j0, nc, col + i * nc, 1);
+      }
+    }
+  });
+}
+
+// Weight gradient. Tasks own disjoint row blocks of dW^T; the sum over images is split into a
+// number of partial sums fixed by the shape (not by the thread count), added in order at the end.
+template <typename T>
+void conv2d_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+  const Im2colGeometry geo(s);
+  const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // rows per task
+  const int64_t rblocks = ceil_div(CRS, rb);
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * rblocks)));
+  const int64_t wsize = s.K * CRS;
+  // Partial sum 0 is dw itself; others live in a scratch tensor.
+  std::vector<T> partial(size_t((splits - 1) * wsize));
+  at::parallel_for(0, splits * s.groups * rblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task % rblocks, rest = task / rblocks, g = rest % s.groups, sp = rest / s.groups;
+      const int64_t r0 = b * rb, rows = std::min(rb, CRS - r0);
+      const int64_t n0 = sp * s.N / splits, n1 = (sp + 1) * s.N / splits;
+      T* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + r0;
+      if (n0 == n1) {
+        for (int64_t k = 0; k < Kg; ++k) std::fill(out + k * CRS, out + k * CRS + rows, T(0));
+        continue;
+      }
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* xg = x + (n * s.C + g * Cg) * HW;
+        const T* dyg = dy + (n * s.K + g * Kg) * PQ;
+        // C(i = crs - r0, j = k) at dw[k*CRS + crs].
+        gemm<T>(rows, Kg, PQ, Im2colAsA<T>{geo, xg, r0, r0 + rows}, StridedMatrix<T>{dyg, PQ, 1}, out, 1, CRS,
+                n > n0);
+      }
+    }
+  });
+  for (int64_t sp = 1; sp < splits; ++sp) {
+    const T* p = partial.data() + (sp - 1) * wsize;
+    at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dw[i] += p[i];
+    });
+  }
+}
+
+template <typename T>
+void conv2d_backward_bias(const T* dy, T* db, const Conv2dShape& s) {
+  using Acc = double;
+  const int64_t PQ = s.P * s.Q;
+  at::parallel_for(0, s.K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      Acc sum = 0;
+      for (int64_t n = 0; n < s.N; ++n) {
+        const T* row = dy + (n * s.K + k) * PQ;
+        for (int64_t j = 0; j < PQ; ++j) sum += row[j];
+      }
+      db[k] = T(sum);
+    }
+  });
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kCpuTypes);
+  at::Tensor x = input.contiguous(), w = weight.contiguous();
+  at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options());
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_cpu", [&] {
+    conv2d_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const Conv2dShape s =
+      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
+  at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  at::Tensor none = at::empty({0}, input.options());
+  at::Tensor dx = output_mask[0] ? at::empty(input.sizes(), input.options()) : none;
+  at::Tensor dw = output_mask[1] ? at::empty(weight.sizes(), weight.options()) : none;
+  at::Tensor db = output_mask[2] ? at::empty({s.K}, weight.options()) : none;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_backward_cpu", [&] {
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    if (output_mask[0] && dx.numel() > 0)
+      conv2d_backward_input<scalar_t>(dyp, w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s);
+    if (output_mask[1]) conv2d_backward_weight<scalar_t>(dyp, x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), s);
+    if (output_mask[2]) conv2d_backward_bias<scalar_t>(dyp, db.mutable_data_ptr<scalar_t>(), s);
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastconv
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("conv2d", &fastconv::cpu::conv2d_cpu);
+  m.impl("conv2d_backward", &fastconv::cpu::conv2d_backward_cpu);
+}

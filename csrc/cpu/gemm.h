@@ -1,0 +1,127 @@
+// A blocked GEMM for the CPU kernels: C (=|+=) A * B, where A (M x K) and B (K x N) are never
+// read directly but through *packers*, so the same driver serves plain matrices and matrices that
+// exist only implicitly (im2col of an image, read straight from the input while packing).
+//
+// Packed layouts (the micro-kernel's contract):
+//   A: ceil(mc/MR) panels; panel p holds rows [p*MR, p*MR+MR) as kc groups of MR values
+//      (element (i, k) at panel[k*MR + i]); rows past mc are zero.
+//   B: ceil(nc/NR) panels; panel q holds columns [q*NR, q*NR+NR) as kc groups of NR values
+//      (element (k, j) at panel[k*NR + j]); columns past nc are zero.
+// A packer is a callable  pack(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width)
+// that writes the panels for rows (A) or columns (B) [x0, x0+xn) and depth [k0, k0+kc).
+// C is addressed with general strides: element (i, j) at C[i*rsc + j*csc].
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace fastconv {
+namespace cpu {
+
+template <typename T>
+using MicroKernelFn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, int64_t csc,
+                               bool accumulate, int m, int n);
+
+template <typename T>
+struct MicroKernel {
+  int mr, nr;
+  MicroKernelFn<T> fn;
+};
+
+// The micro-kernel for the ISA selected at run time (fastconv::set_cpu_isa / FASTCONV_CPU_ISA).
+template <typename T>
+MicroKernel<T> micro_kernel();
+
+// Cache blocking: a B panel (KC x NR) stays in L1, an A block (MC x KC) in L2.
+constexpr int64_t kKC = 256;
+constexpr int64_t kMCTarget = 96;
+constexpr int64_t kNC = 384;
+
+// A grow-only 64-byte-aligned scratch buffer; one per thread per use, reused across calls.
+template <typename T>
+class Scratch {
+ public:
+  ~Scratch() { std::free(p_); }
+  T* get(int64_t n) {
+    if (n > cap_) {
+      std::free(p_);
+      size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
+      p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+      if (!p_) throw std::bad_alloc();
+      cap_ = n;
+    }
+    return p_;
+  }
+
+ private:
+  T* p_ = nullptr;
+  int64_t cap_ = 0;
+};
+
+// A matrix in memory: element (x, k) at p[x*sx + k*sk], where x is the panel dimension (rows of A,
+// columns of B) and k the depth. Serves as a packer for A or B.
+template <typename T>
+struct StridedMatrix {
+  const T* p;
+  int64_t sx, sk;
+  void operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    for (int64_t xp = 0; xp < xn; xp += width, dst += width * kc) {
+      const int64_t w = std::min<int64_t>(width, xn - xp);
+      for (int64_t x = 0; x < width; ++x) {
+        T* d = dst + x;
+        if (x >= w) {
+          for (int64_t k = 0; k < kc; ++k) d[k * width] = T(0);
+          continue;
+        }
+        const T* s = p + (x0 + xp + x) * sx + k0 * sk;
+        for (int64_t k = 0; k < kc; ++k) d[k * width] = s[k * sk];
+      }
+    }
+  }
+};
+
+// C[M x N] (=|+=) A[M x K] * B[K x N]; single-threaded (callers parallelise over independent C
+// blocks). With K == 0, C is zeroed (or left as is when accumulating).
+template <typename T, typename PackA, typename PackB>
+void gemm(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, T* C,
+          int64_t rsc, int64_t csc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) C[i * rsc + j * csc] = T(0);
+    return;
+  }
+  const MicroKernel<T> uk = micro_kernel<T>();
+  const int64_t MC = ((kMCTarget + uk.mr - 1) / uk.mr) * uk.mr;
+  static thread_local Scratch<T> a_scratch, b_scratch;
+  T* abuf = a_scratch.get(MC * kKC);
+  T* bbuf = b_scratch.get(kNC * kKC);
+  for (int64_t jc = 0; jc < N; jc += kNC) {
+    const int64_t nc = std::min(kNC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kKC) {
+      const int64_t kc = std::min(kKC, K - pc);
+      const bool acc = accumulate || pc > 0;
+      pack_b(bbuf, jc, nc, pc, kc, uk.nr);
+      for (int64_t ic = 0; ic < M; ic += MC) {
+        const int64_t mc = std::min(MC, M - ic);
+        pack_a(abuf, ic, mc, pc, kc, uk.mr);
+        for (int64_t jr = 0; jr < nc; jr += uk.nr) {
+          const T* bp = bbuf + (jr / uk.nr) * uk.nr * kc;
+          const int n = int(std::min<int64_t>(uk.nr, nc - jr));
+          for (int64_t ir = 0; ir < mc; ir += uk.mr) {
+            const T* ap = abuf + (ir / uk.mr) * uk.mr * kc;
+            const int m = int(std::min<int64_t>(uk.mr, mc - ir));
+            uk.fn(kc, ap, bp, C + (ic + ir) * rsc + (jc + jr) * csc, rsc, csc, acc, m, n);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastconv

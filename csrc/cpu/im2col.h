@@ -1,0 +1,122 @@
+// im2col without the matrix: the input image of one group, (Cg, H, W), viewed as the matrix
+// col[crs][pq] (crs = (c*R + r)*S + s, pq = p*Q + q) whose element is x[c][h][w] with
+//   h = p*stride_h - pad_h + r*dil_h,  w = q*stride_w - pad_w + s*dil_w,
+// or 0 where (h, w) falls in the padding. Rows are visited in runs along pq so that the GEMM
+// packers (forward, weight gradient) copy from it and col2im (input gradient) adds into it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/checks.h"
+
+namespace fastconv {
+namespace cpu {
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+struct Im2colGeometry {
+  int64_t H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw;
+  explicit Im2colGeometry(const Conv2dShape& s)
+      : H(s.H), W(s.W), R(s.R), S(s.S), P(s.P), Q(s.Q), sh(s.stride_h), sw(s.stride_w),
+        ph(s.pad_h), pw(s.pad_w), dh(s.dil_h), dw(s.dil_w) {}
+
+  // Calls pad(t, n) for runs of n columns that read padding and run(t, n, offset) for runs that
+  // read x[offset + i*sw], i < n, where t is the column's position relative to pq0.
+  template <typename Pad, typename Run>
+  void visit_row(int64_t crs, int64_t pq0, int64_t len, Pad&& pad, Run&& run) const {
+    const int64_t s = crs % S, r = (crs / S) % R, c = crs / (R * S);
+    const int64_t woff = s * dw - pw;  // w = q*sw + woff
+    // Columns with a valid w: q in [qlo, qhi).
+    const int64_t qlo = woff >= 0 ? 0 : floor_div(-woff + sw - 1, sw);
+    const int64_t qhi = W - 1 - woff < 0 ? 0 : std::min(Q, floor_div(W - 1 - woff, sw) + 1);
+    int64_t t = 0;
+    while (t < len) {
+      const int64_t pq = pq0 + t, p = pq / Q, q0 = pq % Q;
+      const int64_t n = std::min(len - t, Q - q0);  // columns left in output row p
+      const int64_t h = p * sh - ph + r * dh;
+      if (h < 0 || h >= H || qlo >= qhi) {
+        pad(t, n);
+      } else {
+        const int64_t a = std::clamp(qlo, q0, q0 + n), b = std::clamp(qhi, q0, q0 + n);
+        if (a > q0) pad(t, a - q0);
+        if (b > a) run(t + (a - q0), b - a, (c * H + h) * W + a * sw + woff);
+        if (q0 + n > b) pad(t + (b - q0), q0 + n - b);
+      }
+      t += n;
+    }
+  }
+
+  // dst[t*ds] = col[crs][pq0 + t] for t < len.
+  template <typename T>
+  void copy_row(const T* x, int64_t crs, int64_t pq0, int64_t len, T* dst, int64_t ds) const {
+    const int64_t step = sw;
+    visit_row(
+        crs, pq0, len, [&](int64_t t, int64_t n) { for (int64_t i = 0; i < n; ++i) dst[(t + i) * ds] = T(0); },
+        [&](int64_t t, int64_t n, int64_t off) {
+          const T* src = x + off;
+          T* d = dst + t * ds;
+          if (step == 1 && ds == 1) {
+            std::copy(src, src + n, d);
+          } else {
+            for (int64_t i = 0; i < n; ++i) d[i * ds] = src[i * step];
+          }
+        });
+  }
+
+  // col2im: x[...] += src[t*ds] for the elements of row crs, columns pq0 .. pq0+len.
+  template <typename T>
+  void add_row(T* x, int64_t crs, int64_t pq0, int64_t len, const T* src, int64_t ds) const {
+    const int64_t step = sw;
+    visit_row(
+        crs, pq0, len, [](int64_t, int64_t) {},
+        [&](int64_t t, int64_t n, int64_t off) {
+          T* d = x + off;
+          const T* s = src + t * ds;
+          for (int64_t i = 0; i < n; ++i) d[i * step] += s[i * ds];
+        });
+  }
+};
+
+// Packers that read col[crs][pq] of one image (columns offset by pq_base) for the GEMM driver.
+// As B (depth = crs, panel dimension = pq): forward convolution.
+template <typename T>
+struct Im2colAsB {
+  const Im2colGeometry& g;
+  const T* x;
+  int64_t pq_base;
+  void operator()(T* dst, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int nr) const {
+    for (int64_t jp = 0; jp < nc; jp += nr, dst += nr * kc) {
+      const int64_t w = std::min<int64_t>(nr, nc - jp);
+      for (int64_t k = 0; k < kc; ++k) {
+        T* d = dst + k * nr;
+        g.copy_row(x, k0 + k, pq_base + j0 + jp, w, d, 1);
+        for (int64_t j = w; j < nr; ++j) d[j] = T(0);
+      }
+    }
+  }
+};
+
+// As A (rows = crs, depth = pq): weight gradient, dW^T = col * dY^T.
+template <typename T>
+struct Im2colAsA {
+  const Im2colGeometry& g;
+  const T* x;
+  int64_t crs_base;
+  int64_t crs_end;  // rows at or past this are zero
+  void operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
+    for (int64_t ip = 0; ip < mc; ip += mr, dst += mr * kc) {
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t crs = crs_base + i0 + ip + i;
+        if (ip + i < mc && crs < crs_end) {
+          g.copy_row(x, crs, k0, kc, dst + i, mr);
+        } else {
+          for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = T(0);
+        }
+      }
+    }
+  }
+};
+
+}  // namespace cpu
+}  // namespace fastconv

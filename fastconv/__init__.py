@@ -1,0 +1,46 @@
+"""fastconv: hand-written CPU and CUDA kernels for conv2d, max-pool 2d and ReLU as PyTorch ops.
+
+Use ``fastconv.Conv2d`` / ``MaxPool2d`` / ``ReLU`` wherever you used torch.nn's, the functions of
+``fastconv.functional`` wherever you used torch.nn.functional's, or ``fastconv.convert(model)`` to
+switch an existing model. ``fastconv.info()`` says what was compiled and what will run.
+"""
+import json
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the torch.ops.fastconv ops)
+except ImportError as e:  # pragma: no cover - depends on how fastconv was installed
+    raise ImportError(
+        "fastconv's compiled extension (fastconv._C) could not be loaded. Install the package with "
+        "`pip install --no-build-isolation .` (or build in place with `python setup.py build_ext "
+        "--inplace`); if you are running from the source tree, make sure the compiled module is there "
+        f"or run from another directory. Cause: {e}"
+    ) from e
+
+from . import functional  # noqa: E402
+from .convert import convert  # noqa: E402
+from .modules import Conv2d, MaxPool2d, ReLU  # noqa: E402
+from .ops import register_namespace  # noqa: E402
+
+register_namespace("fastconv")
+
+__version__ = "0.1.0"
+__all__ = ["Conv2d", "MaxPool2d", "ReLU", "convert", "functional", "info", "set_cpu_isa"]
+
+
+def info():
+    """What this build of fastconv contains and what will run: a dict with ``version``,
+    ``backends`` (compiled: 'cpu', and 'cuda' when built with CUDA), ``cuda_archs``, ``cpu_isa``
+    (the CPU micro-kernels in use: avx512, avx2 or generic), ``cpu_threads``, and
+    ``cuda_available`` (a GPU is visible now)."""
+    d = json.loads(torch.ops.fastconv._info())
+    d["cuda_available"] = torch.cuda.is_available()
+    return d
+
+
+def set_cpu_isa(isa):
+    """Choose the CPU micro-kernels: 'auto' (the best this CPU runs), 'avx512', 'avx2' or
+    'generic'. Returns the ISA now in use. The environment variable FASTCONV_CPU_ISA sets the
+    initial choice."""
+    return torch.ops.fastconv._set_cpu_isa(isa)

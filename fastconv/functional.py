@@ -1,0 +1,112 @@
+"""fastconv's operators with torch.nn.functional's signatures.
+
+Each function accepts what its torch.nn.functional twin accepts (batched 4-D or unbatched 3-D
+input, int or pair parameters, padding='same'/'valid' for conv2d) and returns the same result
+computed by fastconv's kernels. Argument checks live in the C++ ops (csrc/common/checks.cpp) and
+are shared by every backend; this layer only normalises the arguments.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import _backend
+
+__all__ = ["conv2d", "max_pool2d", "relu", "relu_"]
+
+
+def _pair(name, v):
+    if isinstance(v, (bool, float)) or not isinstance(v, (int, tuple, list, torch.SymInt)):
+        raise TypeError(f"fastconv: {name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, (tuple, list)):
+        if len(v) == 1:
+            v = (v[0], v[0])
+        if len(v) != 2 or not all(isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool) for x in v):
+            raise TypeError(f"fastconv: {name} must be an int or a pair of ints, got {v!r}")
+        return [v[0], v[1]]
+    return [v, v]
+
+
+def _batched(input, fn_name):
+    """(input as 4-D, whether to squeeze the batch dimension back off the result)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"fastconv.{fn_name}: input must be a Tensor, got {type(input).__name__}")
+    if input.dim() == 3:
+        return input.unsqueeze(0), True
+    if input.dim() != 4:
+        raise RuntimeError(f"fastconv.{fn_name}: expected 3-D (unbatched) or 4-D (batched) input, "
+                           f"got {input.dim()}-D input of size {tuple(input.shape)}")
+    return input, False
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as torch.nn.functional.conv2d."""
+    x, unbatched = _batched(input, "conv2d")
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = [0, 0]
+        elif padding == "same":
+            if stride != [1, 1]:
+                raise ValueError("fastconv.conv2d: padding='same' is not supported for strided convolutions")
+            if weight.dim() != 4:
+                raise RuntimeError(f"fastconv.conv2d: expected a 4-D weight, got size {tuple(weight.shape)}")
+            # Total padding d*(k-1) per axis; an odd total puts the extra element after (as torch).
+            totals = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+            padding = [t // 2 for t in totals]
+            extra = [t - 2 * p for t, p in zip(totals, padding)]
+            if extra[0] or extra[1]:
+                x = F.pad(x, [0, extra[1], 0, extra[0]])
+        else:
+            raise ValueError(f"fastconv.conv2d: invalid padding string {padding!r}, should be one of 'valid', 'same'")
+    else:
+        padding = _pair("padding", padding)
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"fastconv.conv2d: groups must be an int, got {groups!r}")
+    out = _backend.ops().conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling, as torch.nn.functional.max_pool2d (indices as PyTorch's: h*W + w)."""
+    x, unbatched = _batched(input, "max_pool2d")
+    kernel_size = _pair("kernel_size", kernel_size)
+    stride = kernel_size if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) \
+        else _pair("stride", stride)
+    out, indices = _backend.ops().max_pool2d(x, kernel_size, stride, _pair("padding", padding),
+                                             _pair("dilation", dilation), bool(ceil_mode))
+    if unbatched:
+        out, indices = out.squeeze(0), indices.squeeze(0)
+    return (out, indices) if return_indices else out
+
+
+class _ReluInplace(torch.autograd.Function):
+    """In-place ReLU that autograd can differentiate: the input is marked dirty and the backward
+    uses the output (which is the modified input)."""
+
+    @staticmethod
+    def forward(ctx, input):
+        _backend.ops().relu_(input)
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (result,) = ctx.saved_tensors
+        return _backend.ops().relu_backward(grad_output, result)
+
+
+def relu(input, inplace=False):
+    """max(x, 0) elementwise, NaN propagating, as torch.nn.functional.relu."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"fastconv.relu: input must be a Tensor, got {type(input).__name__}")
+    if not inplace:
+        return _backend.ops().relu(input)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _ReluInplace.apply(input)
+    _backend.ops().relu_(input)
+    return input
+
+
+def relu_(input):
+    """In-place relu, as torch.nn.functional.relu_."""
+    return relu(input, inplace=True)

@@ -1,0 +1,118 @@
+"""Python side of the fastconv ops: fake (shape) functions for torch.compile / meta tensors and
+autograd formulas whose backward passes are themselves fastconv ops.
+
+The same registrations serve every op namespace with the fastconv schemas: ``fastconv`` (the
+compiled CPU/CUDA kernels) and ``fastconv_simt`` (the CUDA kernels run by the CPU emulator, see
+fastconv.testing).
+"""
+import torch
+
+__all__ = ["conv_out_size", "pool_out_size", "register_namespace"]
+
+
+def conv_out_size(size, kernel, stride, padding, dilation):
+    """Output length of a convolution along one axis (PyTorch's floor formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_out_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """Output length of max-pooling along one axis, PyTorch's rule: in ceil mode the last window
+    must start inside the input or its left padding."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out = out - 1
+    return out
+
+
+_registered = set()
+
+
+def register_namespace(ns):
+    """Register fake functions and autograd formulas for the ops of namespace ``ns``."""
+    if ns in _registered:
+        return
+    _registered.add(ns)
+    ops = getattr(torch.ops, ns)
+    lib = torch.library
+
+    # ---- fake (shape) functions -------------------------------------------------------------
+    @lib.register_fake(f"{ns}::conv2d")
+    def _(input, weight, bias, stride, padding, dilation, groups):
+        n, _, h, w = input.shape
+        k, _, r, s = weight.shape
+        p = conv_out_size(h, r, stride[0], padding[0], dilation[0])
+        q = conv_out_size(w, s, stride[1], padding[1], dilation[1])
+        return input.new_empty((n, k, p, q))
+
+    @lib.register_fake(f"{ns}::conv2d_backward")
+    def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+        none = input.new_empty((0,))
+        return (
+            input.new_empty(input.shape) if output_mask[0] else none,
+            weight.new_empty(weight.shape) if output_mask[1] else none,
+            weight.new_empty((weight.shape[0],)) if output_mask[2] else none,
+        )
+
+    @lib.register_fake(f"{ns}::max_pool2d")
+    def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+        n, c, h, w = input.shape
+        p = pool_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
+        q = pool_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
+        return input.new_empty((n, c, p, q)), input.new_empty((n, c, p, q), dtype=torch.long)
+
+    @lib.register_fake(f"{ns}::max_pool2d_backward")
+    def _(grad_output, indices, input_size):
+        n, c = grad_output.shape[:2]
+        return grad_output.new_empty((n, c, input_size[0], input_size[1]))
+
+    @lib.register_fake(f"{ns}::relu")
+    def _(input):
+        return input.new_empty(input.shape)
+
+    @lib.register_fake(f"{ns}::relu_")
+    def _(input):
+        return None
+
+    @lib.register_fake(f"{ns}::relu_backward")
+    def _(grad_output, result):
+        return grad_output.new_empty(grad_output.shape)
+
+    # ---- autograd ---------------------------------------------------------------------------
+    def conv2d_setup(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.params = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+
+    def conv2d_backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1], ctx.has_bias and need[2]]
+        gi, gw, gb = ops.conv2d_backward(grad_output, input, weight, *ctx.params, mask)
+        return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+                None, None, None, None)
+
+    lib.register_autograd(f"{ns}::conv2d", conv2d_backward, setup_context=conv2d_setup)
+
+    def max_pool2d_setup(ctx, inputs, output):
+        input = inputs[0]
+        _, indices = output
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.input_size = (input.shape[2], input.shape[3])
+
+    def max_pool2d_backward(ctx, grad_output, grad_indices):
+        (indices,) = ctx.saved_tensors
+        return ops.max_pool2d_backward(grad_output, indices, ctx.input_size), None, None, None, None, None
+
+    lib.register_autograd(f"{ns}::max_pool2d", max_pool2d_backward, setup_context=max_pool2d_setup)
+
+    def relu_setup(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    def relu_backward(ctx, grad_output):
+        (result,) = ctx.saved_tensors
+        return ops.relu_backward(grad_output, result)
+
+    lib.register_autograd(f"{ns}::relu", relu_backward, setup_context=relu_setup)
