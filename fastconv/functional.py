@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from . import _backend
 
-__all__ = ["conv2d", "max_pool2d", "relu", "relu_"]
+__all__ = ["conv2d", "conv2d_relu", "max_pool2d", "relu", "relu_"]
 
 
 def _pair(name, v):
@@ -39,16 +39,25 @@ def _batched(input, fn_name):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d."""
-    x, unbatched = _batched(input, "conv2d")
+    return _conv("conv2d", input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """relu(conv2d(...)) in one pass over the output (the ReLU is fused into the convolution)."""
+    return _conv("conv2d_relu", input, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv(op, input, weight, bias, stride, padding, dilation, groups):
+    x, unbatched = _batched(input, op)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
     if isinstance(padding, str):
         if padding == "valid":
             padding = [0, 0]
         elif padding == "same":
             if stride != [1, 1]:
-                raise ValueError("fastconv.conv2d: padding='same' is not supported for strided convolutions")
+                raise ValueError(f"fastconv.{op}: padding='same' is not supported for strided convolutions")
             if weight.dim() != 4:
-                raise RuntimeError(f"fastconv.conv2d: expected a 4-D weight, got size {tuple(weight.shape)}")
+                raise RuntimeError(f"fastconv.{op}: expected a 4-D weight, got size {tuple(weight.shape)}")
             # Total padding d*(k-1) per axis; an odd total puts the extra element after (as torch).
             totals = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
             padding = [t // 2 for t in totals]
@@ -56,12 +65,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             if extra[0] or extra[1]:
                 x = F.pad(x, [0, extra[1], 0, extra[0]])
         else:
-            raise ValueError(f"fastconv.conv2d: invalid padding string {padding!r}, should be one of 'valid', 'same'")
+            raise ValueError(f"fastconv.{op}: invalid padding string {padding!r}, should be one of 'valid', 'same'")
     else:
         padding = _pair("padding", padding)
     if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"fastconv.conv2d: groups must be an int, got {groups!r}")
-    out = _backend.ops().conv2d(x, weight, bias, stride, padding, dilation, groups)
+        raise TypeError(f"fastconv.{op}: groups must be an int, got {groups!r}")
+    out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 

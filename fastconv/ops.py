@@ -38,20 +38,23 @@ def register_namespace(ns):
 
     # ---- fake (shape) functions -------------------------------------------------------------
     @lib.register_fake(f"{ns}::conv2d")
-    def _(input, weight, bias, stride, padding, dilation, groups):
+    def conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
         n, _, h, w = input.shape
         k, _, r, s = weight.shape
         p = conv_out_size(h, r, stride[0], padding[0], dilation[0])
         q = conv_out_size(w, s, stride[1], padding[1], dilation[1])
         return input.new_empty((n, k, p, q))
 
+    @lib.register_fake(f"{ns}::conv2d_relu")
+    def _(input, weight, bias, stride, padding, dilation, groups):
+        return conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
+
     @lib.register_fake(f"{ns}::conv2d_backward")
     def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
-        none = input.new_empty((0,))
         return (
-            input.new_empty(input.shape) if output_mask[0] else none,
-            weight.new_empty(weight.shape) if output_mask[1] else none,
-            weight.new_empty((weight.shape[0],)) if output_mask[2] else none,
+            input.new_empty(input.shape if output_mask[0] else (0,)),
+            weight.new_empty(weight.shape if output_mask[1] else (0,)),
+            weight.new_empty((weight.shape[0] if output_mask[2] else 0,)),
         )
 
     @lib.register_fake(f"{ns}::max_pool2d")
@@ -62,7 +65,7 @@ def register_namespace(ns):
         return input.new_empty((n, c, p, q)), input.new_empty((n, c, p, q), dtype=torch.long)
 
     @lib.register_fake(f"{ns}::max_pool2d_backward")
-    def _(grad_output, indices, input_size):
+    def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
         n, c = grad_output.shape[:2]
         return grad_output.new_empty((n, c, input_size[0], input_size[1]))
 
@@ -79,14 +82,17 @@ def register_namespace(ns):
         return grad_output.new_empty(grad_output.shape)
 
     # ---- autograd ---------------------------------------------------------------------------
-    def conv2d_setup(ctx, inputs, output):
+    # conv2d saves (input, weight); conv2d_relu also saves its output, which masks the gradient.
+    def conv2d_setup(ctx, inputs, output, fused_relu=False):
         input, weight, bias, stride, padding, dilation, groups = inputs
-        ctx.save_for_backward(input, weight)
+        ctx.save_for_backward(input, weight, *([output] if fused_relu else []))
         ctx.params = (stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
 
     def conv2d_backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
+        input, weight, *result = ctx.saved_tensors
+        if result:
+            grad_output = ops.relu_backward(grad_output, result[0])
         need = ctx.needs_input_grad
         mask = [need[0], need[1], ctx.has_bias and need[2]]
         gi, gw, gb = ops.conv2d_backward(grad_output, input, weight, *ctx.params, mask)
@@ -94,17 +100,21 @@ def register_namespace(ns):
                 None, None, None, None)
 
     lib.register_autograd(f"{ns}::conv2d", conv2d_backward, setup_context=conv2d_setup)
+    lib.register_autograd(f"{ns}::conv2d_relu", conv2d_backward,
+                          setup_context=lambda ctx, inputs, output: conv2d_setup(ctx, inputs, output, True))
 
     def max_pool2d_setup(ctx, inputs, output):
-        input = inputs[0]
+        input, *params = inputs
         _, indices = output
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices)
         ctx.input_size = (input.shape[2], input.shape[3])
+        ctx.params = params  # kernel_size, stride, padding, dilation, ceil_mode
 
     def max_pool2d_backward(ctx, grad_output, grad_indices):
         (indices,) = ctx.saved_tensors
-        return ops.max_pool2d_backward(grad_output, indices, ctx.input_size), None, None, None, None, None
+        grad_input = ops.max_pool2d_backward(grad_output, indices, ctx.input_size, *ctx.params)
+        return grad_input, None, None, None, None, None
 
     lib.register_autograd(f"{ns}::max_pool2d", max_pool2d_backward, setup_context=max_pool2d_setup)
 

@@ -62,13 +62,17 @@ void check_sizes_fit(const char* op, const char* name, at::IntArrayRef sizes) {
 
 }  // namespace
 
+// Division rounding toward minus infinity (C++ '/' truncates toward zero), as PyTorch's shape
+// formulas use.
+static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
-  return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+  return floor_div(in + 2 * pad - dil * (k - 1) - 1, stride) + 1;
 }
 
 int64_t pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil, bool ceil_mode) {
   int64_t span = in + 2 * pad - dil * (k - 1) - 1;
-  int64_t out = (span + (ceil_mode ? stride - 1 : 0)) / stride + 1;
+  int64_t out = floor_div(span + (ceil_mode ? stride - 1 : 0), stride) + 1;
   // In ceil mode the last window must start inside the input or its left padding.
   if (ceil_mode && (out - 1) * stride >= in + pad) --out;
   return out;
@@ -195,6 +199,29 @@ Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::T
   s.N = grad_output.size(0); s.C = grad_output.size(1);
   s.H = input_size[0]; s.W = input_size[1];
   s.P = grad_output.size(2); s.Q = grad_output.size(3);
+  return s;
+}
+
+Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                                      at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes) {
+  const char* op = "max_pool2d_backward";
+  Pool2dShape s = check_max_pool2d_backward(grad_output, indices, input_size, dtypes);
+  check_pair(op, "kernel_size", kernel_size, 1);
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  s.kh = kernel_size[0]; s.kw = kernel_size[1];
+  s.sh = stride[0]; s.sw = stride[1];
+  s.ph = padding[0]; s.pw = padding[1];
+  s.dh = dilation[0]; s.dw = dilation[1];
+  TORCH_CHECK(s.ph <= s.kh / 2 && s.pw <= s.kw / 2, "fastconv.max_pool2d_backward: padding ", padding,
+              " must be at most half of kernel_size ", kernel_size);
+  const int64_t P = pool_out_size(s.H, s.kh, s.sh, s.ph, s.dh, ceil_mode);
+  const int64_t Q = pool_out_size(s.W, s.kw, s.sw, s.pw, s.dw, ceil_mode);
+  TORCH_CHECK(P == s.P && Q == s.Q, "fastconv.max_pool2d_backward: grad_output of size ", grad_output.sizes(),
+              " does not match the pooling of a ", s.H, " x ", s.W, " input (expected ", P, " x ", Q, ")");
   return s;
 }
 

@@ -28,8 +28,9 @@ constexpr int64_t kColumnTile = kNC;  // output pixels per forward / input-grad 
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
 template <typename T>
-void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
+void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
@@ -41,11 +42,14 @@ void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dSha
       T* yg = y + (n * s.K + g * Kg) * PQ + j0;
       gemm<T>(Kg, nc, CRS, StridedMatrix<T>{w + g * Kg * CRS, CRS, 1}, Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1,
               false);
-      if (bias)
+      if (bias || relu)
         for (int64_t k = 0; k < Kg; ++k) {
-          const T b = bias[g * Kg + k];
+          const T b = bias ? bias[g * Kg + k] : T(0);
           T* row = yg + k * PQ;
-          for (int64_t j = 0; j < nc; ++j) row[j] += b;
+          for (int64_t j = 0; j < nc; ++j) {
+            const T v = row[j] + b;
+            row[j] = relu && v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+          }
         }
     }
   });
@@ -134,8 +138,9 @@ void conv2d_backward_bias(const T* dy, T* db, const Conv2dShape& s) {
   });
 }
 
-at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                           bool relu) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kCpuTypes);
   at::Tensor x = input.contiguous(), w = weight.contiguous();
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
@@ -143,9 +148,20 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_cpu", [&] {
     conv2d_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s);
+                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s,
+                             relu);
   });
   return y;
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, false);
+}
+
+at::Tensor conv2d_relu_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
@@ -154,10 +170,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   const Conv2dShape s =
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
   at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
-  at::Tensor none = at::empty({0}, input.options());
-  at::Tensor dx = output_mask[0] ? at::empty(input.sizes(), input.options()) : none;
-  at::Tensor dw = output_mask[1] ? at::empty(weight.sizes(), weight.options()) : none;
-  at::Tensor db = output_mask[2] ? at::empty({s.K}, weight.options()) : none;
+  // An unrequested gradient is a fresh empty tensor (outputs must not alias each other).
+  at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0}, input.options());
+  at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0}, weight.options());
+  at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_backward_cpu", [&] {
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     if (output_mask[0] && dx.numel() > 0)
@@ -174,5 +190,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv2d", &fastconv::cpu::conv2d_cpu);
+  m.impl("conv2d_relu", &fastconv::cpu::conv2d_relu_cpu);
   m.impl("conv2d_backward", &fastconv::cpu::conv2d_backward_cpu);
 }

@@ -89,10 +89,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
   return {y, idx};
 }
 
+// Scatters each output gradient to the input element its index names; per plane in order, so the
+// sums of overlapping windows are deterministic.
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
-                                   c10::SymIntArrayRef input_size) {
+                                   c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                   bool ceil_mode) {
   const auto size = C10_AS_INTARRAYREF_SLOW(input_size);
-  const Pool2dShape s = check_max_pool2d_backward(grad_output, indices, size, kCpuTypes);
+  const Pool2dShape s = check_max_pool2d_backward(grad_output, indices, size, kernel_size, stride, padding,
+                                                  dilation, ceil_mode, kCpuTypes);
   at::Tensor dy = grad_output.contiguous(), idx = indices.contiguous();
   at::Tensor dx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options());
   if (dx.numel() == 0) return dx;

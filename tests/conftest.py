@@ -1,0 +1,94 @@
+"""Shared test fixtures: the backends every op test runs on, poisoned outputs, seeds.
+
+Backends: 'cpu' always; 'simt' (the CUDA kernels run by the CPU emulator) when fastconv._simt is
+built; 'cuda' when a GPU is visible and fastconv was built with CUDA.
+"""
+import contextlib
+import os
+import random
+import zlib
+
+import pytest
+import torch
+
+import fastconv
+
+
+def _available_backends():
+    names = ["cpu"]
+    try:
+        from fastconv import testing
+
+        if testing.simt_available():
+            names.append("simt")
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and "cuda" in fastconv.info()["backends"]:
+        names.append("cuda")
+    return names
+
+
+BACKENDS = _available_backends()
+if os.environ.get("FASTCONV_TEST_BACKENDS"):  # e.g. FASTCONV_TEST_BACKENDS=cpu to run one backend
+    BACKENDS = [b for b in BACKENDS if b in os.environ["FASTCONV_TEST_BACKENDS"].split(",")]
+
+
+class Backend:
+    """Where a test's tensors live and which op namespace runs them."""
+
+    def __init__(self, name):
+        self.name = name
+        self.device = "cuda" if name == "cuda" else "cpu"
+
+    @contextlib.contextmanager
+    def active(self):
+        if self.name == "simt":
+            from fastconv import testing
+
+            with testing.simt_backend():
+                yield
+        else:
+            yield
+
+    @property
+    def ops(self):
+        return torch.ops.fastconv_simt if self.name == "simt" else torch.ops.fastconv
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    b = Backend(request.param)
+    with b.active():
+        yield b
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every tensor a kernel allocates starts as NaN, so an element it fails to write shows."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(prev)
+    torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+
+
+# Fresh random inputs every run; the seed is printed so a failure can be replayed with
+# FASTCONV_TEST_SEED=<seed>.
+SEED = int(os.environ.get("FASTCONV_TEST_SEED", random.SystemRandom().randrange(2**31)))
+
+
+def pytest_report_header(config):
+    return f"fastconv: backends {BACKENDS}, cpu isa {fastconv.info()['cpu_isa']}, seed FASTCONV_TEST_SEED={SEED}"
+
+
+@pytest.fixture
+def rng(request):
+    """A torch.Generator seeded from the run seed and the test's id."""
+    g = torch.Generator()
+    g.manual_seed((SEED + zlib.crc32(request.node.nodeid.encode())) % 2**63)
+    return g

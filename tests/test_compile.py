@@ -1,0 +1,68 @@
+"""torch.library.opcheck for every op and torch.compile(fullgraph=True) on fastconv models."""
+import pytest
+import torch
+
+import fastconv
+from helpers import randn
+
+
+def _samples(ops, dev, rng):
+    x = randn((2, 4, 9, 8), rng, device=dev).requires_grad_()
+    w = randn((6, 2, 3, 3), rng, device=dev).requires_grad_()
+    b = randn((6,), rng, device=dev).requires_grad_()
+    gy = randn((2, 6, 5, 8), rng, device=dev)
+    out, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
+    r = ops.relu(x.detach())
+    return [
+        (ops.conv2d, (x, w, b, [2, 1], [1, 1], [1, 1], 2)),
+        (ops.conv2d, (x, w, None, [1, 1], [0, 0], [2, 2], 2)),
+        (ops.conv2d_backward, (gy, x.detach(), w.detach(), [2, 1], [1, 1], [1, 1], 2, [True, True, True])),
+        (ops.conv2d_backward, (gy, x.detach(), w.detach(), [2, 1], [1, 1], [1, 1], 2, [False, True, False])),
+        (ops.max_pool2d, (x, [3, 3], [2, 2], [1, 1], [1, 1], True)),
+        (ops.max_pool2d_backward, (randn(out.shape, rng, device=dev), idx, [9, 8], [3, 3], [2, 2], [1, 1], [1, 1], True)),
+        (ops.conv2d_relu, (x, w, b, [2, 1], [1, 1], [1, 1], 2)),
+        (ops.relu, (x,)),
+        (ops.relu_, (x.detach().clone(),)),
+        (ops.relu_backward, (randn(r.shape, rng, device=dev), r)),
+    ]
+
+
+def test_opcheck(backend, rng):
+    for op, args in _samples(backend.ops, backend.device, rng):
+        torch.library.opcheck(op, args)
+
+
+def _model():
+    return torch.nn.Sequential(
+        fastconv.Conv2d(3, 8, 3, padding="same"), fastconv.ReLU(inplace=True), fastconv.MaxPool2d(2),
+        fastconv.Conv2d(8, 8, 3, padding=1, bias=False), fastconv.ReLU(), fastconv.MaxPool2d(3, 2, 1, ceil_mode=True),
+        torch.nn.Flatten(), torch.nn.LazyLinear(2))
+
+
+def test_compile_fullgraph_matches_eager(backend, rng):
+    torch.manual_seed(0)
+    model = _model().to(backend.device)
+    x = randn((2, 3, 15, 15), rng, device=backend.device)
+    eager = model(x)
+    eager.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_dynamic_shapes(backend, rng):
+    """A second batch size recompiles with symbolic shapes; the fake functions must handle them."""
+    torch.manual_seed(0)
+    model = _model().to(backend.device)
+    model(randn((1, 3, 15, 15), rng, device=backend.device))  # materialise the lazy layer
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for n in (2, 3):
+        x = randn((n, 3, 15, 15), rng, device=backend.device)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
