@@ -1,0 +1,108 @@
+"""The nn modules are drop-in replacements for torch.nn's, and convert() switches whole models."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fastconv
+
+
+def test_conv2d_matches_torch_module(backend):
+    for kwargs in [dict(), dict(stride=2, padding=1, bias=False), dict(padding="same", dilation=2, groups=2),
+                   dict(padding=(1, 2), padding_mode="reflect"), dict(padding=1, padding_mode="circular"),
+                   dict(padding=2, padding_mode="replicate", stride=(1, 2))]:
+        torch.manual_seed(0)
+        ref = nn.Conv2d(4, 6, 3, **kwargs)
+        torch.manual_seed(0)
+        mine = fastconv.Conv2d(4, 6, 3, **kwargs).to(backend.device)
+        # Same initialisation, keys and repr.
+        assert list(mine.state_dict()) == list(ref.state_dict())
+        for a, b in zip(mine.parameters(), ref.parameters()):
+            assert torch.equal(a.cpu(), b)
+        assert repr(mine) == repr(ref)
+        assert isinstance(mine, nn.Conv2d)
+        x = torch.randn(2, 4, 11, 10)
+        torch.testing.assert_close(mine(x.to(backend.device)).cpu(), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pool_and_relu_modules(backend):
+    x = torch.randn(2, 3, 9, 9)
+    for kwargs in [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                   dict(kernel_size=2, dilation=2, return_indices=True)]:
+        ref, mine = nn.MaxPool2d(**kwargs), fastconv.MaxPool2d(**kwargs)
+        assert repr(ref) == repr(mine)
+        r, m = ref(x), mine(x.to(backend.device))
+        for a, b in zip(r if isinstance(r, tuple) else (r,), m if isinstance(m, tuple) else (m,)):
+            assert torch.equal(a, b.cpu())
+    y = x.clone().to(backend.device)
+    assert fastconv.ReLU(inplace=True)(y) is y and torch.equal(y.cpu(), torch.relu(x))
+    assert torch.equal(fastconv.ReLU()(x.to(backend.device)).cpu(), torch.relu(x))
+
+
+def _vgg_like():
+    cfg = [16, 16, "M", 32, 32, "M", 64, "M"]
+    layers, c = [], 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+    return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+
+
+def test_convert_vgg_like_matches(backend):
+    torch.manual_seed(0)
+    model = _vgg_like().to(backend.device)
+    x = torch.randn(2, 3, 32, 32, device=backend.device)
+    ref = model(x)
+    params = list(model.parameters())
+    assert fastconv.convert(model) is model
+    kinds = {type(m) for m in model.modules()}
+    assert {fastconv.Conv2d, fastconv.MaxPool2d, fastconv.ReLU} <= kinds
+    assert not kinds & {nn.Conv2d, nn.MaxPool2d, nn.ReLU}
+    assert all(a is b for a, b in zip(model.parameters(), params))  # optimizers stay valid
+    torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_convert_torchvision_vgg16():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        fastconv.convert(model)
+        assert sum(isinstance(m, fastconv.Conv2d) for m in model.modules()) == 13
+        assert sum(isinstance(m, fastconv.MaxPool2d) for m in model.modules()) == 5
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_warns_and_leaves_unsupported_layers():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3).half(), nn.ReLU())
+    with pytest.warns(UserWarning, match=r"1 \(fastconv has no cpu kernels for torch.float16\)"):
+        fastconv.convert(model)
+    assert type(model[0]) is fastconv.Conv2d
+    assert type(model[1]) is nn.Conv2d
+    assert type(model[2]) is fastconv.ReLU
+
+
+def test_convert_leaves_subclasses_alone():
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(MyConv(3, 4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastconv.convert(model)
+    assert type(model[0]) is MyConv
+
+
+def test_info():
+    info = fastconv.info()
+    assert info["backends"][0] == "cpu"
+    assert info["cpu_isa"] in {"avx512", "avx2", "generic"}
+    assert isinstance(info["cuda_available"], bool)
