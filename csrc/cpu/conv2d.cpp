@@ -34,14 +34,21 @@ void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dSha
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
+  // The weights of every group, packed once for all images and column tiles.
+  const int mr = micro_kernel<T>().mr;
+  const int64_t wpack = PackedA<T>::size(Kg, CRS, mr);
+  static thread_local Scratch<T> wscratch;
+  T* wbuf = wscratch.get(wpack * s.groups);
+  std::vector<PackedA<T>> wpacked;
+  for (int64_t g = 0; g < s.groups; ++g)
+    wpacked.emplace_back(StridedMatrix<T>{w + g * Kg * CRS, CRS, 1}, Kg, CRS, mr, wbuf + g * wpack);
   at::parallel_for(0, s.N * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task % tiles, ng = task / tiles, g = ng % s.groups, n = ng / s.groups;
       const int64_t j0 = t * kColumnTile, nc = std::min(kColumnTile, PQ - j0);
       const T* xg = x + (n * s.C + g * Cg) * HW;
       T* yg = y + (n * s.K + g * Kg) * PQ + j0;
-      gemm<T>(Kg, nc, CRS, StridedMatrix<T>{w + g * Kg * CRS, CRS, 1}, Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1,
-              false);
+      gemm<T>(Kg, nc, CRS, wpacked[g].rows_from(0), Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1, false);
       if (bias || relu)
         for (int64_t k = 0; k < Kg; ++k) {
           const T b = bias ? bias[g * Kg + k] : T(0);
@@ -61,8 +68,18 @@ template <typename T>
 void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q, HW = s.H * s.W;
-  const int64_t cb = std::min<int64_t>(Cg, std::max<int64_t>(1, 256 / RS));  // channels per task
+  // Channels per task: a multiple of 24 (so that the block's first row, cb*RS*b, is a multiple of
+  // every micro-kernel's MR: 8, 6, 4) with at most ~256 GEMM rows.
+  const int64_t cb = std::min<int64_t>(Cg, std::max<int64_t>(24, 256 / RS / 24 * 24));
   const int64_t cblocks = ceil_div(Cg, cb);
+  // W^T (rows crs, depth k) of every group, packed once.
+  const int mr = micro_kernel<T>().mr;
+  const int64_t wpack = PackedA<T>::size(CRS, Kg, mr);
+  static thread_local Scratch<T> wscratch;
+  T* wbuf = wscratch.get(wpack * s.groups);
+  std::vector<PackedA<T>> wpacked;
+  for (int64_t g = 0; g < s.groups; ++g)
+    wpacked.emplace_back(StridedMatrix<T>{w + g * Kg * CRS, 1, CRS}, CRS, Kg, mr, wbuf + g * wpack);
   at::parallel_for(0, s.N * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<T> col_scratch;
     T* col = col_scratch.get(cb * RS * kColumnTile);
@@ -72,10 +89,9 @@ void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s)
       T* dxg = dx + (n * s.C + g * Cg) * HW;
       std::fill(dxg + c0 * HW, dxg + (c0 + cn) * HW, T(0));
       const T* dyg = dy + (n * s.K + g * Kg) * PQ;
-      const T* wg = w + g * Kg * CRS + c0 * RS;  // A(i=crs, k) = W[k][c0*RS + i]
       for (int64_t j0 = 0; j0 < PQ; j0 += kColumnTile) {
         const int64_t nc = std::min(kColumnTile, PQ - j0);
-        gemm<T>(rows, nc, Kg, StridedMatrix<T>{wg, 1, CRS}, StridedMatrix<T>{dyg + j0, 1, PQ}, col, nc, 1,
+        gemm<T>(rows, nc, Kg, wpacked[g].rows_from(c0 * RS), StridedMatrix<T>{dyg + j0, 1, PQ}, col, nc, 1,
                 false);
         for (int64_t i = 0; i < rows; ++i) geo.add_row(dxg, c0 * RS + i, j0, nc, col + i * nc, 1);
       }

@@ -7,8 +7,9 @@
 //      (element (i, k) at panel[k*MR + i]); rows past mc are zero.
 //   B: ceil(nc/NR) panels; panel q holds columns [q*NR, q*NR+NR) as kc groups of NR values
 //      (element (k, j) at panel[k*NR + j]); columns past nc are zero.
-// A packer is a callable  pack(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width)
-// that writes the panels for rows (A) or columns (B) [x0, x0+xn) and depth [k0, k0+kc).
+// A packer is a callable  const T* pack(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width)
+// that provides the panels for rows (A) or columns (B) [x0, x0+xn) and depth [k0, k0+kc): it
+// writes them to dst and returns dst, or returns where they already are (PackedA).
 // C is addressed with general strides: element (i, j) at C[i*rsc + j*csc].
 #pragma once
 
@@ -67,11 +68,11 @@ template <typename T>
 struct StridedMatrix {
   const T* p;
   int64_t sx, sk;
-  void operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
-    for (int64_t xp = 0; xp < xn; xp += width, dst += width * kc) {
+  const T* operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    for (int64_t xp = 0; xp < xn; xp += width) {
       const int64_t w = std::min<int64_t>(width, xn - xp);
       for (int64_t x = 0; x < width; ++x) {
-        T* d = dst + x;
+        T* d = dst + xp * kc + x;
         if (x >= w) {
           for (int64_t k = 0; k < kc; ++k) d[k * width] = T(0);
           continue;
@@ -80,7 +81,39 @@ struct StridedMatrix {
         for (int64_t k = 0; k < kc; ++k) d[k * width] = s[k * sk];
       }
     }
+    return dst;
   }
+};
+
+// An A operand packed once, whole, and shared read-only by many GEMM calls (e.g. the weights of
+// a convolution, used by every image and column tile). Blocks are stored depth block by depth
+// block: block pc holds all ceil(M/MR) row panels of depth [pc, pc+kc). A view may start at a row
+// offset that is a multiple of MR.
+template <typename T>
+class PackedA {
+ public:
+  // Packs rows [0, M) x depth [0, K) of `src` (any A packer) into `storage`, which must hold
+  // size(M, K, mr) elements and outlive every view.
+  template <typename Packer>
+  PackedA(const Packer& src, int64_t M, int64_t K, int mr, T* storage)
+      : data_(storage), mpad_((M + mr - 1) / mr * mr) {
+    for (int64_t pc = 0; pc < K; pc += kKC) src(storage + pc * mpad_, 0, M, pc, std::min(kKC, K - pc), mr);
+  }
+  static int64_t size(int64_t M, int64_t K, int mr) { return (M + mr - 1) / mr * mr * K; }
+
+  struct View {
+    const T* data;
+    int64_t mpad, row0;
+    const T* operator()(T*, int64_t i0, int64_t, int64_t k0, int64_t kc, int) const {
+      return data + k0 * mpad + (row0 + i0) * kc;
+    }
+  };
+  // Rows [row0, ...) as an A packer; row0 must be a multiple of MR.
+  View rows_from(int64_t row0) const { return View{data_, mpad_, row0}; }
+
+ private:
+  T* data_;
+  int64_t mpad_;
 };
 
 // C[M x N] (=|+=) A[M x K] * B[K x N]; single-threaded (callers parallelise over independent C
@@ -105,15 +138,15 @@ void gemm(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pac
     for (int64_t pc = 0; pc < K; pc += kKC) {
       const int64_t kc = std::min(kKC, K - pc);
       const bool acc = accumulate || pc > 0;
-      pack_b(bbuf, jc, nc, pc, kc, uk.nr);
+      const T* bpack = pack_b(bbuf, jc, nc, pc, kc, uk.nr);
       for (int64_t ic = 0; ic < M; ic += MC) {
         const int64_t mc = std::min(MC, M - ic);
-        pack_a(abuf, ic, mc, pc, kc, uk.mr);
+        const T* apack = pack_a(abuf, ic, mc, pc, kc, uk.mr);
         for (int64_t jr = 0; jr < nc; jr += uk.nr) {
-          const T* bp = bbuf + (jr / uk.nr) * uk.nr * kc;
+          const T* bp = bpack + (jr / uk.nr) * uk.nr * kc;
           const int n = int(std::min<int64_t>(uk.nr, nc - jr));
           for (int64_t ir = 0; ir < mc; ir += uk.mr) {
-            const T* ap = abuf + (ir / uk.mr) * uk.mr * kc;
+            const T* ap = apack + (ir / uk.mr) * uk.mr * kc;
             const int m = int(std::min<int64_t>(uk.mr, mc - ir));
             uk.fn(kc, ap, bp, C + (ic + ir) * rsc + (jc + jr) * csc, rsc, csc, acc, m, n);
           }

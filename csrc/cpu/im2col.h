@@ -79,21 +79,39 @@ struct Im2colGeometry {
 };
 
 // Packers that read col[crs][pq] of one image (columns offset by pq_base) for the GEMM driver.
-// As B (depth = crs, panel dimension = pq): forward convolution.
+// As B (depth = crs, panel dimension = pq): forward convolution. Each depth row is visited once
+// across all panels; runs are split at panel boundaries.
 template <typename T>
 struct Im2colAsB {
   const Im2colGeometry& g;
   const T* x;
   int64_t pq_base;
-  void operator()(T* dst, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int nr) const {
-    for (int64_t jp = 0; jp < nc; jp += nr, dst += nr * kc) {
-      const int64_t w = std::min<int64_t>(nr, nc - jp);
-      for (int64_t k = 0; k < kc; ++k) {
-        T* d = dst + k * nr;
-        g.copy_row(x, k0 + k, pq_base + j0 + jp, w, d, 1);
-        for (int64_t j = w; j < nr; ++j) d[j] = T(0);
-      }
+  const T* operator()(T* dst, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int nr) const {
+    const int64_t panels = (nc + nr - 1) / nr, step = g.sw;
+    for (int64_t k = 0; k < kc; ++k) {
+      // Element t of this depth row goes to panel t / nr, slot k*nr + t % nr.
+      auto place = [&](int64_t t, int64_t n, const T* src) {
+        while (n > 0) {
+          const int64_t within = t % nr, len = std::min<int64_t>(n, nr - within);
+          T* d = dst + (t / nr) * nr * kc + k * nr + within;
+          if (!src) {
+            for (int64_t i = 0; i < len; ++i) d[i] = T(0);
+          } else {
+            for (int64_t i = 0; i < len; ++i) d[i] = src[i * step];
+            src += len * step;
+          }
+          t += len;
+          n -= len;
+        }
+      };
+      g.visit_row(
+          k0 + k, pq_base + j0, nc, [&](int64_t t, int64_t n) { place(t, n, nullptr); },
+          [&](int64_t t, int64_t n, int64_t off) { place(t, n, x + off); });
+      // Columns past nc in the last panel are zero.
+      T* last = dst + (panels - 1) * nr * kc + k * nr;
+      for (int64_t j = nc - (panels - 1) * nr; j < nr; ++j) last[j] = T(0);
     }
+    return dst;
   }
 };
 
@@ -104,17 +122,19 @@ struct Im2colAsA {
   const T* x;
   int64_t crs_base;
   int64_t crs_end;  // rows at or past this are zero
-  void operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
-    for (int64_t ip = 0; ip < mc; ip += mr, dst += mr * kc) {
+  const T* operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+      T* panel = dst + ip * kc;
       for (int64_t i = 0; i < mr; ++i) {
         const int64_t crs = crs_base + i0 + ip + i;
         if (ip + i < mc && crs < crs_end) {
-          g.copy_row(x, crs, k0, kc, dst + i, mr);
+          g.copy_row(x, crs, k0, kc, panel + i, mr);
         } else {
-          for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = T(0);
+          for (int64_t k = 0; k < kc; ++k) panel[k * mr + i] = T(0);
         }
       }
     }
+    return dst;
   }
 };
 
