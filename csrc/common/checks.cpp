@@ -177,8 +177,10 @@ Pool2dShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_siz
   return s;
 }
 
-Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
-                                      at::IntArrayRef input_size, DTypes dtypes) {
+namespace {
+// Tensors and sizes of a max_pool2d_backward call (the window is checked by the caller).
+Pool2dShape check_pool_backward_tensors(const at::Tensor& grad_output, const at::Tensor& indices,
+                                        at::IntArrayRef input_size, DTypes dtypes) {
   const char* op = "max_pool2d_backward";
   TORCH_CHECK(grad_output.defined() && indices.defined(),
               "fastconv.max_pool2d_backward: grad_output and indices must be tensors");
@@ -199,15 +201,24 @@ Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::T
   s.N = grad_output.size(0); s.C = grad_output.size(1);
   s.H = input_size[0]; s.W = input_size[1];
   s.P = grad_output.size(2); s.Q = grad_output.size(3);
+  if (indices.device().is_cpu() && indices.numel() > 0) {
+    const at::Tensor idx = indices.contiguous();
+    const int64_t* p = idx.const_data_ptr<int64_t>();
+    const int64_t hw = s.H * s.W;
+    for (int64_t i = 0, n = idx.numel(); i < n; ++i)
+      TORCH_CHECK(p[i] >= 0 && p[i] < hw, "fastconv.max_pool2d_backward: index ", p[i],
+                  " is outside the input plane of size ", s.H, " x ", s.W);
+  }
   return s;
 }
+}  // namespace
 
 Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
                                       at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                       at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes) {
   const char* op = "max_pool2d_backward";
-  Pool2dShape s = check_max_pool2d_backward(grad_output, indices, input_size, dtypes);
+  Pool2dShape s = check_pool_backward_tensors(grad_output, indices, input_size, dtypes);
   check_pair(op, "kernel_size", kernel_size, 1);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);

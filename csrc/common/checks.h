@@ -57,14 +57,13 @@ Pool2dShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_siz
                              at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes);
 
 // grad_output (N,C,P,Q) and int64 indices of the same shape; input_size = (H, W); the window
-// parameters of the forward call, which must give the grad_output's P x Q.
+// parameters of the forward call, which must give the grad_output's P x Q. Indices of CPU tensors
+// are checked to lie in [0, H*W); on a GPU that would cost a device synchronisation, so CUDA
+// kernels trust them (as PyTorch's do).
 Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
                                       at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                       at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes);
-// Deprecated form without window parameters (kept until every backend passes them).
-Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
-                                      at::IntArrayRef input_size, DTypes dtypes);
 
 // relu / relu_: any shape; relu_ additionally rejects inputs whose elements overlap in memory.
 void check_relu(const char* op, const at::Tensor& input, DTypes dtypes, bool inplace);

@@ -65,10 +65,7 @@ void max_pool2d_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dSha
       const T* dyp = dy + plane * PQ;
       const int64_t* ip = idx + plane * PQ;
       for (int64_t j = 0; j < PQ; ++j) {
-        const int64_t i = ip[j];
-        TORCH_CHECK(i >= 0 && i < HW, "fastconv.max_pool2d_backward: index ", i,
-                    " is outside the input plane of size ", s.H, " x ", s.W);
-        dxp[i] += dyp[j];
+        dxp[ip[j]] += dyp[j];  // indices were range-checked by check_max_pool2d_backward
       }
     }
   });
