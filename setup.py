@@ -139,7 +139,7 @@ if simt_sources:
             simt_sources + sources("common/checks.cpp"),
             include_dirs=include_dirs,
             define_macros=define_macros + [("FASTCONV_SIMT", "1")],
-            extra_compile_args={"cxx": ["-O2", "-mfma", "-ftls-model=initial-exec", "-Wno-unknown-pragmas",
+            extra_compile_args={"cxx": ["-O2", "-mfma", "-Wno-unknown-pragmas",
                                         "-fvisibility=hidden"]},
         )
     )

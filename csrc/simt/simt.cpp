@@ -1,0 +1,815 @@
+// SIMT emulator runtime: fibers, the per-block scheduler, warp operations, grid launch.
+//
+// Invariants:
+//  * One OS thread runs one block at a time; all fibers of a block live on that OS thread
+//    (a Runner, created lazily per OS thread, owns the fiber slots and the dynamic smem buffer).
+//  * A fiber slot is kSlotBytes, aligned to kSlotBytes: [2 header pages][guard page][stack].
+//    The header sits at slot + color, the stack top at slot end - color, color = 64*(index%64)
+//    (cache colouring). The running fiber finds its header from its stack pointer (simt.h: self()).
+//  * The scheduler runs on the OS thread's own stack. It resumes each runnable fiber (in the
+//    scheduled order) until it blocks or exits, then resolves warp ops, then block barriers.
+//    Fibers never resume each other, and nothing is unwound across a switch: UB detected while
+//    the block runs is recorded, the block is abandoned, and run_grid throws afterwards.
+//
+// Build switches: FASTCONV_SIMT_STANDALONE (no ATen: std::thread, std::runtime_error),
+// SIMT_ASAN / SIMT_TSAN (or -fsanitize=...) announce fibers to the sanitizers.
+#include "simt/simt.h"
+
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef FASTCONV_SIMT_STANDALONE
+#include <thread>
+#else
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#endif
+
+#if defined(__SANITIZE_ADDRESS__) && !defined(SIMT_ASAN)
+#define SIMT_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__) && !defined(SIMT_TSAN)
+#define SIMT_TSAN 1
+#endif
+#ifdef SIMT_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#ifdef SIMT_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+#if !defined(__x86_64__)
+#define SIMT_UCONTEXT 1
+#include <ucontext.h>
+#endif
+
+namespace simt {
+
+// ---------------------------------------------------------------- schedule setting
+static std::atomic<int> g_order{0};
+static std::atomic<uint64_t> g_seed{0};
+static std::atomic<bool> g_serial{false};
+
+void set_schedule(Order order, uint64_t seed) {
+  g_order.store(int(order));
+  g_seed.store(seed);
+}
+void set_schedule(const char* order, uint64_t seed) {
+  std::string o(order);
+  if (o == "forward") set_schedule(Order::forward, seed);
+  else if (o == "reverse") set_schedule(Order::reverse, seed);
+  else if (o == "shuffle") set_schedule(Order::shuffle, seed);
+  else throw std::invalid_argument("simt::set_schedule: order must be forward, reverse or shuffle, got '" + o + "'");
+}
+Order schedule_order() { return Order(g_order.load()); }
+uint64_t schedule_seed() { return g_seed.load(); }
+void set_serial(bool serial) { g_serial.store(serial); }
+
+namespace detail {
+
+static_assert(sizeof(void*) == 8, "64-bit only");
+constexpr size_t kPage = 4096;
+constexpr size_t kStackOffset = 3 * kPage;  // 2 header pages + guard page
+constexpr unsigned kMaxThreads = 1024;
+constexpr size_t kCanary = 64;            // guard bytes on each side of dynamic smem
+constexpr unsigned char kCanaryByte = 0xA5;
+
+enum class State : uint8_t { runnable, at_bar, at_warp, exited };
+
+struct Runner;
+
+// Header of a fiber slot; FiberHeader (what kernels read) comes first.
+struct Fiber : FiberHeader {
+  Runner* runner;
+  void* sp;  // saved stack pointer while suspended
+  unsigned linear, lane, warp;
+  State state;
+  // The synchronisation point the fiber waits at.
+  Sync kind;
+  unsigned mask;
+  int arg, width;
+  uint64_t value, result;
+  const char* file;
+  int line;
+  void* sync_obj;   // TSan: object released on arrival, acquired on release
+  bool dirty;       // abandoned mid-kernel (stack shadow must be reset)
+  uint64_t exit_round;  // scheduling round in which it exited
+#ifdef SIMT_UCONTEXT
+  ucontext_t uc;
+#endif
+#ifdef SIMT_TSAN
+  void* tsan_fiber;
+  // Warp-op happens-before: the k-th warp op of a lane releases rel[k & 1]; when an op completes
+  // the scheduler records the participants (acq_mask) and their parities (acq_par), and each
+  // participant acquires those objects when it resumes. A lane cannot get two ops ahead of a
+  // peer before the peer resumes, so the parity objects are never overwritten too early.
+  unsigned seq, acq_mask, acq_par;
+  char rel[2];
+#endif
+#ifdef SIMT_ASAN
+  void* asan_fake;
+#endif
+};
+static_assert(sizeof(Fiber) + 63 * 64 <= 2 * kPage, "fiber header must fit its pages");
+static inline size_t color_of(const void* slot) { return (reinterpret_cast<uintptr_t>(slot) >> 11) & 0xFC0; }
+
+// Per-launch state shared by the OS threads that run its blocks.
+struct Launch {
+  LaunchConfig cfg;
+  void (*thunk)(void*);
+  void* ctx;
+  Order order;
+  uint64_t seed;
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  std::string error;
+  void fail(const std::string& msg) {
+    std::lock_guard<std::mutex> g(mu);
+    if (!failed.load()) error = msg;
+    failed.store(true);
+  }
+};
+
+struct Runner {
+  unsigned char* region = nullptr;  // kMaxThreads slots, kSlotBytes-aligned
+  unsigned slots_ready = 0;         // slots whose guard page is set
+  Fiber* fibers[kMaxThreads];
+  unsigned n = 0, nwarps = 0, nexited = 0;
+  void* main_sp = nullptr;
+#ifdef SIMT_UCONTEXT
+  ucontext_t main_uc;
+#endif
+#ifdef SIMT_TSAN
+  void* main_tsan = nullptr;
+#endif
+#ifdef SIMT_ASAN
+  void* main_fake = nullptr;
+  const void* main_bottom = nullptr;
+  size_t main_size = 0;
+#endif
+  std::vector<unsigned char> smem_raw;
+  std::vector<unsigned> order;
+  uint64_t rng = 0;
+  const Launch* launch = nullptr;
+  std::string error;  // first UB found in the current block
+  // TSan synchronisation objects (addresses only).
+  char sync_start, sync_exit, sync_bar[2];
+  unsigned bar_phase = 0;
+  uint64_t round = 0;  // scheduling round of the current block
+
+  Runner() {
+    size_t bytes = kSlotBytes * (kMaxThreads + 1);
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("simt: cannot reserve fiber stacks");
+    uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kSlotBytes - 1) & ~(uintptr_t)(kSlotBytes - 1);
+    region = reinterpret_cast<unsigned char*>(a);  // the unaligned head/tail stay mapped, unused
+#ifdef SIMT_TSAN
+    main_tsan = __tsan_get_current_fiber();
+#endif
+  }
+
+  void ensure_slots(unsigned count) {
+    for (; slots_ready < count; ++slots_ready) {
+      unsigned char* slot = region + size_t(slots_ready) * kSlotBytes;
+      if (mprotect(slot + 2 * kPage, kPage, PROT_NONE) != 0) throw std::runtime_error("simt: mprotect failed");
+      Fiber* f = new (slot + color_of(slot)) Fiber();
+      f->runner = this;
+#ifdef SIMT_TSAN
+      f->tsan_fiber = __tsan_create_fiber(0);
+#endif
+      fibers[slots_ready] = f;
+    }
+  }
+
+  void fail(Fiber* f, const std::string& msg) {
+    if (!error.empty()) return;
+    error = msg;
+    (void)f;
+  }
+
+  void run_block(const Launch& L, uint64_t block_linear);
+  void resume(Fiber* f);
+  bool resolve_warps();
+  void resolve_barrier();
+};
+
+static std::string tid_str(const Fiber* f) {
+  return "(" + std::to_string(f->thread_idx.x) + "," + std::to_string(f->thread_idx.y) + "," +
+         std::to_string(f->thread_idx.z) + ")";
+}
+static std::string site_str(const Fiber* f) { return std::string(f->file) + ":" + std::to_string(f->line); }
+static inline bool same_site(const Fiber* a, const Fiber* b) {
+  return a->line == b->line && (a->file == b->file || !strcmp(a->file, b->file));
+}
+static const char* sync_name(Sync k) {
+  switch (k) {
+    case Sync::bar: return "__syncthreads";
+    case Sync::bar_count: return "__syncthreads_count";
+    case Sync::bar_and: return "__syncthreads_and";
+    case Sync::bar_or: return "__syncthreads_or";
+    case Sync::syncwarp: return "__syncwarp";
+    case Sync::shfl_idx: return "__shfl_sync";
+    case Sync::shfl_up: return "__shfl_up_sync";
+    case Sync::shfl_down: return "__shfl_down_sync";
+    case Sync::shfl_xor: return "__shfl_xor_sync";
+    case Sync::ballot: return "__ballot_sync";
+    case Sync::any: return "__any_sync";
+    case Sync::all: return "__all_sync";
+  }
+  return "?";
+}
+static std::string hex(unsigned m) {
+  char b[16];
+  snprintf(b, sizeof b, "0x%08x", m);
+  return b;
+}
+
+}  // namespace detail
+}  // namespace simt
+
+// ---------------------------------------------------------------- context switch
+using simt::detail::Fiber;
+extern "C" void simt_fiber_main(Fiber* f) __attribute__((visibility("hidden"), noreturn, used));
+
+#ifndef SIMT_UCONTEXT
+// void simt_switch_ctx(void** save_sp, void* new_sp): save callee-saved registers on the current
+// stack, store its sp, load new_sp, restore that stack's registers and return into it.
+extern "C" void simt_switch_ctx(void** save_sp, void* new_sp) __attribute__((visibility("hidden")));
+extern "C" void simt_fiber_start() __attribute__((visibility("hidden")));
+asm(R"(
+  .text
+  .p2align 4
+  .globl simt_switch_ctx
+  .hidden simt_switch_ctx
+  .type simt_switch_ctx,@function
+simt_switch_ctx:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size simt_switch_ctx, .-simt_switch_ctx
+
+  .p2align 4
+  .globl simt_fiber_start
+  .hidden simt_fiber_start
+  .type simt_fiber_start,@function
+simt_fiber_start:
+  .cfi_startproc
+  .cfi_undefined rip
+  movq %r12, %rdi
+  call simt_fiber_main
+  ud2
+  .cfi_endproc
+  .size simt_fiber_start, .-simt_fiber_start
+)");
+#else
+static void simt_uc_entry(unsigned lo, unsigned hi) {
+  simt_fiber_main(reinterpret_cast<Fiber*>((uintptr_t(hi) << 32) | lo));
+}
+#endif
+
+namespace simt {
+namespace detail {
+
+static inline unsigned char* slot_of(Fiber* f) {
+  return reinterpret_cast<unsigned char*>(reinterpret_cast<uintptr_t>(f) & ~uintptr_t(kSlotBytes - 1));
+}
+static inline unsigned char* stack_lo(Fiber* f) { return slot_of(f) + kStackOffset; }
+static inline unsigned char* stack_hi(Fiber* f) { return slot_of(f) + kSlotBytes - color_of(slot_of(f)); }
+static inline size_t stack_size(Fiber* f) { return size_t(stack_hi(f) - stack_lo(f)); }
+
+// Prepare f to start the kernel from scratch at its next resume.
+static void init_fiber(Fiber* f) {
+#ifdef SIMT_ASAN
+  if (f->dirty) __asan_unpoison_memory_region(stack_lo(f), stack_size(f));
+#endif
+#ifdef SIMT_TSAN
+  if (f->dirty) {
+    __tsan_destroy_fiber(f->tsan_fiber);
+    f->tsan_fiber = __tsan_create_fiber(0);
+  }
+#endif
+  f->dirty = false;
+#ifndef SIMT_UCONTEXT
+  void** sp = reinterpret_cast<void**>(stack_hi(f));
+  *--sp = reinterpret_cast<void*>(&simt_fiber_start);  // return address of the first switch
+  *--sp = nullptr;                                    // rbp
+  *--sp = nullptr;                                    // rbx
+  *--sp = f;                                          // r12 -> simt_fiber_main's argument
+  *--sp = nullptr;                                    // r13
+  *--sp = nullptr;                                    // r14
+  *--sp = nullptr;                                    // r15
+  f->sp = sp;
+#else
+  getcontext(&f->uc);
+  f->uc.uc_stack.ss_sp = stack_lo(f);
+  f->uc.uc_stack.ss_size = stack_size(f);
+  f->uc.uc_link = nullptr;
+  uintptr_t p = reinterpret_cast<uintptr_t>(f);
+  makecontext(&f->uc, (void (*)())simt_uc_entry, 2, unsigned(p), unsigned(p >> 32));
+#endif
+}
+
+// Scheduler -> fiber; returns when the fiber blocks or exits.
+void Runner::resume(Fiber* f) {
+#ifdef SIMT_ASAN
+  __sanitizer_start_switch_fiber(&main_fake, stack_lo(f), stack_size(f));
+#endif
+#ifdef SIMT_TSAN
+  __tsan_switch_to_fiber(f->tsan_fiber, __tsan_switch_to_fiber_no_sync);
+#endif
+#ifndef SIMT_UCONTEXT
+  simt_switch_ctx(&main_sp, f->sp);
+#else
+  swapcontext(&main_uc, &f->uc);
+#endif
+#ifdef SIMT_ASAN
+  __sanitizer_finish_switch_fiber(main_fake, nullptr, nullptr);
+#endif
+}
+
+// Fiber -> scheduler (the fiber stays suspended until resumed). dying: the fiber never resumes.
+static inline void suspend(Fiber* f, bool dying) {
+  Runner* r = f->runner;
+#ifdef SIMT_ASAN
+  __sanitizer_start_switch_fiber(dying ? nullptr : &f->asan_fake, r->main_bottom, r->main_size);
+#endif
+#ifdef SIMT_TSAN
+  __tsan_switch_to_fiber(r->main_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+  (void)dying;
+#ifndef SIMT_UCONTEXT
+  simt_switch_ctx(&f->sp, r->main_sp);
+#else
+  swapcontext(&f->uc, &r->main_uc);
+#endif
+#ifdef SIMT_ASAN
+  __sanitizer_finish_switch_fiber(f->asan_fake, &r->main_bottom, &r->main_size);
+#endif
+}
+
+}  // namespace detail
+}  // namespace simt
+
+extern "C" void simt_fiber_main(Fiber* f) {
+  using namespace simt::detail;
+  Runner* r = f->runner;
+#ifdef SIMT_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &r->main_bottom, &r->main_size);
+#endif
+#ifdef SIMT_TSAN
+  __tsan_acquire(&r->sync_start);
+#endif
+  try {
+    r->launch->thunk(r->launch->ctx);
+  } catch (const std::exception& e) {
+    r->fail(f, std::string("exception thrown by thread ") + tid_str(f) + ": " + e.what());
+  } catch (...) {
+    r->fail(f, "unknown exception thrown by thread " + tid_str(f));
+  }
+  f->state = State::exited;
+  f->exit_round = r->round;
+  r->nexited++;
+#ifdef SIMT_TSAN
+  __tsan_release(&r->sync_exit);
+#endif
+  suspend(f, true);
+  __builtin_trap();  // never resumed
+}
+
+namespace simt {
+namespace detail {
+
+static inline uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void Runner::run_block(const Launch& L, uint64_t b) {
+  const LaunchConfig& c = L.cfg;
+  launch = &L;
+  error.clear();
+  n = c.block.x * c.block.y * c.block.z;
+  nwarps = (n + 31) / 32;
+  nexited = 0;
+  ensure_slots(n);
+  uint3 bidx{unsigned(b % c.grid.x), unsigned((b / c.grid.x) % c.grid.y), unsigned(b / (uint64_t(c.grid.x) * c.grid.y))};
+
+  // Dynamic shared memory: canary | smem (0xFF bytes = NaN) | canary.
+  size_t need = c.smem + 2 * kCanary + 64;
+  if (smem_raw.size() < need) smem_raw.assign(need, 0);
+  unsigned char* base = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw.data()) + kCanary + 63) & ~uintptr_t(63));
+#ifdef SIMT_ASAN
+  __asan_unpoison_memory_region(base - kCanary, c.smem + 2 * kCanary);
+#endif
+  std::memset(base - kCanary, kCanaryByte, kCanary);
+  std::memset(base, 0xFF, c.smem);
+  std::memset(base + c.smem, kCanaryByte, kCanary);
+#ifdef SIMT_ASAN
+  __asan_poison_memory_region(base - kCanary, kCanary);
+  __asan_poison_memory_region(base + c.smem, kCanary);
+#endif
+
+  for (unsigned i = 0; i < n; ++i) {
+    Fiber* f = fibers[i];
+    init_fiber(f);
+    f->thread_idx = uint3{i % c.block.x, (i / c.block.x) % c.block.y, i / (c.block.x * c.block.y)};
+    f->block_idx = bidx;
+    f->block_dim = c.block;
+    f->grid_dim = c.grid;
+    f->dyn_smem = base;
+    f->linear = i;
+    f->lane = i % 32;
+    f->warp = i / 32;
+    f->state = State::runnable;
+  }
+#ifdef SIMT_TSAN
+  __tsan_release(&sync_start);
+#endif
+
+  round = 0;
+  if (order.size() < n) order.resize(kMaxThreads);
+  while (error.empty()) {
+    // One round: every runnable fiber runs until it blocks or exits.
+    if (L.order == Order::forward) {
+      for (unsigned i = 0; i < n && error.empty(); ++i)
+        if (fibers[i]->state == State::runnable) resume(fibers[i]);
+    } else if (L.order == Order::reverse) {
+      for (unsigned i = n; i-- > 0 && error.empty();)
+        if (fibers[i]->state == State::runnable) resume(fibers[i]);
+    } else {
+      rng = L.seed * 0x2545F4914F6CDD1Dull ^ (b * 0x9E3779B97F4A7C15ull) ^ (round << 32);
+      for (unsigned i = 0; i < n; ++i) order[i] = i;
+      for (unsigned i = n; i > 1; --i) std::swap(order[i - 1], order[splitmix(rng) % i]);
+      for (unsigned k = 0; k < n && error.empty(); ++k)
+        if (fibers[order[k]]->state == State::runnable) resume(fibers[order[k]]);
+    }
+    ++round;
+    if (!error.empty()) break;
+    if (nexited == n) break;
+    if (resolve_warps()) continue;
+    if (!error.empty()) break;
+    resolve_barrier();
+  }
+
+  if (error.empty()) {
+#ifdef SIMT_ASAN
+    __asan_unpoison_memory_region(base - kCanary, c.smem + 2 * kCanary);
+#endif
+    for (size_t i = 0; i < kCanary; ++i) {
+      if (base[-1 - ptrdiff_t(i)] != kCanaryByte || base[c.smem + i] != kCanaryByte) {
+        error = std::string("write outside the ") + std::to_string(c.smem) +
+                " bytes of dynamic shared memory (guard bytes " + (base[-1 - ptrdiff_t(i)] != kCanaryByte ? "before" : "after") +
+                " it overwritten)";
+        break;
+      }
+    }
+  }
+  if (!error.empty()) {
+    for (unsigned i = 0; i < n; ++i)
+      if (fibers[i]->state != State::exited) fibers[i]->dirty = true;
+  }
+#ifdef SIMT_TSAN
+  __tsan_acquire(&sync_exit);
+#endif
+  launch = nullptr;
+}
+
+// Complete every warp operation whose participants have all arrived. Returns true if some fiber
+// became runnable. Records an error for an operation that can never complete validly.
+bool Runner::resolve_warps() {
+  bool progress = false;
+  for (unsigned w = 0; w < nwarps && error.empty(); ++w) {
+    unsigned base = w * 32, cnt = std::min(32u, n - base);
+    unsigned exists = cnt == 32 ? 0xffffffffu : ((1u << cnt) - 1);
+    for (unsigned l = 0; l < cnt; ++l) {
+      Fiber* f = fibers[base + l];
+      if (f->state != State::at_warp) continue;
+      const char* op = sync_name(f->kind);
+      if (!((f->mask >> l) & 1)) {
+        error = std::string(op) + " at " + site_str(f) + ": mask " + hex(f->mask) + " of thread " + tid_str(f) +
+                " does not include its own lane " + std::to_string(l);
+        return progress;
+      }
+      if (f->width <= 0 || f->width > 32 || (f->width & (f->width - 1))) {
+        error = std::string(op) + " at " + site_str(f) + ": width " + std::to_string(f->width) +
+                " is not a power of two <= 32";
+        return progress;
+      }
+      unsigned m = f->mask & exists;
+      bool ready = true;
+      for (unsigned p = 0; p < cnt; ++p) {
+        if (!((m >> p) & 1)) continue;
+        Fiber* g = fibers[base + p];
+        if (g->state == State::exited) {
+          error = std::string(op) + " at " + site_str(f) + ": mask " + hex(f->mask) + " names lane " +
+                  std::to_string(p) + " (thread " + tid_str(g) + ") which has exited";
+          return progress;
+        }
+        if (g->state == State::at_warp && g->kind == f->kind && same_site(g, f)) {
+          if (g->mask != f->mask) {
+            error = std::string(op) + " at " + site_str(f) + ": lanes of one warp use different masks (" +
+                    hex(f->mask) + " for thread " + tid_str(f) + ", " + hex(g->mask) + " for thread " + tid_str(g) + ")";
+            return progress;
+          }
+          continue;
+        }
+        ready = false;  // at a barrier or another warp op: maybe resolvable later, else deadlock
+      }
+      if (!ready) continue;
+      // Complete the operation for every lane in m.
+      uint64_t ballot = 0;
+      bool all = true;
+      for (unsigned p = 0; p < cnt; ++p)
+        if ((m >> p) & 1) {
+          bool v = fibers[base + p]->value != 0;
+          ballot |= uint64_t(v) << p;
+          all = all && v;
+        }
+      for (unsigned p = 0; p < cnt; ++p) {
+        if (!((m >> p) & 1)) continue;
+        Fiber* g = fibers[base + p];
+        unsigned wd = unsigned(g->width), lo = p & ~(wd - 1);
+        int src = int(p);
+        switch (g->kind) {
+          case Sync::shfl_idx: src = int(lo + (unsigned(g->arg) & (wd - 1))); break;
+          case Sync::shfl_up: src = int(p) - g->arg; if (src < int(lo)) src = int(p); break;
+          case Sync::shfl_down: src = int(p) + g->arg; if (src >= int(lo + wd)) src = int(p); break;
+          case Sync::shfl_xor: src = int(p ^ unsigned(g->arg)); if (src < int(lo) || src >= int(lo + wd)) src = int(p); break;
+          default: break;
+        }
+        switch (g->kind) {
+          case Sync::shfl_idx: case Sync::shfl_up: case Sync::shfl_down: case Sync::shfl_xor:
+            // A lane outside the operation has no defined value: all-ones bits (NaN, -1).
+            g->result = (src >= 0 && src < 32 && ((m >> src) & 1)) ? fibers[base + src]->value : ~uint64_t(0);
+            break;
+          case Sync::ballot: g->result = ballot; break;
+          case Sync::any: g->result = ballot != 0; break;
+          case Sync::all: g->result = all; break;
+          default: g->result = 0; break;
+        }
+        g->state = State::runnable;
+      }
+#ifdef SIMT_TSAN
+      unsigned par = 0;
+      for (unsigned p = 0; p < cnt; ++p)
+        if ((m >> p) & 1) par |= (fibers[base + p]->seq & 1u) << p;
+      for (unsigned p = 0; p < cnt; ++p)
+        if ((m >> p) & 1) fibers[base + p]->acq_mask = m, fibers[base + p]->acq_par = par;
+#endif
+      progress = true;
+    }
+  }
+  return progress;
+}
+
+// Called when no fiber is runnable and no warp op can complete: release a block barrier that all
+// live threads reached at the same place, or report why the block is stuck.
+void Runner::resolve_barrier() {
+  Fiber* first_bar = nullptr;
+  Fiber* first_exit = nullptr;
+  Fiber* first_warp = nullptr;
+  unsigned nbar = 0, nexit = 0;
+  for (unsigned i = 0; i < n; ++i) {
+    Fiber* f = fibers[i];
+    if (f->state == State::exited) { nexit++; if (!first_exit) first_exit = f; }
+    else if (f->state == State::at_bar) { nbar++; if (!first_bar) first_bar = f; }
+    else if (f->state == State::at_warp) { if (!first_warp) first_warp = f; }
+  }
+  if (first_warp) {
+    // A warp op waits for a lane that is at a block barrier or at another warp op.
+    Fiber* other = nullptr;
+    unsigned base = first_warp->warp * 32;
+    for (unsigned p = 0; p < 32 && base + p < n; ++p) {
+      Fiber* g = fibers[base + p];
+      if (((first_warp->mask >> p) & 1) && g->state != State::exited &&
+          !(g->state == State::at_warp && same_site(g, first_warp))) {
+        other = g;
+        break;
+      }
+    }
+    error = std::string("deadlock: thread ") + tid_str(first_warp) + " waits at " + sync_name(first_warp->kind) +
+            " at " + site_str(first_warp) + " (mask " + hex(first_warp->mask) + ")";
+    if (other)
+      error += " for thread " + tid_str(other) + ", which waits at " + sync_name(other->kind) + " at " + site_str(other);
+    return;
+  }
+  // Every live thread is at a block barrier.
+  for (unsigned i = 0; i < n; ++i) {
+    Fiber* f = fibers[i];
+    if (f->state == State::at_bar && !same_site(f, first_bar)) {
+      error = std::string("barrier divergence: thread ") + tid_str(first_bar) + " waits at " +
+              sync_name(first_bar->kind) + " at " + site_str(first_bar) + " while thread " + tid_str(f) +
+              " waits at " + sync_name(f->kind) + " at " + site_str(f);
+      return;
+    }
+  }
+  if (nexit) {
+    error = std::string(sync_name(first_bar->kind)) + " at " + site_str(first_bar) + " reached by " +
+            std::to_string(nbar) + " threads after " + std::to_string(nexit) + " threads of the block exited (e.g. thread " +
+            tid_str(first_exit) + ")";
+    return;
+  }
+  int count = 0;
+  for (unsigned i = 0; i < n; ++i) count += fibers[i]->value != 0;
+  for (unsigned i = 0; i < n; ++i) {
+    Fiber* f = fibers[i];
+    switch (f->kind) {
+      case Sync::bar_count: f->result = unsigned(count); break;
+      case Sync::bar_and: f->result = count == int(n); break;
+      case Sync::bar_or: f->result = count != 0; break;
+      default: f->result = 0; break;
+    }
+    f->state = State::runnable;
+  }
+  bar_phase++;
+}
+
+// ---------------------------------------------------------------- kernel-side operations
+int block_sync(Sync kind, int pred, const char* file, int line) {
+  Fiber* f = static_cast<Fiber*>(self());
+  Runner* r = f->runner;
+  f->state = State::at_bar;
+  f->kind = kind;
+  f->value = uint64_t(pred != 0);
+  f->file = file;
+  f->line = line;
+#ifdef SIMT_TSAN
+  f->sync_obj = &r->sync_bar[r->bar_phase & 1];
+  __tsan_release(f->sync_obj);
+#endif
+  suspend(f, false);
+#ifdef SIMT_TSAN
+  __tsan_acquire(f->sync_obj);
+#endif
+  (void)r;
+  return int(f->result);
+}
+
+uint64_t warp_sync(Sync kind, unsigned mask, uint64_t value, int arg, int width, const char* file, int line) {
+  Fiber* f = static_cast<Fiber*>(self());
+  Runner* r = f->runner;
+  f->state = State::at_warp;
+  f->kind = kind;
+  f->mask = mask;
+  f->value = value;
+  f->arg = arg;
+  f->width = width;
+  f->file = file;
+  f->line = line;
+#ifdef SIMT_TSAN
+  f->seq++;
+  __tsan_release(&f->rel[f->seq & 1]);
+#endif
+  suspend(f, false);
+#ifdef SIMT_TSAN
+  for (unsigned p = 0; p < 32; ++p)
+    if ((f->acq_mask >> p) & 1)
+      __tsan_acquire(&static_cast<Fiber*>(r->fibers[f->warp * 32 + p])->rel[(f->acq_par >> p) & 1]);
+#endif
+  (void)r;
+  return f->result;
+}
+
+unsigned active_mask() {
+  Fiber* f = static_cast<Fiber*>(self());
+  // Lanes not exited when the current scheduling round began: the round structure does not
+  // depend on the thread order, so neither does this.
+  Runner* r = f->runner;
+  unsigned m = 0, base = f->warp * 32;
+  for (unsigned p = 0; p < 32 && base + p < r->n; ++p) {
+    const Fiber* g = r->fibers[base + p];
+    if (g->state != State::exited || g->exit_round == r->round) m |= 1u << p;
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------- diagnostics
+#ifndef SIMT_UCONTEXT
+// Raw cost of one simt_switch_ctx: a fiber on a plain heap stack ping-pongs with the caller.
+static void* g_ping_main;
+static void* g_ping_fiber;
+extern "C" __attribute__((visibility("hidden"), noreturn, used)) void simt_ping_loop() {
+  for (;;) simt_switch_ctx(&g_ping_fiber, g_ping_main);
+}
+double measure_switch_ns(int iters) {
+  std::vector<unsigned char> stack(1 << 16);
+  void** sp = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(stack.data() + stack.size())) & ~uintptr_t(15));
+  *--sp = reinterpret_cast<void*>(&simt_ping_loop);
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;
+  g_ping_fiber = sp;
+  simt_switch_ctx(&g_ping_main, g_ping_fiber);  // warm up
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  for (int i = 0; i < iters; ++i) simt_switch_ctx(&g_ping_main, g_ping_fiber);
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (2.0 * iters);
+}
+#else
+double measure_switch_ns(int) { return -1; }
+#endif
+
+// ---------------------------------------------------------------- grid launch
+static Runner& this_runner() {
+  // Not on a hot path; explicit model keeps it out of static TLS (see simt.h, __shared__).
+  static thread_local __attribute__((tls_model("global-dynamic"))) Runner* r = nullptr;
+  if (!r) r = new Runner();  // lives as long as the OS thread (stacks are reused across launches)
+  return *r;
+}
+
+[[noreturn]] static void raise(const std::string& msg) {
+#ifdef FASTCONV_SIMT_STANDALONE
+  throw std::runtime_error(msg);
+#else
+  TORCH_CHECK(false, msg);
+  __builtin_unreachable();
+#endif
+}
+
+void run_grid(const LaunchConfig& cfg, void (*thunk)(void*), void* ctx) {
+  const std::string where = std::string(cfg.file) + ":" + std::to_string(cfg.line);
+  uint64_t threads = uint64_t(cfg.block.x) * cfg.block.y * cfg.block.z;
+  if (threads == 0 || threads > kMaxThreads || cfg.block.z > 64)
+    raise("simt: invalid block size (" + std::to_string(cfg.block.x) + "," + std::to_string(cfg.block.y) + "," +
+          std::to_string(cfg.block.z) + ") in kernel launch at " + where);
+  if (cfg.grid.y > 65535 || cfg.grid.z > 65535 || cfg.grid.x > 0x7fffffffu)
+    raise("simt: invalid grid size in kernel launch at " + where);
+  if (cfg.smem > (size_t(227) << 10))
+    raise("simt: " + std::to_string(cfg.smem) + " bytes of dynamic shared memory requested at " + where +
+          " (more than any GPU has, 227 KiB)");
+  const int64_t nblocks = int64_t(cfg.grid.x) * cfg.grid.y * cfg.grid.z;
+  if (nblocks == 0) return;  // CUDA reports an invalid configuration; nothing to run either way
+
+  Launch L;
+  L.cfg = cfg;
+  L.thunk = thunk;
+  L.ctx = ctx;
+  L.order = schedule_order();
+  L.seed = schedule_seed();
+  auto body = [&L](int64_t b0, int64_t b1) {
+    try {
+      Runner& r = this_runner();
+      if (r.launch) {
+        L.fail("simt: kernel launched from inside a running kernel");
+        return;
+      }
+      for (int64_t b = b0; b < b1 && !L.failed.load(std::memory_order_relaxed); ++b) {
+        r.run_block(L, uint64_t(b));
+        if (!r.error.empty()) {
+          Fiber* f0 = r.fibers[0];
+          L.fail(r.error + " [block (" + std::to_string(f0->block_idx.x) + "," + std::to_string(f0->block_idx.y) + "," +
+                 std::to_string(f0->block_idx.z) + ") of the kernel launched at " + L.cfg.file + ":" +
+                 std::to_string(L.cfg.line) + "]");
+        }
+      }
+    } catch (const std::exception& e) {
+      L.fail(std::string("simt: ") + e.what());
+    }
+  };
+#ifdef FASTCONV_SIMT_STANDALONE
+  unsigned nt = g_serial.load() ? 1u : std::max(1u, std::thread::hardware_concurrency());
+  if (nt <= 1 || nblocks == 1) {
+    body(0, nblocks);
+  } else {
+    std::vector<std::thread> ts;
+    int64_t chunk = (nblocks + nt - 1) / nt;
+    for (unsigned t = 0; t < nt; ++t) {
+      int64_t b0 = t * chunk, b1 = std::min<int64_t>(nblocks, b0 + chunk);
+      if (b0 < b1) ts.emplace_back(body, b0, b1);
+    }
+    for (auto& t : ts) t.join();
+  }
+#else
+  if (g_serial.load() || nblocks == 1) body(0, nblocks);
+  else at::parallel_for(0, nblocks, 1, body);
+#endif
+  if (L.failed.load()) raise(L.error);
+}
+
+}  // namespace detail
+}  // namespace simt
