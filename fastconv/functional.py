@@ -70,6 +70,11 @@ def _conv(op, input, weight, bias, stride, padding, dilation, groups):
         padding = _pair("padding", padding)
     if not isinstance(groups, int) or isinstance(groups, bool):
         raise TypeError(f"fastconv.{op}: groups must be an int, got {groups!r}")
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        # Under autocast a convolution runs in the autocast dtype, as torch.nn.functional.conv2d does.
+        dt = torch.get_autocast_dtype("cuda")
+        x, weight = x.to(dt), weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
     out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 

@@ -1,0 +1,159 @@
+"""Per-kernel GPU resources of fastconv's CUDA kernels, from ptxas, for each architecture.
+
+Compiles csrc/cuda/kernels.cu with nvcc `-Xptxas -v` for each requested architecture (no GPU
+needed) and prints, per kernel: registers per thread, static / dynamic shared memory per block,
+spill bytes, threads per block and the theoretical occupancy (resident warps / max warps per SM)
+they allow. Exits with status 1 if any kernel spills.
+
+    python benchmarks/cuda_resources.py                 # sm_80 and sm_90
+    python benchmarks/cuda_resources.py --arch 80       # one architecture
+    python benchmarks/cuda_resources.py --log build.log # parse a saved `ptxas -v` log instead
+
+Threads per block and dynamic shared memory are launch parameters that ptxas does not see; they
+are derived from the kernel's template arguments exactly as csrc/cuda/launch.h chooses them.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Per-SM limits: max threads, max blocks, registers, shared memory (bytes), per-block smem reserve.
+SM_LIMITS = {
+    "80": dict(threads=2048, blocks=32, regs=65536, smem=164 * 1024, reserved=1024),
+    "86": dict(threads=1536, blocks=16, regs=65536, smem=100 * 1024, reserved=1024),
+    "89": dict(threads=1536, blocks=24, regs=65536, smem=100 * 1024, reserved=1024),
+    "90": dict(threads=2048, blocks=32, regs=65536, smem=228 * 1024, reserved=1024),
+}
+
+
+def nvcc_path():
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    cand = os.path.join(home, "bin", "nvcc")
+    return cand if os.path.exists(cand) else shutil.which("nvcc")
+
+
+def compile_log(arch):
+    import torch.utils.cpp_extension as ce
+    import torch
+
+    inc = ["-I", os.path.join(ROOT, "csrc")]
+    for p in ce.include_paths():
+        inc += ["-I", p]
+    inc += ["-I", sysconfig.get_paths()["include"]]
+    for site in sys.path:  # cuBLAS & co headers of the CUDA wheels (some ATen headers include them)
+        cand = os.path.join(site, "nvidia", "cu%s" % (torch.version.cuda or "13").split(".")[0], "include")
+        if os.path.isdir(cand):
+            inc += ["-I", cand]
+            break
+    out = os.path.join("/tmp", "fastconv_resources_sm%s.o" % arch)
+    cmd = [nvcc_path(), "-std=c++20", "-O3", "--use_fast_math", "-c", os.path.join(ROOT, "csrc/cuda/kernels.cu"),
+           "-o", out, "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr",
+           "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+           "-D__CUDA_NO_HALF2_OPERATORS__", "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
+           "-gencode", "arch=compute_%s,code=sm_%s" % (arch, arch), "-Xptxas", "-v"] + inc
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit("nvcc failed:\n" + res.stderr[-4000:])
+    return res.stderr
+
+
+def demangle(names):
+    try:
+        res = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
+        return res.stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return names
+
+
+def parse(log):
+    """{arch: [(mangled, regs, static_smem, spill_st, spill_ld, stack)]} from a ptxas -v log."""
+    out = {}
+    cur = None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)' for 'sm_(\d+)'", line)
+        if m:
+            cur = dict(name=m.group(1), arch=m.group(2), regs=0, smem=0, spill_st=0, spill_ld=0, stack=0)
+            out.setdefault(cur["arch"], []).append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur["stack"], cur["spill_st"], cur["spill_ld"] = map(int, m.groups())
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            cur["regs"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            cur["smem"] = int(s.group(1)) if s else 0
+    return out
+
+
+def launch_shape(pretty):
+    """(threads per block, dynamic smem bytes) as csrc/cuda/launch.h launches the kernel."""
+    acc = 8 if "double" in pretty else 4
+    m = re.search(r"igemm_kernel<.*?, (\d+), (\d+), (\d+), (\d+), (\d+)>", pretty)
+    if m:
+        bm, bn, bk, tm, tn = map(int, m.groups())
+        return (bm // tm) * (bn // tn), 2 * bk * (bm + bn) * acc
+    m = re.search(r"bias_grad_kernel<.*?, (\d+)>", pretty)
+    if m:
+        return int(m.group(1)), int(m.group(1)) * acc
+    return 256, 0
+
+
+def occupancy(arch, regs, smem, threads):
+    lim = SM_LIMITS.get(arch, SM_LIMITS["80"])
+    warps = (threads + 31) // 32
+    regs_per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
+    by_regs = lim["regs"] // (regs_per_warp * warps)
+    by_threads = lim["threads"] // (warps * 32)
+    by_smem = lim["smem"] // (smem + lim["reserved"]) if smem else lim["blocks"]
+    blocks = min(by_regs, by_threads, by_smem, lim["blocks"])
+    return blocks, blocks * warps / (lim["threads"] // 32)
+
+
+def short(pretty):
+    pretty = pretty.replace("fastconv::cuda::", "").replace("c10::", "")
+    pretty = re.sub(r"\(.*\)$", "", pretty)
+    pretty = pretty.replace("void ", "")
+    return pretty
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", action="append", help="compute capability without the dot (default: 80 and 90)")
+    ap.add_argument("--log", help="parse this saved ptxas -v log instead of compiling")
+    args = ap.parse_args()
+    if args.log:
+        with open(args.log) as f:
+            per_arch = parse(f.read())
+    else:
+        per_arch = {}
+        for arch in args.arch or ["80", "90"]:
+            print("compiling csrc/cuda/kernels.cu for sm_%s ..." % arch, file=sys.stderr, flush=True)
+            per_arch.update(parse(compile_log(arch)))
+    spills = 0
+    for arch in sorted(per_arch):
+        ks = per_arch[arch]
+        pretty = demangle([k["name"] for k in ks])
+        rows = sorted(zip(pretty, ks), key=lambda r: short(r[0]))
+        print("\n## sm_%s (%d kernels)\n" % (arch, len(ks)))
+        print("| kernel | regs | static smem | dyn smem | threads | spill st/ld | blocks/SM | occupancy |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for p, k in rows:
+            threads, dyn = launch_shape(p)
+            blocks, occ = occupancy(arch, k["regs"], k["smem"] + dyn, threads)
+            spills += k["spill_st"] + k["spill_ld"]
+            print("| `%s` | %d | %d | %d | %d | %d/%d | %d | %.0f%% |" % (
+                short(p), k["regs"], k["smem"], dyn, threads, k["spill_st"], k["spill_ld"], blocks, 100 * occ))
+    print("\ntotal spill bytes: %d" % spills)
+    return 1 if spills else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
