@@ -1,0 +1,166 @@
+"""Smoke tests of benchmarks/conv_bench.py and benchmarks/train_bench.py on CPU.
+
+They check that the scripts run, that their JSON has the documented fields, and that the
+correctness check flags a deliberately wrong implementation. They never assert a speed.
+"""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fastconv_root():
+    """Directory to put on PYTHONPATH so a subprocess imports the fastconv this test sees, or None."""
+    try:
+        import fastconv
+    except ImportError:
+        return None
+    return os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+
+
+def run_script(name, *argv, timeout=300):
+    env = dict(os.environ)
+    root = fastconv_root() or ROOT
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.run([sys.executable, os.path.join(BENCH, f"{name}.py"), *argv], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def check_conv_report(r):
+    for key in ("schema", "date", "command", "args", "device", "dtype", "threads", "modes", "implementations",
+                "reference", "vendors", "under_test", "method", "machine", "build", "ceilings", "rows",
+                "geomean", "mismatches", "ok", "wall_s"):
+        assert key in r, key
+    assert r["schema"] == "fastconv.conv_bench/1"
+    assert r["ceilings"]["gemm_gflops"] > 0 and r["ceilings"]["copy_gbs"] > 0
+    assert "torch" in r["build"] and "fastconv" in r["build"]
+    assert r["rows"]
+    for row in r["rows"]:
+        for key in ("suite", "layer", "kind", "op", "shape", "params", "flops", "bytes", "unit", "time",
+                    "rate", "pct_ceiling", "speedup", "rel_err", "tolerance", "ok", "errors"):
+            assert key in row, key
+        assert row["unit"] in ("GFLOP/s", "GB/s")
+        assert (row["flops"] > 0) == (row["kind"] == "conv") and row["bytes"] > 0
+        assert set(row["time"]) == set(r["modes"])
+        for mode in r["modes"]:
+            for name in r["implementations"]:
+                if name not in row["errors"]:
+                    t = row["time"][mode][name]
+                    assert t["median_ms"] > 0 and t["samples"] >= 1
+            for v in r["vendors"]:
+                if not row["errors"]:
+                    assert row["speedup"][mode][v] > 0
+    assert {g["op"] for g in r["geomean"]} >= {"all"}
+    assert r["ok"] == (r["mismatches"] == 0) == all(row["ok"] for row in r["rows"])
+
+
+def test_case_arithmetic():
+    cb = load("conv_bench")
+    c = cb.parse_shape("2,3,150,150,32,3,3,1,1")
+    assert c.out_hw == (150, 150) and c.flops() == 2 * 2 * 32 * 150 * 150 * 3 * 9
+    for H, ceil in [(75, False), (75, True), (37, False), (18, True)]:
+        p = cb.Case("t", "p", "pool", 1, 1, H, H, R=2, S=2, stride=2, ceil_mode=ceil)
+        ref = torch.nn.functional.max_pool2d(torch.zeros(1, 1, H, H), 2, 2, ceil_mode=ceil)
+        assert p.out_hw == tuple(ref.shape[-2:])
+    names = [c.layer for c in cb.suite_cases("vgg16") if c.kind == "conv"]
+    assert len(names) == 13 and names[0] == "conv1_1"
+    assert [c.H for c in cb.suite_cases("catdog") if c.kind == "pool"] == [150, 75, 37, 18]
+
+
+def test_wrong_implementation_is_flagged():
+    cb = load("conv_bench")
+    args = cb.parse_args(["--min-time", "0.003", "--alloc", "alloc", "--no-progress"])
+    cases = cb.cnn_cases("tiny", [8, "M", 16], N=2, HW=17, names=["conv1", "conv2"])  # odd size reaches the pool
+    native = cb.native_ops()
+    wrong = dict(native)
+    wrong["conv_fwd"] = lambda t, c: native["conv_fwd"](t, c) * 1.001  # rel. error 1e-3 > 1e-4
+    wrong["relu_bwd"] = lambda t, c: t["go"].clone()  # forgets the mask
+    wrong["pool_bwd"] = lambda t, c: (_ for _ in ()).throw(RuntimeError("kernel crashed"))
+    impls = {"native": cb.Impl("native", native), "wrong": cb.Impl("wrong", wrong)}
+    report, code = cb.run(args, impls, cases)
+    assert code != 0 and not report["ok"]
+    check_conv_report(report)
+    for row in report["rows"]:
+        bad = row["op"] in ("conv_fwd", "relu_bwd", "pool_bwd")
+        assert row["ok"] == (not bad), (row["layer"], row["op"], row["rel_err"])
+        if row["op"] == "pool_bwd":
+            assert "kernel crashed" in row["errors"]["wrong"]
+        elif bad:
+            assert row["rel_err"]["wrong"] > row["tolerance"]
+        else:
+            assert row["rel_err"]["wrong"] == 0
+    # the table shows it loudly
+    import io
+    out = io.StringIO()
+    cb.print_table(report, out)
+    assert "MISMATCH" in out.getvalue() and "ERROR" in out.getvalue()
+
+
+def test_conv_bench_vendor_self_check_json(tmp_path):
+    """--impl native (vendor vs vendor) works without fastconv and writes both timing modes."""
+    path = tmp_path / "aa.json"
+    p = run_script("conv_bench", "--impl", "native", "--shape", "2,8,12,12,8,3,3,1,1", "--shape", "1,4,9,9,6,3,3,2,1,1,2",
+                   "--channels-last", "--min-time", "0.01", "--alloc", "both", "--json", str(path), "--no-progress")
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(path.read_text())
+    check_conv_report(r)
+    assert r["modes"] == ["kernel", "alloc"] and len(r["rows"]) == 2 * 4
+    assert r["vendors"] == ["native", "native_cl"] and r["under_test"] == "native_again"
+    assert all(row["rel_err"]["native_again"] == 0 and row["rel_err"]["native_cl"] < 1e-5 for row in r["rows"])
+    assert "geomean" in p.stdout
+
+
+def test_conv_bench_quick(tmp_path):
+    """The README's main command: fastconv vs native, table + JSON + PNG, exit 0."""
+    if fastconv_root() is None:
+        pytest.skip("fastconv is not built")
+    js, png = tmp_path / "quick.json", tmp_path / "quick.png"
+    p = run_script("conv_bench", "--quick", "--min-time", "0.03", "--json", str(js), "--plot", str(png))
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(js.read_text())
+    check_conv_report(r)
+    assert r["under_test"] == "fastconv" and "error" not in r["build"]["fastconv"]
+    assert {row["kind"] for row in r["rows"]} == {"conv", "pool", "relu"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "speedup" in p.stdout
+
+
+def test_roofline_prints(capsys):
+    cb = load("conv_bench")
+    cb.roofline(cb.suite_cases("catdog"))
+    out = capsys.readouterr().out
+    assert "H100" in out and "conv1" in out and "pool_bwd" in out
+
+
+def test_train_bench_quick(tmp_path):
+    backends = ["torch", "fastconv"] if fastconv_root() else ["torch"]
+    path = tmp_path / "train.json"
+    p = run_script("train_bench", "--quick", "--model", "catdog", "--batch", "2", "--steps", "1", "--warmup", "1",
+                   *[a for b in backends for a in ("--backend", b)], "--json", str(path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(path.read_text())
+    assert r["schema"] == "fastconv.train_bench/1" and r["ok"]
+    assert [x["backend"] for x in r["results"]] == backends
+    for x in r["results"]:
+        assert x["median_step_s"] > 0 and x["images_per_s"] > 0 and x["peak_mb"] > 0
+        assert all(math.isfinite(v) for v in x["losses"])
+        assert x["speedup"] > 0
+    if len(backends) == 2:  # same seed, same weights, same batch: the first losses agree
+        a, b = (x["losses"][0] for x in r["results"])
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(a))
