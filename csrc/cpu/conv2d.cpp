@@ -28,20 +28,32 @@ constexpr int64_t kColumnTile = kNC;  // output pixels per forward / input-grad 
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The weights of every group packed once as GEMM A operands, shared by all images and tiles:
+// W_g (Kg x CRS) for the forward pass, or W_g^T (CRS x Kg) for the input gradient.
+template <typename T>
+std::vector<PackedA<T>> pack_weights(const T* w, const Conv2dShape& s, bool transposed) {
+  const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S;
+  const int64_t rows = transposed ? CRS : Kg, depth = transposed ? Kg : CRS;
+  const int mr = micro_kernel<T>().mr;
+  const int64_t size = PackedA<T>::size(rows, depth, mr);
+  static thread_local Scratch<T> scratch;  // reused across calls
+  T* buf = scratch.get(size * s.groups);
+  std::vector<PackedA<T>> packed;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const T* wg = w + g * Kg * CRS;  // row-major Kg x CRS
+    const StridedMatrix<T> src = transposed ? StridedMatrix<T>{wg, 1, CRS} : StridedMatrix<T>{wg, CRS, 1};
+    packed.emplace_back(src, rows, depth, mr, buf + g * size);
+  }
+  return packed;
+}
+
 // y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
-  // The weights of every group, packed once for all images and column tiles.
-  const int mr = micro_kernel<T>().mr;
-  const int64_t wpack = PackedA<T>::size(Kg, CRS, mr);
-  static thread_local Scratch<T> wscratch;
-  T* wbuf = wscratch.get(wpack * s.groups);
-  std::vector<PackedA<T>> wpacked;
-  for (int64_t g = 0; g < s.groups; ++g)
-    wpacked.emplace_back(StridedMatrix<T>{w + g * Kg * CRS, CRS, 1}, Kg, CRS, mr, wbuf + g * wpack);
+  const std::vector<PackedA<T>> wpacked = pack_weights(w, s, /*transposed=*/false);
   at::parallel_for(0, s.N * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task % tiles, ng = task / tiles, g = ng % s.groups, n = ng / s.groups;
@@ -72,14 +84,7 @@ void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s)
   // every micro-kernel's MR: 8, 6, 4) with at most ~256 GEMM rows.
   const int64_t cb = std::min<int64_t>(Cg, std::max<int64_t>(24, 256 / RS / 24 * 24));
   const int64_t cblocks = ceil_div(Cg, cb);
-  // W^T (rows crs, depth k) of every group, packed once.
-  const int mr = micro_kernel<T>().mr;
-  const int64_t wpack = PackedA<T>::size(CRS, Kg, mr);
-  static thread_local Scratch<T> wscratch;
-  T* wbuf = wscratch.get(wpack * s.groups);
-  std::vector<PackedA<T>> wpacked;
-  for (int64_t g = 0; g < s.groups; ++g)
-    wpacked.emplace_back(StridedMatrix<T>{w + g * Kg * CRS, 1, CRS}, CRS, Kg, mr, wbuf + g * wpack);
+  const std::vector<PackedA<T>> wpacked = pack_weights(w, s, /*transposed=*/true);
   at::parallel_for(0, s.N * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<T> col_scratch;
     T* col = col_scratch.get(cb * RS * kColumnTile);

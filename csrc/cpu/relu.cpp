@@ -17,14 +17,14 @@ constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 constexpr int64_t kGrain = 1 << 15;
 
 template <typename T>
-void relu_forward(const T* x, T* y, int64_t n) {
+void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
   });
 }
 
 template <typename T>
-void relu_backward(const T* dy, const T* out, T* dx, int64_t n) {
+void relu_backward(const T* __restrict__ dy, const T* __restrict__ out, T* __restrict__ dx, int64_t n) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) dx[i] = out[i] <= T(0) ? T(0) : dy[i];
   });

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/SymIntArrayRef.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
@@ -421,6 +422,19 @@ inline at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor&
     FC_CHECK_LAUNCH();
   });
   return gx;
+}
+
+// Registers these launchers as the kernels of the fastconv ops: for the CUDA dispatch key of
+// `fastconv` (kernels.cu) and for the CPU dispatch key of `fastconv_simt` (simt/kernels_simt.cpp).
+inline void register_kernels(torch::Library& m) {
+  m.impl("conv2d", &conv2d);
+  m.impl("conv2d_relu", &conv2d_relu);
+  m.impl("conv2d_backward", &conv2d_backward);
+  m.impl("max_pool2d", &max_pool2d);
+  m.impl("max_pool2d_backward", &max_pool2d_backward);
+  m.impl("relu", &relu);
+  m.impl("relu_", &relu_);
+  m.impl("relu_backward", &relu_backward);
 }
 
 }  // namespace cuda

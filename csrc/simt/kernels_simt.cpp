@@ -9,14 +9,4 @@
 
 TORCH_LIBRARY_FRAGMENT(fastconv_simt, m) { fastconv::define_ops(m); }
 
-TORCH_LIBRARY_IMPL(fastconv_simt, CPU, m) {
-  namespace k = fastconv::cuda;
-  m.impl("conv2d", &k::conv2d);
-  m.impl("conv2d_relu", &k::conv2d_relu);
-  m.impl("conv2d_backward", &k::conv2d_backward);
-  m.impl("max_pool2d", &k::max_pool2d);
-  m.impl("max_pool2d_backward", &k::max_pool2d_backward);
-  m.impl("relu", &k::relu);
-  m.impl("relu_", &k::relu_);
-  m.impl("relu_backward", &k::relu_backward);
-}
+TORCH_LIBRARY_IMPL(fastconv_simt, CPU, m) { fastconv::cuda::register_kernels(m); }
