@@ -35,7 +35,12 @@ def _fastconv_available():
 
 HAVE_FASTCONV = _fastconv_available()
 BACKEND = os.environ.get("FASTCONV_TEST_BACKEND", "fastconv" if HAVE_FASTCONV else "torch")
-ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+# Subprocesses import the same fastconv as this test: the installed package (CI), or the source
+# tree when it was built in place. Putting the repository root on their path unconditionally would
+# shadow an installed fastconv with the source folder, which has no compiled extension.
+_FASTCONV_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(
+    __import__("fastconv").__file__))) if HAVE_FASTCONV else REPO
+ENV = {**os.environ, "PYTHONPATH": _FASTCONV_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 # 48 images per class of 32x32 -> 76 train / 20 validation; batch 8 -> 10 steps per epoch.
 SMALL = ["--image-size", "32", "--batch-size", "8", "--no-progress", "--backend", BACKEND]
 
