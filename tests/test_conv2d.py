@@ -22,6 +22,7 @@ GRID = [
     (1, 3, 1, 1, 2, (1, 1), 1, 0, 1, 1, True),  # 1x1 image
     (1, 3, 1, 1, 2, (3, 3), 1, 1, 1, 1, True),  # 1x1 image, all-but-centre padding
     (2, 16, 23, 29, 130, (3, 3), 1, 1, 1, 1, True),  # several GEMM blocks in every dimension
+    (1, 8, 6, 6, 100, (3, 3), 1, 1, 1, 1, True),  # one image, one column tile, many output channels
     (1, 2, 20, 20, 3, (3, 3), 1, "same", 2, 1, True),
     (1, 2, 20, 21, 3, (4, 2), 1, "same", 1, 1, True),  # even kernel: asymmetric 'same' padding
     (2, 2, 9, 9, 3, (3, 3), 1, "valid", 1, 1, True),

@@ -95,7 +95,10 @@ struct Im2colAsB {
           const int64_t within = t % nr, len = std::min<int64_t>(n, nr - within);
           T* d = dst + (t / nr) * nr * kc + k * nr + within;
           if (!src) {
-            for (int64_t i = 0; i < len; ++i) d[i] = T(0);
+            std::fill(d, d + len, T(0));
+          } else if (step == 1) {
+            std::copy(src, src + len, d);
+            src += len;
           } else {
             for (int64_t i = 0; i < len; ++i) d[i] = src[i * step];
             src += len * step;

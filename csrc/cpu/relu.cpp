@@ -26,7 +26,10 @@ void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
 template <typename T>
 void relu_backward(const T* __restrict__ dy, const T* __restrict__ out, T* __restrict__ dx, int64_t n) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) dx[i] = out[i] <= T(0) ? T(0) : dy[i];
+    for (int64_t i = b; i < e; ++i) {
+      const T g = dy[i];  // loaded unconditionally so that the select vectorises
+      dx[i] = out[i] <= T(0) ? T(0) : g;
+    }
   });
 }
 
