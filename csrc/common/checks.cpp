@@ -62,10 +62,6 @@ void check_sizes_fit(const char* op, const char* name, at::IntArrayRef sizes) {
 
 }  // namespace
 
-// Division rounding toward minus infinity (C++ '/' truncates toward zero), as PyTorch's shape
-// formulas use.
-static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
 int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
   return floor_div(in + 2 * pad - dil * (k - 1) - 1, stride) + 1;
 }

@@ -34,6 +34,10 @@ struct Pool2dShape {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
+// a / b rounded toward minus infinity, for b > 0 (C++ '/' truncates toward zero); PyTorch's
+// shape formulas round this way.
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 // Output length of a convolution / pooling window sweep along one axis (floor mode); may be < 1
 // for an invalid call, which the checks reject.
 int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);

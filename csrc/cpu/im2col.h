@@ -13,8 +13,6 @@
 namespace fastconv {
 namespace cpu {
 
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
 struct Im2colGeometry {
   int64_t H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw;
   explicit Im2colGeometry(const Conv2dShape& s)
