@@ -96,7 +96,10 @@ def sources(*patterns):
     return out
 
 
-CXX_FLAGS = ["-O3", "-g0", "-Wall", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
+# -fopenmp: at::parallel_for is a header template that runs its body serially unless the extension
+# itself is compiled with OpenMP; linking it resolves to the libgomp torch already loaded.
+CXX_FLAGS = ["-O3", "-g0", "-Wall", "-Wno-unknown-pragmas", "-fvisibility=hidden", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 include_dirs = [os.path.join(ROOT, "csrc")]
 define_macros = []
 archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if WITH_CUDA else ""
@@ -119,6 +122,7 @@ if WITH_CUDA:
             include_dirs=include_dirs,
             define_macros=define_macros + [("FASTCONV_WITH_CUDA", "1")],
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            extra_link_args=LINK_FLAGS,
         )
     )
 else:
@@ -126,6 +130,7 @@ else:
         CppExtension(
             "fastconv._C", main_sources, include_dirs=include_dirs, define_macros=define_macros,
             extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=LINK_FLAGS,
         )
     )
 
