@@ -138,8 +138,6 @@ FC_TARGET_AVX512 void uk_avx512_f64(int64_t kc, const double* a, const double* b
 }
 #endif  // __x86_64__
 
-enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-
 bool machine_has(Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -191,9 +189,9 @@ Isa initial_isa() {
 
 std::atomic<int> g_isa{static_cast<int>(initial_isa())};
 
-Isa current_isa() { return static_cast<Isa>(g_isa.load(std::memory_order_relaxed)); }
-
 }  // namespace
+
+Isa current_isa() { return static_cast<Isa>(g_isa.load(std::memory_order_relaxed)); }
 
 template <>
 MicroKernel<float> micro_kernel<float>() {
