@@ -13,9 +13,11 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
+#include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
 
@@ -47,9 +49,37 @@ std::vector<PackedA<T>> pack_weights(const T* w, const Conv2dShape& s, bool tran
   return packed;
 }
 
+// The direct kernel (cpu/direct_conv.h) serves float32 stride-1 convolutions on AVX-512 machines.
+bool use_direct(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && direct_conv_available();
+}
+
+// Packed weights for direct_conv, in a buffer reused across calls (of the calling thread).
+template <typename WeightAt>
+const float* pack_direct(const DirectConvShape& d, WeightAt&& weight) {
+  static thread_local Scratch<float> scratch;
+  float* buf = scratch.get(direct_weights_size(d));
+  pack_direct_weights(d, weight, buf);
+  return buf;
+}
+
+// Forward through the direct kernel: w (K, Cg, R, S) as is.
+void conv2d_forward_direct(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
+                           bool relu) {
+  const DirectConvShape d{s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
+  const int64_t RS = s.R * s.S;
+  const float* wp = pack_direct(d, [&](int64_t g, int64_t o, int64_t i, int64_t rs) {
+    return w[((g * d.Co + o) * d.Ci + i) * RS + rs];
+  });
+  direct_conv(x, wp, bias, y, d, relu);
+}
+
 // y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_direct(s)) return conv2d_forward_direct(x, w, bias, y, s, relu);
+  }
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
@@ -74,10 +104,27 @@ void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dSha
   });
 }
 
+// Input gradient of a stride-1 convolution through the direct kernel: dx = conv(dy, w') with w'
+// transposed and flipped, padding dil*(k-1) - pad (needs pad <= dil*(k-1), else false).
+bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, const Conv2dShape& s) {
+  const int64_t ph = s.dil_h * (s.R - 1) - s.pad_h, pw = s.dil_w * (s.S - 1) - s.pad_w;
+  if (!use_direct(s) || ph < 0 || pw < 0) return false;
+  const DirectConvShape d{s.N, s.groups, s.Kg(), s.Cg(), s.P, s.Q, s.R, s.S, ph, pw, s.dil_h, s.dil_w};
+  const int64_t RS = s.R * s.S;
+  const float* wp = pack_direct(d, [&](int64_t g, int64_t o, int64_t i, int64_t rs) {
+    return w[((g * d.Ci + i) * d.Co + o) * RS + (RS - 1 - rs)];  // w[g*Kg + i][o][flipped tap]
+  });
+  direct_conv(dy, wp, nullptr, dx, d, false);
+  return true;
+}
+
 // Input gradient. Tasks own disjoint channel blocks of dx (col2im of rows of channel c only
 // touches input plane c), so no two tasks write the same element.
 template <typename T>
 void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (conv2d_backward_input_direct(dy, w, dx, s)) return;
+  }
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q, HW = s.H * s.W;
   // Channels per task: a multiple of 24 (so that the block's first row, cb*RS*b, is a multiple of

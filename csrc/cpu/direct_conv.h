@@ -1,0 +1,65 @@
+// Direct convolution for stride 1 (float32, AVX-512): no im2col packing at all.
+//
+// With stride 1, output pixel (p, q) of a zero-padded input reads xpad[c][p + r*dh][q + s*dw]. Lay
+// the output out in "virtual rows" as wide as the padded input, v = p*Wp + q with Wp = W + 2*pw;
+// then every tap (c, r, s) reads xpad at v + off(c, r, s), one contiguous run for all v. So
+//   yv[o][v] = sum_{c, r, s} w[o][c][r][s] * xpad_c[v + r*dh*Wp + s*dw]
+// is a GEMM whose B operand is read straight from the padded input with unaligned vector loads.
+// Columns q >= Q of a virtual row are computed and discarded (a (S-1)*dw / Wp overhead).
+//
+// One task = one image, one group and a block of output rows: it copies the rows it reads into a
+// zero-padded local buffer, accumulates yv for all output channels in a local buffer (8 channels x
+// 48 virtual pixels per micro-kernel call, input channels in depth chunks that stay in L1), and
+// writes the valid columns to y with bias and ReLU. Each output's sum runs in the same order
+// whatever the task split, so results are deterministic and thread-count independent.
+//
+// The same kernel computes the input gradient of a stride-1 convolution: dx = conv(dy, w') with w'
+// the weight transposed (in <-> out channels) and flipped (r, s -> R-1-r, S-1-s), padding
+// dil*(k-1) - pad.
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv {
+namespace cpu {
+
+// A stride-1 convolution: input (N, groups*Ci, H, W), output (N, groups*Co, P, Q) with
+// P = H + 2*ph - dh*(R-1), Q = W + 2*pw - dw*(S-1).
+struct DirectConvShape {
+  int64_t N, groups, Ci, Co, H, W, R, S, ph, pw, dh, dw;
+  int64_t P() const { return H + 2 * ph - dh * (R - 1); }
+  int64_t Q() const { return W + 2 * pw - dw * (S - 1); }
+};
+
+constexpr int kDirectMR = 8;   // output channels per micro-kernel tile
+constexpr int kDirectNR = 48;  // virtual pixels per micro-kernel tile
+
+// True when the direct kernel can run: the AVX-512 kernels are selected (cpu::current_isa()).
+bool direct_conv_available();
+
+// Packed weights: per group, ceil(Co/8) blocks of [Ci][R*S][8] (output channels past Co are 0).
+inline int64_t direct_weights_size(const DirectConvShape& d) {
+  return d.groups * (d.Co + kDirectMR - 1) / kDirectMR * kDirectMR * d.Ci * d.R * d.S;
+}
+
+// Fills dst (direct_weights_size floats) from weight(g, o, i, rs): group g, output channel o < Co,
+// input channel i < Ci, tap rs = r*S + s.
+template <typename WeightAt>
+void pack_direct_weights(const DirectConvShape& d, WeightAt&& weight, float* dst) {
+  const int64_t RS = d.R * d.S, blocks = (d.Co + kDirectMR - 1) / kDirectMR;
+  for (int64_t g = 0; g < d.groups; ++g)
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t i = 0; i < d.Ci; ++i)
+        for (int64_t rs = 0; rs < RS; ++rs)
+          for (int64_t j = 0; j < kDirectMR; ++j) {
+            const int64_t o = b * kDirectMR + j;
+            *dst++ = o < d.Co ? weight(g, o, i, rs) : 0.f;
+          }
+}
+
+// y = conv(x) (+ bias[groups*Co]) then ReLU when `relu`; x, y contiguous NCHW.
+void direct_conv(const float* x, const float* wpacked, const float* bias, float* y, const DirectConvShape& d,
+                 bool relu);
+
+}  // namespace cpu
+}  // namespace fastconv
