@@ -26,6 +26,13 @@ GRID = [
     (1, 2, 20, 20, 3, (3, 3), 1, "same", 2, 1, True),
     (1, 2, 20, 21, 3, (4, 2), 1, "same", 1, 1, True),  # even kernel: asymmetric 'same' padding
     (2, 2, 9, 9, 3, (3, 3), 1, "valid", 1, 1, True),
+    # the stride-1 direct kernels' tilings: 64-channel weight-gradient tiles, partial sums over
+    # more images than tasks, padding beyond dil*(k-1) (input gradient falls back to the GEMM)
+    (1, 5, 9, 13, 64, (3, 3), 1, 1, 1, 1, True),
+    (2, 6, 7, 9, 128, (3, 3), 1, 1, 1, 2, True),
+    (11, 3, 5, 6, 8, (3, 3), 1, 1, 1, 1, True),
+    (1, 2, 5, 5, 3, (3, 3), 1, 3, 1, 1, True),
+    (1, 40, 3, 50, 9, (1, 5), 1, (0, 2), 1, 1, False),
 ]
 
 

@@ -54,6 +54,11 @@ bool use_direct(const Conv2dShape& s) {
   return s.stride_h == 1 && s.stride_w == 1 && direct_conv_available();
 }
 
+// The convolution as direct_conv sees it (channels per group).
+DirectConvShape direct_shape(const Conv2dShape& s) {
+  return {s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
+}
+
 // Packed weights for direct_conv, in a buffer reused across calls (of the calling thread).
 template <typename WeightAt>
 const float* pack_direct(const DirectConvShape& d, WeightAt&& weight) {
@@ -66,7 +71,7 @@ const float* pack_direct(const DirectConvShape& d, WeightAt&& weight) {
 // Forward through the direct kernel: w (K, Cg, R, S) as is.
 void conv2d_forward_direct(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
                            bool relu) {
-  const DirectConvShape d{s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
+  const DirectConvShape d = direct_shape(s);
   const int64_t RS = s.R * s.S;
   const float* wp = pack_direct(d, [&](int64_t g, int64_t o, int64_t i, int64_t rs) {
     return w[((g * d.Co + o) * d.Ci + i) * RS + rs];
@@ -126,7 +131,7 @@ void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s)
     if (conv2d_backward_input_direct(dy, w, dx, s)) return;
   }
   const Im2colGeometry geo(s);
-  const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   // Channels per task: a multiple of 24 (so that the block's first row, cb*RS*b, is a multiple of
   // every micro-kernel's MR: 8, 6, 4) with at most ~256 GEMM rows.
   const int64_t cb = std::min<int64_t>(Cg, std::max<int64_t>(24, 256 / RS / 24 * 24));
@@ -155,6 +160,11 @@ void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s)
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
 void conv2d_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_direct(s)) {
+      return direct_conv_weight_grad(dy, x, dw, direct_shape(s));
+    }
+  }
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // rows per task

@@ -65,6 +65,72 @@ FC_TARGET_AVX512 void bias_relu_row(const float* src, float b, bool relu, float*
   }
 }
 
+// c[i][j] += sum_{t < len} rows[i][v0 + t] * bt[t][j] for i < MR, j < 16*NV (bt and c row-major
+// with rows of 16*NV, 64-byte aligned): MR broadcasts and NV aligned loads per pixel for MR*NV FMAs.
+template <int MR, int NV>
+FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, const float* bt, int64_t len, float* c) {
+  constexpr int64_t ldb = 16 * NV, ldc = 16 * NV;
+  __m512 acc[MR][NV];
+  const float* r[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    r[i] = rows[i] + v0;
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  for (int64_t v = 0; v < len; ++v, bt += ldb) {  // v: pixel v0 + v
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) b[j] = _mm512_load_ps(bt + 16 * j);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a = _mm512_set1_ps(r[i][v]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) {
+      float* ci = c + i * ldc + 16 * j;
+      _mm512_store_ps(ci, _mm512_add_ps(_mm512_load_ps(ci), acc[i][j]));
+    }
+}
+
+// The (r, s) taps' offsets in a padded plane of row width Wp.
+std::vector<int64_t> tap_offsets(const DirectConvShape& d, int64_t Wp) {
+  std::vector<int64_t> off(d.R * d.S);
+  for (int64_t r = 0; r < d.R; ++r)
+    for (int64_t s = 0; s < d.S; ++s) off[r * d.S + s] = r * d.dh * Wp + s * d.dw;
+  return off;
+}
+
+// Copies rows [p0, p0 + n) of the zero-padded image (padded row hp = input row hp - ph) of `channels`
+// channels of x (each H x W) into dst (channel stride `plane`, row width Wp), zero-filling each
+// channel's plane past those rows.
+void copy_padded_rows(const float* x, int64_t channels, const DirectConvShape& d, int64_t Wp, int64_t p0, int64_t n,
+                      float* dst, int64_t plane) {
+  // Plain loops rather than std::copy / std::fill: rows are often a few dozen floats, where the
+  // library calls cost more than the copy.
+  const int64_t HW = d.H * d.W;
+  for (int64_t c = 0; c < channels; ++c) {
+    float* out = dst + c * plane;
+    for (int64_t lr = 0; lr < n; ++lr, out += Wp) {
+      const int64_t h = p0 + lr - d.ph;
+      if (h < 0 || h >= d.H) {
+        for (int64_t w = 0; w < Wp; ++w) out[w] = 0.f;
+      } else {
+        const float* src = x + c * HW + h * d.W;
+        for (int64_t w = 0; w < d.pw; ++w) out[w] = 0.f;
+        for (int64_t w = 0; w < d.W; ++w) out[d.pw + w] = src[w];
+        for (int64_t w = d.pw + d.W; w < Wp; ++w) out[w] = 0.f;
+      }
+    }
+    for (float* end = dst + (c + 1) * plane; out < end; ++out) *out = 0.f;
+  }
+}
+
 }  // namespace
 
 bool direct_conv_available() { return current_isa() == Isa::kAvx512; }
@@ -84,11 +150,8 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
   const int64_t plane = round_up((rows + halo) * Wp + kDirectNR + d.dw * (d.S - 1), 16);
   // Input channels per depth chunk (its weights and input rows stay in L1): about 256 taps, split evenly.
   const int64_t chunk = ceil_div(d.Ci, ceil_div(d.Ci, std::max<int64_t>(1, 256 / RS)));
-  int64_t off[64];
-  std::vector<int64_t> off_heap;
-  int64_t* offs = RS <= 64 ? off : (off_heap.resize(RS), off_heap.data());
-  for (int64_t r = 0; r < d.R; ++r)
-    for (int64_t s = 0; s < d.S; ++s) offs[r * d.S + s] = r * d.dh * Wp + s * d.dw;
+  const std::vector<int64_t> off = tap_offsets(d, Wp);
+  const int64_t* offs = off.data();
 
   at::parallel_for(0, NG * rblocks, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<float> x_scratch, y_scratch;
@@ -97,23 +160,8 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
     for (int64_t task = begin; task < end; ++task) {
       const int64_t rb = task % rblocks, ng = task / rblocks, g = ng % d.groups;
       const int64_t p0 = rb * rows, nr = std::min(rows, P - p0), len = round_up(nr * Wp, kDirectNR);
-      // Local padded input: row lr is padded row p0 + lr, i.e. input row p0 + lr - ph.
-      const float* xg = x + ng * d.Ci * HW;
-      for (int64_t c = 0; c < d.Ci; ++c) {
-        float* dst = xl + c * plane;
-        for (int64_t lr = 0; lr < nr + halo; ++lr, dst += Wp) {
-          const int64_t h = p0 + lr - d.ph;
-          if (h < 0 || h >= d.H) {
-            std::fill(dst, dst + Wp, 0.f);
-          } else {
-            const float* src = xg + c * HW + h * d.W;
-            std::fill(dst, dst + d.pw, 0.f);
-            std::copy(src, src + d.W, dst + d.pw);
-            std::fill(dst + d.pw + d.W, dst + Wp, 0.f);
-          }
-        }
-        std::fill(dst, xl + (c + 1) * plane, 0.f);
-      }
+      // Local padded input: row lr is padded row p0 + lr.
+      copy_padded_rows(x + ng * d.Ci * HW, d.Ci, d, Wp, p0, nr + halo, xl, plane);
       const float* wg = wpacked + g * blocks * kDirectMR * d.Ci * RS;
       for (int64_t c0 = 0; c0 < d.Ci; c0 += chunk) {
         const int64_t cn = std::min(chunk, d.Ci - c0);
@@ -129,6 +177,87 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
       }
     }
   });
+}
+
+}  // namespace cpu
+}  // namespace fastconv
+
+namespace fastconv {
+namespace cpu {
+
+void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d) {
+  const int64_t P = d.P(), Q = d.Q(), Wp = d.W + 2 * d.pw, Hp = d.H + 2 * d.ph, RS = d.R * d.S;
+  const int64_t CRS = d.Ci * RS, HW = d.H * d.W, PQ = P * Q, V = P * Wp;  // V: virtual pixels of an image
+  const bool wide = d.Co % 64 == 0;  // 6 rows x 64 channels, else 8 rows x 32 channels
+  const int MR = wide ? 6 : 8;
+  const int64_t NRk = wide ? 64 : 32, Kpad = round_up(d.Co, NRk);
+  constexpr int64_t kChunk = 128;  // virtual pixels per transposed dy chunk (kChunk x NRk floats in L1)
+  const int64_t plane = round_up(Hp * Wp + d.dw * (d.S - 1) + 1, 16);
+  const std::vector<int64_t> off = tap_offsets(d, Wp);
+  // Tasks: input-channel blocks (disjoint rows of dw) x partial sums over images, both fixed by the
+  // shape, so the summation order never depends on the thread count. Every block transposes all of
+  // dy again, so blocks keep at least ~256 rows (transposing costs ~16/rows of the FMAs).
+  const int64_t cb = ceil_div(d.Ci, std::clamp<int64_t>(CRS / 256, 1, 4)), cblocks = ceil_div(d.Ci, cb);
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(d.N, 8 / (d.groups * cblocks)));
+  const int64_t wsize = d.groups * d.Co * CRS;
+  static thread_local Scratch<float> partial_scratch;  // partial sums 1.. (0 is dw itself)
+  float* partial = partial_scratch.get((splits - 1) * wsize);
+
+  at::parallel_for(0, splits * d.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<float> x_scratch, bt_scratch, acc_scratch, zero_scratch;
+    const int64_t rows_max = round_up(cb * RS, MR);
+    float* xl = x_scratch.get(cb * plane);
+    float* bt = bt_scratch.get(kChunk * NRk);
+    float* acc = acc_scratch.get(rows_max * NRk);  // [rows][NRk]: dw^T for NRk output channels
+    float* zeros = zero_scratch.get(V);             // the input row of padding rows past `rows`
+    std::fill(zeros, zeros + V, 0.f);
+    std::vector<const float*> base(rows_max);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task % cblocks, rest = task / cblocks, g = rest % d.groups, sp = rest / d.groups;
+      const int64_t c0 = b * cb, cn = std::min(cb, d.Ci - c0), rows = cn * RS, rows_pad = round_up(rows, MR);
+      const int64_t n0 = sp * d.N / splits, n1 = (sp + 1) * d.N / splits;
+      for (int64_t i = 0; i < rows_pad; ++i) base[i] = i < rows ? xl + (i / RS) * plane + off[i % RS] : zeros;
+      float* out = (sp == 0 ? dw : partial + (sp - 1) * wsize) + g * d.Co * CRS + c0 * RS;
+      // One block of NRk output channels at a time, so that its sums (rows x NRk) stay in L2; the
+      // padded input is copied again for each block (cheap next to the block's FMAs).
+      for (int64_t kb = 0; kb < Kpad; kb += NRk) {
+        const int64_t on = std::min(NRk, d.Co - kb);
+        std::fill(acc, acc + rows_pad * NRk, 0.f);
+        for (int64_t n = n0; n < n1; ++n) {
+          copy_padded_rows(x + ((n * d.groups + g) * d.Ci + c0) * HW, cn, d, Wp, 0, Hp, xl, plane);
+          const float* src = dy + ((n * d.groups + g) * d.Co + kb) * PQ;
+          for (int64_t v0 = 0; v0 < V; v0 += kChunk) {
+            const int64_t len = std::min(kChunk, V - v0);
+            // bt[t][o] = dyv[kb + o][v0 + t]: dy transposed, zero in the discarded columns q >= Q and
+            // for channels past Co.
+            int64_t p = v0 / Wp, q = v0 % Wp;
+            for (int64_t t = 0; t < len; ++t) {
+              float* dst = bt + t * NRk;
+              int64_t o = 0;
+              if (q < Q)
+                for (; o < on; ++o) dst[o] = src[o * PQ + p * Q + q];
+              std::fill(dst + o, dst + NRk, 0.f);
+              if (++q == Wp) q = 0, ++p;
+            }
+            for (int64_t i = 0; i < rows_pad; i += MR) {
+              if (wide) wgrad_uk<6, 4>(base.data() + i, v0, bt, len, acc + i * NRk);
+              else wgrad_uk<8, 2>(base.data() + i, v0, bt, len, acc + i * NRk);
+            }
+          }
+        }
+        // dw[kb + o][c0*RS + i] = acc[i][o], transposed in 16 x 16 blocks.
+        for (int64_t i0 = 0; i0 < rows; i0 += 16)
+          for (int64_t o = 0; o < on; ++o)
+            for (int64_t i = i0; i < std::min(i0 + 16, rows); ++i) out[(kb + o) * CRS + i] = acc[i * NRk + o];
+      }
+    }
+  });
+  for (int64_t sp = 1; sp < splits; ++sp) {
+    const float* p = partial + (sp - 1) * wsize;
+    at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dw[i] += p[i];
+    });
+  }
 }
 
 }  // namespace cpu
