@@ -19,14 +19,15 @@ except ImportError as e:  # pragma: no cover - depends on how fastconv was insta
     ) from e
 
 from . import functional  # noqa: E402
-from .convert import convert  # noqa: E402
-from .modules import Conv2d, MaxPool2d, ReLU  # noqa: E402
+from .convert import convert, fuse_conv_relu  # noqa: E402
+from .modules import Conv2d, Conv2dReLU, MaxPool2d, ReLU  # noqa: E402
 from .ops import register_namespace  # noqa: E402
 
 register_namespace("fastconv")
 
 __version__ = "0.1.0"
-__all__ = ["Conv2d", "MaxPool2d", "ReLU", "convert", "functional", "info", "set_cpu_isa"]
+__all__ = ["Conv2d", "Conv2dReLU", "MaxPool2d", "ReLU", "convert", "fuse_conv_relu", "functional", "info",
+           "set_cpu_isa"]
 
 
 def info():

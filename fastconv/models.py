@@ -19,14 +19,15 @@ BACKENDS = ("fastconv", "torch")
 
 
 def layers(backend: str = "fastconv"):
-    """Return a namespace with ``Conv2d``, ``MaxPool2d`` and ``ReLU`` for ``backend``."""
+    """Return a namespace with ``Conv2d``, ``MaxPool2d``, ``ReLU`` and ``fuse`` for ``backend``
+    (``fuse(seq)`` fuses conv + ReLU pairs on fastconv, ``fastconv.fuse_conv_relu``; a no-op on torch)."""
     if backend == "torch":
-        return types.SimpleNamespace(Conv2d=nn.Conv2d, MaxPool2d=nn.MaxPool2d, ReLU=nn.ReLU)
+        return types.SimpleNamespace(Conv2d=nn.Conv2d, MaxPool2d=nn.MaxPool2d, ReLU=nn.ReLU, fuse=lambda seq: 0)
     if backend == "fastconv":
         try:
             import fastconv
             ns = types.SimpleNamespace(Conv2d=fastconv.Conv2d, MaxPool2d=fastconv.MaxPool2d,
-                                       ReLU=fastconv.ReLU)
+                                       ReLU=fastconv.ReLU, fuse=fastconv.fuse_conv_relu)
         except (ImportError, AttributeError) as e:
             raise RuntimeError(
                 "backend='fastconv' needs the built fastconv extension "
@@ -55,6 +56,7 @@ class CatDogCNN(nn.Module):
         for cin, cout in zip(widths[:-1], widths[1:]):
             feats += [L.Conv2d(cin, cout, 3, padding=1), L.ReLU(), L.MaxPool2d(2)]
         self.features = nn.Sequential(*feats)
+        L.fuse(self.features)
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         for _ in range(len(widths) - 1):
             h, w = h // 2, w // 2
@@ -107,6 +109,7 @@ class VGG16(nn.Module):
                 feats += [L.Conv2d(cin, v, kernel_size=3, padding=1), L.ReLU()]
                 cin = v
         self.features = nn.Sequential(*feats)
+        L.fuse(self.features)
         if head == "torchvision":
             self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
             self.classifier = nn.Sequential(

@@ -9,7 +9,7 @@ from torch.nn.modules.utils import _pair
 
 from . import functional as FC
 
-__all__ = ["Conv2d", "MaxPool2d", "ReLU"]
+__all__ = ["Conv2d", "Conv2dReLU", "MaxPool2d", "ReLU"]
 
 
 class Conv2d(nn.Conv2d):
@@ -21,6 +21,18 @@ class Conv2d(nn.Conv2d):
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return FC.conv2d(input, weight, bias, self.stride, _pair(0), self.dilation, self.groups)
         return FC.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv2dReLU(Conv2d):
+    """relu(Conv2d(x)) with the ReLU fused into the convolution's epilogue: one pass over the output
+    and no intermediate tensor. Same constructor, parameters and state_dict keys as Conv2d.
+    ``fastconv.convert`` and ``fastconv.fuse_conv_relu`` make these from Conv2d + ReLU pairs."""
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return FC.conv2d_relu(input, weight, bias, self.stride, _pair(0), self.dilation, self.groups)
+        return FC.conv2d_relu(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class MaxPool2d(nn.MaxPool2d):

@@ -60,7 +60,7 @@ def test_convert_vgg_like_matches(backend):
     params = list(model.parameters())
     assert fastconv.convert(model) is model
     kinds = {type(m) for m in model.modules()}
-    assert {fastconv.Conv2d, fastconv.MaxPool2d, fastconv.ReLU} <= kinds
+    assert {fastconv.Conv2dReLU, fastconv.MaxPool2d} <= kinds  # every conv here is followed by a ReLU
     assert not kinds & {nn.Conv2d, nn.MaxPool2d, nn.ReLU}
     assert all(a is b for a, b in zip(model.parameters(), params))  # optimizers stay valid
     torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
@@ -76,7 +76,7 @@ def test_convert_torchvision_vgg16():
     with torch.no_grad():
         ref = model(x)
         fastconv.convert(model)
-        assert sum(isinstance(m, fastconv.Conv2d) for m in model.modules()) == 13
+        assert sum(type(m) is fastconv.Conv2dReLU for m in model.modules()) == 13
         assert sum(isinstance(m, fastconv.MaxPool2d) for m in model.modules()) == 5
         torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
 
@@ -99,6 +99,52 @@ def test_convert_leaves_subclasses_alone():
         warnings.simplefilter("error")
         fastconv.convert(model)
     assert type(model[0]) is MyConv
+
+
+def test_conv2d_relu_module_matches(backend, rng):
+    """Conv2dReLU == ReLU(Conv2d) in values and gradients, with the same state_dict."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(5, 7, 3, padding=1, padding_mode="reflect"), nn.ReLU()).to(backend.device)
+    fused = fastconv.Conv2dReLU(5, 7, 3, padding=1, padding_mode="reflect").to(backend.device)
+    fused.load_state_dict(ref[0].state_dict())
+    assert repr(fused).startswith("Conv2dReLU(5, 7, kernel_size=(3, 3)")
+    x = torch.randn(2, 5, 9, 8, device=backend.device, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    torch.testing.assert_close(fused(x), ref(x2))
+    fused(x).square().sum().backward()
+    ref(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(fused.weight.grad, ref[0].weight.grad)
+
+
+def test_fuse_conv_relu_only_where_safe():
+    class MySeq(nn.Sequential):
+        pass
+
+    shared = nn.ReLU()
+    hooked = nn.Conv2d(4, 4, 3, padding=1)
+    hooked.register_forward_hook(lambda m, i, o: None)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),  # fused
+        nn.Conv2d(4, 4, 3, padding=1), shared, nn.Conv2d(4, 4, 3, padding=1), shared,  # ReLU used twice
+        hooked, nn.ReLU(),  # a hook would see other values
+        MySeq(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),  # a Sequential subclass may run differently
+        nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),  # no ReLU after it
+    )
+    x = torch.randn(2, 3, 8, 8)
+    ref = model(x)
+    params = list(model.parameters())
+    fastconv.convert(model)
+    assert type(model[0]) is fastconv.Conv2dReLU and type(model[1]) is nn.Identity
+    assert [type(model[i]) for i in (2, 3, 4, 6, 7)] == [fastconv.Conv2d, fastconv.ReLU, fastconv.Conv2d,
+                                                         fastconv.Conv2d, fastconv.ReLU]
+    assert type(model[8][0]) is fastconv.Conv2d and type(model[10]) is fastconv.Conv2d
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+    assert fastconv.fuse_conv_relu(model) == 0  # nothing left to fuse
+    unfused = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    fastconv.convert(unfused, fuse_relu=False)
+    assert [type(m) for m in unfused] == [fastconv.Conv2d, fastconv.ReLU]
 
 
 def test_info():
