@@ -65,10 +65,12 @@ FC_TARGET_AVX512 void bias_relu_row(const float* src, float b, bool relu, float*
   }
 }
 
-// c[i][j] += sum_{t < len} rows[i][v0 + t] * bt[t][j] for i < MR, j < 16*NV (bt and c row-major
-// with rows of 16*NV, 64-byte aligned): MR broadcasts and NV aligned loads per pixel for MR*NV FMAs.
+// c[i][j] += sum over output rows r < nrows and columns t < rowlen of rows[i][v0 + r*Wp + t] *
+// bt[r*rowlen + t][j], for i < MR, j < 16*NV (bt and c row-major with rows of 16*NV, 64-byte
+// aligned): MR broadcasts and NV aligned loads per pixel for MR*NV FMAs.
 template <int MR, int NV>
-FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, const float* bt, int64_t len, float* c) {
+FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, int64_t nrows, int64_t rowlen, int64_t Wp,
+                               const float* bt, float* c) {
   constexpr int64_t ldb = 16 * NV, ldc = 16 * NV;
   __m512 acc[MR][NV];
   const float* r[MR];
@@ -78,16 +80,20 @@ FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, const float
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
   }
-  for (int64_t v = 0; v < len; ++v, bt += ldb) {  // v: pixel v0 + v
-    __m512 b[NV];
+  for (int64_t row = 0; row < nrows; ++row) {
+    for (int64_t t = 0; t < rowlen; ++t, bt += ldb) {
+      __m512 b[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) b[j] = _mm512_load_ps(bt + 16 * j);
+      for (int j = 0; j < NV; ++j) b[j] = _mm512_load_ps(bt + 16 * j);
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const __m512 a = _mm512_set1_ps(r[i][v]);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 a = _mm512_set1_ps(r[i][t]);
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+      }
     }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) r[i] += Wp;
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -96,6 +102,53 @@ FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, const float
       float* ci = c + i * ldc + 16 * j;
       _mm512_store_ps(ci, _mm512_add_ps(_mm512_load_ps(ci), acc[i][j]));
     }
+}
+
+// dst[j*ldd + i] = src[i*lds + j] for i, j < 16: an in-register 16 x 16 transpose. (GCC 12's
+// shuffle intrinsics start from a deliberately undefined vector and warn about it.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+FC_TARGET_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  // Per 128-bit lane L, element k of a row is column 4L + k.
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {  // t[i] = (r_i[k], r_i+1[k], ...) for k = 0,1; t[i+1] for k = 2,3
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < 16; g += 4) {  // r[g + k]: lane L holds column 4L + k of rows g .. g+3
+    r[g] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+    r[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xEE);
+    r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {  // gather lane L of the four row groups: column 4L + k
+    const __m512 w0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44), w1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xEE);
+    const __m512 w2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44),
+                 w3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xEE);
+    _mm512_storeu_ps(dst + (0 + k) * ldd, _mm512_shuffle_f32x4(w0, w2, 0x88));
+    _mm512_storeu_ps(dst + (4 + k) * ldd, _mm512_shuffle_f32x4(w0, w2, 0xDD));
+    _mm512_storeu_ps(dst + (8 + k) * ldd, _mm512_shuffle_f32x4(w1, w3, 0x88));
+    _mm512_storeu_ps(dst + (12 + k) * ldd, _mm512_shuffle_f32x4(w1, w3, 0xDD));
+  }
+}
+#pragma GCC diagnostic pop
+
+// bt[t][o] = src[o*ld + t] for o < on, t < len, and 0 for on <= o < width: 16 x 16 blocks in
+// registers, the edges element by element.
+void transpose_panel(const float* src, int64_t ld, int64_t on, int64_t len, float* bt, int64_t width) {
+  const int64_t o16 = on / 16 * 16, t16 = len / 16 * 16;
+  for (int64_t o0 = 0; o0 < o16; o0 += 16)
+    for (int64_t t0 = 0; t0 < t16; t0 += 16) transpose16(src + o0 * ld + t0, ld, bt + t0 * width + o0, width);
+  for (int64_t t = 0; t < len; ++t) {
+    float* dst = bt + t * width;
+    for (int64_t o = t < t16 ? o16 : 0; o < on; ++o) dst[o] = src[o * ld + t];
+    for (int64_t o = on; o < width; ++o) dst[o] = 0.f;
+  }
 }
 
 // The (r, s) taps' offsets in a padded plane of row width Wp.
@@ -179,19 +232,14 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
   });
 }
 
-}  // namespace cpu
-}  // namespace fastconv
-
-namespace fastconv {
-namespace cpu {
-
 void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d) {
   const int64_t P = d.P(), Q = d.Q(), Wp = d.W + 2 * d.pw, Hp = d.H + 2 * d.ph, RS = d.R * d.S;
-  const int64_t CRS = d.Ci * RS, HW = d.H * d.W, PQ = P * Q, V = P * Wp;  // V: virtual pixels of an image
+  const int64_t CRS = d.Ci * RS, HW = d.H * d.W, PQ = P * Q, V = P * Wp;  // V: padded-row pixels of an image
   const bool wide = d.Co % 64 == 0;  // 6 rows x 64 channels, else 8 rows x 32 channels
   const int MR = wide ? 6 : 8;
   const int64_t NRk = wide ? 64 : 32, Kpad = round_up(d.Co, NRk);
-  constexpr int64_t kChunk = 128;  // virtual pixels per transposed dy chunk (kChunk x NRk floats in L1)
+  constexpr int64_t kChunk = 128;  // pixels per transposed dy chunk (kChunk x NRk floats, in L1)
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunk / Q);
   const int64_t plane = round_up(Hp * Wp + d.dw * (d.S - 1) + 1, 16);
   const std::vector<int64_t> off = tap_offsets(d, Wp);
   // Tasks: input-channel blocks (disjoint rows of dw) x partial sums over images, both fixed by the
@@ -226,24 +274,18 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
         for (int64_t n = n0; n < n1; ++n) {
           copy_padded_rows(x + ((n * d.groups + g) * d.Ci + c0) * HW, cn, d, Wp, 0, Hp, xl, plane);
           const float* src = dy + ((n * d.groups + g) * d.Co + kb) * PQ;
-          for (int64_t v0 = 0; v0 < V; v0 += kChunk) {
-            const int64_t len = std::min(kChunk, V - v0);
-            // bt[t][o] = dyv[kb + o][v0 + t]: dy transposed, zero in the discarded columns q >= Q and
-            // for channels past Co.
-            int64_t p = v0 / Wp, q = v0 % Wp;
-            for (int64_t t = 0; t < len; ++t) {
-              float* dst = bt + t * NRk;
-              int64_t o = 0;
-              if (q < Q)
-                for (; o < on; ++o) dst[o] = src[o * PQ + p * Q + q];
-              std::fill(dst + o, dst + NRk, 0.f);
-              if (++q == Wp) q = 0, ++p;
+          // Chunks of whole output rows (or of one row's columns when a row is longer than
+          // kChunk): dy's pixels [pq0, pq0 + len) are contiguous, the padded input rows Wp apart.
+          for (int64_t p0 = 0; p0 < P; p0 += rows_per_chunk)
+            for (int64_t q0 = 0; q0 < Q; q0 += kChunk) {
+              const int64_t nrows = std::min(rows_per_chunk, P - p0), rowlen = std::min(kChunk, Q - q0);
+              const int64_t pq0 = p0 * Q + q0, v0 = p0 * Wp + q0;
+              transpose_panel(src + pq0, PQ, on, nrows * rowlen, bt, NRk);  // bt[t][o] = dy[kb+o][pq0+t]
+              for (int64_t i = 0; i < rows_pad; i += MR) {
+                if (wide) wgrad_uk<6, 4>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
+                else wgrad_uk<8, 2>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
+              }
             }
-            for (int64_t i = 0; i < rows_pad; i += MR) {
-              if (wide) wgrad_uk<6, 4>(base.data() + i, v0, bt, len, acc + i * NRk);
-              else wgrad_uk<8, 2>(base.data() + i, v0, bt, len, acc + i * NRk);
-            }
-          }
         }
         // dw[kb + o][c0*RS + i] = acc[i][o], transposed in 16 x 16 blocks.
         for (int64_t i0 = 0; i0 < rows; i0 += 16)

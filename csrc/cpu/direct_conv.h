@@ -62,9 +62,9 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
                  bool relu);
 
 // Weight gradient of the convolution y = conv(x): dw (groups*Co, Ci, R, S) = sum over images and
-// pixels of dy x xpad, in the same virtual rows: dw[o][i][rs] = sum_v dyv[o][v] * xpad_i[v + off(rs)]
-// with dyv zero in the discarded columns. Tiles of 6 (or 8) (i, rs) rows broadcast from the padded
-// input x 64 (or 32) output channels loaded from dy transposed in chunks; no reductions across
+// output pixels (p, q) of dy[o][p][q] * xpad_i[(p + r*dh)*Wp + q + s*dw]. Tiles of 6 (or 8)
+// (i, r, s) rows, broadcast from the padded input in place, x 64 (or 32) output channels loaded
+// from dy transposed (16 x 16 blocks in registers) into L1-sized chunks; no reductions across
 // vector lanes. The sum over images is split into a number of partial sums fixed by the shape.
 void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d);
 
