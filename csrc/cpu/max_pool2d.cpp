@@ -8,11 +8,19 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <type_traits>
 #include <limits>
 #include <tuple>
 
 #include "common/checks.h"
+#include "cpu/gemm.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace fastconv {
 namespace cpu {
@@ -20,43 +28,216 @@ namespace {
 
 constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 
+// Work is split over output rows of all planes (row r = plane * P + p), so that both threads are
+// busy even when N*C is small; about this many input elements per task.
+constexpr int64_t kGrainElems = 1 << 14;
+
+int64_t row_grain(const Pool2dShape& s) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, s.Q * s.kh * s.kw)); }
+
+// The AVX-512 2x2 stride-2 kernels handle exactly this configuration (floor or ceil mode).
+bool is_2x2_s2(const Pool2dShape& s) {
+  return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0 && s.dh == 1 && s.dw == 1;
+}
+
+// Windows of different outputs share no input element (and none is skipped by dilation), so the
+// backward pass can write each input element once.
+bool windows_disjoint(const Pool2dShape& s) { return s.dh == 1 && s.dw == 1 && s.sh >= s.kh && s.sw >= s.kw; }
+
+// ---- Forward, any configuration: output row p of one plane (xp: H x W, yrow/irow: Q). ----
+template <typename T>
+void pool_row_general(const T* xp, T* yrow, int64_t* irow, int64_t p, const Pool2dShape& s) {
+  int64_t h0 = p * s.sh - s.ph;
+  const int64_t h1 = std::min(h0 + (s.kh - 1) * s.dh + 1, s.H);
+  while (h0 < 0) h0 += s.dh;
+  for (int64_t q = 0; q < s.Q; ++q) {
+    int64_t w0 = q * s.sw - s.pw;
+    const int64_t w1 = std::min(w0 + (s.kw - 1) * s.dw + 1, s.W);
+    while (w0 < 0) w0 += s.dw;
+    T best = -std::numeric_limits<T>::infinity();
+    int64_t best_i = h0 * s.W + w0;
+    for (int64_t h = h0; h < h1; h += s.dh) {
+      const T* xr = xp + h * s.W;
+      for (int64_t w = w0; w < w1; w += s.dw) {
+        const T v = xr[w];
+        if (v > best || std::isnan(v)) {
+          best = v;
+          best_i = h * s.W + w;
+        }
+      }
+    }
+    yrow[q] = best;
+    irow[q] = best_i;
+  }
+}
+
+// ---- Backward, disjoint windows (dilation 1, stride >= kernel): output row p owns input rows
+// [p*sh - ph, (p+1)*sh - ph) (the first row from 0, the last to H) and writes each of them once:
+// dy[q] where the index of window q names the element, 0 elsewhere (gaps and dropped edges
+// included). Returns false if some index lies outside its window (possible only for indices not
+// produced by the forward pass); the caller then redoes the whole tensor with the scatter.
+template <typename T>
+bool unpool_row_disjoint(const T* dyrow, const int64_t* irow, T* dxp, int64_t p, const Pool2dShape& s) {
+  const int64_t r0 = p == 0 ? 0 : std::min(p * s.sh - s.ph, s.H);
+  const int64_t r1 = p == s.P - 1 ? s.H : std::min((p + 1) * s.sh - s.ph, s.H);
+  const int64_t wh0 = p * s.sh - s.ph, wh1 = wh0 + s.kh;  // window rows (may reach into padding)
+  int64_t matched = 0;
+  for (int64_t h = r0; h < r1; ++h) {
+    T* dxr = dxp + h * s.W;
+    if (h < wh0 || h >= wh1) {
+      std::fill(dxr, dxr + s.W, T(0));
+      continue;
+    }
+    for (int64_t q = 0; q < s.Q; ++q) {
+      const int64_t c0 = q == 0 ? 0 : std::min(q * s.sw - s.pw, s.W);
+      const int64_t c1 = q == s.Q - 1 ? s.W : std::min((q + 1) * s.sw - s.pw, s.W);
+      const int64_t ww0 = q * s.sw - s.pw, ww1 = ww0 + s.kw;
+      const int64_t target = irow[q] - h * s.W;  // column of window q's maximum, if in this row
+      const T g = dyrow[q];
+      for (int64_t w = c0; w < c1; ++w) {
+        const bool hit = w == target && w >= ww0 && w < ww1;
+        matched += hit;
+        dxr[w] = hit ? g : T(0);
+      }
+    }
+  }
+  return matched == s.Q;  // each window's index matches at most one of its elements
+}
+
+#if defined(__x86_64__)
+#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
+
+// Lanes [0, k) of a 16-lane mask, k clamped to [0, 16].
+FC_TARGET_AVX512 inline __mmask16 first_lanes(int64_t k) {
+  return k >= 16 ? __mmask16(0xFFFF) : k <= 0 ? __mmask16(0) : __mmask16((1u << k) - 1);
+}
+
+// Forward, float, 2x2 stride 2, no padding: output row p from input rows 2p and 2p+1 (the second
+// missing when a ceil_mode window is cut by the bottom edge). 16 outputs per step from 32 input
+// columns of each row; missing columns/rows read as -inf, which never wins a window. Candidates
+// are visited in PyTorch's scan order (2p,2j) (2p,2j+1) (2p+1,2j) (2p+1,2j+1) and replace the
+// maximum when greater or NaN, exactly as the scalar loop.
+FC_TARGET_AVX512 void pool_row_2x2_avx512(const float* xp, float* yrow, int64_t* irow, int64_t p,
+                                          const Pool2dShape& s) {
+  const float* ra = xp + 2 * p * s.W;
+  const float* rb = ra + s.W;
+  const bool has_b = 2 * p + 1 < s.H;
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);  // 2j - 2j0 for lanes 0..7
+  const __m512i one = _mm512_set1_epi64(1), wv = _mm512_set1_epi64(s.W);
+  for (int64_t j0 = 0; j0 < s.Q; j0 += 16) {
+    const int64_t cols = s.W - 2 * j0;  // input columns left from 2*j0
+    const __mmask16 mlo = first_lanes(cols), mhi = first_lanes(cols - 16);
+    const __m512 a0 = _mm512_mask_loadu_ps(ninf, mlo, ra + 2 * j0);
+    const __m512 a1 = _mm512_mask_loadu_ps(ninf, mhi, ra + 2 * j0 + 16);
+    const __m512 b0 = has_b ? _mm512_mask_loadu_ps(ninf, mlo, rb + 2 * j0) : ninf;
+    const __m512 b1 = has_b ? _mm512_mask_loadu_ps(ninf, mhi, rb + 2 * j0 + 16) : ninf;
+    __m512 best = _mm512_permutex2var_ps(a0, even, a1);  // (2p, 2j) for j = j0..j0+15
+    __mmask16 col = 0, row = 0;                          // which of the four the maximum is
+    auto visit = [&](__m512 c, bool is_odd_col, bool is_b_row) FC_TARGET_AVX512 {
+      const __mmask16 m = _mm512_cmp_ps_mask(c, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, m, c);
+      col = is_odd_col ? __mmask16(col | m) : __mmask16(col & ~m);
+      row = is_b_row ? __mmask16(row | m) : __mmask16(row & ~m);
+    };
+    visit(_mm512_permutex2var_ps(a0, odd, a1), true, false);
+    visit(_mm512_permutex2var_ps(b0, even, b1), false, true);
+    visit(_mm512_permutex2var_ps(b0, odd, b1), true, true);
+    const __mmask16 n = first_lanes(s.Q - j0);
+    _mm512_mask_storeu_ps(yrow + j0, n, best);
+    // index = 2p*W + 2j + col + row*W, as two vectors of 8 int64
+    const __m512i base = _mm512_add_epi64(_mm512_set1_epi64(2 * p * s.W + 2 * j0), lane2);
+    __m512i i0 = _mm512_mask_add_epi64(base, __mmask8(col), base, one);
+    i0 = _mm512_mask_add_epi64(i0, __mmask8(row), i0, wv);
+    const __m512i base1 = _mm512_add_epi64(base, _mm512_set1_epi64(16));
+    __m512i i1 = _mm512_mask_add_epi64(base1, __mmask8(col >> 8), base1, one);
+    i1 = _mm512_mask_add_epi64(i1, __mmask8(row >> 8), i1, wv);
+    _mm512_mask_storeu_epi64(irow + j0, __mmask8(n), i0);
+    _mm512_mask_storeu_epi64(irow + j0 + 8, __mmask8(n >> 8), i1);
+  }
+}
+
+// Backward, float, 2x2 stride 2, no padding: the disjoint-window contract of unpool_row_disjoint
+// for output row p (input rows 2p, 2p+1, and for the last row any rows below that no window
+// covers). 16 outputs per step: compare each index with the four window positions, select dy or
+// 0 per position, interleave even/odd columns back into 32-column rows.
+FC_TARGET_AVX512 bool unpool_row_2x2_avx512(const float* dyrow, const int64_t* irow, float* dxp, int64_t p,
+                                            const Pool2dShape& s) {
+  float* ra = dxp + 2 * p * s.W;
+  float* rb = ra + s.W;
+  const bool has_b = 2 * p + 1 < s.H;
+  const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
+  const __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_set1_epi64(1);
+  const __m512i kw = _mm512_set1_epi64(s.W), kw1 = _mm512_set1_epi64(s.W + 1);
+  bool ok = true;
+  for (int64_t j0 = 0; j0 < s.Q; j0 += 16) {
+    const __mmask16 n = first_lanes(s.Q - j0);
+    const __m512 g = _mm512_maskz_loadu_ps(n, dyrow + j0);
+    const __m512i base = _mm512_add_epi64(_mm512_set1_epi64(2 * p * s.W + 2 * j0), lane2);
+    const __m512i off0 = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(n), irow + j0), base);
+    const __m512i off1 = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(n >> 8), irow + j0 + 8),
+                                          _mm512_add_epi64(base, _mm512_set1_epi64(16)));
+    auto eq = [&](__m512i k) FC_TARGET_AVX512 {
+      return __mmask16(_mm512_cmpeq_epi64_mask(off0, k) | (unsigned(_mm512_cmpeq_epi64_mask(off1, k)) << 8));
+    };
+    // An odd column exists for lanes with 2j+1 < W, the second row when has_b.
+    const __mmask16 odd_ok = first_lanes((s.W - 2 * j0) / 2), b_ok = has_b ? 0xFFFF : 0;
+    const __mmask16 a_e = eq(k0), a_o = eq(k1) & odd_ok, b_e = eq(kw) & b_ok, b_o = eq(kw1) & odd_ok & b_ok;
+    ok &= ((a_e | a_o | b_e | b_o) & n) == n;
+    const int64_t cols = std::min(2 * (s.Q - j0), s.W - 2 * j0);  // input columns of these windows
+    const __mmask16 mlo = first_lanes(cols), mhi = first_lanes(cols - 16);
+    const __m512 ae = _mm512_maskz_mov_ps(a_e, g), ao = _mm512_maskz_mov_ps(a_o, g);
+    _mm512_mask_storeu_ps(ra + 2 * j0, mlo, _mm512_permutex2var_ps(ae, ilo, ao));
+    _mm512_mask_storeu_ps(ra + 2 * j0 + 16, mhi, _mm512_permutex2var_ps(ae, ihi, ao));
+    if (has_b) {
+      const __m512 be = _mm512_maskz_mov_ps(b_e, g), bo = _mm512_maskz_mov_ps(b_o, g);
+      _mm512_mask_storeu_ps(rb + 2 * j0, mlo, _mm512_permutex2var_ps(be, ilo, bo));
+      _mm512_mask_storeu_ps(rb + 2 * j0 + 16, mhi, _mm512_permutex2var_ps(be, ihi, bo));
+    }
+  }
+  // Columns no window covers (floor mode, odd W), then rows below the last window.
+  for (int64_t w = 2 * s.Q; w < s.W; ++w) {
+    ra[w] = 0.f;
+    if (has_b) rb[w] = 0.f;
+  }
+  if (p == s.P - 1 && 2 * s.P < s.H) std::fill(dxp + 2 * s.P * s.W, dxp + s.H * s.W, 0.f);
+  return ok;
+}
+#endif  // __x86_64__
+
 template <typename T>
 void max_pool2d_forward(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
-  at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
+  bool fast = false;
+#if defined(__x86_64__)
+  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s);
+#endif
+  at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / s.P, p = r % s.P;
       const T* xp = x + plane * HW;
-      T* yp = y + plane * PQ;
-      int64_t* ip = idx + plane * PQ;
-      for (int64_t p = 0; p < s.P; ++p) {
-        int64_t h0 = p * s.sh - s.ph;
-        const int64_t h1 = std::min(h0 + (s.kh - 1) * s.dh + 1, s.H);
-        while (h0 < 0) h0 += s.dh;
-        for (int64_t q = 0; q < s.Q; ++q) {
-          int64_t w0 = q * s.sw - s.pw;
-          const int64_t w1 = std::min(w0 + (s.kw - 1) * s.dw + 1, s.W);
-          while (w0 < 0) w0 += s.dw;
-          T best = -std::numeric_limits<T>::infinity();
-          int64_t best_i = h0 * s.W + w0;
-          for (int64_t h = h0; h < h1; h += s.dh)
-            for (int64_t w = w0; w < w1; w += s.dw) {
-              const int64_t i = h * s.W + w;
-              const T v = xp[i];
-              if (v > best || std::isnan(v)) {
-                best = v;
-                best_i = i;
-              }
-            }
-          yp[p * s.Q + q] = best;
-          ip[p * s.Q + q] = best_i;
+      T* yrow = y + plane * PQ + p * s.Q;
+      int64_t* irow = idx + plane * PQ + p * s.Q;
+#if defined(__x86_64__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (fast) {
+          pool_row_2x2_avx512(xp, yrow, irow, p, s);
+          continue;
         }
       }
+#endif
+      pool_row_general(xp, yrow, irow, p, s);
     }
   });
 }
 
+// Any configuration: zero-fill dx, then scatter-add dy[j] into dx[idx[j]], per plane in order, so
+// the sums of overlapping windows are deterministic. Indices must have passed check_pool_indices.
 template <typename T>
-void max_pool2d_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
+void max_pool2d_backward_scatter(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -65,10 +246,52 @@ void max_pool2d_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dSha
       const T* dyp = dy + plane * PQ;
       const int64_t* ip = idx + plane * PQ;
       for (int64_t j = 0; j < PQ; ++j) {
-        dxp[ip[j]] += dyp[j];  // indices were range-checked by check_max_pool2d_backward
+        dxp[ip[j]] += dyp[j];
       }
     }
   });
+}
+
+// indices: the tensor idx points into, range-checked here before any scatter (the disjoint path
+// validates each index against its window, which implies the range).
+template <typename T>
+void max_pool2d_backward(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  if (!windows_disjoint(s)) {
+    check_pool_indices(indices, s.H, s.W);
+    return max_pool2d_backward_scatter(dy, idx, dx, s);
+  }
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
+  bool fast = false;
+#if defined(__x86_64__)
+  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s);
+#endif
+  std::atomic<bool> all_ok{true};
+  at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
+    bool ok = true;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / s.P, p = r % s.P;
+      const T* dyrow = dy + plane * PQ + p * s.Q;
+      const int64_t* irow = idx + plane * PQ + p * s.Q;
+      T* dxp = dx + plane * HW;
+#if defined(__x86_64__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (fast) {
+          ok &= unpool_row_2x2_avx512(dyrow, irow, dxp, p, s);
+          continue;
+        }
+      }
+#endif
+      ok &= unpool_row_disjoint(dyrow, irow, dxp, p, s);
+    }
+    if (!ok) all_ok = false;
+  });
+  // Some index was not inside its own window: not a forward pass's output, but still a valid
+  // scatter request, so honour it exactly.
+  if (!all_ok) {
+    check_pool_indices(indices, s.H, s.W);
+    max_pool2d_backward_scatter(dy, idx, dx, s);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -86,20 +309,20 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
   return {y, idx};
 }
 
-// Scatters each output gradient to the input element its index names; per plane in order, so the
-// sums of overlapping windows are deterministic.
+// dx[idx[j]] += dy[j] for every output j, every other element 0: one write per element when the
+// windows are disjoint, else the deterministic per-plane scatter.
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                                    c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    bool ceil_mode) {
   const auto size = C10_AS_INTARRAYREF_SLOW(input_size);
   const Pool2dShape s = check_max_pool2d_backward(grad_output, indices, size, kernel_size, stride, padding,
-                                                  dilation, ceil_mode, kCpuTypes);
+                                                  dilation, ceil_mode, kCpuTypes, /*check_indices=*/false);
   at::Tensor dy = grad_output.contiguous(), idx = indices.contiguous();
   at::Tensor dx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options());
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_max_pool2d_backward_cpu", [&] {
-    max_pool2d_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
+    max_pool2d_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), idx,
                                   dx.mutable_data_ptr<scalar_t>(), s);
   });
   return dx;
