@@ -1,7 +1,11 @@
-// max_pool2d forward (with indices) and backward on the CPU: one pass over each (n, c) plane,
-// planes in parallel. PyTorch's conventions: a window's maximum is updated when
-// `value > max || isnan(value)`, starting from -inf with the index of the window's first element
-// inside the input; indices are offsets h*W + w into the input plane.
+// max_pool2d forward (with indices) and backward on the CPU, output rows of all planes in
+// parallel. PyTorch's conventions: a window's maximum is updated when `value > max || isnan(value)`
+// (so ties keep the first maximum and the window's last NaN wins), starting from -inf with the
+// index of the window's first element inside the input; indices are offsets h*W + w into the
+// input plane.
+//   forward:  2x2 stride 2 (float, AVX-512) vectorised; any other configuration a scalar loop.
+//   backward: disjoint windows (stride >= kernel, dilation 1) write each dx element once, 2x2/2
+//             float vectorised; overlapping windows zero-fill and scatter-add per plane.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -11,9 +15,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <type_traits>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "common/checks.h"
 #include "cpu/gemm.h"
