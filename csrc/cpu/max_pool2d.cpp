@@ -4,8 +4,10 @@
 // index of the window's first element inside the input; indices are offsets h*W + w into the
 // input plane.
 //   forward:  2x2 stride 2 (float, AVX-512) vectorised; any other configuration a scalar loop.
-//   backward: disjoint windows (stride >= kernel, dilation 1) write each dx element once, 2x2/2
-//             float vectorised; overlapping windows zero-fill and scatter-add per plane.
+//   backward: disjoint windows (stride >= kernel, dilation 1) are done one output row at a time
+//             (its input rows zeroed and the gradients stored while in cache; 2x2/2 float with
+//             AVX-512 writes each dx element exactly once); overlapping windows zero-fill and
+//             scatter-add per plane.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -75,36 +77,30 @@ void pool_row_general(const T* xp, T* yrow, int64_t* irow, int64_t p, const Pool
 }
 
 // ---- Backward, disjoint windows (dilation 1, stride >= kernel): output row p owns input rows
-// [p*sh - ph, (p+1)*sh - ph) (the first row from 0, the last to H) and writes each of them once:
-// dy[q] where the index of window q names the element, 0 elsewhere (gaps and dropped edges
-// included). Returns false if some index lies outside its window (possible only for indices not
-// produced by the forward pass); the caller then redoes the whole tensor with the scatter.
+// [p*sh - ph, (p+1)*sh - ph) (the first row from 0, the last to H), contiguous in the plane. They
+// are zeroed, then each window's gradient is stored (not added: no other window reaches that
+// element) while the rows are still in cache. Returns false if some index lies outside its
+// window (possible only for indices not produced by the forward pass); nothing is written for it
+// (it might lie in another thread's rows) and the caller redoes the whole tensor with the scatter.
 template <typename T>
 bool unpool_row_disjoint(const T* dyrow, const int64_t* irow, T* dxp, int64_t p, const Pool2dShape& s) {
   const int64_t r0 = p == 0 ? 0 : std::min(p * s.sh - s.ph, s.H);
   const int64_t r1 = p == s.P - 1 ? s.H : std::min((p + 1) * s.sh - s.ph, s.H);
-  const int64_t wh0 = p * s.sh - s.ph, wh1 = wh0 + s.kh;  // window rows (may reach into padding)
-  int64_t matched = 0;
-  for (int64_t h = r0; h < r1; ++h) {
-    T* dxr = dxp + h * s.W;
-    if (h < wh0 || h >= wh1) {
-      std::fill(dxr, dxr + s.W, T(0));
+  std::fill(dxp + r0 * s.W, dxp + r1 * s.W, T(0));
+  const int64_t h_lo = std::max<int64_t>(p * s.sh - s.ph, 0), h_hi = std::min(p * s.sh - s.ph + s.kh, s.H);
+  bool ok = true;
+  for (int64_t q = 0; q < s.Q; ++q) {
+    const int64_t w_lo = std::max<int64_t>(q * s.sw - s.pw, 0), w_hi = std::min(q * s.sw - s.pw + s.kw, s.W);
+    const int64_t i = irow[q];
+    bool in_window = false;
+    for (int64_t h = h_lo; h < h_hi; ++h) in_window |= i - h * s.W >= w_lo && i - h * s.W < w_hi;
+    if (!in_window) {
+      ok = false;
       continue;
     }
-    for (int64_t q = 0; q < s.Q; ++q) {
-      const int64_t c0 = q == 0 ? 0 : std::min(q * s.sw - s.pw, s.W);
-      const int64_t c1 = q == s.Q - 1 ? s.W : std::min((q + 1) * s.sw - s.pw, s.W);
-      const int64_t ww0 = q * s.sw - s.pw, ww1 = ww0 + s.kw;
-      const int64_t target = irow[q] - h * s.W;  // column of window q's maximum, if in this row
-      const T g = dyrow[q];
-      for (int64_t w = c0; w < c1; ++w) {
-        const bool hit = w == target && w >= ww0 && w < ww1;
-        matched += hit;
-        dxr[w] = hit ? g : T(0);
-      }
-    }
+    dxp[i] = dyrow[q];
   }
-  return matched == s.Q;  // each window's index matches at most one of its elements
+  return ok;
 }
 
 #if defined(__x86_64__)
@@ -207,9 +203,9 @@ FC_TARGET_AVX512 void pool_rows_2x2_avx512(const float* x, float* y, int64_t* id
   for_piece_pairs(r0, r1, s, pair, [](int64_t, int64_t, int64_t) {});
 }
 
-// Backward for output rows [r0, r1), with unpool_row_disjoint's contract: compare each index with
-// its window's four positions, select dy or 0 per position, interleave even/odd columns back; then
-// zero what no window covers (the last column in floor mode with odd W, rows below the last
+// Backward for output rows [r0, r1), as unpool_row_disjoint but each element written once:
+// compare each index with its window's four positions, select dy or 0 per position, interleave
+// even/odd columns back; then zero what no window covers (the last column in floor mode with odd W, rows below the last
 // window). Returns false if some index is not in its window.
 FC_TARGET_AVX512 bool unpool_rows_2x2_avx512(const float* dy, const int64_t* idx, float* dx, int64_t r0,
                                              int64_t r1, const Pool2dShape& s) {
