@@ -106,3 +106,120 @@ def test_max_pool2d_gradcheck(backend, rng):
     # Distinct values so that the maximum is unique and the function is differentiable.
     x = torch.randperm(2 * 3 * 7 * 7, generator=rng).double().reshape(2, 3, 7, 7).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: FC.max_pool2d(t, 3, 2, 1, ceil_mode=True), (x,))
+
+
+# ---- The 2x2 stride-2 fast paths (AVX-512 forward and one-pass backward) and the one-pass
+# backward of every other disjoint-window configuration, on every CPU ISA. ----
+
+ISAS = ["avx512", "avx2", "generic"]
+
+
+@pytest.fixture(params=ISAS)
+def cpu_isa(request):
+    import fastconv
+
+    try:
+        fastconv.set_cpu_isa(request.param)
+    except RuntimeError:
+        pytest.skip(f"this CPU cannot run {request.param}")
+    try:
+        yield request.param
+    finally:
+        fastconv.set_cpu_isa("auto")
+
+
+def _cpu():
+    from conftest import Backend
+
+    return Backend("cpu")
+
+
+# (N, C, H, W, ceil_mode): odd sizes drop (floor) or cut (ceil) the last row / column; widths
+# around the 16-output / 32-column blocks; W = 1 and H = 1 exist only in ceil mode.
+SHAPES_2X2 = [
+    (2, 3, 75, 75, False), (2, 3, 75, 75, True), (1, 4, 37, 37, False), (1, 4, 37, 37, True),
+    (1, 2, 4, 3, False), (1, 2, 3, 3, True), (1, 1, 1, 1, True), (1, 2, 1, 17, True), (1, 2, 17, 1, True),
+    (3, 2, 6, 17, False), (1, 2, 5, 33, True), (1, 2, 8, 32, False), (2, 1, 4, 64, False),
+    (1, 1, 6, 65, True), (1, 3, 7, 66, False), (2, 5, 14, 14, False), (1, 3, 18, 18, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES_2X2, ids=lambda s: "x".join(map(str, s[:4])) + ("c" if s[4] else ""))
+def test_max_pool2d_2x2_every_cpu_isa(cpu_isa, shape, dtype, rng):
+    N, C, H, W, ceil = shape
+    _check(_cpu(), randn((N, C, H, W), rng, torch.float64), (2, 2, 0, 1, ceil), dtype, rng)
+
+
+def _specials(shape, rng, nan_rate):
+    """Small integers (many ties), with NaN and +-inf sprinkled in, some windows all -inf."""
+    x = torch.randint(-2, 3, shape, generator=rng).double()
+    u = torch.rand(shape, generator=rng, dtype=torch.float64)
+    x[u < nan_rate] = float("nan")
+    x[(u >= nan_rate) & (u < 2 * nan_rate)] = float("-inf")
+    x[(u >= 2 * nan_rate) & (u < 2.5 * nan_rate)] = float("inf")
+    x[..., :2, :4] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ceil", [False, True])
+@pytest.mark.parametrize("nan_rate", [0.0, 0.1, 0.4])
+def test_max_pool2d_2x2_ties_nan_inf_every_cpu_isa(cpu_isa, ceil, nan_rate, dtype, rng):
+    """Indices equal PyTorch's: first of equal maxima, the window's last NaN, -inf windows."""
+    for shape in [(2, 3, 9, 37), (1, 2, 33, 75), (1, 1, 4, 32)]:
+        _check(_cpu(), _specials(shape, rng, nan_rate), (2, 2, 0, 1, ceil), dtype, rng)
+
+
+# Other disjoint windows (stride >= kernel, dilation 1): the generic one-pass backward, including
+# gaps between windows, padding and dropped edges.
+DISJOINT = [(3, 3, 0, 1, False), (3, 3, 1, 1, True), ((2, 3), (3, 4), (1, 1), 1, False), (2, 3, 0, 1, True),
+            (1, 2, 0, 1, False), ((4, 1), (4, 1), (2, 0), 1, True), (2, 2, 1, 1, False)]
+
+
+@pytest.mark.parametrize("cfg", DISJOINT, ids=[f"disjoint{i}" for i in range(len(DISJOINT))])
+def test_max_pool2d_disjoint_windows_every_cpu_isa(cpu_isa, cfg, rng):
+    for shape in [(2, 3, 13, 17), (1, 2, 8, 9), (1, 1, 5, 40)]:
+        _check(_cpu(), randn(shape, rng, torch.float64), cfg, torch.float32, rng)
+        _check(_cpu(), _specials(shape, rng, 0.2), cfg, torch.float64, rng)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_max_pool2d_2x2_layouts_every_cpu_isa(cpu_isa, layout, rng):
+    x = randn((2, 4, 19, 70), rng, torch.float64)
+    xin = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x[..., ::2]
+    xin = xin.float().requires_grad_()
+    ref = xin.detach().clone().requires_grad_()
+    out, idx = FC.max_pool2d(xin, 2, 2, ceil_mode=True, return_indices=True)
+    ref_out, ref_idx = F.max_pool2d(ref, 2, 2, ceil_mode=True, return_indices=True)
+    assert torch.equal(idx, ref_idx) and torch.equal(out, ref_out)
+    gy = randn(out.shape, rng)
+    out.backward(gy)
+    ref_out.backward(gy)
+    assert torch.equal(xin.grad, ref.grad)
+
+
+@pytest.mark.parametrize("cfg", [(2, 2, 0, 1, False), (2, 2, 0, 1, True), (3, 3, 1, 1, False)])
+def test_max_pool2d_backward_foreign_indices_every_cpu_isa(cpu_isa, cfg, rng):
+    """Indices that are not the forward pass's (outside their window, repeated) still scatter
+    exactly like PyTorch's backward: the one-pass path must notice and fall back."""
+    k, s, p, d, ceil = cfg
+    x = randn((2, 3, 11, 37), rng, torch.float64)
+    _, idx = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil, return_indices=True)
+    gy = randn(idx.shape, rng, torch.float64)
+    for foreign in [idx.flip(-1), torch.zeros_like(idx), idx.clone().index_fill_(3, torch.tensor([0]), 5)]:
+        got = torch.ops.fastconv.max_pool2d_backward(gy, foreign, [11, 37], [k, k], [s, s], [p, p], [d, d], ceil)
+        ref = torch.ops.aten.max_pool2d_with_indices_backward(gy, x, [k, k], [s, s], [p, p], [d, d], ceil, foreign)
+        assert torch.allclose(got, ref, rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError, match="outside the input plane"):
+        torch.ops.fastconv.max_pool2d_backward(gy, idx + 11 * 37, [11, 37], [k, k], [s, s], [p, p], [d, d], ceil)
+
+
+@pytest.mark.parametrize("N", [0, 1])
+def test_max_pool2d_2x2_small_batch_every_cpu_isa(cpu_isa, N, rng):
+    x = randn((N, 3, 75, 75), rng).requires_grad_()
+    out, idx = FC.max_pool2d(x, 2, 2, return_indices=True)
+    ref, ref_idx = F.max_pool2d(x.detach(), 2, 2, return_indices=True)
+    assert out.shape == (N, 3, 37, 37) and torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(x.grad.sum(), torch.tensor(float(N * 3 * 37 * 37)))

@@ -60,3 +60,30 @@ def test_relu_gradcheck(backend, rng):
     x = randn((3, 4, 5), rng, torch.float64)
     x = (x + 0.1 * x.sign()).requires_grad_()  # keep away from the kink at 0
     assert torch.autograd.gradcheck(FC.relu, (x,))
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_every_cpu_isa(isa, dtype, rng):
+    """Every ISA's loops, with tails of every length below a vector and chunks split across threads."""
+    import fastconv
+
+    try:
+        fastconv.set_cpu_isa(isa)
+    except RuntimeError:
+        pytest.skip(f"this CPU cannot run {isa}")
+    try:
+        for n in list(range(1, 34)) + [(1 << 16) + 5, 3 * (1 << 15) + 17]:
+            x = _input(rng, (n,), "cpu", dtype)
+            x[torch.rand(n, generator=rng) < 0.1] = float("nan")
+            ref = torch.relu(x)
+            out = FC.relu(x)
+            assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(), ref.nan_to_num())
+            y = x.clone()
+            torch.ops.fastconv.relu_(y)
+            assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(), ref.nan_to_num())
+            gy = randn((n,), rng, dtype)
+            got = torch.ops.fastconv.relu_backward(gy, ref)
+            assert torch.equal(got, torch.ops.aten.threshold_backward(gy, ref, 0))
+    finally:
+        fastconv.set_cpu_isa("auto")

@@ -176,7 +176,7 @@ Pool2dShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_siz
 namespace {
 // Tensors and sizes of a max_pool2d_backward call (the window is checked by the caller).
 Pool2dShape check_pool_backward_tensors(const at::Tensor& grad_output, const at::Tensor& indices,
-                                        at::IntArrayRef input_size, DTypes dtypes) {
+                                        at::IntArrayRef input_size, DTypes dtypes, bool check_indices) {
   const char* op = "max_pool2d_backward";
   TORCH_CHECK(grad_output.defined() && indices.defined(),
               "fastconv.max_pool2d_backward: grad_output and indices must be tensors");
@@ -197,24 +197,32 @@ Pool2dShape check_pool_backward_tensors(const at::Tensor& grad_output, const at:
   s.N = grad_output.size(0); s.C = grad_output.size(1);
   s.H = input_size[0]; s.W = input_size[1];
   s.P = grad_output.size(2); s.Q = grad_output.size(3);
-  if (indices.device().is_cpu() && indices.numel() > 0) {
-    const at::Tensor idx = indices.contiguous();
-    const int64_t* p = idx.const_data_ptr<int64_t>();
-    const int64_t hw = s.H * s.W;
-    for (int64_t i = 0, n = idx.numel(); i < n; ++i)
-      TORCH_CHECK(p[i] >= 0 && p[i] < hw, "fastconv.max_pool2d_backward: index ", p[i],
-                  " is outside the input plane of size ", s.H, " x ", s.W);
-  }
+  if (check_indices && indices.device().is_cpu()) check_pool_indices(indices, s.H, s.W);
   return s;
 }
 }  // namespace
 
+void check_pool_indices(const at::Tensor& indices, int64_t H, int64_t W) {
+  if (indices.numel() == 0) return;
+  const at::Tensor idx = indices.contiguous();
+  const int64_t* p = idx.const_data_ptr<int64_t>();
+  const uint64_t hw = uint64_t(H * W);
+  const int64_t n = idx.numel();
+  bool bad = false;  // branch-free scan (vectorises); find the culprit only on failure
+  for (int64_t i = 0; i < n; ++i) bad |= uint64_t(p[i]) >= hw;
+  if (!bad) return;
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(p[i] >= 0 && p[i] < int64_t(hw), "fastconv.max_pool2d_backward: index ", p[i],
+                " is outside the input plane of size ", H, " x ", W);
+}
+
 Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
                                       at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes) {
+                                      at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes,
+                                      bool check_indices) {
   const char* op = "max_pool2d_backward";
-  Pool2dShape s = check_pool_backward_tensors(grad_output, indices, input_size, dtypes);
+  Pool2dShape s = check_pool_backward_tensors(grad_output, indices, input_size, dtypes, check_indices);
   check_pair(op, "kernel_size", kernel_size, 1);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);

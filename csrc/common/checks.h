@@ -62,12 +62,17 @@ Pool2dShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_siz
 
 // grad_output (N,C,P,Q) and int64 indices of the same shape; input_size = (H, W); the window
 // parameters of the forward call, which must give the grad_output's P x Q. Indices of CPU tensors
-// are checked to lie in [0, H*W); on a GPU that would cost a device synchronisation, so CUDA
-// kernels trust them (as PyTorch's do).
+// are checked to lie in [0, H*W) (check_pool_indices) unless check_indices is false: a kernel
+// that validates them itself may skip this extra pass, but must call check_pool_indices before
+// it scatters. On a GPU the check would cost a device synchronisation, so CUDA kernels trust
+// them (as PyTorch's do).
 Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
                                       at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes);
+                                      at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes,
+                                      bool check_indices = true);
+// Every index (a CPU tensor) lies in [0, H*W), else the RuntimeError naming the first that doesn't.
+void check_pool_indices(const at::Tensor& indices, int64_t H, int64_t W);
 
 // relu / relu_: any shape; relu_ additionally rejects inputs whose elements overlap in memory.
 void check_relu(const char* op, const at::Tensor& input, DTypes dtypes, bool inplace);

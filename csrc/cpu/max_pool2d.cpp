@@ -1,18 +1,32 @@
-// max_pool2d forward (with indices) and backward on the CPU: one pass over each (n, c) plane,
-// planes in parallel. PyTorch's conventions: a window's maximum is updated when
-// `value > max || isnan(value)`, starting from -inf with the index of the window's first element
-// inside the input; indices are offsets h*W + w into the input plane.
+// max_pool2d forward (with indices) and backward on the CPU, output rows of all planes in
+// parallel. PyTorch's conventions: a window's maximum is updated when `value > max || isnan(value)`
+// (so ties keep the first maximum and the window's last NaN wins), starting from -inf with the
+// index of the window's first element inside the input; indices are offsets h*W + w into the
+// input plane.
+//   forward:  2x2 stride 2 (float, AVX-512) vectorised; any other configuration a scalar loop.
+//   backward: disjoint windows (stride >= kernel, dilation 1) are done one output row at a time
+//             (its input rows zeroed and the gradients stored while in cache; 2x2/2 float with
+//             AVX-512 writes each dx element exactly once); overlapping windows zero-fill and
+//             scatter-add per plane.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "common/checks.h"
+#include "cpu/gemm.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace fastconv {
 namespace cpu {
@@ -20,43 +34,251 @@ namespace {
 
 constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 
+// Work is split over output rows of all planes (row r = plane * P + p), so that both threads are
+// busy even when N*C is small; about this many input elements per task.
+constexpr int64_t kGrainElems = 1 << 14;
+
+int64_t row_grain(const Pool2dShape& s) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, s.Q * s.kh * s.kw)); }
+
+// The AVX-512 2x2 stride-2 kernels handle exactly this configuration (floor or ceil mode).
+bool is_2x2_s2(const Pool2dShape& s) {
+  return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0 && s.dh == 1 && s.dw == 1;
+}
+
+// Windows of different outputs share no input element (and none is skipped by dilation), so the
+// backward pass can write each input element once.
+bool windows_disjoint(const Pool2dShape& s) { return s.dh == 1 && s.dw == 1 && s.sh >= s.kh && s.sw >= s.kw; }
+
+// ---- Forward, any configuration: output row p of one plane (xp: H x W, yrow/irow: Q). ----
 template <typename T>
-void max_pool2d_forward(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
-  const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
-  at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const T* xp = x + plane * HW;
-      T* yp = y + plane * PQ;
-      int64_t* ip = idx + plane * PQ;
-      for (int64_t p = 0; p < s.P; ++p) {
-        int64_t h0 = p * s.sh - s.ph;
-        const int64_t h1 = std::min(h0 + (s.kh - 1) * s.dh + 1, s.H);
-        while (h0 < 0) h0 += s.dh;
-        for (int64_t q = 0; q < s.Q; ++q) {
-          int64_t w0 = q * s.sw - s.pw;
-          const int64_t w1 = std::min(w0 + (s.kw - 1) * s.dw + 1, s.W);
-          while (w0 < 0) w0 += s.dw;
-          T best = -std::numeric_limits<T>::infinity();
-          int64_t best_i = h0 * s.W + w0;
-          for (int64_t h = h0; h < h1; h += s.dh)
-            for (int64_t w = w0; w < w1; w += s.dw) {
-              const int64_t i = h * s.W + w;
-              const T v = xp[i];
-              if (v > best || std::isnan(v)) {
-                best = v;
-                best_i = i;
-              }
-            }
-          yp[p * s.Q + q] = best;
-          ip[p * s.Q + q] = best_i;
+void pool_row_general(const T* xp, T* yrow, int64_t* irow, int64_t p, const Pool2dShape& s) {
+  int64_t h0 = p * s.sh - s.ph;
+  const int64_t h1 = std::min(h0 + (s.kh - 1) * s.dh + 1, s.H);
+  while (h0 < 0) h0 += s.dh;
+  for (int64_t q = 0; q < s.Q; ++q) {
+    int64_t w0 = q * s.sw - s.pw;
+    const int64_t w1 = std::min(w0 + (s.kw - 1) * s.dw + 1, s.W);
+    while (w0 < 0) w0 += s.dw;
+    T best = -std::numeric_limits<T>::infinity();
+    int64_t best_i = h0 * s.W + w0;
+    for (int64_t h = h0; h < h1; h += s.dh) {
+      const T* xr = xp + h * s.W;
+      for (int64_t w = w0; w < w1; w += s.dw) {
+        const T v = xr[w];
+        if (v > best || std::isnan(v)) {
+          best = v;
+          best_i = h * s.W + w;
         }
       }
+    }
+    yrow[q] = best;
+    irow[q] = best_i;
+  }
+}
+
+// ---- Backward, disjoint windows (dilation 1, stride >= kernel): output row p owns input rows
+// [p*sh - ph, (p+1)*sh - ph) (the first row from 0, the last to H), contiguous in the plane. They
+// are zeroed, then each window's gradient is stored (not added: no other window reaches that
+// element) while the rows are still in cache. Returns false if some index lies outside its
+// window (possible only for indices not produced by the forward pass); nothing is written for it
+// (it might lie in another thread's rows) and the caller redoes the whole tensor with the scatter.
+template <typename T>
+bool unpool_row_disjoint(const T* dyrow, const int64_t* irow, T* dxp, int64_t p, const Pool2dShape& s) {
+  const int64_t r0 = p == 0 ? 0 : std::min(p * s.sh - s.ph, s.H);
+  const int64_t r1 = p == s.P - 1 ? s.H : std::min((p + 1) * s.sh - s.ph, s.H);
+  std::fill(dxp + r0 * s.W, dxp + r1 * s.W, T(0));
+  const int64_t h_lo = std::max<int64_t>(p * s.sh - s.ph, 0), h_hi = std::min(p * s.sh - s.ph + s.kh, s.H);
+  bool ok = true;
+  for (int64_t q = 0; q < s.Q; ++q) {
+    const int64_t w_lo = std::max<int64_t>(q * s.sw - s.pw, 0), w_hi = std::min(q * s.sw - s.pw + s.kw, s.W);
+    const int64_t i = irow[q];
+    bool in_window = false;
+    for (int64_t h = h_lo; h < h_hi; ++h) in_window |= i - h * s.W >= w_lo && i - h * s.W < w_hi;
+    if (!in_window) {
+      ok = false;
+      continue;
+    }
+    dxp[i] = dyrow[q];
+  }
+  return ok;
+}
+
+#if defined(__x86_64__)
+#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
+
+// The 2x2 stride-2 kernels below (float, no padding, floor or ceil mode) work on *pieces*: up to
+// 8 consecutive outputs j..j+n-1 of one output row p, whose windows cover input columns
+// [2j, 2j+16) of rows 2p and 2p+1 (the second missing when a ceil_mode window is cut by the
+// bottom edge; the last columns cut by the right edge). Two pieces fill the 16 lanes of a vector:
+// lanes 0-7 the first, lanes 8-15 the second, from the same row or the next (so that rows of 7 or
+// 9 outputs waste few lanes).
+struct Piece {
+  int64_t x_off;  // offset of input element (2p, 2j) from the tensor's start (x or dx)
+  int64_t y_off;  // offset of output j of row p (y, dy, indices)
+  int64_t base;   // 2p*W + 2j: in-plane index of (2p, 2j)
+  int n;          // outputs, 0..8 (0: an empty filler)
+  __mmask16 cols;   // input columns 2j.. that exist, at most 16
+  __mmask16 bcols;  // the same for row 2p+1, 0 if it does not exist
+  __mmask16 odd;    // windows (of the n) whose odd column 2j+1 exists
+};
+
+// Calls fn(piece, piece) for the output rows [r0, r1) (row r = plane * P + p), pairing the pieces
+// in order; an odd last one is paired with an empty filler. row_done(r, plane, p) runs after
+// the pieces of row r were handed on (they may still be pending).
+template <typename PairFn, typename RowFn>
+FC_TARGET_AVX512 inline void for_piece_pairs(int64_t r0, int64_t r1, const Pool2dShape& s, PairFn&& fn, RowFn&& row_done) {
+  Piece pending{};
+  bool have = false;
+  int64_t plane = r0 / s.P, p = r0 % s.P;
+  for (int64_t r = r0; r < r1; ++r, p = p + 1 == s.P ? (++plane, 0) : p + 1) {
+    const bool has_b = 2 * p + 1 < s.H;
+    for (int64_t j = 0; j < s.Q; j += 8) {
+      const int64_t cols = std::min<int64_t>(16, s.W - 2 * j);
+      Piece c;
+      c.x_off = plane * s.H * s.W + 2 * p * s.W + 2 * j;
+      c.y_off = r * s.Q + j;
+      c.base = 2 * p * s.W + 2 * j;
+      c.n = int(std::min<int64_t>(8, s.Q - j));
+      c.cols = __mmask16((1u << cols) - 1);
+      c.bcols = has_b ? c.cols : __mmask16(0);
+      c.odd = __mmask16((1u << (cols / 2)) - 1);
+      if (have) fn(pending, c);
+      else pending = c;
+      have = !have;
+    }
+    row_done(r, plane, p);
+  }
+  if (have) {
+    Piece filler = pending;
+    filler.n = 0;
+    filler.cols = filler.bcols = filler.odd = 0;
+    fn(pending, filler);
+  }
+}
+
+FC_TARGET_AVX512 inline __mmask16 pair_lanes(int n0, int n1) {
+  return __mmask16(((1u << n0) - 1) | (((1u << n1) - 1) << 8));
+}
+
+// Forward for output rows [r0, r1). Missing columns/rows read as -inf, which never wins. The four
+// candidates are visited in PyTorch's scan order (2p,2j) (2p,2j+1) (2p+1,2j) (2p+1,2j+1) and
+// replace the maximum when greater or NaN, exactly as pool_row_general.
+FC_TARGET_AVX512 void pool_rows_2x2_avx512(const float* x, float* y, int64_t* idx, int64_t r0, int64_t r1,
+                                           const Pool2dShape& s) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);  // 2j - 2j_first
+  const __m512i one = _mm512_set1_epi64(1), wv = _mm512_set1_epi64(s.W);
+  auto pair = [&](const Piece& c0, const Piece& c1) FC_TARGET_AVX512 {
+    const float* a0 = x + c0.x_off;
+    const float* a1 = x + c1.x_off;
+    const __m512 ra0 = _mm512_mask_loadu_ps(ninf, c0.cols, a0), ra1 = _mm512_mask_loadu_ps(ninf, c1.cols, a1);
+    const __m512 rb0 = _mm512_mask_loadu_ps(ninf, c0.bcols, a0 + s.W);
+    const __m512 rb1 = _mm512_mask_loadu_ps(ninf, c1.bcols, a1 + s.W);
+    __m512 best = _mm512_permutex2var_ps(ra0, even, ra1);
+    __mmask16 col = 0, row = 0;  // which of the four the maximum is
+    auto visit = [&](__m512 v, bool odd_col, bool b_row) FC_TARGET_AVX512 {
+      const __mmask16 m = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, m, v);
+      col = odd_col ? __mmask16(col | m) : __mmask16(col & ~m);
+      row = b_row ? __mmask16(row | m) : __mmask16(row & ~m);
+    };
+    visit(_mm512_permutex2var_ps(ra0, odd, ra1), true, false);
+    visit(_mm512_permutex2var_ps(rb0, even, rb1), false, true);
+    visit(_mm512_permutex2var_ps(rb0, odd, rb1), true, true);
+    const __mmask16 n = pair_lanes(c0.n, c1.n);
+    _mm512_mask_storeu_ps(y + c0.y_off, __mmask16(n & 0xFF), best);
+    _mm512_mask_storeu_ps(y + c1.y_off, __mmask16(n >> 8), _mm512_shuffle_f32x4(best, best, 0xEE));
+    // index = base + 2(j - j_first) + col + row*W, 8 int64 per piece
+    __m512i i0 = _mm512_add_epi64(_mm512_set1_epi64(c0.base), lane2);
+    i0 = _mm512_mask_add_epi64(i0, __mmask8(col), i0, one);
+    i0 = _mm512_mask_add_epi64(i0, __mmask8(row), i0, wv);
+    __m512i i1 = _mm512_add_epi64(_mm512_set1_epi64(c1.base), lane2);
+    i1 = _mm512_mask_add_epi64(i1, __mmask8(col >> 8), i1, one);
+    i1 = _mm512_mask_add_epi64(i1, __mmask8(row >> 8), i1, wv);
+    _mm512_mask_storeu_epi64(idx + c0.y_off, __mmask8(n), i0);
+    _mm512_mask_storeu_epi64(idx + c1.y_off, __mmask8(n >> 8), i1);
+  };
+  for_piece_pairs(r0, r1, s, pair, [](int64_t, int64_t, int64_t) {});
+}
+
+// Backward for output rows [r0, r1), as unpool_row_disjoint but each element written once:
+// compare each index with its window's four positions, select dy or 0 per position, interleave
+// even/odd columns back; then zero what no window covers (the last column in floor mode with odd W, rows below the last
+// window). Returns false if some index is not in its window.
+FC_TARGET_AVX512 bool unpool_rows_2x2_avx512(const float* dy, const int64_t* idx, float* dx, int64_t r0,
+                                             int64_t r1, const Pool2dShape& s) {
+  const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i lo8 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
+  const __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_set1_epi64(1);
+  const __m512i kw = _mm512_set1_epi64(s.W), kw1 = _mm512_set1_epi64(s.W + 1);
+  bool ok = true;
+  auto pair = [&](const Piece& c0, const Piece& c1) FC_TARGET_AVX512 {
+    const __mmask16 n = pair_lanes(c0.n, c1.n);
+    const __m512 g = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(__mmask16(n & 0xFF), dy + c0.y_off), lo8,
+                                            _mm512_maskz_loadu_ps(__mmask16(n >> 8), dy + c1.y_off));
+    const __m512i off0 = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(n), idx + c0.y_off),
+                                          _mm512_add_epi64(_mm512_set1_epi64(c0.base), lane2));
+    const __m512i off1 = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(n >> 8), idx + c1.y_off),
+                                          _mm512_add_epi64(_mm512_set1_epi64(c1.base), lane2));
+    auto eq = [&](__m512i k) FC_TARGET_AVX512 {
+      return __mmask16(_mm512_cmpeq_epi64_mask(off0, k) | (unsigned(_mm512_cmpeq_epi64_mask(off1, k)) << 8));
+    };
+    // Window lane l has an odd column if input column 2l+1 exists, a second row if bcols != 0.
+    const __mmask16 odd_ok = __mmask16(c0.odd | (unsigned(c1.odd) << 8));
+    const __mmask16 b_ok = __mmask16((c0.bcols ? 0xFF : 0) | (c1.bcols ? 0xFF00 : 0));
+    const __mmask16 a_e = eq(k0), a_o = eq(k1) & odd_ok, b_e = eq(kw) & b_ok, b_o = eq(kw1) & odd_ok & b_ok;
+    ok &= ((a_e | a_o | b_e | b_o) & n) == n;
+    // Columns written: those of the windows (2n), cut by the right edge.
+    const __mmask16 w0 = __mmask16(c0.cols & ((1u << (2 * c0.n)) - 1)), w1 = __mmask16(c1.cols & ((1u << (2 * c1.n)) - 1));
+    float* d0 = dx + c0.x_off;
+    float* d1 = dx + c1.x_off;
+    const __m512 ae = _mm512_maskz_mov_ps(a_e, g), ao = _mm512_maskz_mov_ps(a_o, g);
+    _mm512_mask_storeu_ps(d0, w0, _mm512_permutex2var_ps(ae, ilo, ao));
+    _mm512_mask_storeu_ps(d1, w1, _mm512_permutex2var_ps(ae, ihi, ao));
+    const __m512 be = _mm512_maskz_mov_ps(b_e, g), bo = _mm512_maskz_mov_ps(b_o, g);
+    _mm512_mask_storeu_ps(d0 + s.W, c0.bcols ? w0 : __mmask16(0), _mm512_permutex2var_ps(be, ilo, bo));
+    _mm512_mask_storeu_ps(d1 + s.W, c1.bcols ? w1 : __mmask16(0), _mm512_permutex2var_ps(be, ihi, bo));
+  };
+  auto row_done = [&](int64_t, int64_t plane, int64_t p) {
+    float* dxp = dx + plane * s.H * s.W;
+    const int64_t h1 = std::min(2 * p + 2, s.H);
+    for (int64_t h = 2 * p; h < h1; ++h)
+      for (int64_t w = 2 * s.Q; w < s.W; ++w) dxp[h * s.W + w] = 0.f;
+    if (p == s.P - 1 && 2 * s.P < s.H) std::fill(dxp + 2 * s.P * s.W, dxp + s.H * s.W, 0.f);
+  };
+  for_piece_pairs(r0, r1, s, pair, row_done);
+  return ok;
+}
+#endif  // __x86_64__
+
+template <typename T>
+void max_pool2d_forward(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
+  const int64_t HW = s.H * s.W;
+  bool fast = false;
+#if defined(__x86_64__)
+  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s);
+#endif
+  at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) return pool_rows_2x2_avx512(x, y, idx, begin, end, s);
+    }
+#endif
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / s.P, p = r % s.P;
+      pool_row_general(x + plane * HW, y + r * s.Q, idx + r * s.Q, p, s);
     }
   });
 }
 
+// Any configuration: zero-fill dx, then scatter-add dy[j] into dx[idx[j]], per plane in order, so
+// the sums of overlapping windows are deterministic. Indices must have passed check_pool_indices.
 template <typename T>
-void max_pool2d_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
+void max_pool2d_backward_scatter(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -65,10 +287,48 @@ void max_pool2d_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dSha
       const T* dyp = dy + plane * PQ;
       const int64_t* ip = idx + plane * PQ;
       for (int64_t j = 0; j < PQ; ++j) {
-        dxp[ip[j]] += dyp[j];  // indices were range-checked by check_max_pool2d_backward
+        dxp[ip[j]] += dyp[j];
       }
     }
   });
+}
+
+// indices: the tensor idx points into, range-checked here before any scatter (the disjoint path
+// validates each index against its window, which implies the range).
+template <typename T>
+void max_pool2d_backward(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  if (!windows_disjoint(s)) {
+    check_pool_indices(indices, s.H, s.W);
+    return max_pool2d_backward_scatter(dy, idx, dx, s);
+  }
+  const int64_t HW = s.H * s.W;
+  bool fast = false;
+#if defined(__x86_64__)
+  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s);
+#endif
+  std::atomic<bool> all_ok{true};
+  at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
+    bool ok = true;
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) ok = unpool_rows_2x2_avx512(dy, idx, dx, begin, end, s);
+    }
+#endif
+    if (!fast) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t plane = r / s.P, p = r % s.P;
+        ok &= unpool_row_disjoint(dy + r * s.Q, idx + r * s.Q, dx + plane * HW, p, s);
+      }
+    }
+    if (!ok) all_ok = false;
+  });
+  // Some index was not inside its own window: not a forward pass's output, but still a valid
+  // scatter request, so honour it exactly.
+  if (!all_ok) {
+    check_pool_indices(indices, s.H, s.W);
+    max_pool2d_backward_scatter(dy, idx, dx, s);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -86,20 +346,20 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
   return {y, idx};
 }
 
-// Scatters each output gradient to the input element its index names; per plane in order, so the
-// sums of overlapping windows are deterministic.
+// dx[idx[j]] += dy[j] for every output j, every other element 0: one write per element when the
+// windows are disjoint, else the deterministic per-plane scatter.
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                                    c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    bool ceil_mode) {
   const auto size = C10_AS_INTARRAYREF_SLOW(input_size);
   const Pool2dShape s = check_max_pool2d_backward(grad_output, indices, size, kernel_size, stride, padding,
-                                                  dilation, ceil_mode, kCpuTypes);
+                                                  dilation, ceil_mode, kCpuTypes, /*check_indices=*/false);
   at::Tensor dy = grad_output.contiguous(), idx = indices.contiguous();
   at::Tensor dx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options());
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_max_pool2d_backward_cpu", [&] {
-    max_pool2d_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
+    max_pool2d_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), idx,
                                   dx.mutable_data_ptr<scalar_t>(), s);
   });
   return dx;

@@ -8,6 +8,11 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "cpu/gemm.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace fastconv {
 namespace cpu {
@@ -16,20 +21,89 @@ namespace {
 constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 constexpr int64_t kGrain = 1 << 15;
 
+// Portable loops (the compiler vectorises them for the baseline ISA).
+template <typename T>
+void relu_forward_range(const T* x, T* y, int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
+}
+
+template <typename T>
+void relu_backward_range(const T* __restrict__ dy, const T* __restrict__ out, T* __restrict__ dx, int64_t b,
+                         int64_t e) {
+  for (int64_t i = b; i < e; ++i) {
+    const T g = dy[i];  // loaded unconditionally so that the select vectorises
+    dx[i] = out[i] <= T(0) ? T(0) : g;
+  }
+}
+
+#if defined(__x86_64__)
+#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
+
+// AVX-512, 16 floats / 8 doubles a step, the tail with masks. max(0, x) returns x when x is NaN
+// (it returns its second operand unless the first is greater), so it is exactly x < 0 ? 0 : x.
+FC_TARGET_AVX512 void relu_forward_range_avx512(const float* x, float* y, int64_t b, int64_t e) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t i = b;
+  for (; i + 16 <= e; i += 16) _mm512_storeu_ps(y + i, _mm512_max_ps(zero, _mm512_loadu_ps(x + i)));
+  const __mmask16 m = __mmask16((1u << (e - i)) - 1);
+  _mm512_mask_storeu_ps(y + i, m, _mm512_max_ps(zero, _mm512_maskz_loadu_ps(m, x + i)));
+}
+
+FC_TARGET_AVX512 void relu_forward_range_avx512(const double* x, double* y, int64_t b, int64_t e) {
+  const __m512d zero = _mm512_setzero_pd();
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8) _mm512_storeu_pd(y + i, _mm512_max_pd(zero, _mm512_loadu_pd(x + i)));
+  const __mmask8 m = __mmask8((1u << (e - i)) - 1);
+  _mm512_mask_storeu_pd(y + i, m, _mm512_max_pd(zero, _mm512_maskz_loadu_pd(m, x + i)));
+}
+
+// dx = dy where out > 0 or out is NaN (not "<= 0", ordered compare), else 0.
+FC_TARGET_AVX512 void relu_backward_range_avx512(const float* dy, const float* out, float* dx, int64_t b,
+                                                 int64_t e) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t i = b;
+  for (; i + 16 <= e; i += 16) {
+    const __mmask16 pass = _mm512_cmp_ps_mask(_mm512_loadu_ps(out + i), zero, _CMP_NLE_UQ);
+    _mm512_storeu_ps(dx + i, _mm512_maskz_loadu_ps(pass, dy + i));
+  }
+  const __mmask16 m = __mmask16((1u << (e - i)) - 1);
+  const __mmask16 pass = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, out + i), zero, _CMP_NLE_UQ);
+  _mm512_mask_storeu_ps(dx + i, m, _mm512_maskz_loadu_ps(pass, dy + i));
+}
+
+FC_TARGET_AVX512 void relu_backward_range_avx512(const double* dy, const double* out, double* dx, int64_t b,
+                                                 int64_t e) {
+  const __m512d zero = _mm512_setzero_pd();
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8) {
+    const __mmask8 pass = _mm512_cmp_pd_mask(_mm512_loadu_pd(out + i), zero, _CMP_NLE_UQ);
+    _mm512_storeu_pd(dx + i, _mm512_maskz_loadu_pd(pass, dy + i));
+  }
+  const __mmask8 m = __mmask8((1u << (e - i)) - 1);
+  const __mmask8 pass = _mm512_mask_cmp_pd_mask(m, _mm512_maskz_loadu_pd(m, out + i), zero, _CMP_NLE_UQ);
+  _mm512_mask_storeu_pd(dx + i, m, _mm512_maskz_loadu_pd(pass, dy + i));
+}
+#endif  // __x86_64__
+
 template <typename T>
 void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
+  const bool avx512 = current_isa() == Isa::kAvx512;
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
+#if defined(__x86_64__)
+    if (avx512) return relu_forward_range_avx512(x, y, b, e);
+#endif
+    relu_forward_range(x, y, b, e);
   });
 }
 
 template <typename T>
-void relu_backward(const T* __restrict__ dy, const T* __restrict__ out, T* __restrict__ dx, int64_t n) {
+void relu_backward(const T* dy, const T* out, T* dx, int64_t n) {
+  const bool avx512 = current_isa() == Isa::kAvx512;
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const T g = dy[i];  // loaded unconditionally so that the select vectorises
-      dx[i] = out[i] <= T(0) ? T(0) : g;
-    }
+#if defined(__x86_64__)
+    if (avx512) return relu_backward_range_avx512(dy, out, dx, b, e);
+#endif
+    relu_backward_range(dy, out, dx, b, e);
   });
 }
 
