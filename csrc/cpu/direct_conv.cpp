@@ -1,20 +1,20 @@
 // The stride-1 direct convolution of cpu/direct_conv.h: AVX-512 micro-kernel, task loop, epilogue.
 #include "cpu/direct_conv.h"
 
-#include <immintrin.h>
-
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
+#include "cpu/avx512.h"
 #include "cpu/gemm.h"
 
 namespace fastconv {
 namespace cpu {
-namespace {
 
-#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
+#if defined(__x86_64__)
+namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -104,10 +104,7 @@ FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, int64_t nro
     }
 }
 
-// dst[j*ldd + i] = src[i*lds + j] for i, j < 16: an in-register 16 x 16 transpose. (GCC 12's
-// shuffle intrinsics start from a deliberately undefined vector and warn about it.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
+// dst[j*ldd + i] = src[i*lds + j] for i, j < 16: an in-register 16 x 16 transpose.
 FC_TARGET_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
   __m512 r[16], t[16];
 #pragma GCC unroll 16
@@ -136,7 +133,6 @@ FC_TARGET_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int
     _mm512_storeu_ps(dst + (12 + k) * ldd, _mm512_shuffle_f32x4(w1, w3, 0xDD));
   }
 }
-#pragma GCC diagnostic pop
 
 // bt[t][o] = src[o*ld + t] for o < on, t < len, and 0 for on <= o < width: 16 x 16 blocks in
 // registers, the edges element by element.
@@ -301,6 +297,12 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
     });
   }
 }
+
+#else  // not x86-64: no AVX-512, so conv2d.cpp never calls these.
+bool direct_conv_available() { return false; }
+void direct_conv(const float*, const float*, const float*, float*, const DirectConvShape&, bool) { std::abort(); }
+void direct_conv_weight_grad(const float*, const float*, float*, const DirectConvShape&) { std::abort(); }
+#endif
 
 }  // namespace cpu
 }  // namespace fastconv

@@ -1,7 +1,6 @@
 // GEMM micro-kernels (AVX-512, AVX2+FMA, portable) and the run-time choice between them.
 #include "cpu/gemm.h"
 
-#include <immintrin.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -11,6 +10,7 @@
 #include <c10/util/Exception.h>
 
 #include "common/info.h"
+#include "cpu/avx512.h"
 
 namespace fastconv {
 namespace cpu {
@@ -39,7 +39,6 @@ void uk_generic(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, int64_t c
 }
 
 #if defined(__x86_64__)
-#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
 #define FC_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 // AVX-512: 8 rows x 32 columns = 16 zmm accumulators; per k one A broadcast per row, two B loads.

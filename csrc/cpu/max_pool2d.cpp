@@ -22,11 +22,9 @@
 #include <type_traits>
 
 #include "common/checks.h"
+#include "cpu/avx512.h"
 #include "cpu/gemm.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace fastconv {
 namespace cpu {
@@ -104,7 +102,6 @@ bool unpool_row_disjoint(const T* dyrow, const int64_t* irow, T* dxp, int64_t p,
 }
 
 #if defined(__x86_64__)
-#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
 
 // The 2x2 stride-2 kernels below (float, no padding, floor or ceil mode) work on *pieces*: up to
 // 8 consecutive outputs j..j+n-1 of one output row p, whose windows cover input columns

@@ -8,11 +8,9 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "cpu/avx512.h"
 #include "cpu/gemm.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace fastconv {
 namespace cpu {
@@ -37,7 +35,6 @@ void relu_backward_range(const T* __restrict__ dy, const T* __restrict__ out, T*
 }
 
 #if defined(__x86_64__)
-#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
 
 // AVX-512, 16 floats / 8 doubles a step, the tail with masks. max(0, x) returns x when x is NaN
 // (it returns its second operand unless the first is greater), so it is exactly x < 0 ? 0 : x.
