@@ -19,14 +19,13 @@ namespace {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// yv[i*ldy + j] (=|+=) sum over channels c < cn and taps t < taps of a[(c*taps + t)*8 + i] *
-// x[c*cs + off[t] + j], for i < 8 output channels and j < 48 virtual pixels: 24 accumulators, and
-// per tap 3 input loads + 8 weight broadcasts for 24 FMAs. yv is 64-byte aligned, ldy a multiple
-// of 16.
-FC_TARGET_AVX512 void direct_uk(const float* a, const float* x, int64_t cs, int64_t cn, const int64_t* off,
-                                int64_t taps, float* yv, int64_t ldy, bool accumulate) {
+// r[i][j] = sum over channels c < cn and taps t < taps of a[(c*taps + t)*8 + i] *
+// x[c*cs + off[t] + 16j + l] (lane l), for i < 8 output channels and 48 virtual pixels: 24
+// accumulators, and per tap 3 input loads + 8 weight broadcasts for 24 FMAs.
+FC_TARGET_AVX512 inline __attribute__((always_inline)) void direct_tile(const float* a, const float* x, int64_t cs,
+                                                                       int64_t cn, const int64_t* off, int64_t taps,
+                                                                       __m512 (&r)[8][3]) {
   static_assert(kDirectMR == 8 && kDirectNR == 48, "the register tile is 8 x 48");
-  __m512 r[8][3];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) r[i][0] = r[i][1] = r[i][2] = _mm512_setzero_ps();
   for (int64_t c = 0; c < cn; ++c, x += cs) {
@@ -42,6 +41,14 @@ FC_TARGET_AVX512 void direct_uk(const float* a, const float* x, int64_t cs, int6
       }
     }
   }
+}
+
+// The tile into the task's buffer: yv[i*ldy + j] (=|+=) r[i][j]. yv is 64-byte aligned, ldy a
+// multiple of 16.
+FC_TARGET_AVX512 void direct_uk(const float* a, const float* x, int64_t cs, int64_t cn, const int64_t* off,
+                                int64_t taps, float* yv, int64_t ldy, bool accumulate) {
+  __m512 r[8][3];
+  direct_tile(a, x, cs, cn, off, taps, r);
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
     float* yi = yv + i * ldy;
@@ -49,6 +56,49 @@ FC_TARGET_AVX512 void direct_uk(const float* a, const float* x, int64_t cs, int6
     for (int j = 0; j < 3; ++j) {
       if (accumulate) r[i][j] = _mm512_add_ps(r[i][j], _mm512_load_ps(yi + 16 * j));
       _mm512_store_ps(yi + 16 * j, r[i][j]);
+    }
+  }
+}
+
+// Where a tile's pixels go in y when the whole depth fits one call: virtual pixels [v0, v0 + 48)
+// of a task's nr output rows of Wp (>= 16) pixels; output row lr starts at y + lr*Q, and only
+// columns q < Q exist. A 16-lane vector spans at most two output rows.
+struct TileOut {
+  float* y;           // output channel i of the tile at y + i*plane
+  int64_t plane, Q, Wp, nr, v0;
+  int channels;       // valid output channels of the tile (<= 8)
+  const float* bias;  // bias of the tile's first channel, or null
+  bool relu;
+};
+
+// The tile straight into y, with bias and ReLU (max(0, v) keeps NaN, as relu does).
+FC_TARGET_AVX512 void direct_uk_out(const float* a, const float* x, int64_t cs, int64_t cn, const int64_t* off,
+                                    int64_t taps, const TileOut& o) {
+  __m512 r[8][3];
+  direct_tile(a, x, cs, cn, off, taps, r);
+  // Per vector j: lanes m0 go to y + at0 + lane (this output row); lanes m1 (the next row's, from
+  // lane `next` on) are compressed to the front and go to y + at1 (its first column), n1 of them.
+  __mmask16 m0[3], m1[3], n1[3];
+  int64_t at0[3], at1[3];
+  for (int j = 0; j < 3; ++j) {
+    const int64_t v = o.v0 + 16 * j, lr = v / o.Wp, q = v % o.Wp, next = o.Wp - q;
+    m0[j] = lr < o.nr && q < o.Q ? __mmask16((1u << std::min<int64_t>(16, o.Q - q)) - 1) : 0;
+    const int64_t count = next < 16 && lr + 1 < o.nr ? std::min<int64_t>(16 - next, o.Q) : 0;
+    m1[j] = __mmask16(((1u << count) - 1) << (count ? next : 0));
+    n1[j] = __mmask16((1u << count) - 1);
+    at0[j] = lr * o.Q + q;
+    at1[j] = (lr + 1) * o.Q;
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  for (int i = 0; i < o.channels; ++i) {
+    const __m512 b = _mm512_set1_ps(o.bias ? o.bias[i] : 0.f);
+    float* yi = o.y + i * o.plane;
+#pragma GCC unroll 3
+    for (int j = 0; j < 3; ++j) {
+      __m512 v = _mm512_add_ps(r[i][j], b);
+      if (o.relu) v = _mm512_max_ps(zero, v);
+      _mm512_mask_storeu_ps(yi + at0[j], m0[j], v);
+      if (m1[j]) _mm512_mask_storeu_ps(yi + at1[j], n1[j], _mm512_maskz_compress_ps(m1[j], v));
     }
   }
 }
@@ -201,6 +251,9 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
   const int64_t chunk = ceil_div(d.Ci, ceil_div(d.Ci, std::max<int64_t>(1, 256 / RS)));
   const std::vector<int64_t> off = tap_offsets(d, Wp);
   const int64_t* offs = off.data();
+  // With the whole depth in one chunk (few input channels, e.g. RGB first layers) the tiles are
+  // final: they skip the buffer and go straight to y (needs rows of >= 16 pixels).
+  const bool direct_out = chunk >= d.Ci && Wp >= 16;
 
   at::parallel_for(0, NG * rblocks, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<float> x_scratch, y_scratch;
@@ -212,6 +265,17 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
       // Local padded input: row lr is padded row p0 + lr.
       copy_padded_rows(x + ng * d.Ci * HW, d.Ci, d, Wp, p0, nr + halo, xl, plane);
       const float* wg = wpacked + g * blocks * kDirectMR * d.Ci * RS;
+      if (direct_out) {  // one depth chunk: tiles go straight to y
+        for (int64_t t0 = 0; t0 < len; t0 += kDirectNR)
+          for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t o0 = b * kDirectMR;
+            const TileOut out{y + ((ng * d.Co + o0) * P + p0) * Q, P * Q, Q, Wp, nr, t0,
+                              int(std::min<int64_t>(kDirectMR, d.Co - o0)), bias ? bias + g * d.Co + o0 : nullptr,
+                              relu};
+            direct_uk_out(wg + b * d.Ci * RS * kDirectMR, xl + t0, plane, d.Ci, offs, RS, out);
+          }
+        continue;
+      }
       for (int64_t c0 = 0; c0 < d.Ci; c0 += chunk) {
         const int64_t cn = std::min(chunk, d.Ci - c0);
         for (int64_t t0 = 0; t0 < len; t0 += kDirectNR)
