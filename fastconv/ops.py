@@ -57,6 +57,20 @@ def register_namespace(ns):
             weight.new_empty((weight.shape[0] if output_mask[2] else 0,)),
         )
 
+    @lib.register_fake(f"{ns}::conv2d_relu_backward")
+    def _(grad_output, result, input, weight, stride, padding, dilation, groups, output_mask):
+        return (
+            input.new_empty(input.shape if output_mask[0] else (0,)),
+            weight.new_empty(weight.shape if output_mask[1] else (0,)),
+            weight.new_empty((weight.shape[0] if output_mask[2] else 0,)),
+        )
+
+    # The composition for backends without a fused conv2d_relu_backward kernel (CUDA, the emulator).
+    @lib.impl(f"{ns}::conv2d_relu_backward", "CompositeExplicitAutograd")
+    def _(grad_output, result, input, weight, stride, padding, dilation, groups, output_mask):
+        return ops.conv2d_backward(ops.relu_backward(grad_output, result), input, weight, stride, padding,
+                                   dilation, groups, output_mask)
+
     @lib.register_fake(f"{ns}::max_pool2d")
     def _(input, kernel_size, stride, padding, dilation, ceil_mode):
         n, c, h, w = input.shape
@@ -91,11 +105,12 @@ def register_namespace(ns):
 
     def conv2d_backward(ctx, grad_output):
         input, weight, *result = ctx.saved_tensors
-        if result:
-            grad_output = ops.relu_backward(grad_output, result[0])
         need = ctx.needs_input_grad
         mask = [need[0], need[1], ctx.has_bias and need[2]]
-        gi, gw, gb = ops.conv2d_backward(grad_output, input, weight, *ctx.params, mask)
+        if result:  # conv2d_relu
+            gi, gw, gb = ops.conv2d_relu_backward(grad_output, result[0], input, weight, *ctx.params, mask)
+        else:
+            gi, gw, gb = ops.conv2d_backward(grad_output, input, weight, *ctx.params, mask)
         return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
                 None, None, None, None)
 
@@ -107,6 +122,7 @@ def register_namespace(ns):
         input, *params = inputs
         _, indices = output
         ctx.mark_non_differentiable(indices)
+        ctx.set_materialize_grads(False)  # else autograd fills an int64 zero "gradient" for indices
         ctx.save_for_backward(indices)
         ctx.input_size = (input.shape[2], input.shape[3])
         ctx.params = params  # kernel_size, stride, padding, dilation, ceil_mode

@@ -11,6 +11,7 @@ def _samples(ops, dev, rng):
     w = randn((6, 2, 3, 3), rng, device=dev).requires_grad_()
     b = randn((6,), rng, device=dev).requires_grad_()
     gy = randn((2, 6, 5, 8), rng, device=dev)
+    gy1 = randn((2, 6, 9, 8), rng, device=dev)  # stride 1: the CPU's fused kernels
     out, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
     r = ops.relu(x.detach())
     return [
@@ -21,6 +22,10 @@ def _samples(ops, dev, rng):
         (ops.max_pool2d, (x, [3, 3], [2, 2], [1, 1], [1, 1], True)),
         (ops.max_pool2d_backward, (randn(out.shape, rng, device=dev), idx, [9, 8], [3, 3], [2, 2], [1, 1], [1, 1], True)),
         (ops.conv2d_relu, (x, w, b, [2, 1], [1, 1], [1, 1], 2)),
+        (ops.conv2d_relu_backward, (gy, ops.relu(gy), x.detach(), w.detach(), [2, 1], [1, 1], [1, 1], 2,
+                                    [True, True, True])),
+        (ops.conv2d_relu_backward, (gy1, ops.relu(gy1), x.detach(), w.detach(), [1, 1], [1, 1], [1, 1], 2,
+                                    [True, True, True])),
         (ops.relu, (x,)),
         (ops.relu_, (x.detach().clone(),)),
         (ops.relu_backward, (randn(r.shape, rng, device=dev), r)),

@@ -143,6 +143,24 @@ def test_conv2d_output_mask(backend, rng):
     assert_close(gw, ref, torch.float32, "grad_weight")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_relu_backward_is_the_composition(backend, dtype, stride, rng):
+    """conv2d_relu_backward == conv2d_backward(relu_backward(dy, result)), with NaN, zeros and
+    negative values in result (the CPU fuses the ReLU's mask into the stride-1 float32 kernels)."""
+    x = randn((3, 5, 11, 17), rng, dtype, backend.device)
+    w = randn((16, 5, 3, 3), rng, dtype, backend.device)
+    result = F.relu(F.conv2d(x.double().cpu(), w.double().cpu(), None, stride, 1)).to(backend.device, dtype)
+    result.view(-1)[::7] = float("nan")
+    result.view(-1)[1::11] = 0.0
+    gy = randn(result.shape, rng, dtype, backend.device)
+    args = ([stride, stride], [1, 1], [1, 1], 1, [True, True, True])
+    fused = backend.ops.conv2d_relu_backward(gy, result, x, w, *args)
+    ref = backend.ops.conv2d_backward(backend.ops.relu_backward(gy, result), x, w, *args)
+    for a, b, what in zip(fused, ref, ["grad_input", "grad_weight", "grad_bias"]):
+        assert_close(a, b, dtype, what)
+
+
 def test_conv2d_gradcheck(backend, rng):
     if backend.name == "cuda":
         pytest.skip("float64 gradcheck runs on the CPU backends")

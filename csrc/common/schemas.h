@@ -18,6 +18,11 @@ inline void define_ops(torch::Library& m) {
         "int[2] dilation, int groups) -> Tensor");
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // conv2d_relu's gradients: conv2d_backward of relu_backward(grad_output, result), result being
+  // conv2d_relu's output. Backends without a fused kernel get that composition (fastconv/ops.py).
+  m.def("conv2d_relu_backward(Tensor grad_output, Tensor result, Tensor input, Tensor weight, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
   // max_pool2d: input (N,C,H,W) -> (output, indices); indices are int64 offsets h*W+w into the
   // input plane, as in PyTorch.
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "

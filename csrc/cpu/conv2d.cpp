@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -109,17 +110,24 @@ void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dSha
   });
 }
 
-// Input gradient of a stride-1 convolution through the direct kernel: dx = conv(dy, w') with w'
-// transposed and flipped, padding dil*(k-1) - pad (needs pad <= dil*(k-1), else false).
-bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, const Conv2dShape& s) {
+// The input gradient of a stride-1 convolution runs through the direct kernel as dx = conv(dy, w')
+// with w' transposed and flipped, padding dil*(k-1) - pad, which must not be negative.
+bool backward_input_direct_applies(const Conv2dShape& s) {
+  return use_direct(s) && s.pad_h <= s.dil_h * (s.R - 1) && s.pad_w <= s.dil_w * (s.S - 1);
+}
+
+// dx through the direct kernel when backward_input_direct_applies (else false); with a gate, dy is
+// read as relu_backward(dy, gate).
+bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, const Conv2dShape& s,
+                                  const float* gate = nullptr) {
+  if (!backward_input_direct_applies(s)) return false;
   const int64_t ph = s.dil_h * (s.R - 1) - s.pad_h, pw = s.dil_w * (s.S - 1) - s.pad_w;
-  if (!use_direct(s) || ph < 0 || pw < 0) return false;
   const DirectConvShape d{s.N, s.groups, s.Kg(), s.Cg(), s.P, s.Q, s.R, s.S, ph, pw, s.dil_h, s.dil_w};
   const int64_t RS = s.R * s.S;
   const float* wp = pack_direct(d, [&](int64_t g, int64_t o, int64_t i, int64_t rs) {
     return w[((g * d.Ci + i) * d.Co + o) * RS + (RS - 1 - rs)];  // w[g*Kg + i][o][flipped tap]
   });
-  direct_conv(dy, wp, nullptr, dx, d, false);
+  direct_conv(dy, wp, nullptr, dx, d, false, gate);
   return true;
 }
 
@@ -200,16 +208,22 @@ void conv2d_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s
   }
 }
 
+// db[k] = sum of dy over images and pixels (of relu_backward(dy, gate) with a gate).
 template <typename T>
-void conv2d_backward_bias(const T* dy, T* db, const Conv2dShape& s) {
+void conv2d_backward_bias(const T* dy, T* db, const Conv2dShape& s, const T* gate = nullptr) {
   using Acc = double;
   const int64_t PQ = s.P * s.Q;
   at::parallel_for(0, s.K, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       Acc sum = 0;
       for (int64_t n = 0; n < s.N; ++n) {
-        const T* row = dy + (n * s.K + k) * PQ;
-        for (int64_t j = 0; j < PQ; ++j) sum += row[j];
+        const int64_t at = (n * s.K + k) * PQ;
+        const T* row = dy + at;
+        if (gate) {
+          for (int64_t j = 0; j < PQ; ++j) sum += gate[at + j] <= T(0) ? T(0) : row[j];
+        } else {
+          for (int64_t j = 0; j < PQ; ++j) sum += row[j];
+        }
       }
       db[k] = T(sum);
     }
@@ -242,16 +256,28 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, true);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  const Conv2dShape s =
-      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// The requested gradients from dy, or with a gate from relu_backward(dy, gate) read on the fly;
+// a gate needs float32 and a shape where every requested pass runs a direct kernel
+// (gated_backward_applies).
+Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate, const at::Tensor& input,
+                           const at::Tensor& weight, const Conv2dShape& s, std::array<bool, 3> output_mask) {
   at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   // An unrequested gradient is a fresh empty tensor (outputs must not alias each other).
   at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0}, input.options());
   at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0}, weight.options());
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
+  if (gate.defined()) {
+    const at::Tensor r = gate.contiguous();
+    const float *dyp = dy.const_data_ptr<float>(), *rp = r.const_data_ptr<float>();
+    if (output_mask[0] && dx.numel() > 0)
+      conv2d_backward_input_direct(dyp, w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s, rp);
+    if (output_mask[1]) direct_conv_weight_grad(dyp, x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
+                                                direct_shape(s), rp);
+    if (output_mask[2]) conv2d_backward_bias<float>(dyp, db.mutable_data_ptr<float>(), s, rp);
+    return {dx, dw, db};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_backward_cpu", [&] {
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     if (output_mask[0] && dx.numel() > 0)
@@ -262,6 +288,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   return {dx, dw, db};
 }
 
+Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          std::array<bool, 3> output_mask) {
+  const Conv2dShape s =
+      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
+  return conv2d_backward_impl(grad_output, at::Tensor(), input, weight, s, output_mask);
+}
+
+// Whether the direct kernels can read relu_backward(dy, result) on the fly for this call.
+bool gated_backward_applies(const at::Tensor& grad_output, const Conv2dShape& s, std::array<bool, 3> output_mask) {
+  return grad_output.scalar_type() == at::kFloat && use_direct(s) &&
+         (!output_mask[0] || backward_input_direct_applies(s));
+}
+
+// conv2d_relu's backward: the gradient through the ReLU is applied while the direct kernels read dy
+// (no intermediate tensor, no extra pass); elsewhere it is computed first by fastconv::relu_backward.
+Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result, const at::Tensor& input,
+                               const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const Conv2dShape s =
+      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
+  check_relu_backward(grad_output, result, kCpuTypes);
+  if (gated_backward_applies(grad_output, s, output_mask))
+    return conv2d_backward_impl(grad_output, result, input, weight, s, output_mask);
+  static const auto relu_backward = c10::Dispatcher::singleton()
+                                        .findSchemaOrThrow("fastconv::relu_backward", "")
+                                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return conv2d_backward_impl(relu_backward.call(grad_output, result), at::Tensor(), input, weight, s, output_mask);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace fastconv
@@ -270,4 +326,5 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv2d", &fastconv::cpu::conv2d_cpu);
   m.impl("conv2d_relu", &fastconv::cpu::conv2d_relu_cpu);
   m.impl("conv2d_backward", &fastconv::cpu::conv2d_backward_cpu);
+  m.impl("conv2d_relu_backward", &fastconv::cpu::conv2d_relu_backward_cpu);
 }

@@ -154,11 +154,19 @@ FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, int64_t nro
     }
 }
 
-// dst[j*ldd + i] = src[i*lds + j] for i, j < 16: an in-register 16 x 16 transpose.
-FC_TARGET_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+// x, or 0 where a gate (relu's output) is <= 0: relu_backward's rule (a NaN gate passes x).
+inline float gated(float x, const float* gate, int64_t i) { return gate && gate[i] <= 0.f ? 0.f : x; }
+
+// dst[j*ldd + i] = src[i*lds + j] for i, j < 16: an in-register 16 x 16 transpose. With a gate
+// (same layout as src), elements whose gate is <= 0 become 0 (relu_backward's rule).
+FC_TARGET_AVX512 void transpose16(const float* src, const float* gate, int64_t lds, float* dst, int64_t ldd) {
   __m512 r[16], t[16];
 #pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; ++i) {
+    r[i] = _mm512_loadu_ps(src + i * lds);
+    if (gate) r[i] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(gate + i * lds), _mm512_setzero_ps(),
+                                                            _CMP_NLE_UQ), r[i]);
+  }
   // Per 128-bit lane L, element k of a row is column 4L + k.
 #pragma GCC unroll 8
   for (int i = 0; i < 16; i += 2) {  // t[i] = (r_i[k], r_i+1[k], ...) for k = 0,1; t[i+1] for k = 2,3
@@ -184,15 +192,17 @@ FC_TARGET_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int
   }
 }
 
-// bt[t][o] = src[o*ld + t] for o < on, t < len, and 0 for on <= o < width: 16 x 16 blocks in
-// registers, the edges element by element.
-void transpose_panel(const float* src, int64_t ld, int64_t on, int64_t len, float* bt, int64_t width) {
+// bt[t][o] = gated(src[o*ld + t]) for o < on, t < len, and 0 for on <= o < width: 16 x 16 blocks
+// in registers, the edges element by element.
+void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on, int64_t len, float* bt,
+                     int64_t width) {
   const int64_t o16 = on / 16 * 16, t16 = len / 16 * 16;
   for (int64_t o0 = 0; o0 < o16; o0 += 16)
-    for (int64_t t0 = 0; t0 < t16; t0 += 16) transpose16(src + o0 * ld + t0, ld, bt + t0 * width + o0, width);
+    for (int64_t t0 = 0; t0 < t16; t0 += 16)
+      transpose16(src + o0 * ld + t0, gate ? gate + o0 * ld + t0 : nullptr, ld, bt + t0 * width + o0, width);
   for (int64_t t = 0; t < len; ++t) {
     float* dst = bt + t * width;
-    for (int64_t o = t < t16 ? o16 : 0; o < on; ++o) dst[o] = src[o * ld + t];
+    for (int64_t o = t < t16 ? o16 : 0; o < on; ++o) dst[o] = gated(src[o * ld + t], gate, o * ld + t);
     for (int64_t o = on; o < width; ++o) dst[o] = 0.f;
   }
 }
@@ -208,8 +218,8 @@ std::vector<int64_t> tap_offsets(const DirectConvShape& d, int64_t Wp) {
 // Copies rows [p0, p0 + n) of the zero-padded image (padded row hp = input row hp - ph) of `channels`
 // channels of x (each H x W) into dst (channel stride `plane`, row width Wp), zero-filling each
 // channel's plane past those rows.
-void copy_padded_rows(const float* x, int64_t channels, const DirectConvShape& d, int64_t Wp, int64_t p0, int64_t n,
-                      float* dst, int64_t plane) {
+void copy_padded_rows(const float* x, const float* gate, int64_t channels, const DirectConvShape& d, int64_t Wp,
+                      int64_t p0, int64_t n, float* dst, int64_t plane) {
   // Plain loops rather than std::copy / std::fill: rows are often a few dozen floats, where the
   // library calls cost more than the copy.
   const int64_t HW = d.H * d.W;
@@ -220,9 +230,14 @@ void copy_padded_rows(const float* x, int64_t channels, const DirectConvShape& d
       if (h < 0 || h >= d.H) {
         for (int64_t w = 0; w < Wp; ++w) out[w] = 0.f;
       } else {
-        const float* src = x + c * HW + h * d.W;
+        const int64_t at = c * HW + h * d.W;
+        const float* src = x + at;
         for (int64_t w = 0; w < d.pw; ++w) out[w] = 0.f;
-        for (int64_t w = 0; w < d.W; ++w) out[d.pw + w] = src[w];
+        if (gate) {
+          for (int64_t w = 0; w < d.W; ++w) out[d.pw + w] = gated(src[w], gate, at + w);
+        } else {
+          for (int64_t w = 0; w < d.W; ++w) out[d.pw + w] = src[w];
+        }
         for (int64_t w = d.pw + d.W; w < Wp; ++w) out[w] = 0.f;
       }
     }
@@ -230,12 +245,13 @@ void copy_padded_rows(const float* x, int64_t channels, const DirectConvShape& d
   }
 }
 
+
 }  // namespace
 
 bool direct_conv_available() { return current_isa() == Isa::kAvx512; }
 
 void direct_conv(const float* x, const float* wpacked, const float* bias, float* y, const DirectConvShape& d,
-                 bool relu) {
+                 bool relu, const float* gate) {
   const int64_t P = d.P(), Q = d.Q(), Wp = d.W + 2 * d.pw, RS = d.R * d.S, HW = d.H * d.W;
   const int64_t blocks = ceil_div(d.Co, kDirectMR), halo = d.dh * (d.R - 1);
   const int64_t NG = d.N * d.groups;
@@ -263,7 +279,8 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
       const int64_t rb = task % rblocks, ng = task / rblocks, g = ng % d.groups;
       const int64_t p0 = rb * rows, nr = std::min(rows, P - p0), len = round_up(nr * Wp, kDirectNR);
       // Local padded input: row lr is padded row p0 + lr.
-      copy_padded_rows(x + ng * d.Ci * HW, d.Ci, d, Wp, p0, nr + halo, xl, plane);
+      copy_padded_rows(x + ng * d.Ci * HW, gate ? gate + ng * d.Ci * HW : nullptr, d.Ci, d, Wp, p0, nr + halo, xl,
+                       plane);
       const float* wg = wpacked + g * blocks * kDirectMR * d.Ci * RS;
       if (direct_out) {  // one depth chunk: tiles go straight to y
         for (int64_t t0 = 0; t0 < len; t0 += kDirectNR)
@@ -292,7 +309,7 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
   });
 }
 
-void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d) {
+void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d, const float* gate) {
   const int64_t P = d.P(), Q = d.Q(), Wp = d.W + 2 * d.pw, Hp = d.H + 2 * d.ph, RS = d.R * d.S;
   const int64_t CRS = d.Ci * RS, HW = d.H * d.W, PQ = P * Q, V = P * Wp;  // V: padded-row pixels of an image
   const bool wide = d.Co % 64 == 0;  // 6 rows x 64 channels, else 8 rows x 32 channels
@@ -332,15 +349,17 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
         const int64_t on = std::min(NRk, d.Co - kb);
         std::fill(acc, acc + rows_pad * NRk, 0.f);
         for (int64_t n = n0; n < n1; ++n) {
-          copy_padded_rows(x + ((n * d.groups + g) * d.Ci + c0) * HW, cn, d, Wp, 0, Hp, xl, plane);
+          copy_padded_rows(x + ((n * d.groups + g) * d.Ci + c0) * HW, nullptr, cn, d, Wp, 0, Hp, xl, plane);
           const float* src = dy + ((n * d.groups + g) * d.Co + kb) * PQ;
+          const float* src_gate = gate ? gate + (src - dy) : nullptr;
           // Chunks of whole output rows (or of one row's columns when a row is longer than
           // kChunk): dy's pixels [pq0, pq0 + len) are contiguous, the padded input rows Wp apart.
           for (int64_t p0 = 0; p0 < P; p0 += rows_per_chunk)
             for (int64_t q0 = 0; q0 < Q; q0 += kChunk) {
               const int64_t nrows = std::min(rows_per_chunk, P - p0), rowlen = std::min(kChunk, Q - q0);
               const int64_t pq0 = p0 * Q + q0, v0 = p0 * Wp + q0;
-              transpose_panel(src + pq0, PQ, on, nrows * rowlen, bt, NRk);  // bt[t][o] = dy[kb+o][pq0+t]
+              // bt[t][o] = dy[kb+o][pq0+t]
+              transpose_panel(src + pq0, src_gate ? src_gate + pq0 : nullptr, PQ, on, nrows * rowlen, bt, NRk);
               for (int64_t i = 0; i < rows_pad; i += MR) {
                 if (wide) wgrad_uk<6, 4>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
                 else wgrad_uk<8, 2>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
@@ -364,8 +383,10 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
 
 #else  // not x86-64: no AVX-512, so conv2d.cpp never calls these.
 bool direct_conv_available() { return false; }
-void direct_conv(const float*, const float*, const float*, float*, const DirectConvShape&, bool) { std::abort(); }
-void direct_conv_weight_grad(const float*, const float*, float*, const DirectConvShape&) { std::abort(); }
+void direct_conv(const float*, const float*, const float*, float*, const DirectConvShape&, bool, const float*) {
+  std::abort();
+}
+void direct_conv_weight_grad(const float*, const float*, float*, const DirectConvShape&, const float*) { std::abort(); }
 #endif
 
 }  // namespace cpu

@@ -57,16 +57,19 @@ void pack_direct_weights(const DirectConvShape& d, WeightAt&& weight, float* dst
           }
 }
 
-// y = conv(x) (+ bias[groups*Co]) then ReLU when `relu`; x, y contiguous NCHW.
+// y = conv(x) (+ bias[groups*Co]) then ReLU when `relu`; x, y contiguous NCHW. With a gate (x's
+// shape), x is read as relu_backward(x, gate): 0 where gate <= 0 (the fused ReLU's input gradient).
 void direct_conv(const float* x, const float* wpacked, const float* bias, float* y, const DirectConvShape& d,
-                 bool relu);
+                 bool relu, const float* gate = nullptr);
 
 // Weight gradient of the convolution y = conv(x): dw (groups*Co, Ci, R, S) = sum over images and
 // output pixels (p, q) of dy[o][p][q] * xpad_i[(p + r*dh)*Wp + q + s*dw]. Tiles of 6 (or 8)
 // (i, r, s) rows, broadcast from the padded input in place, x 64 (or 32) output channels loaded
 // from dy transposed (16 x 16 blocks in registers) into L1-sized chunks; no reductions across
 // vector lanes. The sum over images is split into a number of partial sums fixed by the shape.
-void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d);
+// With a gate (dy's shape), dy is read as relu_backward(dy, gate).
+void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d,
+                             const float* gate = nullptr);
 
 }  // namespace cpu
 }  // namespace fastconv
