@@ -20,6 +20,7 @@
 #include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
+#include "cpu/winograd.h"
 
 namespace fastconv {
 namespace cpu {
@@ -78,6 +79,7 @@ void conv2d_forward_direct(const float* x, const float* w, const float* bias, fl
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
   if constexpr (std::is_same_v<T, float>) {
+    if (winograd_applies(s)) return winograd_conv3x3(x, w, bias, y, s, relu);
     if (use_direct(s)) return conv2d_forward_direct(x, w, bias, y, s, relu);
   }
   const Im2colGeometry geo(s);
@@ -123,6 +125,7 @@ bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, co
 template <typename T>
 void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   if constexpr (std::is_same_v<T, float>) {
+    if (winograd_backward_input(dy, w, dx, s)) return;
     if (conv2d_backward_input_direct(dy, w, dx, s)) return;
   }
   const Im2colGeometry geo(s);

@@ -1,0 +1,352 @@
+// Winograd F(4x4, 3x3) on AVX-512 (cpu/winograd.h): transforms, batched GEMMs, task loop.
+//
+// Tiles: output tile (th, tw) covers outputs [4th, 4th+4) x [4tw, 4tw+4) and reads the 6x6 input
+// patch at (4th - ph, 4tw - pw). Tiles of all images are numbered g = n*T + th*TW + tw and split
+// into blocks of nb; one task = one block (and, when there are too few blocks to busy every
+// thread, one chunk of output channels). Per task, in per-thread scratch:
+//   V[xi][C x nbp] as GEMM B panels: 32-tile panels of [C][32] (nbp = nb rounded up to 32),
+//   M[xi][Kpad][nbp] row-major,
+// and, shared by all tasks, U[xi][Kpad/8][C][8] as GEMM A panels (output channels past K zero).
+// Transforms run on 16 tiles at once (one tile per vector lane: gathers in, scatters out, with
+// lane masks for padding and the block / image edges). Each output is one tile's GEMM column
+// summed over C in a fixed order, whatever the blocking or the thread count: deterministic.
+#include "cpu/winograd.h"
+
+#include <immintrin.h>
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "common/info.h"
+#include "cpu/gemm.h"
+
+namespace fastconv {
+namespace cpu {
+namespace {
+
+#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+constexpr int64_t kPanel = 32;  // GEMM B panel width: the AVX-512 micro-kernel's NR (8 x 32)
+
+// One Winograd convolution: x (N, C, H, W) -> y (N, K, P, Q), padding ph, pw.
+struct WinoShape {
+  int64_t N, C, H, W, K, ph, pw;
+  int64_t P() const { return H + 2 * ph - 2; }
+  int64_t Q() const { return W + 2 * pw - 2; }
+  int64_t TH() const { return ceil_div(P(), 4); }
+  int64_t TW() const { return ceil_div(Q(), 4); }
+  int64_t T() const { return TH() * TW(); }  // tiles per image
+};
+
+// The 3x3 filter of output channel o, input channel i: w[o*so + i*si + tap], tap = r*3 + s, or
+// 8 - (r*3 + s) when flipped.
+struct WeightView {
+  const float* w;
+  int64_t so, si;
+  bool flip;
+};
+
+// ---- 1-D transforms on 16 lanes (x, out: arrays with element stride xs / os) ----
+
+// out = B^T x (6 -> 6).
+FC_TARGET_AVX512 inline void bt6(const __m512* x, int xs, __m512* out, int os) {
+  const __m512 x0 = x[0], x1 = x[xs], x2 = x[2 * xs], x3 = x[3 * xs], x4 = x[4 * xs], x5 = x[5 * xs];
+  const __m512 four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f), two = _mm512_set1_ps(2.f);
+  out[0] = _mm512_fnmadd_ps(five, x2, _mm512_fmadd_ps(four, x0, x4));
+  out[os] = _mm512_fnmadd_ps(four, _mm512_add_ps(x1, x2), _mm512_add_ps(x3, x4));
+  out[2 * os] = _mm512_fmadd_ps(four, _mm512_sub_ps(x1, x2), _mm512_sub_ps(x4, x3));
+  out[3 * os] = _mm512_fmadd_ps(two, _mm512_sub_ps(x3, x1), _mm512_sub_ps(x4, x2));
+  out[4 * os] = _mm512_fmadd_ps(two, _mm512_sub_ps(x1, x3), _mm512_sub_ps(x4, x2));
+  out[5 * os] = _mm512_fnmadd_ps(five, x3, _mm512_fmadd_ps(four, x1, x5));
+}
+
+// out = A^T x (6 -> 4).
+FC_TARGET_AVX512 inline void at6(const __m512* x, int xs, __m512* out, int os) {
+  const __m512 s12 = _mm512_add_ps(x[xs], x[2 * xs]), d12 = _mm512_sub_ps(x[xs], x[2 * xs]);
+  const __m512 s34 = _mm512_add_ps(x[3 * xs], x[4 * xs]), d34 = _mm512_sub_ps(x[3 * xs], x[4 * xs]);
+  out[0] = _mm512_add_ps(_mm512_add_ps(x[0], s12), s34);
+  out[os] = _mm512_fmadd_ps(_mm512_set1_ps(2.f), d34, d12);
+  out[2 * os] = _mm512_fmadd_ps(_mm512_set1_ps(4.f), s34, s12);
+  out[3 * os] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), d34, d12), x[5 * xs]);
+}
+
+// out = G x (3 -> 6).
+FC_TARGET_AVX512 inline void g3(const __m512* x, int xs, __m512* out, int os) {
+  const __m512 x0 = x[0], x1 = x[xs], x2 = x[2 * xs];
+  const __m512 s02 = _mm512_add_ps(x0, x2);
+  const __m512 e = _mm512_fmadd_ps(_mm512_set1_ps(1.f / 24), x0, _mm512_mul_ps(_mm512_set1_ps(1.f / 6), x2));
+  const __m512 h1 = _mm512_mul_ps(_mm512_set1_ps(1.f / 12), x1);
+  out[0] = _mm512_mul_ps(_mm512_set1_ps(0.25f), x0);
+  out[os] = _mm512_mul_ps(_mm512_set1_ps(-1.f / 6), _mm512_add_ps(s02, x1));
+  out[2 * os] = _mm512_mul_ps(_mm512_set1_ps(-1.f / 6), _mm512_sub_ps(s02, x1));
+  out[3 * os] = _mm512_add_ps(e, h1);
+  out[4 * os] = _mm512_sub_ps(e, h1);
+  out[5 * os] = x2;
+}
+
+// U[xi][Kpad/8][C][8] = G g G^T for output channels o < Kpad (zero for o >= K), Kpad % 16 == 0.
+// This does output channels [o0, o0 + 16) (two A panels), one per vector lane.
+FC_TARGET_AVX512 void weight_transform16(const WeightView& wv, int64_t K, int64_t C, int64_t Kpad, int64_t o0,
+                                         float* U) {
+  {
+    {
+      const __mmask16 lanes = __mmask16((1u << std::clamp<int64_t>(K - o0, 0, 16)) - 1);
+      const __m512i oidx = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(int32_t(o0)),
+                                                               _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                                                 11, 12, 13, 14, 15)),
+                                              _mm512_set1_epi32(int32_t(wv.so)));
+      for (int64_t c = 0; c < C; ++c) {
+        __m512 g[9], t[18], u[36];
+        for (int rs = 0; rs < 9; ++rs)
+          g[rs] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, oidx, wv.w + c * wv.si + (wv.flip ? 8 - rs : rs),
+                                           4);
+        for (int s = 0; s < 3; ++s) g3(g + s, 3, t + s, 3);    // t (6x3) = G g
+        for (int i = 0; i < 6; ++i) g3(t + 3 * i, 1, u + 6 * i, 1);  // u (6x6) = t G^T
+        float* lo = U + o0 * C + c * 8;  // panel o0/8; panel o0/8 + 1 is 8*C further
+        for (int xi = 0; xi < 36; ++xi) {
+          float* p = lo + xi * Kpad * C;
+          _mm256_storeu_ps(p, _mm512_castps512_ps256(u[xi]));
+          _mm256_storeu_ps(p + 8 * C, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u[xi]), 1)));
+        }
+      }
+    }
+  }
+}
+
+void weight_transform(const WeightView& wv, int64_t K, int64_t C, int64_t Kpad, float* U) {
+  at::parallel_for(0, Kpad / 16, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ob = begin; ob < end; ++ob) weight_transform16(wv, K, C, Kpad, ob * 16, U);
+  });
+}
+
+// The 16 tiles g0 + lane of one vector (lanes with g >= gend are off): first image nfirst,
+// image offset (n - nfirst) * image_stride, and the tile's top-left corner (4th, 4tw).
+struct TileLanes {
+  __mmask16 on = 0;
+  int64_t nfirst = 0;
+  alignas(64) int32_t base[16], row[16], col[16];
+  TileLanes(const WinoShape& s, int64_t g0, int64_t gend, int64_t image_stride) {
+    const int64_t T = s.T(), TW = s.TW();
+    nfirst = std::min(g0, gend - 1) / T;
+    for (int l = 0; l < 16; ++l) {
+      const int64_t g = g0 + l;
+      base[l] = row[l] = col[l] = 0;
+      if (g >= gend) continue;
+      on |= __mmask16(1u << l);
+      const int64_t n = g / T, t = g % T;
+      base[l] = int32_t((n - nfirst) * image_stride);
+      row[l] = int32_t(t / TW * 4);
+      col[l] = int32_t(t % TW * 4);
+    }
+  }
+};
+
+// V (see top) for tiles [g0, gend) of x; columns up to nbp are written (zeros past gend).
+FC_TARGET_AVX512 void input_transform(const float* x, const WinoShape& s, int64_t g0, int64_t gend, int64_t nbp,
+                                      float* V) {
+  const int64_t HW = s.H * s.W, C = s.C;
+  const __m512i H = _mm512_set1_epi32(int32_t(s.H)), W = _mm512_set1_epi32(int32_t(s.W));
+  for (int64_t v = 0; v < nbp / 16; ++v) {
+    const TileLanes tl(s, g0 + 16 * v, gend, s.C * HW);
+    // Patch element (i, j) of each lane: its offset in the channel plane and whether it is inside.
+    __m512i idx[36];
+    __mmask16 in[36];
+    const __m512i base = _mm512_load_si512(tl.base);
+    const __m512i h0 = _mm512_sub_epi32(_mm512_load_si512(tl.row), _mm512_set1_epi32(int32_t(s.ph)));
+    const __m512i w0 = _mm512_sub_epi32(_mm512_load_si512(tl.col), _mm512_set1_epi32(int32_t(s.pw)));
+    for (int i = 0; i < 6; ++i) {
+      const __m512i h = _mm512_add_epi32(h0, _mm512_set1_epi32(i));
+      const __mmask16 hin = _mm512_mask_cmplt_epu32_mask(tl.on, h, H);  // 0 <= h < H
+      const __m512i rowoff = _mm512_add_epi32(base, _mm512_mullo_epi32(h, W));
+      for (int j = 0; j < 6; ++j) {
+        const __m512i w = _mm512_add_epi32(w0, _mm512_set1_epi32(j));
+        in[i * 6 + j] = _mm512_mask_cmplt_epu32_mask(hin, w, W);
+        idx[i * 6 + j] = _mm512_add_epi32(rowoff, w);
+      }
+    }
+    const float* xn = x + tl.nfirst * C * HW;
+    float* Vv = V + (v / 2) * C * kPanel + (v % 2) * 16;  // + xi*C*nbp + c*32
+    for (int64_t c = 0; c < C; ++c) {
+      __m512 d[36], t[36], out[36];
+      const float* xc = xn + c * HW;
+      for (int p = 0; p < 36; ++p) d[p] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in[p], idx[p], xc, 4);
+      for (int j = 0; j < 6; ++j) bt6(d + j, 6, t + j, 6);        // t = B^T d (columns)
+      for (int i = 0; i < 6; ++i) bt6(t + 6 * i, 1, out + 6 * i, 1);  // out = t B (rows)
+      for (int xi = 0; xi < 36; ++xi) _mm512_store_ps(Vv + xi * C * nbp + c * kPanel, out[xi]);
+    }
+  }
+}
+
+// y tiles [g0, gend) for output channels [k0, k1) from M (see top): A^T M A + bias, ReLU.
+FC_TARGET_AVX512 void output_transform(const float* M, const WinoShape& s, int64_t g0, int64_t gend, int64_t nbp,
+                                       int64_t Kpad, int64_t k0, int64_t k1, const float* bias, bool relu, float* y) {
+  const int64_t P = s.P(), Q = s.Q(), PQ = P * Q;
+  const __m512i Pv = _mm512_set1_epi32(int32_t(P)), Qv = _mm512_set1_epi32(int32_t(Q));
+  for (int64_t v = 0; v < ceil_div(gend - g0, 16); ++v) {
+    const TileLanes tl(s, g0 + 16 * v, gend, s.K * PQ);
+    __m512i idx[16];
+    __mmask16 in[16];
+    const __m512i base = _mm512_load_si512(tl.base), p0 = _mm512_load_si512(tl.row), q0 = _mm512_load_si512(tl.col);
+    for (int i = 0; i < 4; ++i) {
+      const __m512i p = _mm512_add_epi32(p0, _mm512_set1_epi32(i));
+      const __mmask16 pin = _mm512_mask_cmplt_epu32_mask(tl.on, p, Pv);
+      const __m512i rowoff = _mm512_add_epi32(base, _mm512_mullo_epi32(p, Qv));
+      for (int j = 0; j < 4; ++j) {
+        const __m512i q = _mm512_add_epi32(q0, _mm512_set1_epi32(j));
+        in[i * 4 + j] = _mm512_mask_cmplt_epu32_mask(pin, q, Qv);
+        idx[i * 4 + j] = _mm512_add_epi32(rowoff, q);
+      }
+    }
+    float* yn = y + tl.nfirst * s.K * PQ;
+    const float* Mv = M + 16 * v;
+    for (int64_t k = k0; k < k1; ++k) {
+      __m512 m[36], t[24], out[16];
+      for (int xi = 0; xi < 36; ++xi) m[xi] = _mm512_load_ps(Mv + (xi * Kpad + k) * nbp);
+      for (int j = 0; j < 6; ++j) at6(m + j, 6, t + j, 6);         // t (4x6) = A^T m
+      for (int i = 0; i < 4; ++i) at6(t + 6 * i, 1, out + 4 * i, 1);  // out (4x4) = t A
+      const __m512 b = _mm512_set1_ps(bias ? bias[k] : 0.f), zero = _mm512_setzero_ps();
+      float* yk = yn + k * PQ;
+      for (int p = 0; p < 16; ++p) {
+        __m512 o = _mm512_add_ps(out[p], b);
+        if (relu) o = _mm512_max_ps(zero, o);  // NaN stays NaN (max returns its second operand)
+        _mm512_mask_i32scatter_ps(yk, in[p], idx[p], o, 4);
+      }
+    }
+  }
+}
+
+// Tiles per block: V and M of a block (36*(C+Kpad)*nb floats) should stay in L2, but a block
+// must be wide enough to reuse each U panel (read from L3 for big K*C) over many tiles.
+int64_t tiles_per_block(const WinoShape& s, int64_t Kpad) {
+  if (const char* env = std::getenv("FASTCONV_WINO_NB")) return round_up(std::max(1, std::atoi(env)), kPanel);
+  const int64_t fit = (int64_t(1) << 20) / (36 * 4 * (s.C + Kpad));
+  return std::clamp<int64_t>(fit / kPanel * kPanel, 64, 256);
+}
+
+void winograd_run(const float* x, const WeightView& wv, const float* bias, float* y, const WinoShape& s,
+                  bool relu) {
+  const MicroKernel<float> uk = micro_kernel<float>();
+  TORCH_INTERNAL_ASSERT(uk.mr == 8 && uk.nr == kPanel, "fastconv: Winograd needs the AVX-512 8x32 micro-kernel");
+  const int64_t C = s.C, K = s.K, Kpad = round_up(K, 16);
+  static thread_local Scratch<float> u_scratch;  // the calling thread's, reused across calls
+  float* U = u_scratch.get(36 * Kpad * C);
+  weight_transform(wv, K, C, Kpad, U);
+
+  const int64_t G = s.N * s.T();
+  int64_t nb = tiles_per_block(s, Kpad);
+  const int64_t threads = at::get_num_threads();
+  // Enough blocks for every thread, if each keeps >= 32 tiles; then split K when still short.
+  nb = std::min(nb, std::max(kPanel, round_up(ceil_div(G, threads), kPanel)));
+  const int64_t blocks = ceil_div(G, nb);
+  const int64_t kchunks = std::min(Kpad / 8, ceil_div(threads, blocks));
+  const int64_t kcs = round_up(ceil_div(Kpad, kchunks), 8);  // output channels per chunk
+
+  at::parallel_for(0, blocks * kchunks, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<float> v_scratch, m_scratch;
+    const int64_t nbmax = round_up(nb, kPanel);
+    float* V = v_scratch.get(36 * C * nbmax);
+    float* M = m_scratch.get(36 * Kpad * nbmax);
+    int64_t have = -1;  // the block whose V is in this thread's scratch
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kchunks, kc = task % kchunks;
+      const int64_t g0 = b * nb, gend = std::min(G, g0 + nb), nbp = round_up(gend - g0, kPanel);
+      const int64_t k0 = kc * kcs, k1 = std::min(Kpad, k0 + kcs);
+      if (k0 >= k1) continue;
+      if (have != b) input_transform(x, s, g0, gend, nbp, V);
+      have = b;
+      for (int64_t xi = 0; xi < 36; ++xi) {
+        const float* Uxi = U + xi * Kpad * C;
+        const float* Vxi = V + xi * C * nbp;
+        float* Mxi = M + xi * Kpad * nbp;
+        for (int64_t k = k0; k < k1; k += 8)
+          for (int64_t j = 0; j < nbp; j += kPanel)
+            uk.fn(C, Uxi + k * C, Vxi + j * C, Mxi + k * nbp + j, nbp, 1, false, 8, int(kPanel));
+      }
+      output_transform(M, s, g0, gend, nbp, Kpad, k0, std::min(K, k1), bias, relu, y);
+    }
+  });
+}
+
+ConvAlgo parse_algo(const std::string& a) {
+  if (a == "auto" || a.empty()) return ConvAlgo::kAuto;
+  if (a == "exact") return ConvAlgo::kExact;
+  if (a == "winograd") return ConvAlgo::kWinograd;
+  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU conv algorithm '", a, "' (expected auto, exact or winograd)");
+}
+
+ConvAlgo initial_algo() {
+  const char* env = std::getenv("FASTCONV_CPU_CONV_ALGO");
+  try {
+    return parse_algo(env ? env : "auto");
+  } catch (const c10::Error&) {
+    return ConvAlgo::kAuto;  // a bad environment value must not stop the library from loading
+  }
+}
+
+std::atomic<int> g_algo{static_cast<int>(initial_algo())};
+
+// Winograd can run: 3x3 / stride 1 / dilation 1 / groups 1 on AVX-512, int32 gather offsets fit.
+bool winograd_possible(const Conv2dShape& s) {
+  if (s.R != 3 || s.S != 3 || s.stride_h != 1 || s.stride_w != 1 || s.dil_h != 1 || s.dil_w != 1 || s.groups != 1)
+    return false;
+  if (current_isa() != Isa::kAvx512 || s.N == 0 || s.P <= 0 || s.Q <= 0 || s.C == 0 || s.K == 0) return false;
+  const int64_t lim = int64_t(1) << 30;  // a vector of 16 tiles may span 17 images
+  return 17 * s.C * s.H * s.W < lim && 17 * s.K * s.P * s.Q < lim && s.K * s.C * 9 < lim;
+}
+
+// kAuto's choice, from measurements against the direct kernel (PERF notes in the report):
+bool winograd_faster(const Conv2dShape& s) {
+  return s.C >= 16 && s.K >= 16 && s.P >= 8 && s.Q >= 8;
+}
+
+}  // namespace
+
+ConvAlgo current_conv_algo() { return static_cast<ConvAlgo>(g_algo.load(std::memory_order_relaxed)); }
+
+bool winograd_applies(const Conv2dShape& s) {
+  const ConvAlgo a = current_conv_algo();
+  if (a == ConvAlgo::kExact || !winograd_possible(s)) return false;
+  return a == ConvAlgo::kWinograd || winograd_faster(s);
+}
+
+void winograd_conv3x3(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
+                      bool relu) {
+  const WinoShape ws{s.N, s.C, s.H, s.W, s.K, s.pad_h, s.pad_w};
+  winograd_run(x, WeightView{w, s.C * 9, 9, false}, bias, y, ws, relu);
+}
+
+bool winograd_backward_input(const float* dy, const float* w, float* dx, const Conv2dShape& s) {
+  // The dual convolution: dy (N, K, P, Q) -> dx (N, C, H, W), weight w'[c][k] = flip(w[k][c]).
+  Conv2dShape d = s;
+  d.C = s.K, d.H = s.P, d.W = s.Q, d.K = s.C, d.P = s.H, d.Q = s.W;
+  d.pad_h = 2 - s.pad_h, d.pad_w = 2 - s.pad_w;
+  if (d.pad_h < 0 || d.pad_w < 0 || !winograd_applies(d)) return false;
+  const WinoShape ws{d.N, d.C, d.H, d.W, d.K, d.pad_h, d.pad_w};
+  winograd_run(dy, WeightView{w, 9, s.C * 9, true}, nullptr, dx, ws, false);
+  return true;
+}
+
+}  // namespace cpu
+
+const char* cpu_conv_algo_name() {
+  switch (cpu::current_conv_algo()) {
+    case cpu::ConvAlgo::kExact: return "exact";
+    case cpu::ConvAlgo::kWinograd: return "winograd";
+    default: return "auto";
+  }
+}
+
+std::string set_cpu_conv_algo(std::string algo) {
+  cpu::g_algo.store(static_cast<int>(cpu::parse_algo(algo)));
+  return cpu_conv_algo_name();
+}
+
+}  // namespace fastconv
