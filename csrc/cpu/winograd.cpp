@@ -25,6 +25,9 @@
 #include "common/info.h"
 #include "cpu/gemm.h"
 
+// GCC 12 warns about the intentionally undefined lanes inside some intrinsics (masked loads, casts).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace fastconv {
 namespace cpu {
 namespace {
@@ -96,27 +99,20 @@ FC_TARGET_AVX512 inline void g3(const __m512* x, int xs, __m512* out, int os) {
 // This does output channels [o0, o0 + 16) (two A panels), one per vector lane.
 FC_TARGET_AVX512 void weight_transform16(const WeightView& wv, int64_t K, int64_t C, int64_t Kpad, int64_t o0,
                                          float* U) {
-  {
-    {
-      const __mmask16 lanes = __mmask16((1u << std::clamp<int64_t>(K - o0, 0, 16)) - 1);
-      const __m512i oidx = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(int32_t(o0)),
-                                                               _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-                                                                                 11, 12, 13, 14, 15)),
-                                              _mm512_set1_epi32(int32_t(wv.so)));
-      for (int64_t c = 0; c < C; ++c) {
-        __m512 g[9], t[18], u[36];
-        for (int rs = 0; rs < 9; ++rs)
-          g[rs] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, oidx, wv.w + c * wv.si + (wv.flip ? 8 - rs : rs),
-                                           4);
-        for (int s = 0; s < 3; ++s) g3(g + s, 3, t + s, 3);    // t (6x3) = G g
-        for (int i = 0; i < 6; ++i) g3(t + 3 * i, 1, u + 6 * i, 1);  // u (6x6) = t G^T
-        float* lo = U + o0 * C + c * 8;  // panel o0/8; panel o0/8 + 1 is 8*C further
-        for (int xi = 0; xi < 36; ++xi) {
-          float* p = lo + xi * Kpad * C;
-          _mm256_storeu_ps(p, _mm512_castps512_ps256(u[xi]));
-          _mm256_storeu_ps(p + 8 * C, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u[xi]), 1)));
-        }
-      }
+  const int64_t on = std::min<int64_t>(16, K - o0);  // lanes with a real output channel
+  for (int64_t c = 0; c < C; ++c) {
+    alignas(64) float gl[9][16] = {};  // gl[tap][lane]
+    for (int64_t l = 0; l < on; ++l)
+      for (int rs = 0; rs < 9; ++rs) gl[rs][l] = wv.w[(o0 + l) * wv.so + c * wv.si + (wv.flip ? 8 - rs : rs)];
+    __m512 g[9], t[18], u[36];
+    for (int rs = 0; rs < 9; ++rs) g[rs] = _mm512_load_ps(gl[rs]);
+    for (int s = 0; s < 3; ++s) g3(g + s, 3, t + s, 3);    // t (6x3) = G g
+    for (int i = 0; i < 6; ++i) g3(t + 3 * i, 1, u + 6 * i, 1);  // u (6x6) = t G^T
+    float* lo = U + o0 * C + c * 8;  // panel o0/8; panel o0/8 + 1 is 8*C further
+    for (int xi = 0; xi < 36; ++xi) {
+      float* p = lo + xi * Kpad * C;
+      _mm256_storeu_ps(p, _mm512_castps512_ps256(u[xi]));
+      _mm256_storeu_ps(p + 8 * C, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u[xi]), 1)));
     }
   }
 }
@@ -127,97 +123,128 @@ void weight_transform(const WeightView& wv, int64_t K, int64_t C, int64_t Kpad, 
   });
 }
 
-// The 16 tiles g0 + lane of one vector (lanes with g >= gend are off): first image nfirst,
-// image offset (n - nfirst) * image_stride, and the tile's top-left corner (4th, 4tw).
-struct TileLanes {
-  __mmask16 on = 0;
-  int64_t nfirst = 0;
-  alignas(64) int32_t base[16], row[16], col[16];
-  TileLanes(const WinoShape& s, int64_t g0, int64_t gend, int64_t image_stride) {
-    const int64_t T = s.T(), TW = s.TW();
-    nfirst = std::min(g0, gend - 1) / T;
-    for (int l = 0; l < 16; ++l) {
-      const int64_t g = g0 + l;
-      base[l] = row[l] = col[l] = 0;
-      if (g >= gend) continue;
-      on |= __mmask16(1u << l);
-      const int64_t n = g / T, t = g % T;
-      base[l] = int32_t((n - nfirst) * image_stride);
-      row[l] = int32_t(t / TW * 4);
-      col[l] = int32_t(t % TW * 4);
-    }
-  }
-};
+// Lanes l with lo <= l < hi.
+inline __mmask16 lane_range(int64_t lo, int64_t hi) {
+  lo = std::clamp<int64_t>(lo, 0, 16), hi = std::clamp<int64_t>(hi, 0, 16);
+  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
 
-// V (see top) for tiles [g0, gend) of x; columns up to nbp are written (zeros past gend).
-FC_TARGET_AVX512 void input_transform(const float* x, const WinoShape& s, int64_t g0, int64_t gend, int64_t nbp,
-                                      float* V) {
-  const int64_t HW = s.H * s.W, C = s.C;
-  const __m512i H = _mm512_set1_epi32(int32_t(s.H)), W = _mm512_set1_epi32(int32_t(s.W));
-  for (int64_t v = 0; v < nbp / 16; ++v) {
-    const TileLanes tl(s, g0 + 16 * v, gend, s.C * HW);
-    // Patch element (i, j) of each lane: its offset in the channel plane and whether it is inside.
-    __m512i idx[36];
-    __mmask16 in[36];
-    const __m512i base = _mm512_load_si512(tl.base);
-    const __m512i h0 = _mm512_sub_epi32(_mm512_load_si512(tl.row), _mm512_set1_epi32(int32_t(s.ph)));
-    const __m512i w0 = _mm512_sub_epi32(_mm512_load_si512(tl.col), _mm512_set1_epi32(int32_t(s.pw)));
-    for (int i = 0; i < 6; ++i) {
-      const __m512i h = _mm512_add_epi32(h0, _mm512_set1_epi32(i));
-      const __mmask16 hin = _mm512_mask_cmplt_epu32_mask(tl.on, h, H);  // 0 <= h < H
-      const __m512i rowoff = _mm512_add_epi32(base, _mm512_mullo_epi32(h, W));
-      for (int j = 0; j < 6; ++j) {
-        const __m512i w = _mm512_add_epi32(w0, _mm512_set1_epi32(j));
-        in[i * 6 + j] = _mm512_mask_cmplt_epu32_mask(hin, w, W);
-        idx[i * 6 + j] = _mm512_add_epi32(rowoff, w);
-      }
+// 4x4 transpose inside every 128-bit chunk: element t of chunk k of v[j] <-> element j of chunk k of v[t].
+FC_TARGET_AVX512 inline void transpose_in_chunks(__m512* v) {
+  const __m512 a = _mm512_unpacklo_ps(v[0], v[1]), b = _mm512_unpackhi_ps(v[0], v[1]);
+  const __m512 c = _mm512_unpacklo_ps(v[2], v[3]), d = _mm512_unpackhi_ps(v[2], v[3]);
+  const __m512d ad = _mm512_castps_pd(a), bd = _mm512_castps_pd(b);
+  const __m512d cd = _mm512_castps_pd(c), dd = _mm512_castps_pd(d);
+  v[0] = _mm512_castpd_ps(_mm512_unpacklo_pd(ad, cd));
+  v[1] = _mm512_castpd_ps(_mm512_unpackhi_pd(ad, cd));
+  v[2] = _mm512_castpd_ps(_mm512_unpacklo_pd(bd, dd));
+  v[3] = _mm512_castpd_ps(_mm512_unpackhi_pd(bd, dd));
+}
+
+// 4x4 transpose of 128-bit chunks: chunk k of v[m] <-> chunk m of v[k].
+FC_TARGET_AVX512 inline void transpose_chunks(__m512* v) {
+  const __m512 t0 = _mm512_shuffle_f32x4(v[0], v[1], 0x44), t1 = _mm512_shuffle_f32x4(v[2], v[3], 0x44);
+  const __m512 t2 = _mm512_shuffle_f32x4(v[0], v[1], 0xEE), t3 = _mm512_shuffle_f32x4(v[2], v[3], 0xEE);
+  v[0] = _mm512_shuffle_f32x4(t0, t1, 0x88);
+  v[1] = _mm512_shuffle_f32x4(t0, t1, 0xDD);
+  v[2] = _mm512_shuffle_f32x4(t2, t3, 0x88);
+  v[3] = _mm512_shuffle_f32x4(t2, t3, 0xDD);
+}
+
+// A run of n <= 16 consecutive tiles of one tile row: image img, tile row th, columns tw..tw+n-1.
+// The tiles [g0, gend) of a block split into such runs, in order; run r starts at block column col.
+struct Run {
+  int64_t img, th, tw, n, col;
+};
+inline Run run_at(const WinoShape& s, int64_t g0, int64_t g, int64_t gend) {
+  const int64_t T = s.T(), TW = s.TW(), t = g % T;
+  return Run{g / T, t / TW, t % TW, std::min({int64_t(16), TW - t % TW, gend - g}), g - g0};
+}
+
+// d[6*i + j], lane l = element (i, j) of the 6x6 patch of tile run.tw + l, channel plane xc (H x W, zero
+// outside): per patch row, 64 contiguous floats de-interleaved by two transposes, plus 2 for j = 4, 5.
+FC_TARGET_AVX512 inline void load_patches(const float* xc, const WinoShape& s, const Run& r, __m512* d) {
+  const int64_t c0 = 4 * r.tw - s.pw;  // input column of lane 0's patch column 0
+  for (int i = 0; i < 6; ++i) {
+    __m512* di = d + 6 * i;
+    const int64_t h = 4 * r.th - s.ph + i;
+    if (h < 0 || h >= s.H) {
+      for (int j = 0; j < 6; ++j) di[j] = _mm512_setzero_ps();
+      continue;
     }
-    const float* xn = x + tl.nfirst * C * HW;
-    float* Vv = V + (v / 2) * C * kPanel + (v % 2) * 16;  // + xi*C*nbp + c*32
-    for (int64_t c = 0; c < C; ++c) {
-      __m512 d[36], t[36], out[36];
-      const float* xc = xn + c * HW;
-      for (int p = 0; p < 36; ++p) d[p] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in[p], idx[p], xc, 4);
-      for (int j = 0; j < 6; ++j) bt6(d + j, 6, t + j, 6);        // t = B^T d (columns)
-      for (int i = 0; i < 6; ++i) bt6(t + 6 * i, 1, out + 6 * i, 1);  // out = t B (rows)
-      for (int xi = 0; xi < 36; ++xi) _mm512_store_ps(Vv + xi * C * nbp + c * kPanel, out[xi]);
-    }
+    const float* row = xc + h * s.W;
+    for (int m = 0; m < 4; ++m)  // lanes outside [0, W) are not read (and may lie outside x)
+      di[m] = _mm512_maskz_loadu_ps(lane_range(-c0 - 16 * m, s.W - c0 - 16 * m), row + c0 + 16 * m);
+    transpose_chunks(di);
+    transpose_in_chunks(di);  // di[j] lane l = row[c0 + 4l + j], j < 4
+    const int64_t c64 = c0 + 64, c65 = c0 + 65;
+    const __m512 e4 = _mm512_set1_ps(c64 >= 0 && c64 < s.W ? row[c64] : 0.f);
+    const __m512 e5 = _mm512_set1_ps(c65 >= 0 && c65 < s.W ? row[c65] : 0.f);
+    di[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(e4), _mm512_castps_si512(di[0]), 1));
+    di[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(e5), _mm512_castps_si512(di[1]), 1));
   }
 }
 
-// y tiles [g0, gend) for output channels [k0, k1) from M (see top): A^T M A + bias, ReLU.
+// V (see top) for tiles [g0, gend) of x; columns [gend - g0, nbp) are zeroed.
+FC_TARGET_AVX512 void input_transform(const float* x, const WinoShape& s, int64_t g0, int64_t gend, int64_t nbp,
+                                      float* V) {
+  const int64_t HW = s.H * s.W, C = s.C;
+  for (int64_t g = g0; g < gend;) {
+    const Run r = run_at(s, g0, g, gend);
+    g += r.n;
+    // Lanes [0, a) go to column panel r.col / 32, lanes [a, n) to the next panel.
+    const int64_t off = r.col % kPanel, a = std::min(r.n, kPanel - off);
+    const __mmask16 first = lane_range(0, a), second = lane_range(a, r.n);
+    float* Vr = V + r.col / kPanel * C * kPanel + off;  // + xi*C*nbp + c*32
+    for (int64_t c = 0; c < C; ++c) {
+      __m512 d[36], t[36], out[36];
+      load_patches(x + (r.img * C + c) * HW, s, r, d);
+      for (int j = 0; j < 6; ++j) bt6(d + j, 6, t + j, 6);        // t = B^T d (columns)
+      for (int i = 0; i < 6; ++i) bt6(t + 6 * i, 1, out + 6 * i, 1);  // out = t B (rows)
+      for (int xi = 0; xi < 36; ++xi) {
+        float* p = Vr + xi * C * nbp + c * kPanel;
+        _mm512_mask_storeu_ps(p, first, out[xi]);
+        if (second) _mm512_mask_storeu_ps(p + C * kPanel - kPanel, second, out[xi]);
+      }
+    }
+  }
+  const int64_t nb = gend - g0;
+  if (nb < nbp)
+    for (int64_t xi = 0; xi < 36; ++xi)
+      for (int64_t c = 0; c < C; ++c) {
+        float* p = V + xi * C * nbp + (nbp - kPanel) * C + c * kPanel;
+        std::fill(p + nb % kPanel, p + kPanel, 0.f);
+      }
+}
+
+// y tiles [g0, gend) for output channels [k0, k1) from M (see top): A^T M A + bias, ReLU. Each
+// output row of a run is 4 vectors, interleaved by two transposes into 64 contiguous floats.
 FC_TARGET_AVX512 void output_transform(const float* M, const WinoShape& s, int64_t g0, int64_t gend, int64_t nbp,
                                        int64_t Kpad, int64_t k0, int64_t k1, const float* bias, bool relu, float* y) {
   const int64_t P = s.P(), Q = s.Q(), PQ = P * Q;
-  const __m512i Pv = _mm512_set1_epi32(int32_t(P)), Qv = _mm512_set1_epi32(int32_t(Q));
-  for (int64_t v = 0; v < ceil_div(gend - g0, 16); ++v) {
-    const TileLanes tl(s, g0 + 16 * v, gend, s.K * PQ);
-    __m512i idx[16];
-    __mmask16 in[16];
-    const __m512i base = _mm512_load_si512(tl.base), p0 = _mm512_load_si512(tl.row), q0 = _mm512_load_si512(tl.col);
-    for (int i = 0; i < 4; ++i) {
-      const __m512i p = _mm512_add_epi32(p0, _mm512_set1_epi32(i));
-      const __mmask16 pin = _mm512_mask_cmplt_epu32_mask(tl.on, p, Pv);
-      const __m512i rowoff = _mm512_add_epi32(base, _mm512_mullo_epi32(p, Qv));
-      for (int j = 0; j < 4; ++j) {
-        const __m512i q = _mm512_add_epi32(q0, _mm512_set1_epi32(j));
-        in[i * 4 + j] = _mm512_mask_cmplt_epu32_mask(pin, q, Qv);
-        idx[i * 4 + j] = _mm512_add_epi32(rowoff, q);
-      }
-    }
-    float* yn = y + tl.nfirst * s.K * PQ;
-    const float* Mv = M + 16 * v;
+  for (int64_t g = g0; g < gend;) {
+    const Run r = run_at(s, g0, g, gend);
+    g += r.n;
+    const __mmask16 lanes = lane_range(0, r.n);
+    const int64_t q0 = 4 * r.tw, qend = std::min(Q, 4 * (r.tw + r.n));  // output columns [q0, qend)
     for (int64_t k = k0; k < k1; ++k) {
       __m512 m[36], t[24], out[16];
-      for (int xi = 0; xi < 36; ++xi) m[xi] = _mm512_load_ps(Mv + (xi * Kpad + k) * nbp);
+      for (int xi = 0; xi < 36; ++xi) m[xi] = _mm512_maskz_loadu_ps(lanes, M + (xi * Kpad + k) * nbp + r.col);
       for (int j = 0; j < 6; ++j) at6(m + j, 6, t + j, 6);         // t (4x6) = A^T m
       for (int i = 0; i < 4; ++i) at6(t + 6 * i, 1, out + 4 * i, 1);  // out (4x4) = t A
       const __m512 b = _mm512_set1_ps(bias ? bias[k] : 0.f), zero = _mm512_setzero_ps();
-      float* yk = yn + k * PQ;
       for (int p = 0; p < 16; ++p) {
-        __m512 o = _mm512_add_ps(out[p], b);
-        if (relu) o = _mm512_max_ps(zero, o);  // NaN stays NaN (max returns its second operand)
-        _mm512_mask_i32scatter_ps(yk, in[p], idx[p], o, 4);
+        out[p] = _mm512_add_ps(out[p], b);
+        if (relu) out[p] = _mm512_max_ps(zero, out[p]);  // NaN stays NaN (max returns its second operand)
+      }
+      float* yk = y + (r.img * s.K + k) * PQ;
+      for (int i = 0; i < 4 && 4 * r.th + i < P; ++i) {
+        __m512* v = out + 4 * i;
+        transpose_in_chunks(v);
+        transpose_chunks(v);  // v[m] = output row columns q0 + 16m ...
+        float* row = yk + (4 * r.th + i) * Q;
+        for (int mm = 0; mm < 4; ++mm)
+          _mm512_mask_storeu_ps(row + q0 + 16 * mm, lane_range(0, qend - q0 - 16 * mm), v[mm]);
       }
     }
   }
