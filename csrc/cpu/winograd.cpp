@@ -6,7 +6,10 @@
 // thread, one chunk of output channels). Per task, in per-thread scratch:
 //   V[xi][C x nbp] as GEMM B panels: 32-tile panels of [C][32] (nbp = nb rounded up to 32),
 //   M[xi][Kpad][nbp] row-major,
-// and, shared by all tasks, U[xi][Kpad/8][C][8] as GEMM A panels (output channels past K zero).
+// with the 36 planes vs = C*nbp + 16 and ms = Kpad*nbp + 16 floats apart (not a multiple of 4 KiB:
+// a transform touches all 36 planes at once, which would otherwise share one L1 set),
+// and, shared by all tasks, U[xi][Kpad/8][C][8] as GEMM A panels (output channels past K zero),
+// planes us = Kpad*C + 16 floats apart.
 // Transforms run on 16 tiles at once (one tile per vector lane: gathers in, scatters out, with
 // lane masks for padding and the block / image edges). Each output is one tile's GEMM column
 // summed over C in a fixed order, whatever the blocking or the thread count: deterministic.
@@ -95,10 +98,12 @@ FC_TARGET_AVX512 inline void g3(const __m512* x, int xs, __m512* out, int os) {
   out[5 * os] = x2;
 }
 
-// U[xi][Kpad/8][C][8] = G g G^T for output channels o < Kpad (zero for o >= K), Kpad % 16 == 0.
-// This does output channels [o0, o0 + 16) (two A panels), one per vector lane.
+// U[xi][Kpad/8][C][8] (planes us = Kpad*C + 16 apart) = G g G^T for output channels o < Kpad
+// (zero for o >= K), Kpad % 16 == 0. This does output channels [o0, o0 + 16) (two A panels), one
+// per vector lane: first into ub[C][36][16] (sequential writes), then panel by panel into U, so
+// that U is written in 72 sequential runs rather than 72 interleaved streams.
 FC_TARGET_AVX512 void weight_transform16(const WeightView& wv, int64_t K, int64_t C, int64_t Kpad, int64_t o0,
-                                         float* U) {
+                                         float* ub, float* U) {
   const int64_t on = std::min<int64_t>(16, K - o0);  // lanes with a real output channel
   for (int64_t c = 0; c < C; ++c) {
     alignas(64) float gl[9][16] = {};  // gl[tap][lane]
@@ -108,18 +113,20 @@ FC_TARGET_AVX512 void weight_transform16(const WeightView& wv, int64_t K, int64_
     for (int rs = 0; rs < 9; ++rs) g[rs] = _mm512_load_ps(gl[rs]);
     for (int s = 0; s < 3; ++s) g3(g + s, 3, t + s, 3);    // t (6x3) = G g
     for (int i = 0; i < 6; ++i) g3(t + 3 * i, 1, u + 6 * i, 1);  // u (6x6) = t G^T
-    float* lo = U + o0 * C + c * 8;  // panel o0/8; panel o0/8 + 1 is 8*C further
-    for (int xi = 0; xi < 36; ++xi) {
-      float* p = lo + xi * Kpad * C;
-      _mm256_storeu_ps(p, _mm512_castps512_ps256(u[xi]));
-      _mm256_storeu_ps(p + 8 * C, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u[xi]), 1)));
-    }
+    for (int xi = 0; xi < 36; ++xi) _mm512_store_ps(ub + (c * 36 + xi) * 16, u[xi]);
+  }
+  for (int xi = 0; xi < 36; ++xi) {
+    float* lo = U + xi * (Kpad * C + 16) + o0 * C;  // panel o0/8; panel o0/8 + 1 is 8*C further
+    for (int64_t c = 0; c < C; ++c) _mm256_storeu_ps(lo + c * 8, _mm256_load_ps(ub + (c * 36 + xi) * 16));
+    for (int64_t c = 0; c < C; ++c) _mm256_storeu_ps(lo + 8 * C + c * 8, _mm256_load_ps(ub + (c * 36 + xi) * 16 + 8));
   }
 }
 
 void weight_transform(const WeightView& wv, int64_t K, int64_t C, int64_t Kpad, float* U) {
   at::parallel_for(0, Kpad / 16, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t ob = begin; ob < end; ++ob) weight_transform16(wv, K, C, Kpad, ob * 16, U);
+    static thread_local Scratch<float> ub_scratch;
+    float* ub = ub_scratch.get(C * 36 * 16);
+    for (int64_t ob = begin; ob < end; ++ob) weight_transform16(wv, K, C, Kpad, ob * 16, ub, U);
   });
 }
 
@@ -185,51 +192,66 @@ FC_TARGET_AVX512 inline void load_patches(const float* xc, const WinoShape& s, c
   }
 }
 
+// Prefetches rows [h0, h0 + rows) x columns [c0, c0 + 16*lines) of a plane (H x W, row stride W),
+// clipped to the plane: the runs of one channel are short, so the hardware prefetcher misses them.
+inline void prefetch_rows(const float* plane, int64_t H, int64_t W, int64_t h0, int rows, int64_t c0, int lines,
+                          bool write) {
+  const int64_t lo = std::max<int64_t>(0, c0), hi = std::min(W, c0 + 16 * lines);
+  for (int64_t h = std::max<int64_t>(0, h0); h < std::min(H, h0 + rows); ++h)
+    for (int64_t c = lo; c < hi; c += 16) {
+      if (write)
+        __builtin_prefetch(plane + h * W + c, 1);
+      else
+        __builtin_prefetch(plane + h * W + c, 0);
+    }
+}
+
 // V (see top) for tiles [g0, gend) of x; columns [gend - g0, nbp) are zeroed.
 FC_TARGET_AVX512 void input_transform(const float* x, const WinoShape& s, int64_t g0, int64_t gend, int64_t nbp,
-                                      float* V) {
+                                      float* V, int64_t vs) {
   const int64_t HW = s.H * s.W, C = s.C;
-  for (int64_t g = g0; g < gend;) {
-    const Run r = run_at(s, g0, g, gend);
-    g += r.n;
-    // Lanes [0, a) go to column panel r.col / 32, lanes [a, n) to the next panel.
-    const int64_t off = r.col % kPanel, a = std::min(r.n, kPanel - off);
-    const __mmask16 first = lane_range(0, a), second = lane_range(a, r.n);
-    float* Vr = V + r.col / kPanel * C * kPanel + off;  // + xi*C*nbp + c*32
-    for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = 0; c < C; ++c)  // channel outer: consecutive runs read consecutive row segments
+    for (int64_t g = g0; g < gend;) {
+      const Run r = run_at(s, g0, g, gend);
+      g += r.n;
+      // Lanes [0, a) go to column panel r.col / 32, lanes [a, n) to the next panel.
+      const int64_t off = r.col % kPanel, a = std::min(r.n, kPanel - off);
+      const __mmask16 first = lane_range(0, a), second = lane_range(a, r.n);
+      float* Vr = V + r.col / kPanel * C * kPanel + off;  // + xi*vs + c*32
       __m512 d[36], t[36], out[36];
-      load_patches(x + (r.img * C + c) * HW, s, r, d);
+      const float* xc = x + (r.img * C + c) * HW;
+      if (c + 1 < C) prefetch_rows(xc + HW, s.H, s.W, 4 * r.th - s.ph, 6, 4 * r.tw - s.pw, 5, false);
+      load_patches(xc, s, r, d);
       for (int j = 0; j < 6; ++j) bt6(d + j, 6, t + j, 6);        // t = B^T d (columns)
       for (int i = 0; i < 6; ++i) bt6(t + 6 * i, 1, out + 6 * i, 1);  // out = t B (rows)
       for (int xi = 0; xi < 36; ++xi) {
-        float* p = Vr + xi * C * nbp + c * kPanel;
+        float* p = Vr + xi * vs + c * kPanel;
         _mm512_mask_storeu_ps(p, first, out[xi]);
         if (second) _mm512_mask_storeu_ps(p + C * kPanel - kPanel, second, out[xi]);
       }
     }
-  }
   const int64_t nb = gend - g0;
   if (nb < nbp)
     for (int64_t xi = 0; xi < 36; ++xi)
       for (int64_t c = 0; c < C; ++c) {
-        float* p = V + xi * C * nbp + (nbp - kPanel) * C + c * kPanel;
+        float* p = V + xi * vs + (nbp - kPanel) * C + c * kPanel;
         std::fill(p + nb % kPanel, p + kPanel, 0.f);
       }
 }
 
 // y tiles [g0, gend) for output channels [k0, k1) from M (see top): A^T M A + bias, ReLU. Each
 // output row of a run is 4 vectors, interleaved by two transposes into 64 contiguous floats.
-FC_TARGET_AVX512 void output_transform(const float* M, const WinoShape& s, int64_t g0, int64_t gend, int64_t nbp,
-                                       int64_t Kpad, int64_t k0, int64_t k1, const float* bias, bool relu, float* y) {
+FC_TARGET_AVX512 void output_transform(const float* M, int64_t ms, const WinoShape& s, int64_t g0, int64_t gend,
+                                       int64_t nbp, int64_t k0, int64_t k1, const float* bias, bool relu, float* y) {
   const int64_t P = s.P(), Q = s.Q(), PQ = P * Q;
-  for (int64_t g = g0; g < gend;) {
-    const Run r = run_at(s, g0, g, gend);
-    g += r.n;
-    const __mmask16 lanes = lane_range(0, r.n);
-    const int64_t q0 = 4 * r.tw, qend = std::min(Q, 4 * (r.tw + r.n));  // output columns [q0, qend)
-    for (int64_t k = k0; k < k1; ++k) {
+  for (int64_t k = k0; k < k1; ++k)  // channel outer: consecutive runs write consecutive row segments
+    for (int64_t g = g0; g < gend;) {
+      const Run r = run_at(s, g0, g, gend);
+      g += r.n;
+      const __mmask16 lanes = lane_range(0, r.n);
+      const int64_t q0 = 4 * r.tw, qend = std::min(Q, 4 * (r.tw + r.n));  // output columns [q0, qend)
       __m512 m[36], t[24], out[16];
-      for (int xi = 0; xi < 36; ++xi) m[xi] = _mm512_maskz_loadu_ps(lanes, M + (xi * Kpad + k) * nbp + r.col);
+      for (int xi = 0; xi < 36; ++xi) m[xi] = _mm512_maskz_loadu_ps(lanes, M + xi * ms + k * nbp + r.col);
       for (int j = 0; j < 6; ++j) at6(m + j, 6, t + j, 6);         // t (4x6) = A^T m
       for (int i = 0; i < 4; ++i) at6(t + 6 * i, 1, out + 4 * i, 1);  // out (4x4) = t A
       const __m512 b = _mm512_set1_ps(bias ? bias[k] : 0.f), zero = _mm512_setzero_ps();
@@ -238,6 +260,7 @@ FC_TARGET_AVX512 void output_transform(const float* M, const WinoShape& s, int64
         if (relu) out[p] = _mm512_max_ps(zero, out[p]);  // NaN stays NaN (max returns its second operand)
       }
       float* yk = y + (r.img * s.K + k) * PQ;
+      if (k + 1 < k1) prefetch_rows(yk + PQ, P, Q, 4 * r.th, 4, q0, 4, true);
       for (int i = 0; i < 4 && 4 * r.th + i < P; ++i) {
         __m512* v = out + 4 * i;
         transpose_in_chunks(v);
@@ -247,7 +270,6 @@ FC_TARGET_AVX512 void output_transform(const float* M, const WinoShape& s, int64
           _mm512_mask_storeu_ps(row + q0 + 16 * mm, lane_range(0, qend - q0 - 16 * mm), v[mm]);
       }
     }
-  }
 }
 
 // Tiles per block: V and M of a block (36*(C+Kpad)*nb floats) should stay in L2, but a block
@@ -264,7 +286,7 @@ void winograd_run(const float* x, const WeightView& wv, const float* bias, float
   TORCH_INTERNAL_ASSERT(uk.mr == 8 && uk.nr == kPanel, "fastconv: Winograd needs the AVX-512 8x32 micro-kernel");
   const int64_t C = s.C, K = s.K, Kpad = round_up(K, 16);
   static thread_local Scratch<float> u_scratch;  // the calling thread's, reused across calls
-  float* U = u_scratch.get(36 * Kpad * C);
+  float* U = u_scratch.get(36 * (Kpad * C + 16));
   weight_transform(wv, K, C, Kpad, U);
 
   const int64_t G = s.N * s.T();
@@ -279,25 +301,26 @@ void winograd_run(const float* x, const WeightView& wv, const float* bias, float
   at::parallel_for(0, blocks * kchunks, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<float> v_scratch, m_scratch;
     const int64_t nbmax = round_up(nb, kPanel);
-    float* V = v_scratch.get(36 * C * nbmax);
-    float* M = m_scratch.get(36 * Kpad * nbmax);
+    float* V = v_scratch.get(36 * (C * nbmax + 16));
+    float* M = m_scratch.get(36 * (Kpad * nbmax + 16));
     int64_t have = -1;  // the block whose V is in this thread's scratch
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kchunks, kc = task % kchunks;
       const int64_t g0 = b * nb, gend = std::min(G, g0 + nb), nbp = round_up(gend - g0, kPanel);
       const int64_t k0 = kc * kcs, k1 = std::min(Kpad, k0 + kcs);
       if (k0 >= k1) continue;
-      if (have != b) input_transform(x, s, g0, gend, nbp, V);
+      const int64_t vs = C * nbp + 16, ms = Kpad * nbp + 16;  // plane strides (see top)
+      if (have != b) input_transform(x, s, g0, gend, nbp, V, vs);
       have = b;
       for (int64_t xi = 0; xi < 36; ++xi) {
-        const float* Uxi = U + xi * Kpad * C;
-        const float* Vxi = V + xi * C * nbp;
-        float* Mxi = M + xi * Kpad * nbp;
+        const float* Uxi = U + xi * (Kpad * C + 16);
+        const float* Vxi = V + xi * vs;
+        float* Mxi = M + xi * ms;
         for (int64_t k = k0; k < k1; k += 8)
           for (int64_t j = 0; j < nbp; j += kPanel)
             uk.fn(C, Uxi + k * C, Vxi + j * C, Mxi + k * nbp + j, nbp, 1, false, 8, int(kPanel));
       }
-      output_transform(M, s, g0, gend, nbp, Kpad, k0, std::min(K, k1), bias, relu, y);
+      output_transform(M, ms, s, g0, gend, nbp, k0, std::min(K, k1), bias, relu, y);
     }
   });
 }
