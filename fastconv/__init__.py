@@ -51,10 +51,11 @@ def set_cpu_conv_algo(algo):
     """Choose how CPU conv2d computes 3x3, stride-1, dilation-1, ungrouped float32 convolutions
     (forward and input gradient) on AVX-512 machines. Returns the choice now in effect.
 
-    - 'auto' (default): Winograd F(4x4, 3x3) where it is faster than the direct kernel: at least
-      16 input and 16 output channels and outputs of at least 8x8 (so not 3-channel first layers
-      or tiny feature maps). Its float32 relative error is a few 1e-6 (budget 1e-4), against
-      ~1e-7 for the exact paths.
+    - 'auto' (default): Winograd F(4x4, 3x3) where it measured faster than the direct kernel:
+      at least 16 input and 16 output channels (not 3-channel first layers, where the transforms
+      dominate) and at least 40 output tiles of 4x4 in the batch (not e.g. batch-1 14x14 layers,
+      where transforming the weights costs more than the GEMMs save). Its float32 relative error
+      is ~1e-6 to 3e-6 (budget 1e-4), against ~1e-7 for the exact paths.
     - 'exact': never Winograd; the direct / GEMM paths (error ~1e-7).
     - 'winograd': Winograd wherever it can run, whatever the speed (for tests and benchmarks).
 

@@ -272,12 +272,12 @@ FC_TARGET_AVX512 void output_transform(const float* M, int64_t ms, const WinoSha
     }
 }
 
-// Tiles per block: V and M of a block (36*(C+Kpad)*nb floats) should stay in L2, but a block
-// must be wide enough to reuse each U panel (read from L3 for big K*C) over many tiles.
+// Tiles per block: V and M of a block (36*(C+Kpad)*nb floats) as close to 1 MiB as 32-tile
+// steps allow, but 32 or 64 tiles (measured best for C + K from 64 to 1024; 128 is slower).
 int64_t tiles_per_block(const WinoShape& s, int64_t Kpad) {
   if (const char* env = std::getenv("FASTCONV_WINO_NB")) return round_up(std::max(1, std::atoi(env)), kPanel);
   const int64_t fit = (int64_t(1) << 20) / (36 * 4 * (s.C + Kpad));
-  return std::clamp<int64_t>(fit / kPanel * kPanel, 64, 256);
+  return std::clamp<int64_t>((fit + kPanel / 2) / kPanel * kPanel, kPanel, 2 * kPanel);
 }
 
 void winograd_run(const float* x, const WeightView& wv, const float* bias, float* y, const WinoShape& s,
@@ -352,9 +352,13 @@ bool winograd_possible(const Conv2dShape& s) {
   return 17 * s.C * s.H * s.W < lim && 17 * s.K * s.P * s.Q < lim && s.K * s.C * 9 < lim;
 }
 
-// kAuto's choice, from measurements against the direct kernel (PERF notes in the report):
+// kAuto's choice, from single-thread timings against the direct kernel: Winograd needs >= 16
+// input and output channels (with 3 the transforms cost more than the GEMMs save: first layers
+// stay direct) and >= 40 tiles in the batch (the weight transform writes 36*K*C floats per call,
+// as much time as the GEMMs of ~20-40 tiles: batch-1 14x14 layers stay direct).
 bool winograd_faster(const Conv2dShape& s) {
-  return s.C >= 16 && s.K >= 16 && s.P >= 8 && s.Q >= 8;
+  const int64_t tiles = s.N * ceil_div(s.P, 4) * ceil_div(s.Q, 4);
+  return s.C >= 16 && s.K >= 16 && tiles >= 40;
 }
 
 }  // namespace
