@@ -25,7 +25,7 @@ SHAPES = [
     (3, 17, 13, 11, 33, 0, True),  # no padding, P = 11, Q = 9
     (2, 20, 10, 10, 19, 2, True),  # padding 2
     (1, 1, 1, 1, 1, 1, True),  # 1x1 image: one tile, one valid output
-    (17, 8, 2, 2, 8, 1, False),  # many images of one tile each: vectors span images
+    (17, 8, 2, 2, 8, 1, False),  # many images of one tile each: blocks span images
     (1, 40, 30, 70, 24, 1, True),  # several runs per tile row (TW = 18), several blocks
     (2, 24, 6, 37, 40, 0, True),  # W - 2 = 35: a run crosses a GEMM panel boundary
     (1, 64, 28, 28, 64, 1, True),
