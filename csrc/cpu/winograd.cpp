@@ -126,7 +126,9 @@ FC_TARGET_AVX512 void weight_transform16(const WeightView& wv, int64_t K, int64_
 }
 
 void weight_transform(const WeightView& wv, int64_t K, int64_t C, int64_t Kpad, float* U) {
-  at::parallel_for(0, Kpad / 16, 1, [&](int64_t begin, int64_t end) {
+  // At least ~64K filter pairs per thread: small weights are transformed inline, sparing a barrier.
+  const int64_t grain = ceil_div(int64_t(1) << 16, 16 * C);
+  at::parallel_for(0, Kpad / 16, grain, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<float> ub_scratch;
     float* ub = ub_scratch.get(C * 36 * 16);
     for (int64_t ob = begin; ob < end; ++ob) weight_transform16(wv, K, C, Kpad, ob * 16, ub, U);
