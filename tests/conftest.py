@@ -77,6 +77,11 @@ def poison_outputs():
     torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
+# Subprocesses the tests start (tests/test_examples.py) run the exact paths too, so that their
+# results match the in-process runs bit for bit.
+os.environ["FASTCONV_CPU_CONV_ALGO"] = "exact"
+
+
 @pytest.fixture(autouse=True)
 def cpu_conv_algo(request):
     """CPU conv2d runs with the algorithm the test module names in CPU_CONV_ALGO, by default
