@@ -55,7 +55,8 @@ def set_cpu_conv_algo(algo):
       at least 16 input and 16 output channels (not 3-channel first layers, where the transforms
       dominate) and at least 40 output tiles of 4x4 in the batch (not e.g. batch-1 14x14 layers,
       where transforming the weights costs more than the GEMMs save). Its float32 relative error
-      is ~1e-6 to 3e-6 (budget 1e-4), against ~1e-7 for the exact paths.
+      is ~1e-6 (64 channels) to ~4e-6 (512 channels), budget 1e-4, against ~2.5e-7 for the
+      exact paths.
     - 'exact': never Winograd; the direct / GEMM paths (error ~1e-7).
     - 'winograd': Winograd wherever it can run, whatever the speed (for tests and benchmarks).
 

@@ -2,7 +2,8 @@
 fused ReLU and input gradient, on shapes that stress the tiling (P, Q not multiples of 4, images
 smaller than a tile, padding 0..2, channels not multiples of 16), plus the algorithm selector.
 
-Winograd's float32 error budget is a relative error of 1e-4 (measured: ~1e-6 to 3e-6)."""
+Winograd's float32 error budget is a relative error of 1e-4 (measured: ~1e-6 at 16-64 channels
+to ~4e-6 at 512; the exact paths ~2.5e-7)."""
 import pytest
 import torch
 import torch.nn.functional as F
