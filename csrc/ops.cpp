@@ -12,6 +12,7 @@ TORCH_LIBRARY(fastconv, m) {
   // Introspection and test hooks (no tensors, so they are plain catch-all kernels).
   m.def("_info() -> str", &fastconv::info_json);
   m.def("_set_cpu_isa(str isa) -> str", &fastconv::set_cpu_isa);
+  m.def("_set_cpu_conv_algo(str algo) -> str", &fastconv::set_cpu_conv_algo);
 }
 
 // The extension is imported as a Python module only so that the op registrations above run.

@@ -27,13 +27,14 @@ register_namespace("fastconv")
 
 __version__ = "0.1.0"
 __all__ = ["Conv2d", "Conv2dReLU", "MaxPool2d", "ReLU", "convert", "fuse_conv_relu", "functional", "info",
-           "set_cpu_isa"]
+           "set_cpu_conv_algo", "set_cpu_isa"]
 
 
 def info():
     """What this build of fastconv contains and what will run: a dict with ``version``,
     ``backends`` (compiled: 'cpu', and 'cuda' when built with CUDA), ``cuda_archs``, ``cpu_isa``
-    (the CPU micro-kernels in use: avx512, avx2 or generic), ``cpu_threads``, and
+    (the CPU micro-kernels in use: avx512, avx2 or generic), ``cpu_conv_algo`` (see
+    set_cpu_conv_algo), ``cpu_threads``, and
     ``cuda_available`` (a GPU is visible now)."""
     d = json.loads(torch.ops.fastconv._info())
     d["cuda_available"] = torch.cuda.is_available()
@@ -45,3 +46,20 @@ def set_cpu_isa(isa):
     'generic'. Returns the ISA now in use. The environment variable FASTCONV_CPU_ISA sets the
     initial choice."""
     return torch.ops.fastconv._set_cpu_isa(isa)
+
+
+def set_cpu_conv_algo(algo):
+    """Choose how CPU conv2d computes 3x3, stride-1, dilation-1, ungrouped float32 convolutions
+    (forward and input gradient) on AVX-512 machines. Returns the choice now in effect.
+
+    - 'auto' (default): Winograd F(4x4, 3x3) where it measured faster than the direct kernel:
+      at least 16 input and 16 output channels (not 3-channel first layers, where the transforms
+      dominate) and at least 40 output tiles of 4x4 in the batch (not e.g. batch-1 14x14 layers,
+      where transforming the weights costs more than the GEMMs save). Its float32 relative error
+      is ~1e-6 (64 channels) to ~4e-6 (512 channels), budget 1e-4, against ~2.5e-7 for the
+      exact paths.
+    - 'exact': never Winograd; the direct / GEMM paths (error ~1e-7).
+    - 'winograd': Winograd wherever it can run, whatever the speed (for tests and benchmarks).
+
+    The environment variable FASTCONV_CPU_CONV_ALGO sets the initial choice."""
+    return torch.ops.fastconv._set_cpu_conv_algo(algo)

@@ -77,6 +77,22 @@ def poison_outputs():
     torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
+# Subprocesses the tests start (tests/test_examples.py) run the exact paths too, so that their
+# results match the in-process runs bit for bit.
+os.environ["FASTCONV_CPU_CONV_ALGO"] = "exact"
+
+
+@pytest.fixture(autouse=True)
+def cpu_conv_algo(request):
+    """CPU conv2d runs with the algorithm the test module names in CPU_CONV_ALGO, by default
+    'exact' (no Winograd): the op tests hold the exact paths to their float32 tolerance (1e-5),
+    and tests/test_winograd.py tests the Winograd paths with their own budget."""
+    prev = fastconv.info()["cpu_conv_algo"]
+    fastconv.set_cpu_conv_algo(getattr(request.module, "CPU_CONV_ALGO", "exact"))
+    yield
+    fastconv.set_cpu_conv_algo(prev)
+
+
 # Fresh random inputs every run; the seed is printed so a failure can be replayed with
 # FASTCONV_TEST_SEED=<seed>.
 SEED = int(os.environ.get("FASTCONV_TEST_SEED", random.SystemRandom().randrange(2**31)))

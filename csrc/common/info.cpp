@@ -17,7 +17,7 @@ std::string info_json() {
   os << ", \"cuda\"";
 #endif
   os << "], \"cuda_archs\": \"" << FASTCONV_CUDA_ARCHS << "\", \"cpu_isa\": \"" << cpu_isa_name()
-     << "\", \"cpu_threads\": " << at::get_num_threads() << "}";
+     << "\", \"cpu_conv_algo\": \"" << cpu_conv_algo_name() << "\", \"cpu_threads\": " << at::get_num_threads() << "}";
   return os.str();
 }
 

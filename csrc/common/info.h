@@ -10,4 +10,9 @@ std::string info_json();
 std::string set_cpu_isa(std::string isa);
 // The CPU ISA in use ("avx512", "avx2" or "generic").
 const char* cpu_isa_name();
+// Select the CPU conv2d algorithm ("auto": Winograd where faster, "exact": never Winograd,
+// "winograd": Winograd wherever it can run); returns the choice now in effect.
+std::string set_cpu_conv_algo(std::string algo);
+// The CPU conv2d algorithm choice ("auto", "exact" or "winograd").
+const char* cpu_conv_algo_name();
 }  // namespace fastconv

@@ -21,6 +21,7 @@
 #include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
+#include "cpu/winograd.h"
 
 namespace fastconv {
 namespace cpu {
@@ -84,6 +85,7 @@ void conv2d_forward_direct(const float* x, const float* w, const float* bias, fl
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
   if constexpr (std::is_same_v<T, float>) {
+    if (winograd_applies(s)) return winograd_conv3x3(x, w, bias, y, s, relu);
     if (use_direct(s)) return conv2d_forward_direct(x, w, bias, y, s, relu);
   }
   const Im2colGeometry geo(s);
@@ -136,6 +138,7 @@ bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, co
 template <typename T>
 void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   if constexpr (std::is_same_v<T, float>) {
+    if (winograd_backward_input(dy, w, dx, s)) return;
     if (conv2d_backward_input_direct(dy, w, dx, s)) return;
   }
   const Im2colGeometry geo(s);
@@ -271,8 +274,11 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   if (gate.defined()) {
     const at::Tensor r = gate.contiguous();
     const float *dyp = dy.const_data_ptr<float>(), *rp = r.const_data_ptr<float>();
-    if (output_mask[0] && dx.numel() > 0)
-      conv2d_backward_input_direct(dyp, w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s, rp);
+    if (output_mask[0] && dx.numel() > 0) {
+      const float* wp = w.const_data_ptr<float>();
+      float* dxp = dx.mutable_data_ptr<float>();
+      if (!winograd_backward_input(dyp, wp, dxp, s, rp)) conv2d_backward_input_direct(dyp, wp, dxp, s, rp);
+    }
     if (output_mask[1]) direct_conv_weight_grad(dyp, x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
                                                 direct_shape(s), rp);
     if (output_mask[2]) conv2d_backward_bias<float>(dyp, db.mutable_data_ptr<float>(), s, rp);
