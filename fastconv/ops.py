@@ -128,6 +128,8 @@ def register_namespace(ns):
         ctx.params = params  # kernel_size, stride, padding, dilation, ceil_mode
 
     def max_pool2d_backward(ctx, grad_output, grad_indices):
+        if grad_output is None:  # the values were not used (grads are not materialised, see setup)
+            return None, None, None, None, None, None
         (indices,) = ctx.saved_tensors
         grad_input = ops.max_pool2d_backward(grad_output, indices, ctx.input_size, *ctx.params)
         return grad_input, None, None, None, None, None
