@@ -61,23 +61,13 @@ DirectConvShape direct_shape(const Conv2dShape& s) {
   return {s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
 }
 
-// Packed weights for direct_conv, in a buffer reused across calls (of the calling thread).
-template <typename WeightAt>
-const float* pack_direct(const DirectConvShape& d, WeightAt&& weight) {
-  static thread_local Scratch<float> scratch;
-  float* buf = scratch.get(direct_weights_size(d));
-  pack_direct_weights(d, weight, buf);
-  return buf;
-}
-
-// Forward through the direct kernel: w (K, Cg, R, S) as is.
+// Forward through the direct kernel: w (K, Cg, R, S) packed in the calling thread's reused buffer.
 void conv2d_forward_direct(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
                            bool relu) {
   const DirectConvShape d = direct_shape(s);
-  const int64_t RS = s.R * s.S;
-  const float* wp = pack_direct(d, [&](int64_t g, int64_t o, int64_t i, int64_t rs) {
-    return w[((g * d.Co + o) * d.Ci + i) * RS + rs];
-  });
+  static thread_local Scratch<float> scratch;
+  float* wp = scratch.get(direct_weights_size(d));
+  pack_direct_weights(w, d, wp);
   direct_conv(x, wp, bias, y, d, relu);
 }
 
@@ -125,10 +115,9 @@ bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, co
   if (!backward_input_direct_applies(s)) return false;
   const int64_t ph = s.dil_h * (s.R - 1) - s.pad_h, pw = s.dil_w * (s.S - 1) - s.pad_w;
   const DirectConvShape d{s.N, s.groups, s.Kg(), s.Cg(), s.P, s.Q, s.R, s.S, ph, pw, s.dil_h, s.dil_w};
-  const int64_t RS = s.R * s.S;
-  const float* wp = pack_direct(d, [&](int64_t g, int64_t o, int64_t i, int64_t rs) {
-    return w[((g * d.Ci + i) * d.Co + o) * RS + (RS - 1 - rs)];  // w[g*Kg + i][o][flipped tap]
-  });
+  static thread_local Scratch<float> scratch;  // the calling thread's, reused across calls
+  float* wp = scratch.get(direct_weights_size(d));
+  pack_direct_weights_flipped(w, d, wp);
   direct_conv(dy, wp, nullptr, dx, d, false, gate);
   return true;
 }

@@ -60,45 +60,47 @@ FC_TARGET_AVX512 void direct_uk(const float* a, const float* x, int64_t cs, int6
   }
 }
 
-// Where a tile's pixels go in y when the whole depth fits one call: virtual pixels [v0, v0 + 48)
-// of a task's nr output rows of Wp (>= 16) pixels; output row lr starts at y + lr*Q, and only
-// columns q < Q exist. A 16-lane vector spans at most two output rows.
-struct TileOut {
-  float* y;           // output channel i of the tile at y + i*plane
-  int64_t plane, Q, Wp, nr, v0;
-  int channels;       // valid output channels of the tile (<= 8)
-  const float* bias;  // bias of the tile's first channel, or null
-  bool relu;
-};
-
-// The tile straight into y, with bias and ReLU (max(0, v) keeps NaN, as relu does).
-FC_TARGET_AVX512 void direct_uk_out(const float* a, const float* x, int64_t cs, int64_t cn, const int64_t* off,
-                                    int64_t taps, const TileOut& o) {
-  __m512 r[8][3];
-  direct_tile(a, x, cs, cn, off, taps, r);
-  // Per vector j: lanes m0 go to y + at0 + lane (this output row); lanes m1 (the next row's, from
-  // lane `next` on) are compressed to the front and go to y + at1 (its first column), n1 of them.
+// Where a tile's 48 virtual pixels go in y when the whole depth fits one call: pixels [v0, v0 + 48)
+// of a task's nr output rows of Wp (>= 16) pixels, of which columns q < Q exist; output row lr
+// starts at lr*Q. A 16-lane vector j spans at most two output rows: lanes m0 go to at0 + lane, and
+// lanes m1 (the next row's, from lane Wp - q on) are compressed to the front and go to at1, n1 of them.
+// Computed once per tile and shared by its output-channel blocks (the divisions are not cheap).
+struct TileRows {
   __mmask16 m0[3], m1[3], n1[3];
   int64_t at0[3], at1[3];
+};
+
+TileRows tile_rows(int64_t v0, int64_t Wp, int64_t Q, int64_t nr) {
+  TileRows t;
   for (int j = 0; j < 3; ++j) {
-    const int64_t v = o.v0 + 16 * j, lr = v / o.Wp, q = v % o.Wp, next = o.Wp - q;
-    m0[j] = lr < o.nr && q < o.Q ? __mmask16((1u << std::min<int64_t>(16, o.Q - q)) - 1) : 0;
-    const int64_t count = next < 16 && lr + 1 < o.nr ? std::min<int64_t>(16 - next, o.Q) : 0;
-    m1[j] = __mmask16(((1u << count) - 1) << (count ? next : 0));
-    n1[j] = __mmask16((1u << count) - 1);
-    at0[j] = lr * o.Q + q;
-    at1[j] = (lr + 1) * o.Q;
+    const int64_t v = v0 + 16 * j, lr = v / Wp, q = v % Wp, next = Wp - q;
+    t.m0[j] = lr < nr && q < Q ? __mmask16((1u << std::min<int64_t>(16, Q - q)) - 1) : 0;
+    const int64_t count = next < 16 && lr + 1 < nr ? std::min<int64_t>(16 - next, Q) : 0;
+    t.m1[j] = __mmask16(((1u << count) - 1) << (count ? next : 0));
+    t.n1[j] = __mmask16((1u << count) - 1);
+    t.at0[j] = lr * Q + q;
+    t.at1[j] = (lr + 1) * Q;
   }
+  return t;
+}
+
+// The tile straight into y (output channel i at y + i*plane, i < channels <= 8), with bias (of the
+// tile's first channel, or null) and ReLU (max(0, v) keeps NaN, as relu does).
+FC_TARGET_AVX512 void direct_uk_out(const float* a, const float* x, int64_t cs, int64_t cn, const int64_t* off,
+                                    int64_t taps, const TileRows& t, float* y, int64_t plane, int channels,
+                                    const float* bias, bool relu) {
+  __m512 r[8][3];
+  direct_tile(a, x, cs, cn, off, taps, r);
   const __m512 zero = _mm512_setzero_ps();
-  for (int i = 0; i < o.channels; ++i) {
-    const __m512 b = _mm512_set1_ps(o.bias ? o.bias[i] : 0.f);
-    float* yi = o.y + i * o.plane;
+  for (int i = 0; i < channels; ++i) {
+    const __m512 b = _mm512_set1_ps(bias ? bias[i] : 0.f);
+    float* yi = y + i * plane;
 #pragma GCC unroll 3
     for (int j = 0; j < 3; ++j) {
       __m512 v = _mm512_add_ps(r[i][j], b);
-      if (o.relu) v = _mm512_max_ps(zero, v);
-      _mm512_mask_storeu_ps(yi + at0[j], m0[j], v);
-      if (m1[j]) _mm512_mask_storeu_ps(yi + at1[j], n1[j], _mm512_maskz_compress_ps(m1[j], v));
+      if (relu) v = _mm512_max_ps(zero, v);
+      _mm512_mask_storeu_ps(yi + t.at0[j], t.m0[j], v);
+      if (t.m1[j]) _mm512_mask_storeu_ps(yi + t.at1[j], t.n1[j], _mm512_maskz_compress_ps(t.m1[j], v));
     }
   }
 }
@@ -255,11 +257,13 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
   const int64_t P = d.P(), Q = d.Q(), Wp = d.W + 2 * d.pw, RS = d.R * d.S, HW = d.H * d.W;
   const int64_t blocks = ceil_div(d.Co, kDirectMR), halo = d.dh * (d.R - 1);
   const int64_t NG = d.N * d.groups;
-  // Output rows per task: about 512 virtual pixels, but at least one task per thread.
+  // Output rows per task: about 512 virtual pixels. When images x groups x row blocks are fewer
+  // than the threads (batch 1, small images), the 8-channel output blocks are split into parts too.
   int64_t rblocks = ceil_div(P, std::clamp<int64_t>(512 / Wp, 1, P));
-  rblocks = std::min(P, std::max(rblocks, ceil_div(at::get_num_threads(), NG)));
   const int64_t rows = ceil_div(P, rblocks);
   rblocks = ceil_div(P, rows);
+  const int64_t kparts = std::min(blocks, ceil_div(at::get_num_threads(), NG * rblocks));
+  const int64_t part = ceil_div(blocks, kparts);  // output blocks per part
   const int64_t L = round_up(rows * Wp, kDirectNR);  // virtual pixels of a task (buffer row length)
   // A local input channel: rows + halo padded rows, then zeros for the last tile's overreach.
   const int64_t plane = round_up((rows + halo) * Wp + kDirectNR + d.dw * (d.S - 1), 16);
@@ -271,36 +275,38 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
   // final: they skip the buffer and go straight to y (needs rows of >= 16 pixels).
   const bool direct_out = chunk >= d.Ci && Wp >= 16;
 
-  at::parallel_for(0, NG * rblocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, NG * rblocks * kparts, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<float> x_scratch, y_scratch;
     float* xl = x_scratch.get(d.Ci * plane);
     float* yv = y_scratch.get(blocks * kDirectMR * L);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t rb = task % rblocks, ng = task / rblocks, g = ng % d.groups;
+      const int64_t kp = task % kparts, rb = task / kparts % rblocks, ng = task / kparts / rblocks, g = ng % d.groups;
+      const int64_t b0 = kp * part, b1 = std::min(blocks, b0 + part);
       const int64_t p0 = rb * rows, nr = std::min(rows, P - p0), len = round_up(nr * Wp, kDirectNR);
       // Local padded input: row lr is padded row p0 + lr.
       copy_padded_rows(x + ng * d.Ci * HW, gate ? gate + ng * d.Ci * HW : nullptr, d.Ci, d, Wp, p0, nr + halo, xl,
                        plane);
       const float* wg = wpacked + g * blocks * kDirectMR * d.Ci * RS;
       if (direct_out) {  // one depth chunk: tiles go straight to y
-        for (int64_t t0 = 0; t0 < len; t0 += kDirectNR)
-          for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t t0 = 0; t0 < len; t0 += kDirectNR) {
+          const TileRows rows_of_tile = tile_rows(t0, Wp, Q, nr);
+          for (int64_t b = b0; b < b1; ++b) {
             const int64_t o0 = b * kDirectMR;
-            const TileOut out{y + ((ng * d.Co + o0) * P + p0) * Q, P * Q, Q, Wp, nr, t0,
-                              int(std::min<int64_t>(kDirectMR, d.Co - o0)), bias ? bias + g * d.Co + o0 : nullptr,
-                              relu};
-            direct_uk_out(wg + b * d.Ci * RS * kDirectMR, xl + t0, plane, d.Ci, offs, RS, out);
+            direct_uk_out(wg + b * d.Ci * RS * kDirectMR, xl + t0, plane, d.Ci, offs, RS, rows_of_tile,
+                          y + ((ng * d.Co + o0) * P + p0) * Q, P * Q, int(std::min<int64_t>(kDirectMR, d.Co - o0)),
+                          bias ? bias + g * d.Co + o0 : nullptr, relu);
           }
+        }
         continue;
       }
       for (int64_t c0 = 0; c0 < d.Ci; c0 += chunk) {
         const int64_t cn = std::min(chunk, d.Ci - c0);
         for (int64_t t0 = 0; t0 < len; t0 += kDirectNR)
-          for (int64_t b = 0; b < blocks; ++b)
+          for (int64_t b = b0; b < b1; ++b)
             direct_uk(wg + (b * d.Ci + c0) * RS * kDirectMR, xl + c0 * plane + t0, plane, cn, offs, RS,
                       yv + b * kDirectMR * L + t0, L, c0 > 0);
       }
-      for (int64_t o = 0; o < d.Co; ++o) {
+      for (int64_t o = b0 * kDirectMR; o < std::min(d.Co, b1 * kDirectMR); ++o) {
         const float bo = bias ? bias[g * d.Co + o] : 0.f;
         float* yo = y + ((ng * d.Co + o) * P + p0) * Q;
         for (int64_t lr = 0; lr < nr; ++lr) bias_relu_row(yv + o * L + lr * Wp, bo, relu, yo + lr * Q, Q);
