@@ -46,15 +46,17 @@ def plot_filters(conv, path):
 
 
 def feature_maps(model, x, per_layer=8):
-    """[(name, maps (C, H, W))] after every ReLU that follows a conv in ``model.features``."""
+    """[(name, maps (C, H, W))] after every ReLU that follows a conv in ``model.features``, or after
+    every conv with the ReLU fused in (fastconv.Conv2dReLU, what fastconv.models builds)."""
     out, layers = [], list(model.features.named_children())
     with torch.no_grad():
         prev_conv = False
         for name, m in layers:
             x = m(x)
-            if isinstance(m, torch.nn.ReLU) and prev_conv:
+            fused = type(m).__name__ == "Conv2dReLU"
+            if fused or (isinstance(m, torch.nn.ReLU) and prev_conv):
                 out.append((f"features.{name}", x[0, :per_layer].cpu()))
-            prev_conv = isinstance(m, torch.nn.Conv2d)
+            prev_conv = isinstance(m, torch.nn.Conv2d) and not fused
     return out
 
 

@@ -16,6 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
 sys.path.insert(0, EXAMPLES)
 
+import feature_maps  # noqa: E402
 import predict  # noqa: E402
 import sobel_edges  # noqa: E402
 import train_catdog  # noqa: E402
@@ -241,6 +242,16 @@ def test_predict_on_saved_checkpoint(catdog_run, data_big, capsys):
     for line, img in zip(lines, imgs):
         path, prob, _ = line.split("\t")
         assert path == img and 0.0 <= float(prob.split("=")[1]) <= 1.0
+
+
+def test_feature_maps_on_saved_checkpoint(catdog_run, tmp_path, capsys):
+    """One map row per conv layer (3), whether the model's conv + ReLU pairs are fused or not."""
+    out = str(tmp_path / "viz")
+    feature_maps.main(["--checkpoint", os.path.join(catdog_run, "best.pt"), "--out", out, "--backend", BACKEND])
+    assert os.path.getsize(out + "_filters.png") > 0 and os.path.getsize(out + "_maps.png") > 0
+    model, _ = feature_maps.load_trained(os.path.join(catdog_run, "best.pt"), BACKEND)
+    maps = feature_maps.feature_maps(model, torch.randn(1, 3, 32, 32))
+    assert [m.shape[0] for _, m in maps] == [8, 8, 8]
 
 
 def test_sobel_edges(tmp_path):
