@@ -60,11 +60,27 @@ def test_max_pool2d_random(backend, i, rng):
         H, W = pick(1, 20), pick(1, 20)
         ceil = bool(pick(0, 1))
         try:
-            F.max_pool2d(torch.zeros(1, 1, H, W), k, s, p, d, ceil_mode=ceil)
-            break
+            _, idx = F.max_pool2d(torch.zeros(1, 1, H, W), k, s, p, d, ceil_mode=ceil, return_indices=True)
         except RuntimeError:
             continue
+        if idx.max() < H * W:  # a window wholly in the padding: see test_max_pool2d_window_in_padding
+            break
     _check(backend, randn((pick(1, 3), pick(1, 4), H, W), rng, torch.float64), (k, s, p, d, ceil), torch.float32, rng)
+
+
+def test_max_pool2d_window_in_padding(backend):
+    """With dilation a window can lie wholly in the padding: like PyTorch, its output is -inf with
+    an index past the plane. PyTorch's backward then writes outside the plane; fastconv's backward
+    rejects the index with a clear error instead."""
+    x = torch.randn(2, 2, 1, 3, device=backend.device)
+    args = ((2, 1), (2, 3), (1, 0), (3, 1), True)
+    out, idx = FC.max_pool2d(x, *args, return_indices=True)
+    ref, ref_idx = F.max_pool2d(x.cpu(), *args, return_indices=True)
+    assert torch.equal(idx.cpu(), ref_idx) and int(ref_idx.max()) >= 3
+    assert torch.equal(out.cpu(), ref) and bool((ref == float("-inf")).all())
+    if backend.name != "cuda":  # the CUDA kernels trust indices (checking them would need a sync)
+        with pytest.raises(RuntimeError, match="outside the input plane"):
+            backend.ops.max_pool2d_backward(torch.ones_like(out), idx, [1, 3], *args)
 
 
 def test_max_pool2d_ties_and_nan(backend, rng):
