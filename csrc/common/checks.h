@@ -37,6 +37,9 @@ struct Pool2dShape {
 // a / b rounded toward minus infinity, for b > 0 (C++ '/' truncates toward zero); PyTorch's
 // shape formulas round this way.
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+// a / b rounded up, and a rounded up to a multiple of b, for a >= 0, b > 0 (blocking arithmetic).
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // Output length of a convolution / pooling window sweep along one axis (floor mode); may be < 1
 // for an invalid call, which the checks reject.

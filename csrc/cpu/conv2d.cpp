@@ -30,7 +30,6 @@ namespace {
 constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 constexpr int64_t kColumnTile = kNC;  // output pixels per forward / input-grad task
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The weights of every group packed once as GEMM A operands, shared by all images and tiles:
 // W_g (Kg x CRS) for the forward pass, or W_g^T (CRS x Kg) for the input gradient.

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "common/checks.h"
 #include "cpu/avx512.h"
 #include "cpu/gemm.h"
 
@@ -15,9 +16,6 @@ namespace cpu {
 
 #if defined(__x86_64__)
 namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // r[i][j] = sum over channels c < cn and taps t < taps of a[(c*taps + t)*8 + i] *
 // x[c*cs + off[t] + 16j + l] (lane l), for i < 8 output channels and 48 virtual pixels: 24
@@ -246,7 +244,6 @@ void copy_padded_rows(const float* x, const float* gate, int64_t channels, const
     for (float* end = dst + (c + 1) * plane; out < end; ++out) *out = 0.f;
   }
 }
-
 
 }  // namespace
 

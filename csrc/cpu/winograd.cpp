@@ -40,8 +40,6 @@ namespace {
 
 #define FC_TARGET_AVX512 __attribute__((target("avx512f")))
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 constexpr int64_t kPanel = 32;  // GEMM B panel width: the AVX-512 micro-kernel's NR (8 x 32)
 
