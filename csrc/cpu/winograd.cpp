@@ -18,8 +18,6 @@
 // the thread count: deterministic.
 #include "cpu/winograd.h"
 
-#include <immintrin.h>
-
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -29,18 +27,14 @@
 #include <string>
 
 #include "common/info.h"
+#include "cpu/avx512.h"
 #include "cpu/gemm.h"
-
-// GCC 12 warns about the intentionally undefined lanes inside some intrinsics (masked loads, casts).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace fastconv {
 namespace cpu {
 namespace {
 
-#define FC_TARGET_AVX512 __attribute__((target("avx512f")))
-
-
+#if defined(__x86_64__)  // the kernels; elsewhere current_isa() is never kAvx512, so none applies
 constexpr int64_t kPanel = 32;  // GEMM B panel width: the AVX-512 micro-kernel's NR (8 x 32)
 
 // One Winograd convolution: x (N, C, H, W) -> y (N, K, P, Q), padding ph, pw.
@@ -335,6 +329,8 @@ void winograd_run(const float* x, const float* gate, const WeightView& wv, const
   });
 }
 
+#endif  // __x86_64__
+
 ConvAlgo parse_algo(const std::string& a) {
   if (a == "auto" || a.empty()) return ConvAlgo::kAuto;
   if (a == "exact") return ConvAlgo::kExact;
@@ -381,8 +377,12 @@ bool winograd_applies(const Conv2dShape& s) {
 
 void winograd_conv3x3(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
                       bool relu) {
+#if defined(__x86_64__)
   const WinoShape ws{s.N, s.C, s.H, s.W, s.K, s.pad_h, s.pad_w};
   winograd_run(x, nullptr, WeightView{w, s.C * 9, 9, false}, bias, y, ws, relu);
+#else
+  std::abort();  // callers check winograd_applies, which is false here
+#endif
 }
 
 bool winograd_backward_input(const float* dy, const float* w, float* dx, const Conv2dShape& s, const float* gate) {
@@ -391,9 +391,13 @@ bool winograd_backward_input(const float* dy, const float* w, float* dx, const C
   d.C = s.K, d.H = s.P, d.W = s.Q, d.K = s.C, d.P = s.H, d.Q = s.W;
   d.pad_h = 2 - s.pad_h, d.pad_w = 2 - s.pad_w;
   if (d.pad_h < 0 || d.pad_w < 0 || !winograd_applies(d)) return false;
+#if defined(__x86_64__)
   const WinoShape ws{d.N, d.C, d.H, d.W, d.K, d.pad_h, d.pad_w};
   winograd_run(dy, gate, WeightView{w, 9, s.C * 9, true}, nullptr, dx, ws, false);
   return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace cpu
