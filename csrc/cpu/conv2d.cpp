@@ -122,13 +122,16 @@ bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, co
 }
 
 // Input gradient. Tasks own disjoint channel blocks of dx (col2im of rows of channel c only
-// touches input plane c), so no two tasks write the same element.
+// touches input plane c), so no two tasks write the same element. A gate (dy read as
+// relu_backward(dy, gate)) is only passed where a Winograd or direct kernel runs
+// (gated_backward_applies).
 template <typename T>
-void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s, const T* gate = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd_backward_input(dy, w, dx, s)) return;
-    if (conv2d_backward_input_direct(dy, w, dx, s)) return;
+    if (winograd_backward_input(dy, w, dx, s, gate)) return;
+    if (conv2d_backward_input_direct(dy, w, dx, s, gate)) return;
   }
+  TORCH_INTERNAL_ASSERT(!gate, "fastconv: the GEMM input gradient cannot apply a ReLU gate");
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   // Channels per task: a multiple of 24 (so that the block's first row, cb*RS*b, is a multiple of
@@ -158,12 +161,11 @@ void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s)
 // Weight gradient. Tasks own disjoint row blocks of dW^T; the sum over images is split into a
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
-void conv2d_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+void conv2d_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s, const T* gate = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_direct(s)) {
-      return direct_conv_weight_grad(dy, x, dw, direct_shape(s));
-    }
+    if (use_direct(s)) return direct_conv_weight_grad(dy, x, dw, direct_shape(s), gate);
   }
+  TORCH_INTERNAL_ASSERT(!gate, "fastconv: the GEMM weight gradient cannot apply a ReLU gate");
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // rows per task
@@ -259,25 +261,15 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0}, input.options());
   at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0}, weight.options());
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
-  if (gate.defined()) {
-    const at::Tensor r = gate.contiguous();
-    const float *dyp = dy.const_data_ptr<float>(), *rp = r.const_data_ptr<float>();
-    if (output_mask[0] && dx.numel() > 0) {
-      const float* wp = w.const_data_ptr<float>();
-      float* dxp = dx.mutable_data_ptr<float>();
-      if (!winograd_backward_input(dyp, wp, dxp, s, rp)) conv2d_backward_input_direct(dyp, wp, dxp, s, rp);
-    }
-    if (output_mask[1]) direct_conv_weight_grad(dyp, x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
-                                                direct_shape(s), rp);
-    if (output_mask[2]) conv2d_backward_bias<float>(dyp, db.mutable_data_ptr<float>(), s, rp);
-    return {dx, dw, db};
-  }
+  const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_backward_cpu", [&] {
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* gp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
     if (output_mask[0] && dx.numel() > 0)
-      conv2d_backward_input<scalar_t>(dyp, w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s);
-    if (output_mask[1]) conv2d_backward_weight<scalar_t>(dyp, x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), s);
-    if (output_mask[2]) conv2d_backward_bias<scalar_t>(dyp, db.mutable_data_ptr<scalar_t>(), s);
+      conv2d_backward_input<scalar_t>(dyp, w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s, gp);
+    if (output_mask[1])
+      conv2d_backward_weight<scalar_t>(dyp, x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), s, gp);
+    if (output_mask[2]) conv2d_backward_bias<scalar_t>(dyp, db.mutable_data_ptr<scalar_t>(), s, gp);
   });
   return {dx, dw, db};
 }
