@@ -16,11 +16,13 @@ class Conv2d(nn.Conv2d):
     """torch.nn.Conv2d computed by fastconv. padding_mode other than 'zeros' pads with F.pad first,
     exactly as torch.nn.Conv2d does."""
 
+    _op = staticmethod(FC.conv2d)  # the functional op that computes the layer
+
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return FC.conv2d(input, weight, bias, self.stride, _pair(0), self.dilation, self.groups)
-        return FC.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            return self._op(input, weight, bias, self.stride, _pair(0), self.dilation, self.groups)
+        return self._op(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Conv2dReLU(Conv2d):
@@ -28,11 +30,7 @@ class Conv2dReLU(Conv2d):
     and no intermediate tensor. Same constructor, parameters and state_dict keys as Conv2d.
     ``fastconv.convert`` and ``fastconv.fuse_conv_relu`` make these from Conv2d + ReLU pairs."""
 
-    def _conv_forward(self, input, weight, bias):
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return FC.conv2d_relu(input, weight, bias, self.stride, _pair(0), self.dilation, self.groups)
-        return FC.conv2d_relu(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    _op = staticmethod(FC.conv2d_relu)
 
 
 class MaxPool2d(nn.MaxPool2d):

@@ -50,7 +50,7 @@ def register_namespace(ns):
         return conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
 
     @lib.register_fake(f"{ns}::conv2d_backward")
-    def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    def conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
         return (
             input.new_empty(input.shape if output_mask[0] else (0,)),
             weight.new_empty(weight.shape if output_mask[1] else (0,)),
@@ -59,11 +59,7 @@ def register_namespace(ns):
 
     @lib.register_fake(f"{ns}::conv2d_relu_backward")
     def _(grad_output, result, input, weight, stride, padding, dilation, groups, output_mask):
-        return (
-            input.new_empty(input.shape if output_mask[0] else (0,)),
-            weight.new_empty(weight.shape if output_mask[1] else (0,)),
-            weight.new_empty((weight.shape[0] if output_mask[2] else 0,)),
-        )
+        return conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
 
     # The composition for backends without a fused conv2d_relu_backward kernel (CUDA, the emulator).
     @lib.impl(f"{ns}::conv2d_relu_backward", "CompositeExplicitAutograd")
