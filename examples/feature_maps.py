@@ -9,16 +9,22 @@ Without IMAGE the first validation-set-style synthetic picture is drawn.
 import argparse
 import os
 import random
+import sys
 
 import _path  # noqa: F401
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    print("feature_maps.py: error: it draws with matplotlib, which is not installed: pip install matplotlib",
+          file=sys.stderr)
+    sys.exit(2)
 import torch
 from PIL import Image
 
-from fastconv.training.common import load_trained
-from fastconv.training.data import eval_transform
-from fastconv.training.synthetic import _draw
+from training.common import load_trained
+from training.data import eval_transform
+from training.synthetic import _draw
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -13,8 +13,8 @@ import _path  # noqa: F401
 import torch
 from PIL import Image
 
-from fastconv.training.common import load_trained
-from fastconv.training.data import eval_transform
+from training.common import load_trained
+from training.data import eval_transform
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Sobel edge detection with fastconv.functional.conv2d (the seed's convolution demo).
+"""Sobel edge detection with fastconv.functional.conv2d (a classic first convolution demo).
 
     python examples/sobel_edges.py IMAGE [--out runs/sobel.png]
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Train the seed's cat/dog CNN on fastconv layers.
+"""Train the cat/dog CNN of the reference recipe (docs/EXAMPLES.md) on fastconv layers.
 
 With no arguments: generates a small synthetic cat/dog set (400 images per class, 64x64 JPEGs, in
 the Kaggle layout, under runs/data/), trains 12 epochs at 64x64 with Adam and writes
 runs/catdog/{best.pt,last.pt,history.json,curves.png}. A couple of minutes on 2 CPU cores.
 
-Real data (Kaggle dogs-vs-cats train/ folder, 150x150 as in the seed, 50 epochs):
+Real data (Kaggle dogs-vs-cats train/ folder, 150x150 as in the recipe, 50 epochs):
     python examples/train_catdog.py --data ~/data/dogs-vs-cats/train --epochs 50
 Two processes:  torchrun --nproc_per_node 2 examples/train_catdog.py ...
 """
@@ -15,9 +15,9 @@ import _path  # noqa: F401
 
 import torch
 
-from fastconv.training import Trainer, train_loader, eval_loader
-from fastconv.training import common as C
-from fastconv.training import distributed as D
+from training import Trainer, train_loader, eval_loader
+from training import common as C
+from training import distributed as D
 
 SYNTHETIC_EPOCHS, REAL_EPOCHS = 12, 50
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""VGG16 on fastconv layers, three ways (as in the seed material):
+"""VGG16 on fastconv layers, three ways (as in the reference recipe, docs/EXAMPLES.md):
 
   --mode scratch      train the whole network from random initialisation
   --mode bottleneck   run the frozen conv base once over train/validation images (no augmentation),
                       cache the features to disk (OUT/features-*.pt), train a small dense head on
                       them; writes OUT/best_full.pt (conv base + best head) for predict.py
   --mode finetune     freeze conv blocks 1-4, train block 5 + head (SGD, small LR) with augmentation;
-                      start it from --init OUT_OF_BOTTLENECK/best_full.pt as the seed does
+                      start it from --init OUT_OF_BOTTLENECK/best_full.pt as the recipe does
 
 --weights PATH loads torchvision vgg16 weights from a local file (a state_dict saved with
 torch.save(torchvision.models.vgg16(weights=...).state_dict(), PATH), or torchvision's cached
@@ -14,10 +14,10 @@ vgg16-397923af.pth); nothing is ever downloaded. Without --weights the conv base
 is only useful to check that things run.
 
 Model keys are torchvision's (features.N, classifier.N). Input is rescaled to [0, 1] as in the
-seed (no ImageNet mean/std normalisation; the seed reached ~90% that way).
+recipe (no ImageNet mean/std normalisation; the recipe reached ~90% that way).
 
 With no --data: the synthetic set (200 images per class, 64x64), 3 epochs; --data: 150x150, the
-seed's epoch counts (scratch 50, bottleneck 50, finetune 50).
+recipe's epoch counts (scratch 50, bottleneck 50, finetune 50).
 """
 import argparse
 import hashlib
@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastconv import models
-from fastconv.training import Trainer, train_loader, eval_loader
-from fastconv.training import common as C
-from fastconv.training import distributed as D
-from fastconv.training.data import EpochBatches, collate
-from fastconv.training.engine import save_atomic
+from training import Trainer, train_loader, eval_loader
+from training import common as C
+from training import distributed as D
+from training.data import EpochBatches, collate
+from training.engine import save_atomic
 
 class Features(Dataset):
     """Cached feature tensors, indexable like data.ImageFiles (int or (index, seed))."""
@@ -82,7 +82,7 @@ def main(argv=None):
     p.add_argument("--init", metavar="PATH", help="finetune: start from this example checkpoint "
                    "(e.g. the bottleneck run's best_full.pt)")
     p.add_argument("--head", choices=["small", "torchvision"], default="small",
-                   help="scratch/finetune classifier: the seed's small head (default) or "
+                   help="scratch/finetune classifier: the reference recipe's small head (default) or "
                         "torchvision's 4096-4096 one")
     args = p.parse_args(argv)
     if args.optimizer is None and args.mode != "finetune":
@@ -139,7 +139,7 @@ def main(argv=None):
     else:
         if args.mode == "finetune":
             model.freeze_blocks(4)
-            if args.optimizer is None:  # the seed's fine-tuning recipe
+            if args.optimizer is None:  # the reference recipe's fine-tuning
                 args.optimizer, args.lr = "sgd", 1e-4
         cfg = C.config_from_args(args, epochs, model_spec=spec, classes=split.classes)
         pin = device.type == "cuda"

@@ -37,12 +37,12 @@ def layers(backend: str = "fastconv"):
 
 
 class CatDogCNN(nn.Module):
-    """The seed's small CNN for 150x150 RGB cat/dog images.
+    """The small CNN of the Keras cat/dog recipe (docs/EXAMPLES.md) for 150x150 RGB cat/dog images.
 
     conv3x3 'same' 3->32, ReLU, pool | 32->32, ReLU, pool | 32->64, ReLU, pool
     [deeper: | 64->128, ReLU, pool] | flatten, dropout 0.25, dense 64, ReLU, dropout 0.5, dense 2.
 
-    ``image_size`` (int or (H, W)) fixes the flatten size (the seed flattens, it does not pool
+    ``image_size`` (int or (H, W)) fixes the flatten size (the recipe flattens, it does not pool
     globally); 150 gives 18x18x64 after the third pool.
     """
 
@@ -82,7 +82,7 @@ VGG16_BLOCK_STARTS = [0, 5, 10, 17, 24]
 
 
 def vgg16_small_head(in_features: int, num_classes: int = 2, hidden: int = 256) -> nn.Sequential:
-    """The seed's small dense head for bottleneck features: flatten, dense 256, ReLU, dropout, dense."""
+    """The recipe's small dense head for bottleneck features: flatten, dense 256, ReLU, dropout, dense."""
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(0.5),
                          nn.Linear(hidden, num_classes))
 
@@ -92,7 +92,7 @@ class VGG16(nn.Module):
     ``classifier.N`` exactly as in ``torchvision.models.vgg16`` and its weights load unchanged.
 
     ``head="torchvision"`` (default): adaptive avg-pool to 7x7 and the 4096-4096 classifier.
-    ``head="small"``: the seed's head on the flattened last pool (needs ``image_size``; 150 gives
+    ``head="small"``: the reference recipe's head (see docs/EXAMPLES.md) on the flattened last pool (needs ``image_size``; 150 gives
     4x4x512); ``avgpool`` is then an identity and ``classifier`` keys differ from torchvision's.
     """
 

@@ -13,34 +13,23 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(REPO, "examples")
-sys.path.insert(0, EXAMPLES)
+EXAMPLES = os.path.join(REPO, "examples")  # on sys.path through pyproject's pytest pythonpath
 
+import fastconv  # noqa: E402
 import feature_maps  # noqa: E402
 import predict  # noqa: E402
 import sobel_edges  # noqa: E402
 import train_catdog  # noqa: E402
 import train_vgg16  # noqa: E402
 
-from fastconv.training.data import BadImageWarning, DataError, find_split  # noqa: E402
-from fastconv.training.synthetic import make_synthetic_catdog  # noqa: E402
+from training.data import BadImageWarning, DataError, find_split  # noqa: E402
+from training.synthetic import make_synthetic_catdog  # noqa: E402
 
-
-def _fastconv_available():
-    try:
-        import fastconv
-        return hasattr(fastconv, "Conv2d")
-    except ImportError:
-        return False
-
-
-HAVE_FASTCONV = _fastconv_available()
-BACKEND = os.environ.get("FASTCONV_TEST_BACKEND", "fastconv" if HAVE_FASTCONV else "torch")
+BACKEND = "fastconv"
 # Subprocesses import the same fastconv as this test: the installed package (CI), or the source
 # tree when it was built in place. Putting the repository root on their path unconditionally would
 # shadow an installed fastconv with the source folder, which has no compiled extension.
-_FASTCONV_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(
-    __import__("fastconv").__file__))) if HAVE_FASTCONV else REPO
+_FASTCONV_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
 ENV = {**os.environ, "PYTHONPATH": _FASTCONV_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 # 48 images per class of 32x32 -> 76 train / 20 validation; batch 8 -> 10 steps per epoch.
 SMALL = ["--image-size", "32", "--batch-size", "8", "--no-progress", "--backend", BACKEND]
@@ -90,14 +79,14 @@ def test_catdog_one_epoch_loss_falls(catdog_run):
 
 
 def _train_set_loss(model, items):
-    from fastconv.training import eval_loader, evaluate
+    from training import eval_loader, evaluate
     return evaluate(model, eval_loader(items, 32, 16, workers=0), torch.device("cpu"))[0]
 
 
 def test_vgg16_one_epoch_loss_falls(data_tiny, tmp_path):
     # VGG16 from scratch (no batch norm) needs far more than 10 steps before the per-step loss
     # visibly falls, so compare the loss on the training images before and after the epoch.
-    from fastconv.training.common import build_model, load_trained
+    from training.common import build_model, load_trained
     data = data_tiny
     out = str(tmp_path / "vgg")
     train_vgg16.main(["--data", data, "--out", out, "--epochs", "1", "--workers", "0",
@@ -131,7 +120,6 @@ def test_vgg16_bottleneck_and_finetune(data_tiny, tmp_path):
     assert not torch.equal(ck["model"]["features.28.weight"], start["features.28.weight"])
 
 
-@pytest.mark.skipif(not HAVE_FASTCONV, reason="fastconv extension not importable")
 def test_backends_give_matching_losses(data, tmp_path):
     losses = {}
     for backend in ("torch", "fastconv"):
@@ -216,6 +204,42 @@ def test_clear_errors_for_empty_and_mislabelled_folders(tmp_path):
     (one / "a.jpg").write_bytes((m / "cat.1.jpg").read_bytes())
     with pytest.raises(DataError, match="only class"):
         find_split(str(tmp_path / "one"))
+
+
+@pytest.mark.parametrize("script", ["train_catdog.py", "train_vgg16.py", "predict.py", "sobel_edges.py",
+                                    "feature_maps.py"])
+def test_help_runs(script):
+    res = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), "--help"], capture_output=True,
+                         text=True, env=ENV, timeout=120)
+    assert res.returncode == 0 and "usage:" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("make", [lambda tmp: str(tmp / "nonexistent"), lambda tmp: str(tmp)],
+                         ids=["missing", "empty"])
+def test_bad_data_is_one_line_and_status_2(make, tmp_path):
+    """A bad --data folder: argparse's convention (one 'error:' line, exit status 2), no traceback."""
+    res = subprocess.run([sys.executable, os.path.join(EXAMPLES, "train_catdog.py"), "--data", make(tmp_path),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_catdog.py: error: "), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_trains_without_tqdm_and_matplotlib(data, tmp_path):
+    """Progress bars and learning curves are optional niceties: one line each, and training goes on."""
+    hidden = tmp_path / "hidden"
+    for name in ("tqdm", "matplotlib"):
+        (hidden / name).mkdir(parents=True)
+        (hidden / name / "__init__.py").write_text(f"raise ImportError('no module {name} (hidden by the test)')\n")
+    out = tmp_path / "out"
+    env = {**ENV, "PYTHONPATH": str(hidden) + os.pathsep + ENV["PYTHONPATH"]}
+    res = subprocess.run([sys.executable, os.path.join(EXAMPLES, "train_catdog.py"), "--data", data, "--out",
+                          str(out), "--epochs", "1", "--workers", "0", "--save-every", "0", *SMALL[:-3]],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "tqdm is not installed" in res.stdout and "matplotlib is not installed" in res.stdout
+    assert (out / "best.pt").exists() and not (out / "curves.png").exists()
 
 
 def test_ddp_two_processes(data, tmp_path):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
-from .. import models
+from fastconv import models
 from . import distributed as D
-from .data import find_split
+from .data import DataError, find_split
 from .engine import TrainConfig
 from .synthetic import make_synthetic_catdog
 
@@ -28,7 +29,7 @@ def add_data_args(p: argparse.ArgumentParser, synthetic_n=400, synthetic_size=64
     g.add_argument("--val-fraction", type=float, default=0.2,
                    help="validation share when the data has no validation/ folder (default 0.2)")
     g.add_argument("--image-size", type=int, default=None,
-                   help="network input side; default 150 (the seed's) with --data, the "
+                   help="network input side; default 150 (the reference recipe's) with --data, the "
                         "synthetic image size otherwise")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -90,7 +91,11 @@ def prepare_data(args):
             args.image_size = args.synthetic_size
     elif args.image_size is None:
         args.image_size = 150
-    split = find_split(root, args.val_fraction, seed=0)
+    try:
+        split = find_split(root, args.val_fraction, seed=0)
+    except DataError as e:  # bad input to a command-line program: one line and status 2, as argparse
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     if D.is_main():
         print(f"data {root}: {len(split.train)} train / {len(split.val)} validation images, "
               f"classes {split.classes}, input {args.image_size}px", flush=True)

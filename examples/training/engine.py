@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
+
+try:
+    from tqdm import tqdm
+except ImportError:  # progress bars are a nicety: without tqdm, epochs still print their summary
+    tqdm = None
 
 from . import distributed as D
 from .data import report_bad_image, skipped_images
@@ -69,8 +73,35 @@ def make_scheduler(opt, cfg: TrainConfig):
 
 def log(msg):
     """Print without breaking a tqdm bar; flushed so a parent process sees it at once."""
-    tqdm.write(msg)
+    if tqdm is None:
+        print(msg)
+    else:
+        tqdm.write(msg)
     sys.stdout.flush()
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when tqdm is absent or progress is off."""
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(enabled, **kw):
+    """A tqdm bar when enabled and tqdm is installed; says once when it is not installed."""
+    global _said_no_tqdm
+    if enabled and tqdm is None and not _said_no_tqdm:
+        _said_no_tqdm = True
+        log("(no progress bar: tqdm is not installed; pip install tqdm)")
+    return tqdm(**kw) if enabled and tqdm is not None else _NoBar()
+
+
+_said_no_tqdm = False
 
 
 def step_seed(seed, epoch, step, rank):
@@ -95,7 +126,15 @@ def save_json_atomic(obj, path):
 
 
 def plot_curves(history, path):
-    import matplotlib
+    """Learning curves as a PNG; skipped with one line when matplotlib is not installed."""
+    global _said_no_matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        if not _said_no_matplotlib:
+            _said_no_matplotlib = True
+            log(f"(no {os.path.basename(path)}: matplotlib is not installed; pip install matplotlib)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ep = [h["epoch"] for h in history["epochs"]]
@@ -112,6 +151,9 @@ def plot_curves(history, path):
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+_said_no_matplotlib = False
 
 
 @torch.no_grad()
@@ -222,8 +264,8 @@ class Trainer:
         self.batches.set_epoch(self.epoch, skip=self.step)
         total = self.batches.num_batches()
         self.net.train()
-        bar = tqdm(total=total, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.progress and D.is_main()), dynamic_ncols=True, leave=True)
+        bar = progress_bar(cfg.progress and D.is_main(), total=total, initial=self.step,
+                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=True)
         t0, seen = time.perf_counter(), 0
         for x, y, bad in self.train_loader:
             for p, e in bad:
