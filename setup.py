@@ -154,15 +154,27 @@ if only:
     keep = {"fastconv." + name.strip() for name in only.split(",")}
     ext_modules = [e for e in ext_modules if e.name in keep]
 
+def read_version():
+    """The version is written once, as fastconv.__version__."""
+    with open(os.path.join(ROOT, "fastconv", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+# What each entry point imports beyond torch (the library itself, `import fastconv`, needs only torch).
+# torchvision is left unpinned here: install it together with torch (torchvision pins its torch).
+BENCH_REQUIRES = ["tqdm", "matplotlib"]  # benchmarks/: progress bars, --plot
+EXAMPLES_REQUIRES = ["torchvision", "pillow", "numpy", "tqdm", "matplotlib"]  # examples/: data, plots
+TEST_REQUIRES = ["pytest", "expecttest"] + sorted(set(BENCH_REQUIRES + EXAMPLES_REQUIRES))
+
 setup(
     name="fastconv",
-    version="0.1.0",
+    version=read_version(),
     description="Hand-written CPU and CUDA kernels for conv2d, max-pool 2d and ReLU as PyTorch ops",
     packages=find_packages(include=["fastconv", "fastconv.*"]),
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
-    extras_require={"test": ["pytest", "expecttest", "pillow", "tqdm", "matplotlib", "numpy"]},
+    extras_require={"bench": BENCH_REQUIRES, "examples": EXAMPLES_REQUIRES, "test": TEST_REQUIRES},
     zip_safe=False,
 )

@@ -36,7 +36,7 @@ def info():
     (the CPU micro-kernels in use: avx512, avx2 or generic), ``cpu_conv_algo`` (see
     set_cpu_conv_algo), ``cpu_threads``, and
     ``cuda_available`` (a GPU is visible now)."""
-    d = json.loads(torch.ops.fastconv._info())
+    d = {"version": __version__, **json.loads(torch.ops.fastconv._info())}
     d["cuda_available"] = torch.cuda.is_available()
     return d
 

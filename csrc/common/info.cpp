@@ -12,7 +12,7 @@ namespace fastconv {
 
 std::string info_json() {
   std::ostringstream os;
-  os << "{\"version\": \"0.1.0\", \"backends\": [\"cpu\"";
+  os << "{\"backends\": [\"cpu\"";
 #ifdef FASTCONV_WITH_CUDA
   os << ", \"cuda\"";
 #endif

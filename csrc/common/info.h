@@ -3,7 +3,7 @@
 #include <string>
 
 namespace fastconv {
-// JSON object: version, compiled backends, CUDA architectures, the CPU ISA in use.
+// JSON object: compiled backends, CUDA architectures, the CPU ISA in use.
 std::string info_json();
 // Select the CPU micro-kernel ISA ("auto", "avx512", "avx2", "generic"); returns the ISA now in
 // use. Raises if the machine cannot run the requested one. Used by tests to cover every path.
