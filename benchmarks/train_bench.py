@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -135,7 +134,7 @@ def main(argv=None):
         worker(args)
         return 0
     import torch
-    from tqdm import tqdm
+    from fcbench.timing import machine_info, progress
     t0 = time.time()
     configs = []
     for m in args.model:
@@ -143,7 +142,7 @@ def main(argv=None):
         batch, size = (qbatch, qsize) if args.quick else (batch, size)
         configs += [(m, b, args.batch or batch, args.size or size) for b in args.backend]
     results = []
-    for m, b, batch, size in tqdm(configs, desc="train_bench", unit="config", file=sys.stderr):
+    for m, b, batch, size in progress(configs, desc="train_bench", unit="config", file=sys.stderr):
         results.append(run_config(args, m, b, batch, size))
     base = {r["model"]: r for r in results if r["backend"] == BACKENDS[0] and "error" not in r}
     for r in results:
@@ -151,7 +150,8 @@ def main(argv=None):
             r["speedup"] = base[r["model"]]["median_step_s"] / r["median_step_s"]
             r["peak_vs_baseline"] = r["peak_mb"] / base[r["model"]]["peak_mb"]
 
-    print(f"\ntrain_bench on {args.device}, {args.threads} threads: one SGD step (fwd + bwd + step), "
+    machine = machine_info(torch.device(args.device))
+    print(f"\ntrain_bench on {args.device} ({machine.get('gpu', {}).get('name') or machine.get('cpu', '')}), {args.threads} threads: one SGD step (fwd + bwd + step), "
           f"median of {args.steps} after {args.warmup} warm-up; speedup vs backend={BACKENDS[0]}")
     head = f"{'model':8} {'input':>9} {'batch':>5} {'backend':9} {'step ms':>9} {'images/s':>9} {'speedup':>8} {'peak MB':>9} {'vs torch':>8}"
     cpu = args.device == "cpu"
@@ -169,8 +169,7 @@ def main(argv=None):
         "schema": SCHEMA, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/train_bench.py"] + (sys.argv[1:] if argv is None else list(argv))),
         "args": vars(args), "device": args.device, "threads": args.threads,
-        "machine": {"hostname": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "loadavg_end": os.getloadavg()},
+        "machine": {**machine, "loadavg_end": os.getloadavg()},
         "torch": torch.__version__, "env": {"THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")},
         "method": {"step": "zero_grad + forward + cross_entropy + backward + SGD(momentum 0.9) step",
                    "statistic": "median step time", "isolation": "one subprocess per (model, backend)",
