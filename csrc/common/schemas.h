@@ -11,11 +11,11 @@ inline void define_ops(torch::Library& m) {
   // conv2d: input (N,C,H,W), weight (K,C/groups,R,S), bias (K) or None -> (N,K,P,Q).
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups) -> Tensor");
-  // Gradients of conv2d. output_mask = (grad_input, grad_weight, grad_bias); a gradient that is
-  // not requested comes back as an empty tensor of shape (0,).
   // relu(conv2d(...)) in one pass: the ReLU is applied in the convolution's epilogue.
   m.def("conv2d_relu(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups) -> Tensor");
+  // Gradients of conv2d. output_mask = (grad_input, grad_weight, grad_bias); a gradient that is
+  // not requested comes back as an empty tensor of shape (0,).
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // conv2d_relu's gradients: conv2d_backward of relu_backward(grad_output, result), result being

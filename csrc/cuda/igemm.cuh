@@ -207,7 +207,7 @@ __device__ __forceinline__ void store_nchw(T* __restrict__ out, const T* __restr
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         v[i] = acc[h * 4 + i][j] + bv;
-        if (RELU) v[i] = v[i] <= A(0) ? A(0) : v[i];  // keeps NaN
+        if (RELU) v[i] = v[i] < A(0) ? A(0) : v[i];  // keeps NaN and -0.0, as relu does
       }
       if constexpr (std::is_same<T, float>::value) {
         if (vec_c) {  // all 4 rows valid and in one image (plane % 4 == 0, mrun % 4 == 0)

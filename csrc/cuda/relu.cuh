@@ -1,5 +1,5 @@
 // ReLU forward and backward, vectorised and grid-stride. Device code only.
-//   relu(x) = x <= 0 ? 0 : x           (NaN propagates)
+//   relu(x) = x < 0 ? 0 : x            (NaN propagates; -0.0 stays -0.0, as in PyTorch and on the CPU)
 //   relu_backward(g, y) = y <= 0 ? 0 : g (y is relu's output; NaN passes g through)
 // When every pointer is aligned to 4 elements (16 bytes for float), the body runs on packs of 4
 // elements (one 16-byte load/store for float); a scalar loop finishes the tail.
@@ -17,7 +17,7 @@ struct alignas(4 * sizeof(T)) Pack4 {
 
 template <typename T>
 __device__ __forceinline__ T relu_val(T x) {
-  return to_acc<acc_t<T>>(x) <= acc_t<T>(0) ? T(0) : x;
+  return to_acc<acc_t<T>>(x) < acc_t<T>(0) ? T(0) : x;
 }
 
 // out may equal in (relu_).
