@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
+from .onnx_export import exporting as _onnx_exporting
 
 __all__ = ["conv2d", "conv2d_relu", "max_pool2d", "relu", "relu_"]
 
@@ -75,7 +76,11 @@ def _conv(op, input, weight, bias, stride, padding, dilation, groups):
         dt = torch.get_autocast_dtype("cuda")
         x, weight = x.to(dt), weight.to(dt)
         bias = bias.to(dt) if bias is not None else None
-    out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
+    if _onnx_exporting():  # torch.onnx.export: the torch operators the exporters translate (Conv, Relu)
+        out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        out = torch.relu(out) if op == "conv2d_relu" else out
+    else:
+        out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 
@@ -85,6 +90,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     kernel_size = _pair("kernel_size", kernel_size)
     stride = kernel_size if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) \
         else _pair("stride", stride)
+    if _onnx_exporting():  # torch.onnx.export: MaxPool, with indices only where they are asked for
+        return F.max_pool2d(input, kernel_size, stride, _pair("padding", padding), _pair("dilation", dilation),
+                            ceil_mode=bool(ceil_mode), return_indices=return_indices)
     out, indices = _backend.ops().max_pool2d(x, kernel_size, stride, _pair("padding", padding),
                                              _pair("dilation", dilation), bool(ceil_mode))
     if unbatched:
@@ -113,6 +121,8 @@ def relu(input, inplace=False):
     """max(x, 0) elementwise, NaN propagating, as torch.nn.functional.relu."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"fastconv.relu: input must be a Tensor, got {type(input).__name__}")
+    if _onnx_exporting():  # torch.onnx.export: Relu (an in-place custom op has no ONNX form)
+        return torch.relu_(input) if inplace else torch.relu(input)
     if not inplace:
         return _backend.ops().relu(input)
     if torch.is_grad_enabled() and input.requires_grad:

@@ -1,0 +1,187 @@
+"""fastconv.optimize_for_inference: an eval-only graph transform of a model onto fastconv's kernels.
+
+The model is traced with torch.fx; on the graph, each convolution whose output feeds only an
+eval-mode BatchNorm2d absorbs it (weights folded exactly: computed in float64, rounded once), each
+convolution whose output (after that folding) feeds only a ReLU becomes one ``Conv2dReLU`` (the
+ReLU runs in the convolution's epilogue), and the remaining Conv2d / MaxPool2d / ReLU modules
+switch to fastconv's (``fastconv.convert``). Everything else (shortcut adds, concatenations, other
+activations, pooling, linear layers) is left as it is.
+"""
+import copy
+import warnings
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import modules
+from .convert import _has_hooks, _unsupported_reason, convert
+
+__all__ = ["optimize_for_inference"]
+
+# Exact classes (a subclass's forward may compute something else).
+_CONVS = (nn.Conv2d, modules.Conv2d)
+_RELU_MODULES = (nn.ReLU, modules.ReLU)
+_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
+_RELU_METHODS = ("relu", "relu_")
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with fastconv's modules kept as leaves like torch.nn's."""
+
+    def is_leaf_module(self, m, qualname):
+        return type(m).__module__ == modules.__name__ or super().is_leaf_module(m, qualname)
+
+
+def optimize_for_inference(model):
+    """Return an inference-only copy of ``model`` (which must be in eval mode: ``model.eval()``)
+    that runs on fastconv's kernels with its BatchNorms folded and its ReLUs fused; ``model``
+    itself is not modified.
+
+    ``model`` is traced with ``torch.fx.symbolic_trace`` (fastconv's and torch.nn's modules as
+    leaves) and the graph is rewritten:
+
+    - **BatchNorm folding**: a ``Conv2d`` whose output goes only to an eval-mode ``BatchNorm2d``
+      (tracking running statistics) takes the BatchNorm into its weight and bias:
+      ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``, computed in
+      float64 from the stored values and rounded once to the conv's dtype.
+    - **ReLU fusion**: a ``Conv2d`` (folded or not) whose output goes only to a ReLU (``nn.ReLU``,
+      ``F.relu``, ``torch.relu``, ``Tensor.relu``, in place or not) becomes a ``fastconv.Conv2dReLU``.
+    - The other ``Conv2d``, ``MaxPool2d`` and ``ReLU`` modules switch to fastconv's
+      (``fastconv.convert(..., fuse_relu=False)``, which leaves layers fastconv cannot run with a
+      warning).
+
+    A convolution is folded or fused only where that cannot change what anything else sees: it
+    must be an exact ``nn.Conv2d`` / ``fastconv.Conv2d`` called once in the graph, with no hooks and
+    no direct use of its parameters; a BatchNorm or ReLU with hooks, or a subclass, is left alone.
+    Residual adds, concatenations, ReLU6/SiLU/Hardswish and anything else are kept as they are.
+
+    Returns a ``torch.fx.GraphModule`` (submodule names as in ``model``, so state_dict keys are the
+    original ones minus the folded BatchNorms; where nothing was folded, the state_dict loads into
+    the original architecture). Its weights are those of an eval-mode model: switching it back to
+    train mode does not bring the BatchNorms back, so train and save the original.
+
+    If ``model`` cannot be traced (Python control flow on tensor values, for instance), each of its
+    children is optimized in its place instead (recursively) and its own forward is kept as written,
+    with a warning naming what could not be traced.
+
+    Raises TypeError if ``model`` is not an ``nn.Module`` and ValueError if it, or any submodule,
+    is in training mode.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fastconv.optimize_for_inference: expected a torch.nn.Module, got {type(model).__name__}")
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        more = f" and {len(training) - 3} more" if len(training) > 3 else ""
+        raise ValueError(
+            "fastconv.optimize_for_inference is for inference only and folds BatchNorm's running "
+            "statistics into the convolutions, but the model is in training mode (modules "
+            f"{', '.join(training[:3])}{more}); call model.eval() first")
+    model = copy.deepcopy(model)
+    untraced = []
+    model = _optimize(model, "", untraced, {})
+    if untraced:
+        warnings.warn("fastconv.optimize_for_inference could not trace " + "; ".join(untraced)
+                      + ": the children of each were optimized separately and its own forward is kept as written",
+                      stacklevel=2)
+    convert(model, fuse_relu=False)  # warns naming the layers fastconv cannot run
+    return model
+
+
+def _optimize(module, path, untraced, done):
+    """``module`` optimized: a GraphModule if it traces, else itself with its children optimized."""
+    if id(module) in done:  # the same module reached by two paths is replaced by the same result
+        return done[id(module)]
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as e:  # anything symbolic tracing cannot follow
+        untraced.append(f"{path or type(module).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        for name, child in list(module.named_children()):
+            if _Tracer().is_leaf_module(child, name):
+                continue
+            new = _optimize(child, f"{path}.{name}" if path else name, untraced, done)
+            if new is not child:
+                setattr(module, name, new)
+        done[id(module)] = module
+        return module
+    gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+    _fold_and_fuse(gm)
+    done[id(module)] = gm
+    return gm
+
+
+def _fold_and_fuse(gm):
+    calls, attr_owners = {}, set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            calls[id(m)] = calls.get(id(m), 0) + 1
+        elif node.op == "get_attr":
+            owner = node.target.rpartition(".")[0]
+            attr_owners.add(id(gm.get_submodule(owner)))
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        conv = gm.get_submodule(node.target)
+        if (type(conv) not in _CONVS or calls[id(conv)] != 1 or id(conv) in attr_owners or _has_hooks(conv)
+                or len(node.args) != 1 or node.kwargs):
+            continue
+        bn = _only_user(node)
+        if bn is not None and _is_foldable_bn(gm, bn, node):
+            _fold_bn(conv, gm.get_submodule(bn.target))
+            bn.replace_all_uses_with(node)
+            gm.graph.erase_node(bn)
+            changed = True
+        relu = _only_user(node)
+        if relu is not None and _is_relu(gm, relu, node) and _unsupported_reason(conv) is None:
+            conv.__class__ = modules.Conv2dReLU
+            relu.replace_all_uses_with(node)
+            gm.graph.erase_node(relu)
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+
+
+def _only_user(node):
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _is_foldable_bn(gm, node, src):
+    if node.op != "call_module" or node.args != (src,) or node.kwargs:
+        return False
+    bn = gm.get_submodule(node.target)
+    return (type(bn) is nn.BatchNorm2d and not bn.training and bn.running_mean is not None
+            and bn.running_var is not None and not _has_hooks(bn))
+
+
+def _is_relu(gm, node, src):
+    if not node.args or node.args[0] is not src:
+        return False
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        return type(m) in _RELU_MODULES and not _has_hooks(m) and len(node.args) == 1 and not node.kwargs
+    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+        # F.relu(x, inplace): whether in place does not matter, the conv's output has no other user.
+        return set(node.kwargs) <= {"inplace"} and len(node.args) <= 2
+    return node.op == "call_method" and node.target in _RELU_METHODS and len(node.args) == 1 and not node.kwargs
+
+
+@torch.no_grad()
+def _fold_bn(conv, bn):
+    """conv's weight and bias become those of bn(conv(x)): computed in float64, rounded once."""
+    w = conv.weight.detach().double()
+    k = w.shape[0]
+    b = conv.bias.detach().double() if conv.bias is not None else w.new_zeros(k)
+    gamma = bn.weight.detach().double() if bn.weight is not None else w.new_ones(k)
+    beta = bn.bias.detach().double() if bn.bias is not None else w.new_zeros(k)
+    scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    new_w = w * scale.reshape(-1, 1, 1, 1)
+    new_b = (b - bn.running_mean.double()) * scale + beta
+    dtype = conv.weight.dtype
+    requires_grad = conv.weight.requires_grad
+    conv.weight = nn.Parameter(new_w.to(dtype), requires_grad=requires_grad)
+    conv.bias = nn.Parameter(new_b.to(dtype), requires_grad=requires_grad)
