@@ -1,0 +1,346 @@
+"""fastconv.optimize_for_inference: BatchNorm folding and ReLU fusion on the fx graph, checked
+against the eager model (float64 to 1e-12, float32 to 1e-5 of a float64 reference) on the
+torchvision zoo and on models built to trip the transform (shared modules, tied weights, hooks)."""
+import copy
+import functools
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastconv
+from helpers import assert_close
+
+tv = pytest.importorskip("torchvision", reason="the zoo tests need torchvision")
+M = tv.models
+
+
+def randomize_bn(model, seed=0):
+    """Non-trivial running statistics and affine parameters for every BatchNorm2d."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                if m.track_running_stats:
+                    m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.5)
+                    m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) * 2 + 0.1)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.3)
+    return model
+
+
+def kinds(model):
+    out = {}
+    for m in model.modules():
+        out[type(m)] = out.get(type(m), 0) + 1
+    return out
+
+
+def check(model, size, dtype, seed=0):
+    """optimize_for_inference(model) in ``dtype`` against the eager model in float64; returns the
+    optimized model."""
+    torch.manual_seed(seed)
+    model = randomize_bn(model).eval()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model.double()(x)
+        opt = fastconv.optimize_for_inference(model.to(dtype))
+        out = opt(x.to(dtype))
+    assert_close(out, ref, dtype, type(model).__name__)
+    k = kinds(opt)
+    assert nn.Conv2d not in k and nn.BatchNorm2d not in k or _has_unfoldable_bn(model)
+    return opt
+
+
+def _has_unfoldable_bn(model):  # DenseNet's pre-activation BatchNorms precede their convs
+    return isinstance(model, M.DenseNet)
+
+
+def _small(builder, **kw):
+    return functools.partial(builder, **kw)
+
+
+def _efficientnet_small(num_classes):
+    cfg = M.efficientnet.MBConvConfig
+    return M.EfficientNet([cfg(1, 3, 1, 16, 8, 1, 1.0, 1.0), cfg(6, 5, 2, 8, 16, 2, 1.0, 1.0)],
+                          dropout=0.2, stochastic_depth_prob=0.2, num_classes=num_classes)
+
+
+def _regnet_small(num_classes, se_ratio):
+    params = M.regnet.BlockParams.from_init_params(depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=8,
+                                                   se_ratio=se_ratio)
+    return M.RegNet(params, num_classes=num_classes)
+
+
+def _convnext_small(num_classes):
+    cfg = M.convnext.CNBlockConfig
+    return M.ConvNeXt([cfg(16, 32, 1), cfg(32, None, 2)], stochastic_depth_prob=0.1, num_classes=num_classes)
+
+
+# The torchvision classification zoo (every family that uses conv2d), at small inputs.
+# Default run (float64, 1e-12): each family through its own torchvision classes, the large
+# configurations at reduced depth/width (same block code), ~40 s on 2 shared cores, plus a few
+# full models in float32. FASTCONV_TEST_FULL_ZOO=1 runs every full-size model in float64 too.
+FLOAT64 = {
+    "alexnet": (M.alexnet, 63),
+    "vgg_bn_layers": (lambda num_classes: nn.Sequential(
+        M.vgg.make_layers([8, "M", 16, "M", 16, 16, "M"], batch_norm=True), nn.Flatten(),
+        nn.Linear(16 * 4 * 4, num_classes)), 32),
+    "resnet18": (M.resnet18, 32),
+    "resnext_bottleneck": (_small(M.ResNet, block=M.resnet.Bottleneck, layers=[1, 1, 1, 1], groups=4,
+                                  width_per_group=8), 32),
+    "densenet_small": (_small(M.DenseNet, growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16,
+                              bn_size=2), 32),
+    "googlenet": (_small(M.googlenet, aux_logits=False, init_weights=False), 32),
+    "squeezenet1_1": (M.squeezenet1_1, 32),
+    "shufflenet_v2_x0_5": (M.shufflenet_v2_x0_5, 32),
+    "mobilenet_v3_small": (M.mobilenet_v3_small, 32),
+    "mnasnet0_5": (M.mnasnet0_5, 32),
+    "efficientnet_small": (_efficientnet_small, 32),
+    "regnet_x_small": (_small(_regnet_small, se_ratio=None), 32),
+    "regnet_y_small": (_small(_regnet_small, se_ratio=0.25), 32),
+    "convnext_small": (_convnext_small, 32),
+}
+FLOAT32 = {
+    "resnet50": (M.resnet50, 32),
+    "inception_v3": (_small(M.inception_v3, aux_logits=False, init_weights=False), 75),
+    "efficientnet_small": (_efficientnet_small, 32),
+}
+FULL_ZOO = {
+    "alexnet": (M.alexnet, 63), "vgg11_bn": (M.vgg11_bn, 32), "vgg16": (M.vgg16, 32),
+    "resnet18": (M.resnet18, 32), "resnet50": (M.resnet50, 32), "resnext50_32x4d": (M.resnext50_32x4d, 32),
+    "wide_resnet50_2": (M.wide_resnet50_2, 32), "densenet121": (M.densenet121, 32),
+    "googlenet": (_small(M.googlenet, aux_logits=False, init_weights=False), 32),
+    "inception_v3": (_small(M.inception_v3, aux_logits=False, init_weights=False), 75),
+    "squeezenet1_1": (M.squeezenet1_1, 32), "shufflenet_v2_x1_0": (M.shufflenet_v2_x1_0, 32),
+    "mobilenet_v2": (M.mobilenet_v2, 32), "mobilenet_v3_large": (M.mobilenet_v3_large, 32),
+    "mobilenet_v3_small": (M.mobilenet_v3_small, 32), "mnasnet1_0": (M.mnasnet1_0, 32),
+    "efficientnet_b0": (M.efficientnet_b0, 32), "regnet_x_400mf": (M.regnet_x_400mf, 32),
+    "regnet_y_400mf": (M.regnet_y_400mf, 32), "convnext_tiny": (M.convnext_tiny, 32),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT64))
+def test_zoo_float64(name):
+    builder, size = FLOAT64[name]
+    torch.manual_seed(0)
+    check(builder(num_classes=10), size, torch.float64)
+
+
+@pytest.mark.parametrize("name", list(FLOAT32))
+def test_zoo_float32(name):
+    builder, size = FLOAT32[name]
+    torch.manual_seed(0)
+    check(builder(num_classes=10), size, torch.float32)
+
+
+@pytest.mark.skipif(not os.environ.get("FASTCONV_TEST_FULL_ZOO"),
+                    reason="full-size zoo in float64 (minutes): set FASTCONV_TEST_FULL_ZOO=1")
+@pytest.mark.parametrize("name", list(FULL_ZOO))
+def test_full_zoo_float64(name):
+    builder, size = FULL_ZOO[name]
+    torch.manual_seed(0)
+    check(builder(num_classes=10), size, torch.float64)
+
+
+def test_resnet18_structure():
+    """Every conv+BN pair is folded; conv+BN+ReLU fused; the shortcut adds stay."""
+    torch.manual_seed(0)
+    opt = check(M.resnet18(num_classes=10), 32, torch.float64)
+    k = kinds(opt)
+    assert k.get(nn.BatchNorm2d, 0) == 0
+    # stem + the first conv of each of the 8 blocks end in a ReLU; the second convs and the 3
+    # downsample convs feed an add.
+    assert k[fastconv.Conv2dReLU] == 9 and k[fastconv.Conv2d] == 8 + 3
+    adds = [n for n in opt.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    assert len(adds) == 8
+
+
+class Block(nn.Module):
+    def __init__(self, c=4, bias=False, affine=True):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=bias)
+        self.bn = nn.BatchNorm2d(c, affine=affine)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _run(model, x):
+    """(eager float64 output, optimized model, its output)"""
+    randomize_bn(model, seed=1)
+    model = model.double().eval()
+    with torch.no_grad():
+        ref = model(x)
+        opt = fastconv.optimize_for_inference(model)
+        return ref, opt, opt(x)
+
+
+X = torch.randn(2, 4, 7, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("bias,affine", [(False, True), (True, True), (True, False)])
+def test_fold_bias_and_affine(bias, affine):
+    ref, opt, out = _run(Block(bias=bias, affine=affine), X)
+    assert_close(out, ref, torch.float64)
+    assert type(opt.conv) is fastconv.Conv2dReLU and not hasattr(opt, "bn")
+
+
+def test_fold_is_exact_to_one_rounding():
+    """The folded weight is the float64 product rounded once (float32 model)."""
+    torch.manual_seed(0)
+    model = randomize_bn(Block(bias=True)).eval()
+    opt = fastconv.optimize_for_inference(model)
+    bn, conv = model.bn, model.conv
+    scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+    w = (conv.weight.double() * scale.view(-1, 1, 1, 1)).float()
+    b = ((conv.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()).float()
+    assert torch.equal(opt.conv.weight, w) and torch.equal(opt.conv.bias, b)
+
+
+def test_relu_forms_fused():
+    class Forms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(6))
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            x = F.relu(self.c[0](x))
+            x = torch.relu(self.c[1](x))
+            x = self.c[2](x).relu()
+            x = self.relu(self.c[3](x))
+            x = F.relu(self.c[4](x), inplace=True)
+            return self.c[5](x).relu_()
+
+    ref, opt, out = _run(Forms(), X)
+    assert_close(out, ref, torch.float64)
+    assert [type(opt.get_submodule(f"c.{i}")) for i in range(6)] == [fastconv.Conv2dReLU] * 6
+
+
+def test_shared_conv_not_folded_into_one_use():
+    """A conv called twice, once followed by a BatchNorm: folding would change the other call."""
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.alias = self.conv  # the same module under a second name
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x))) + self.alias(x)
+
+    ref, opt, out = _run(Shared(), X)
+    assert_close(out, ref, torch.float64)
+    assert type(opt.conv) is fastconv.Conv2d and type(opt.bn) is nn.BatchNorm2d
+
+
+def test_shared_batchnorm_and_tied_weights():
+    """One BatchNorm after two convs folds into each; a conv sharing its weight Parameter with a
+    folded one keeps the original weight."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1)
+            self.c = nn.Conv2d(4, 4, 1)
+            self.b.weight = self.a.weight
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.a(x)) * self.b(x) + self.bn(self.c(x))
+
+    model = Tied()
+    w = model.a.weight.detach().double().clone()
+    ref, opt, out = _run(model, X)
+    assert_close(out, ref, torch.float64)
+    assert not hasattr(opt, "bn")  # folded into a and into c
+    assert torch.equal(opt.b.weight, w) and not torch.equal(opt.a.weight, w)
+
+
+def test_not_folded_where_others_see_the_conv():
+    """Output with a second user, parameters read directly, hooks, a BatchNorm without running
+    statistics (it uses the batch's even in eval mode), a Conv2d subclass."""
+    class MyConv(nn.Conv2d):
+        pass
+
+    class Cases(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c3, self.b3 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c4, self.b4 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False)
+            self.c5, self.b5 = MyConv(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c3.register_forward_hook(lambda m, i, o: None)
+
+        def forward(self, x):
+            y = self.c1(x)
+            x = self.b1(y) + y
+            x = self.b2(self.c2(x)) * self.c2.weight.mean()
+            x = self.b3(self.c3(x))
+            x = self.b4(self.c4(x))
+            return self.b5(self.c5(x))
+
+    ref, opt, out = _run(Cases(), X)
+    assert_close(out, ref, torch.float64)
+    for i in range(1, 6):
+        assert type(getattr(opt, f"b{i}")) is nn.BatchNorm2d, i
+    assert type(opt.c1) is fastconv.Conv2d and not isinstance(opt.c5, fastconv.Conv2d)  # fx traces into MyConv
+
+
+def test_untraceable_model_optimizes_its_children():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Block(), Block()
+
+        def forward(self, x):
+            return self.a(x) if x.sum() > 0 else self.b(x)  # control flow on a tensor's value
+
+    model = randomize_bn(Branchy()).double().eval()
+    x = X.abs()
+    with torch.no_grad():
+        refs = model(x), model(-x)
+        with pytest.warns(UserWarning, match=r"could not trace Branchy \(TraceError"):
+            opt = fastconv.optimize_for_inference(model)
+        assert_close(opt(x), refs[0], torch.float64)
+        assert_close(opt(-x), refs[1], torch.float64)
+    assert type(opt) is Branchy and type(opt.a.conv) is fastconv.Conv2dReLU and not hasattr(opt.a, "bn")
+
+
+def test_train_mode_refused():
+    model = Block()
+    with pytest.raises(ValueError, match=r"training mode .*call model.eval\(\) first"):
+        fastconv.optimize_for_inference(model)
+    model.eval()
+    model.bn.train()
+    with pytest.raises(ValueError, match=r"modules bn\b"):
+        fastconv.optimize_for_inference(model)
+    with pytest.raises(TypeError, match="expected a torch.nn.Module"):
+        fastconv.optimize_for_inference(lambda x: x)
+
+
+def test_original_model_untouched_and_state_dict():
+    torch.manual_seed(0)
+    model = randomize_bn(M.resnet18(num_classes=10)).eval()
+    before = copy.deepcopy(model.state_dict())
+    opt = fastconv.optimize_for_inference(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert type(model.conv1) is nn.Conv2d and type(model.bn1) is nn.BatchNorm2d
+    # Folded BatchNorms leave the state_dict; each conv keeps its key and gains a bias.
+    keys = set(opt.state_dict())
+    assert not any(k.startswith("bn1.") or ".bn" in k for k in keys)
+    assert {"conv1.weight", "conv1.bias", "layer1.0.conv1.bias", "fc.weight"} <= keys
+    # Where nothing is folded the state_dict loads into the original architecture.
+    sq = M.squeezenet1_1(num_classes=10).eval()
+    opt = fastconv.optimize_for_inference(sq)
+    fresh = M.squeezenet1_1(num_classes=10).eval()
+    fresh.load_state_dict(opt.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), opt(x), rtol=1e-5, atol=1e-6)
