@@ -71,3 +71,38 @@ def test_compile_dynamic_shapes(backend, rng):
     for n in (2, 3):
         x = randn((n, 3, 15, 15), rng, device=backend.device)
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class _ResBlock(torch.nn.Module):
+    """conv+BN+ReLU, conv+BN, shortcut add, ReLU: what optimize_for_inference folds and fuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+        self.pool = torch.nn.MaxPool2d(2)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return self.pool(torch.relu(self.bn2(self.conv2(y)) + y))
+
+
+def test_compile_optimized_model(backend, rng):
+    """An optimize_for_inference model compiles fullgraph, and inductor keeps fastconv's fused op."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = _ResBlock().eval()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2)
+    opt = fastconv.optimize_for_inference(model).to(backend.device)
+    x = randn((2, 3, 8, 8), rng, device=backend.device)
+    with torch.no_grad():
+        ref = model.to(backend.device)(x)
+        torch._dynamo.reset()
+        out, code = run_and_get_code(torch.compile(opt, fullgraph=True), x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    code, ns = "\n".join(code), backend.ops.name  # fastconv, or fastconv_simt on the emulator
+    assert f"{ns}.conv2d_relu" in code and f"{ns}.conv2d." in code and f"{ns}.max_pool2d" in code
