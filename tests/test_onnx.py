@@ -166,10 +166,21 @@ def test_dynamo_without_table_fails_on_raw_ops():
         torch.onnx.export(ep, (x,), verbose=False)
 
 
-def test_export_routing_is_off_outside_export():
-    """fastconv's own kernels run whenever no export is in progress."""
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_export_routing(exporter, tmp_path):
+    """fastconv computes with torch's operators exactly while an export runs; its own kernels run
+    (and torch.export keeps its ops) otherwise."""
     import fastconv.onnx_export as oe
 
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append((oe.exporting(), torch.onnx.is_in_onnx_export()))
+            return fastconv.functional.relu(x)
+
+    export(Probe(), torch.randn(1, 3, 4, 4), exporter, tmp_path / "probe.onnx")
+    assert seen and all(s == (True, True) for s in seen)
     assert not oe.exporting()
     model = nn.Sequential(fastconv.Conv2dReLU(3, 4, 3))
     ep = torch.export.export(model, (torch.randn(1, 3, 8, 8),))
