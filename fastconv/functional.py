@@ -125,6 +125,10 @@ def relu(input, inplace=False):
         return torch.relu_(input) if inplace else torch.relu(input)
     if not inplace:
         return _backend.ops().relu(input)
+    if torch.compiler.is_exporting():
+        # torch.export: the out-of-place op and a copy, which functionalization turns into a plain
+        # relu node (the exported graph then has no mutating custom op for consumers to handle).
+        return input.copy_(_backend.ops().relu(input))
     if torch.is_grad_enabled() and input.requires_grad:
         return _ReluInplace.apply(input)
     _backend.ops().relu_(input)

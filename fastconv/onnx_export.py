@@ -138,7 +138,8 @@ def _ts_max_pool2d(g, input, kernel_size, stride, padding, dilation, ceil_mode):
 def register_torchscript_symbolics():
     """Register the TorchScript exporter's translations of fastconv's forward ops (done on import).
     ``relu_`` has none: an in-place op with no result cannot be expressed in ONNX; fastconv's
-    modules and functions call ``Relu`` instead while exporting."""
+    modules and functions call ``Relu`` instead while exporting, and under torch.export record
+    the out-of-place ``relu``."""
     from torch.onnx import register_custom_op_symbolic
 
     register_custom_op_symbolic("fastconv::conv2d", _ts_conv, _TS_OPSET)

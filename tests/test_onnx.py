@@ -155,6 +155,30 @@ def test_raw_ops(exporter, tmp_path):
     assert torch.equal(oidx, idx)
 
 
+def test_exported_program_of_converted_model(tmp_path):
+    """torch.export.export of a converted model keeps fastconv's ops (in-place ReLU as the
+    out-of-place op, no mutating custom op); the dynamo exporter translates them with the table."""
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    torch.manual_seed(0)
+    model = small_cnn().eval()
+    fastconv.convert(model, fuse_relu=False)
+    model[6].__class__, model[7] = fastconv.Conv2dReLU, nn.Identity()
+    x = torch.randn(2, 3, 12, 13)
+    with torch.no_grad():
+        ref = model(x)
+    ep = torch.export.export(model, (x,))
+    fc = [n.target for n in ep.graph.nodes if "fastconv" in str(n.target)]
+    assert torch.ops.fastconv.relu.default in fc and torch.ops.fastconv.relu_.default not in fc
+    path = tmp_path / "ep.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ep, (x,), str(path), verbose=False, custom_translation_table=fastconv.onnx_translation_table())
+    ops = op_types(onnx.load(str(path)))
+    assert [o for o in ops if o in ("Conv", "Relu", "MaxPool")] == [
+        "Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Conv", "Relu"], ops
+    assert_close(run_ort(path, x)[0], ref, torch.float32)
+
+
 def test_dynamo_without_table_fails_on_raw_ops():
     """The table is what translates the raw ops (so the test above can fail)."""
     pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
