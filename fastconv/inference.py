@@ -62,9 +62,11 @@ def optimize_for_inference(model):
     the original architecture). Its weights are those of an eval-mode model: switching it back to
     train mode does not bring the BatchNorms back, so train and save the original.
 
-    If ``model`` cannot be traced (Python control flow on tensor values, for instance), each of its
-    children is optimized in its place instead (recursively) and its own forward is kept as written,
-    with a warning naming what could not be traced.
+    If ``model`` cannot be traced (Python control flow on tensor values, for instance), its own
+    forward is kept as written, with a warning naming what could not be traced, and each child is
+    optimized in its place (recursively): a child that traces keeps its class and attributes and
+    gets the optimized graph as its forward. That assumes the untraced code calls its children as
+    wholes, not the layers inside them; layers reachable by two paths are not folded there.
 
     Raises TypeError if ``model`` is not an ``nn.Module`` and ValueError if it, or any submodule,
     is in training mode.
@@ -80,38 +82,50 @@ def optimize_for_inference(model):
             f"{', '.join(training[:3])}{more}); call model.eval() first")
     model = copy.deepcopy(model)
     untraced = []
-    model = _optimize(model, "", untraced, {})
+    # Modules reachable by more than one path: an untraced forward may call them from anywhere.
+    paths = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        paths[id(m)] = paths.get(id(m), 0) + 1
+    shared = {k for k, n in paths.items() if n > 1}
+    model = _optimize(model, "", untraced, set(), shared)
     if untraced:
         warnings.warn("fastconv.optimize_for_inference could not trace " + "; ".join(untraced)
-                      + ": the children of each were optimized separately and its own forward is kept as written",
+                      + ": its own forward is kept as written and each of its children optimized in its place",
                       stacklevel=2)
     convert(model, fuse_relu=False)  # warns naming the layers fastconv cannot run
     return model
 
 
-def _optimize(module, path, untraced, done):
-    """``module`` optimized: a GraphModule if it traces, else itself with its children optimized."""
-    if id(module) in done:  # the same module reached by two paths is replaced by the same result
-        return done[id(module)]
+def _optimize(module, path, untraced, done, shared):
+    """The root traced: a GraphModule. Otherwise ``module`` itself, with its own forward replaced by
+    its optimized graph's if it traces (class and attributes kept, for the untraced code that calls
+    it), else with each child optimized in turn."""
+    root = not path
+    if id(module) in done:  # the same child reached by two paths: already done
+        return module
+    done.add(id(module))
     try:
         graph = _Tracer().trace(module)
     except Exception as e:  # anything symbolic tracing cannot follow
         untraced.append(f"{path or type(module).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-        for name, child in list(module.named_children()):
-            if _Tracer().is_leaf_module(child, name):
-                continue
-            new = _optimize(child, f"{path}.{name}" if path else name, untraced, done)
-            if new is not child:
-                setattr(module, name, new)
-        done[id(module)] = module
+        for name, child in module.named_children():
+            if not _Tracer().is_leaf_module(child, name):
+                _optimize(child, f"{path}.{name}" if path else name, untraced, done, shared)
         return module
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
-    _fold_and_fuse(gm)
-    done[id(module)] = gm
-    return gm
+    # Below an untraced forward, leave alone the modules reachable by other paths too.
+    removed = _fold_and_fuse(gm, set() if root else shared)
+    if root:
+        return gm
+    for target in removed:  # the folded BatchNorms leave the module, as they leave a GraphModule
+        owner, _, name = target.rpartition(".")
+        delattr(module.get_submodule(owner), name)
+    module.forward = gm.forward  # gm shares module's layers (the conv objects folded in place)
+    return module
 
 
-def _fold_and_fuse(gm):
+def _fold_and_fuse(gm, shared):
+    """Fold and fuse in place on ``gm``; returns the targets of the BatchNorms folded away."""
     calls, attr_owners = {}, set()
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -120,17 +134,18 @@ def _fold_and_fuse(gm):
         elif node.op == "get_attr":
             owner = node.target.rpartition(".")[0]
             attr_owners.add(id(gm.get_submodule(owner)))
-    changed = False
+    folded, changed = [], False
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
         conv = gm.get_submodule(node.target)
-        if (type(conv) not in _CONVS or calls[id(conv)] != 1 or id(conv) in attr_owners or _has_hooks(conv)
-                or len(node.args) != 1 or node.kwargs):
+        if (type(conv) not in _CONVS or calls[id(conv)] != 1 or id(conv) in attr_owners or id(conv) in shared
+                or _has_hooks(conv) or len(node.args) != 1 or node.kwargs):
             continue
         bn = _only_user(node)
         if bn is not None and _is_foldable_bn(gm, bn, node):
             _fold_bn(conv, gm.get_submodule(bn.target))
+            folded.append(bn.target)
             bn.replace_all_uses_with(node)
             gm.graph.erase_node(bn)
             changed = True
@@ -140,10 +155,18 @@ def _fold_and_fuse(gm):
             relu.replace_all_uses_with(node)
             gm.graph.erase_node(relu)
             changed = True
-    if changed:
-        gm.graph.lint()
-        gm.delete_all_unused_submodules()
-        gm.recompile()
+    if not changed:
+        return []
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    removed = []
+    for target in folded:
+        try:
+            gm.get_submodule(target)
+        except AttributeError:  # no longer used by the graph
+            removed.append(target)
+    return removed
 
 
 def _only_user(node):

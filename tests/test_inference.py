@@ -292,13 +292,20 @@ def test_not_folded_where_others_see_the_conv():
 
 
 def test_untraceable_model_optimizes_its_children():
+    """Control flow on a tensor's value: the model keeps its forward; each child gets its
+    optimized graph as forward and keeps its class and attributes (the untraced code reads them).
+    A conv reachable from two children is not folded (either forward may call it)."""
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = Block(), Block()
+            self.a, self.b, self.c = Block(), Block(), Block()
+            self.a.scale = 2.0
+            self.c.conv = self.b.conv  # shared by b and c
 
         def forward(self, x):
-            return self.a(x) if x.sum() > 0 else self.b(x)  # control flow on a tensor's value
+            if x.sum() > 0:
+                return self.a(x) * self.a.scale
+            return self.b(x) - self.c(x * 2)
 
     model = randomize_bn(Branchy()).double().eval()
     x = X.abs()
@@ -308,7 +315,10 @@ def test_untraceable_model_optimizes_its_children():
             opt = fastconv.optimize_for_inference(model)
         assert_close(opt(x), refs[0], torch.float64)
         assert_close(opt(-x), refs[1], torch.float64)
-    assert type(opt) is Branchy and type(opt.a.conv) is fastconv.Conv2dReLU and not hasattr(opt.a, "bn")
+    assert type(opt) is Branchy and type(opt.a) is Block and opt.a.scale == 2.0
+    assert type(opt.a.conv) is fastconv.Conv2dReLU and not hasattr(opt.a, "bn")
+    assert type(opt.b.conv) is fastconv.Conv2d and type(opt.b.bn) is nn.BatchNorm2d
+    assert type(model.a.conv) is nn.Conv2d  # the original is untouched
 
 
 def test_train_mode_refused():
