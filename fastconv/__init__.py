@@ -2,7 +2,9 @@
 
 Use ``fastconv.Conv2d`` / ``MaxPool2d`` / ``ReLU`` wherever you used torch.nn's, the functions of
 ``fastconv.functional`` wherever you used torch.nn.functional's, or ``fastconv.convert(model)`` to
-switch an existing model. ``fastconv.info()`` says what was compiled and what will run.
+switch an existing model; ``fastconv.optimize_for_inference(model)`` also folds eval-mode BatchNorms
+into the convolutions and fuses conv + ReLU (eval only). Converted models export to ONNX with
+either exporter. ``fastconv.info()`` says what was compiled and what will run.
 """
 import json
 

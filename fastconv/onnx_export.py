@@ -140,8 +140,10 @@ def register_torchscript_symbolics():
     ``relu_`` has none: an in-place op with no result cannot be expressed in ONNX; fastconv's
     modules and functions call ``Relu`` instead while exporting, and under torch.export record
     the out-of-place ``relu``."""
-    from torch.onnx import register_custom_op_symbolic
-
+    try:
+        from torch.onnx import register_custom_op_symbolic
+    except ImportError:  # a torch without the TorchScript exporter: nothing to register
+        return
     register_custom_op_symbolic("fastconv::conv2d", _ts_conv, _TS_OPSET)
     register_custom_op_symbolic("fastconv::conv2d_relu", lambda g, *a: _ts_conv(g, *a, relu=True), _TS_OPSET)
     register_custom_op_symbolic("fastconv::max_pool2d", _ts_max_pool2d, _TS_OPSET)
