@@ -321,6 +321,22 @@ def test_untraceable_model_optimizes_its_children():
     assert type(model.a.conv) is nn.Conv2d  # the original is untouched
 
 
+def test_converted_model():
+    """A model already switched by fastconv.convert (fastconv modules, fused Conv2dReLU + Identity
+    pairs) is folded and fused the same way."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4))
+    fastconv.convert(model)
+    assert [type(m) for m in model][3:5] == [fastconv.Conv2dReLU, nn.Identity]
+    ref, opt, out = _run(model, X)
+    assert_close(out, ref, torch.float64)
+    assert [type(opt.get_submodule(str(i))) for i in (0, 3, 5, 6)] == [
+        fastconv.Conv2dReLU, fastconv.Conv2dReLU, fastconv.MaxPool2d, fastconv.Conv2d]
+    assert nn.BatchNorm2d not in kinds(opt)
+
+
 def test_train_mode_refused():
     model = Block()
     with pytest.raises(ValueError, match=r"training mode .*call model.eval\(\) first"):
