@@ -15,6 +15,8 @@
 // SIMT_ASAN / SIMT_TSAN (or -fsanitize=...) announce fibers to the sanitizers.
 #include "simt/simt.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -89,6 +91,16 @@ enum class State : uint8_t { runnable, at_bar, at_warp, exited };
 
 struct Runner;
 
+// One cp.async in flight: the source bytes (read at issue), landed at the issuing thread's wait.
+struct CpOp {
+  unsigned char* dst;
+  unsigned bytes;
+  unsigned group;  // index of the commit group it belongs to (the thread's commit count at issue)
+  const char* file;
+  int line;
+  unsigned char data[16];
+};
+
 // Header of a fiber slot; FiberHeader (what kernels read) comes first.
 struct Fiber : FiberHeader {
   Runner* runner;
@@ -105,6 +117,13 @@ struct Fiber : FiberHeader {
   void* sync_obj;   // TSan: object released on arrival, acquired on release
   bool dirty;       // abandoned mid-kernel (stack shadow must be reset)
   uint64_t exit_round;  // scheduling round in which it exited
+  // Warp collectives (Sync::collective): the instruction's name and the function that completes it
+  // for all 32 lanes (value holds this lane's operand block).
+  const char* op_name;
+  std::string (*coll_fn)(Fiber* const* lanes);
+  // cp.async state: copies not landed yet, and the number of commit_groups so far.
+  std::vector<CpOp> cp_ops;
+  unsigned cp_groups;
 #ifdef SIMT_UCONTEXT
   ucontext_t uc;
 #endif
@@ -122,6 +141,7 @@ struct Fiber : FiberHeader {
 #endif
 };
 static_assert(sizeof(Fiber) + 63 * 64 <= 2 * kPage, "fiber header must fit its pages");
+static void land_copies(Fiber* f, unsigned below_group);
 static inline size_t color_of(const void* slot) { return (reinterpret_cast<uintptr_t>(slot) >> 11) & 0xFC0; }
 
 // Per-launch state shared by the OS threads that run its blocks.
@@ -159,6 +179,11 @@ struct Runner {
   size_t main_size = 0;
 #endif
   std::vector<unsigned char> smem_raw;
+  unsigned char* smem_base = nullptr;  // this block's dynamic shared memory
+  size_t smem_size = 0;
+  // Per 4 bytes of dynamic shared memory: 1 + linear index of the thread whose cp.async to it has
+  // not landed yet, or 0.
+  std::vector<uint32_t> inflight;
   std::vector<unsigned> order;
   uint64_t rng = 0;
   const Launch* launch = nullptr;
@@ -200,7 +225,29 @@ struct Runner {
 
   void run_block(const Launch& L, uint64_t block_linear);
   void resume(Fiber* f);
-  bool resolve_warps();
+  // resume, then complete a warp collective at once if f was the last lane to reach it (a warp
+  // executes an mma / ldmatrix as soon as all its lanes are there, before later warps run).
+  // The warp then keeps running (its lanes in the scheduled order) until none of them can continue,
+  // before the scheduler moves on: a warp may run ahead of the others, as on a GPU.
+  void resume_one(Fiber* f) {
+    resume(f);
+    if (!(f->state == State::at_warp && f->kind == Sync::collective && error.empty())) return;
+    const unsigned w = f->warp;
+    bool again = resolve_warps(int(w));
+    while (again && error.empty()) {
+      again = false;
+      const unsigned base = w * 32, cnt = std::min(32u, n - base);
+      for (unsigned k = 0; k < cnt && error.empty(); ++k) {
+        unsigned p = launch->order == Order::reverse ? cnt - 1 - k
+                   : launch->order == Order::shuffle ? unsigned((k * 37 + (rng >> 7)) % cnt) : k;
+        Fiber* g = fibers[base + p];
+        if (g->state != State::runnable) continue;
+        resume(g);
+        if (g->state == State::at_warp && g->kind == Sync::collective && error.empty() && resolve_warps(int(w))) again = true;
+      }
+    }
+  }
+  bool resolve_warps(int only_warp = -1);
   void resolve_barrier();
 };
 
@@ -226,6 +273,7 @@ static const char* sync_name(Sync k) {
     case Sync::ballot: return "__ballot_sync";
     case Sync::any: return "__any_sync";
     case Sync::all: return "__all_sync";
+    case Sync::collective: return "warp collective";
   }
   return "?";
 }
@@ -384,6 +432,7 @@ extern "C" void simt_fiber_main(Fiber* f) {
 #endif
   try {
     r->launch->thunk(r->launch->ctx);
+    land_copies(f, ~0u);  // copies still in flight land when the thread ends
   } catch (const std::exception& e) {
     r->fail(f, std::string("exception thrown by thread ") + tid_str(f) + ": " + e.what());
   } catch (...) {
@@ -430,6 +479,9 @@ void Runner::run_block(const Launch& L, uint64_t b) {
   std::memset(base - kCanary, kCanaryByte, kCanary);
   std::memset(base, 0xFF, c.smem);
   std::memset(base + c.smem, kCanaryByte, kCanary);
+  smem_base = base;
+  smem_size = c.smem;
+  inflight.assign((c.smem + 3) / 4, 0u);
 #ifdef SIMT_ASAN
   __asan_poison_memory_region(base - kCanary, kCanary);
   __asan_poison_memory_region(base + c.smem, kCanary);
@@ -447,6 +499,8 @@ void Runner::run_block(const Launch& L, uint64_t b) {
     f->lane = i % 32;
     f->warp = i / 32;
     f->state = State::runnable;
+    f->cp_ops.clear();
+    f->cp_groups = 0;
   }
 #ifdef SIMT_TSAN
   __tsan_release(&sync_start);
@@ -458,16 +512,16 @@ void Runner::run_block(const Launch& L, uint64_t b) {
     // One round: every runnable fiber runs until it blocks or exits.
     if (L.order == Order::forward) {
       for (unsigned i = 0; i < n && error.empty(); ++i)
-        if (fibers[i]->state == State::runnable) resume(fibers[i]);
+        if (fibers[i]->state == State::runnable) resume_one(fibers[i]);
     } else if (L.order == Order::reverse) {
       for (unsigned i = n; i-- > 0 && error.empty();)
-        if (fibers[i]->state == State::runnable) resume(fibers[i]);
+        if (fibers[i]->state == State::runnable) resume_one(fibers[i]);
     } else {
       rng = L.seed * 0x2545F4914F6CDD1Dull ^ (b * 0x9E3779B97F4A7C15ull) ^ (round << 32);
       for (unsigned i = 0; i < n; ++i) order[i] = i;
       for (unsigned i = n; i > 1; --i) std::swap(order[i - 1], order[splitmix(rng) % i]);
       for (unsigned k = 0; k < n && error.empty(); ++k)
-        if (fibers[order[k]]->state == State::runnable) resume(fibers[order[k]]);
+        if (fibers[order[k]]->state == State::runnable) resume_one(fibers[order[k]]);
     }
     ++round;
     if (!error.empty()) break;
@@ -502,15 +556,22 @@ void Runner::run_block(const Launch& L, uint64_t b) {
 
 // Complete every warp operation whose participants have all arrived. Returns true if some fiber
 // became runnable. Records an error for an operation that can never complete validly.
-bool Runner::resolve_warps() {
+bool Runner::resolve_warps(int only_warp) {
   bool progress = false;
   for (unsigned w = 0; w < nwarps && error.empty(); ++w) {
+    if (only_warp >= 0 && w != unsigned(only_warp)) continue;
     unsigned base = w * 32, cnt = std::min(32u, n - base);
     unsigned exists = cnt == 32 ? 0xffffffffu : ((1u << cnt) - 1);
     for (unsigned l = 0; l < cnt; ++l) {
       Fiber* f = fibers[base + l];
       if (f->state != State::at_warp) continue;
-      const char* op = sync_name(f->kind);
+      if (only_warp >= 0 && f->kind != Sync::collective) continue;
+      const char* op = f->kind == Sync::collective ? f->op_name : sync_name(f->kind);
+      if (f->kind == Sync::collective && cnt != 32) {
+        error = std::string(op) + " at " + site_str(f) + ": executed by a partial warp of " + std::to_string(cnt) +
+                " threads (it needs all 32 lanes of a full warp)";
+        return progress;
+      }
       if (!((f->mask >> l) & 1)) {
         error = std::string(op) + " at " + site_str(f) + ": mask " + hex(f->mask) + " of thread " + tid_str(f) +
                 " does not include its own lane " + std::to_string(l);
@@ -527,8 +588,12 @@ bool Runner::resolve_warps() {
         if (!((m >> p) & 1)) continue;
         Fiber* g = fibers[base + p];
         if (g->state == State::exited) {
-          error = std::string(op) + " at " + site_str(f) + ": mask " + hex(f->mask) + " names lane " +
-                  std::to_string(p) + " (thread " + tid_str(g) + ") which has exited";
+          if (f->kind == Sync::collective)
+            error = std::string(op) + " at " + site_str(f) + ": lane " + std::to_string(p) + " (thread " + tid_str(g) +
+                    ") has exited; all 32 lanes of the warp must execute it";
+          else
+            error = std::string(op) + " at " + site_str(f) + ": mask " + hex(f->mask) + " names lane " +
+                    std::to_string(p) + " (thread " + tid_str(g) + ") which has exited";
           return progress;
         }
         if (g->state == State::at_warp && g->kind == f->kind && same_site(g, f)) {
@@ -542,6 +607,23 @@ bool Runner::resolve_warps() {
         ready = false;  // at a barrier or another warp op: maybe resolvable later, else deadlock
       }
       if (!ready) continue;
+      if (f->kind == Sync::collective) {
+        Fiber* lanes[32];
+        for (unsigned p = 0; p < 32; ++p) lanes[p] = fibers[base + p];
+        std::string e = f->coll_fn(lanes);
+        if (!e.empty()) {
+          error = std::string(op) + " at " + site_str(f) + ": " + e;
+          return progress;
+        }
+        for (unsigned p = 0; p < 32; ++p) lanes[p]->state = State::runnable;
+#ifdef SIMT_TSAN
+        unsigned par = 0;
+        for (unsigned p = 0; p < 32; ++p) par |= (lanes[p]->seq & 1u) << p;
+        for (unsigned p = 0; p < 32; ++p) lanes[p]->acq_mask = 0xffffffffu, lanes[p]->acq_par = par;
+#endif
+        progress = true;
+        continue;
+      }
       // Complete the operation for every lane in m.
       uint64_t ballot = 0;
       bool all = true;
@@ -613,10 +695,15 @@ void Runner::resolve_barrier() {
         break;
       }
     }
-    error = std::string("deadlock: thread ") + tid_str(first_warp) + " waits at " + sync_name(first_warp->kind) +
+    error = std::string("deadlock: thread ") + tid_str(first_warp) + " waits at " +
+            (first_warp->kind == Sync::collective ? first_warp->op_name : sync_name(first_warp->kind)) +
             " at " + site_str(first_warp) + " (mask " + hex(first_warp->mask) + ")";
     if (other)
-      error += " for thread " + tid_str(other) + ", which waits at " + sync_name(other->kind) + " at " + site_str(other);
+      error += " for thread " + tid_str(other) + ", which " +
+               (other->state == State::runnable ? std::string("never got there")
+                                                : "waits at " + std::string(other->state == State::at_warp && other->kind == Sync::collective
+                                                                                ? other->op_name : sync_name(other->kind)) +
+                                                      " at " + site_str(other));
     return;
   }
   // Every live thread is at a block barrier.
@@ -708,6 +795,363 @@ unsigned active_mask() {
   }
   return m;
 }
+
+// ---------------------------------------------------------------- tensor cores, ldmatrix, cp.async
+// Record an error found by the running fiber and abandon the block (the fiber is never resumed).
+[[noreturn]] static void fiber_error(Fiber* f, const std::string& msg) {
+  Runner* r = f->runner;
+  r->fail(f, msg + " (thread " + tid_str(f) + ")");
+  suspend(f, false);
+  __builtin_trap();  // never resumed: run_block stops at the first error
+}
+
+static std::string addr_str(const void* p) {
+  char b[32];
+  snprintf(b, sizeof b, "%p", p);
+  return b;
+}
+
+// Where an address lies, as far as the emulator can tell.
+enum class Space { dyn_smem, dyn_guard, static_smem, global, unknown };
+
+// The calling OS thread's TLS block of this module: where static __shared__ arrays live.
+static void tls_block(const unsigned char** lo, size_t* size) {
+  static thread_local __attribute__((tls_model("global-dynamic"))) const unsigned char* t_lo = nullptr;
+  static thread_local __attribute__((tls_model("global-dynamic"))) size_t t_size = 0;
+  static thread_local __attribute__((tls_model("global-dynamic"))) bool t_done = false;
+  if (!t_done) {
+    t_done = true;
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(&tls_block), &info) && info.dli_fbase) {
+      struct Q { const void* base; size_t memsz; } q{info.dli_fbase, 0};
+      dl_iterate_phdr([](struct dl_phdr_info* i, size_t, void* d) {
+        Q* q = static_cast<Q*>(d);
+        if (reinterpret_cast<const void*>(i->dlpi_addr) != q->base) return 0;
+        for (int k = 0; k < i->dlpi_phnum; ++k)
+          if (i->dlpi_phdr[k].p_type == PT_TLS) q->memsz = i->dlpi_phdr[k].p_memsz;
+        return 1;
+      }, &q);
+      void* h = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+      void* blk = nullptr;
+      if (h && q.memsz && dlinfo(h, RTLD_DI_TLS_DATA, &blk) == 0 && blk) {
+        t_lo = static_cast<const unsigned char*>(blk);
+        t_size = q.memsz;
+      }
+      if (h) dlclose(h);
+    }
+  }
+  *lo = t_lo;
+  *size = t_size;
+}
+
+// Extent of the global allocation holding p (memcheck allocator), if known. Defined below.
+static bool global_extent(const void* p, const unsigned char** base, size_t* size);
+
+static Space space_of(const Runner* r, const void* p, size_t bytes) {
+  const unsigned char* a = static_cast<const unsigned char*>(p);
+  if (a >= r->smem_base && a + bytes <= r->smem_base + r->smem_size) return Space::dyn_smem;
+  const unsigned char* lo;
+  size_t sz;
+  tls_block(&lo, &sz);
+  if (lo && a >= lo && a + bytes <= lo + sz) return Space::static_smem;
+  const unsigned char* gb;
+  size_t gs;
+  if (global_extent(p, &gb, &gs)) return Space::global;
+  // Near the dynamic shared memory (within 1 MiB): an out-of-bounds shared access.
+  if (a + bytes > r->smem_base - (1 << 20) && a < r->smem_base + r->smem_size + (1 << 20)) return Space::dyn_guard;
+  return lo ? Space::unknown : Space::static_smem;  // no TLS information: cannot tell, trust it
+}
+
+static std::string smem_where(const Runner* r, const void* p) {
+  const unsigned char* a = static_cast<const unsigned char*>(p);
+  long off = long(a - r->smem_base);
+  return "byte offset " + std::to_string(off) + " of " + std::to_string(r->smem_size) + " bytes of dynamic shared memory";
+}
+
+// Land f's copies of groups < below_group (~0u: all).
+static void land_copies(Fiber* f, unsigned below_group) {
+  Runner* r = f->runner;
+  auto& ops = f->cp_ops;
+  size_t keep = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    CpOp& op = ops[i];
+    if (op.group < below_group) {
+      std::memcpy(op.dst, op.data, op.bytes);
+      if (op.dst >= r->smem_base && op.dst < r->smem_base + r->smem_size) {
+        size_t w0 = size_t(op.dst - r->smem_base) / 4, w1 = w0 + op.bytes / 4;
+        for (size_t w = w0; w < w1 && w < r->inflight.size(); ++w)
+          if (r->inflight[w] == f->linear + 1) r->inflight[w] = 0;
+      }
+    } else {
+      if (keep != i) ops[keep] = op;
+      ++keep;
+    }
+  }
+  ops.resize(keep);
+}
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes, bool cg, const char* file, int line) {
+  Fiber* f = static_cast<Fiber*>(self());
+  Runner* r = f->runner;
+  const std::string at = std::string(cg ? "cp.async.cg" : "cp.async.ca") + " at " + file + ":" + std::to_string(line) + ": ";
+  if (cg && bytes != 16) fiber_error(f, at + "the .cg variant copies 16 bytes only");
+  if (bytes != 4 && bytes != 8 && bytes != 16) fiber_error(f, at + "copy size " + std::to_string(bytes) + " is not 4, 8 or 16");
+  if (src_bytes < 0 || src_bytes > bytes)
+    fiber_error(f, at + "src-size " + std::to_string(src_bytes) + " outside 0.." + std::to_string(bytes));
+  if (reinterpret_cast<uintptr_t>(dst) % unsigned(bytes))
+    fiber_error(f, at + "shared destination " + addr_str(dst) + " is not " + std::to_string(bytes) + "-byte aligned");
+  if (reinterpret_cast<uintptr_t>(src) % unsigned(bytes))
+    fiber_error(f, at + "global source " + addr_str(src) + " is not " + std::to_string(bytes) + "-byte aligned");
+  switch (space_of(r, dst, size_t(bytes))) {
+    case Space::dyn_guard:
+      fiber_error(f, at + "shared destination out of bounds: " + smem_where(r, dst) + " (" + std::to_string(bytes) + "-byte copy)");
+    case Space::global: fiber_error(f, at + "destination " + addr_str(dst) + " is global memory, not shared memory");
+    case Space::unknown: fiber_error(f, at + "destination " + addr_str(dst) + " is not in shared memory");
+    default: break;
+  }
+  if (src_bytes > 0) {
+    Space s = space_of(r, src, size_t(src_bytes));
+    if (s == Space::dyn_smem)
+      fiber_error(f, at + "source " + addr_str(src) + " is shared memory, not global memory");
+    const unsigned char* gb;
+    size_t gs;
+    const unsigned char* a = static_cast<const unsigned char*>(src);
+    if (global_extent(src, &gb, &gs) && a + src_bytes > gb + gs)
+      fiber_error(f, at + "global read out of bounds: bytes " + std::to_string(a - gb) + ".." +
+                         std::to_string(a - gb + src_bytes - 1) + " of a " + std::to_string(gs) + "-byte allocation");
+  }
+  CpOp op;
+  op.dst = static_cast<unsigned char*>(dst);
+  op.bytes = unsigned(bytes);
+  op.group = f->cp_groups;
+  op.file = file;
+  op.line = line;
+  std::memset(op.data, 0, sizeof op.data);
+  f->file = file;  // a fault while reading the source names this line
+  f->line = line;
+  if (src_bytes > 0) std::memcpy(op.data, src, size_t(src_bytes));
+  // The destination is undefined until the copy lands: poison it now.
+  std::memset(dst, 0xFF, size_t(bytes));
+  if (op.dst >= r->smem_base && op.dst < r->smem_base + r->smem_size) {
+    size_t w0 = size_t(op.dst - r->smem_base) / 4;
+    for (size_t w = w0; w < w0 + size_t(bytes) / 4; ++w) r->inflight[w] = f->linear + 1;
+  }
+  f->cp_ops.push_back(op);
+}
+
+void cp_async_commit(const char*, int) {
+  Fiber* f = static_cast<Fiber*>(self());
+  f->cp_groups++;
+}
+
+void cp_async_wait(int n, const char*, int) {
+  Fiber* f = static_cast<Fiber*>(self());
+  if (n < 0) {  // wait_all: commit, then wait for everything
+    f->cp_groups++;
+    n = 0;
+  }
+  if (f->cp_groups > unsigned(n)) land_copies(f, f->cp_groups - unsigned(n));
+}
+
+// Suspend at a warp collective; fn completes it for the 32 lanes when the last one arrives.
+static void warp_collective(const char* name, std::string (*fn)(Fiber* const*), void* data, int arg,
+                            const char* file, int line) {
+  Fiber* f = static_cast<Fiber*>(self());
+  f->state = State::at_warp;
+  f->kind = Sync::collective;
+  f->op_name = name;
+  f->coll_fn = fn;
+  f->mask = 0xffffffffu;
+  f->value = reinterpret_cast<uint64_t>(data);
+  f->arg = arg;
+  f->width = 32;
+  f->file = file;
+  f->line = line;
+#ifdef SIMT_TSAN
+  f->seq++;
+  __tsan_release(&f->rel[f->seq & 1]);
+#endif
+  suspend(f, false);
+#ifdef SIMT_TSAN
+  Runner* r = f->runner;
+  for (unsigned p = 0; p < 32; ++p)
+    if ((f->acq_mask >> p) & 1)
+      __tsan_acquire(&static_cast<Fiber*>(r->fibers[f->warp * 32 + p])->rel[(f->acq_par >> p) & 1]);
+#endif
+}
+
+// ---- mma
+struct MmaLane {
+  MmaKind kind;
+  float* d;
+  const uint32_t* a;
+  const uint32_t* b;
+  const float* c;
+};
+
+static float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu;
+  float v;
+  if (exp == 0) {
+    v = std::ldexp(float(man), -24);  // zero / subnormal: exact
+  } else if (exp == 31) {
+    uint32_t bits = 0x7f800000u | (man << 13);
+    std::memcpy(&v, &bits, 4);
+  } else {
+    v = std::ldexp(float(man | 0x400u), int(exp) - 25);
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits |= sign;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+static float bits_float(uint32_t u) {
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+// Element e (0 = low half) of a packed 16-bit pair, or a tf32 register, as a float.
+static double operand(MmaKind k, uint32_t reg, int e) {
+  switch (k) {
+    case MmaKind::f16: return half_to_float(uint16_t(reg >> (16 * e)));
+    case MmaKind::bf16: return bits_float((reg >> (16 * e)) << 16);
+    case MmaKind::tf32: return bits_float(reg & 0xffffe000u);  // the low 13 bits are ignored
+  }
+  return 0;
+}
+
+static std::string mma_complete(Fiber* const* lanes) {
+  const MmaKind kind = reinterpret_cast<MmaLane*>(lanes[0]->value)->kind;
+  const int K = kind == MmaKind::tf32 ? 8 : 16;
+  double A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const MmaLane* m = reinterpret_cast<MmaLane*>(lanes[l]->value);
+    if (m->kind != kind) return "lanes disagree on the operand type";
+    const int g = l >> 2, t = l & 3;
+    if (kind == MmaKind::tf32) {
+      A[g][t] = operand(kind, m->a[0], 0);
+      A[g + 8][t] = operand(kind, m->a[1], 0);
+      A[g][t + 4] = operand(kind, m->a[2], 0);
+      A[g + 8][t + 4] = operand(kind, m->a[3], 0);
+      B[t][g] = operand(kind, m->b[0], 0);
+      B[t + 4][g] = operand(kind, m->b[1], 0);
+    } else {
+      for (int e = 0; e < 2; ++e) {
+        A[g][2 * t + e] = operand(kind, m->a[0], e);
+        A[g + 8][2 * t + e] = operand(kind, m->a[1], e);
+        A[g][2 * t + 8 + e] = operand(kind, m->a[2], e);
+        A[g + 8][2 * t + 8 + e] = operand(kind, m->a[3], e);
+        B[2 * t + e][g] = operand(kind, m->b[0], e);
+        B[2 * t + 8 + e][g] = operand(kind, m->b[1], e);
+      }
+    }
+    for (int e = 0; e < 2; ++e) {
+      C[g][2 * t + e] = m->c[e];
+      C[g + 8][2 * t + e] = m->c[2 + e];
+    }
+  }
+  // The products are exact in double; the sum is rounded once to float (the hardware's internal
+  // accumulation order and rounding are not specified: results may differ in the last bits).
+  float D[16][8];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      double s = C[i][j];
+      for (int k = 0; k < K; ++k) s += A[i][k] * B[k][j];
+      D[i][j] = float(s);
+    }
+  for (int l = 0; l < 32; ++l) {
+    MmaLane* m = reinterpret_cast<MmaLane*>(lanes[l]->value);
+    const int g = l >> 2, t = l & 3;
+    m->d[0] = D[g][2 * t];
+    m->d[1] = D[g][2 * t + 1];
+    m->d[2] = D[g + 8][2 * t];
+    m->d[3] = D[g + 8][2 * t + 1];
+  }
+  return "";
+}
+
+void mma(MmaKind kind, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file, int line) {
+  MmaLane m{kind, d, a, b, c};
+  static const char* names[] = {"mma.m16n8k16.f16", "mma.m16n8k16.bf16", "mma.m16n8k8.tf32"};
+  warp_collective(names[int(kind)], &mma_complete, &m, 0, file, line);
+}
+
+uint32_t cvt_rna_tf32(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? 0x7fffe000u : u;  // NaN / inf
+  return (u + 0x1000u) & 0xffffe000u;  // nearest, ties away from zero (may round up to inf)
+}
+
+// ---- ldmatrix
+struct LdsmLane {
+  const unsigned char* row;
+  uint32_t* r;
+};
+
+static std::string ldsm_complete(Fiber* const* lanes) {
+  Runner* r = lanes[0]->runner;
+  const int n = lanes[0]->arg & 7;
+  const bool trans = (lanes[0]->arg >> 3) & 1;
+  const unsigned char* rows[32];
+  for (int l = 0; l < 8 * n; ++l) {
+    const unsigned char* p = reinterpret_cast<LdsmLane*>(lanes[l]->value)->row;
+    const std::string who = "lane " + std::to_string(l) + " (thread " + tid_str(lanes[l]) + ", row " +
+                            std::to_string(l % 8) + " of matrix " + std::to_string(l / 8) + ") address " + addr_str(p);
+    if (reinterpret_cast<uintptr_t>(p) % 16) return who + " is not 16-byte aligned";
+    switch (space_of(r, p, 16)) {
+      case Space::dyn_guard: return who + " is out of bounds: " + smem_where(r, p);
+      case Space::global: return who + " is global memory, not shared memory";
+      case Space::unknown: return who + " is not in shared memory";
+      default: break;
+    }
+    if (p >= r->smem_base && p < r->smem_base + r->smem_size) {
+      size_t w0 = size_t(p - r->smem_base) / 4;
+      for (size_t w = w0; w < w0 + 4; ++w)
+        if (uint32_t owner = r->inflight[w]) {
+          Fiber* o = r->fibers[owner - 1];
+          std::string site = "?";
+          for (const CpOp& op : o->cp_ops)
+            if (p + 4 * (w - w0) >= op.dst && p + 4 * (w - w0) < op.dst + op.bytes) site = std::string(op.file) + ":" + std::to_string(op.line);
+          return who + " reads " + smem_where(r, p + 4 * (w - w0)) + ", which the cp.async at " + site + " of thread " +
+                 tid_str(o) + " has not landed yet (missing cp.async.wait_group, or missing __syncthreads after it)";
+        }
+      bool poisoned = true;
+      for (int k = 0; k < 16; ++k) poisoned = poisoned && p[k] == 0xFF;
+      if (poisoned)
+        return who + " reads 16 bytes of never-written dynamic shared memory (all 0xFF) at " + smem_where(r, p) +
+               " (a copy not issued yet: missing __syncthreads?)";
+    }
+    rows[l] = p;
+  }
+  for (int l = 0; l < 32; ++l) {
+    uint32_t* out = reinterpret_cast<LdsmLane*>(lanes[l]->value)->r;
+    for (int i = 0; i < n; ++i) {
+      uint16_t lo, hi;
+      if (!trans) {
+        std::memcpy(&lo, rows[8 * i + l / 4] + 4 * (l % 4), 2);
+        std::memcpy(&hi, rows[8 * i + l / 4] + 4 * (l % 4) + 2, 2);
+      } else {
+        std::memcpy(&lo, rows[8 * i + 2 * (l % 4)] + 2 * (l / 4), 2);
+        std::memcpy(&hi, rows[8 * i + 2 * (l % 4) + 1] + 2 * (l / 4), 2);
+      }
+      out[i] = uint32_t(lo) | (uint32_t(hi) << 16);
+    }
+  }
+  return "";
+}
+
+void ldmatrix(int n, bool trans, uint32_t* out, const void* row, const char* file, int line) {
+  LdsmLane m{static_cast<const unsigned char*>(row), out};
+  static const char* names[2][5] = {
+      {"", "ldmatrix.x1", "ldmatrix.x2", "", "ldmatrix.x4"},
+      {"", "ldmatrix.x1.trans", "ldmatrix.x2.trans", "", "ldmatrix.x4.trans"}};
+  warp_collective(names[trans][n], &ldsm_complete, &m, n | (trans ? 8 : 0), file, line);
+}
+
+// ---- global allocations (filled in by the memcheck allocator)
+static bool global_extent(const void*, const unsigned char**, size_t*) { return false; }
 
 // ---------------------------------------------------------------- diagnostics
 #ifndef SIMT_UCONTEXT

@@ -150,7 +150,7 @@ __attribute__((always_inline)) inline FiberHeader* self() {
 }
 
 enum class Sync : int { bar, bar_count, bar_and, bar_or, syncwarp, shfl_idx, shfl_up, shfl_down,
-                        shfl_xor, ballot, any, all };
+                        shfl_xor, ballot, any, all, collective };
 
 // Suspend at a block barrier; returns the count / and / or of the predicates for the _count etc.
 int block_sync(Sync kind, int pred, const char* file, int line);
@@ -175,6 +175,18 @@ __forceinline__ T shfl(Sync kind, const char* file, int line, unsigned mask, T v
   std::memcpy(&out, &bits, sizeof(T));
   return out;
 }
+
+// ---- tensor-core / async-copy instructions (the emulation behind csrc/cuda/mma.h)
+enum class MmaKind : int { f16, bf16, tf32 };
+// Warp collective: D = A*B + C over the whole warp's fragments (layouts: csrc/cuda/mma.h).
+void mma(MmaKind kind, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file, int line);
+uint32_t cvt_rna_tf32(float x);
+// Warp collective: ldmatrix .m8n8 .x{n} (.trans) .b16; row: this lane's row address.
+void ldmatrix(int n, bool trans, uint32_t* r, const void* row, const char* file, int line);
+// cp.async (cg: the .cg variant, 16 bytes only); commit_group; wait_group n (n < 0: wait_all).
+void cp_async(void* dst, const void* src, int bytes, int src_bytes, bool cg, const char* file, int line);
+void cp_async_commit(const char* file, int line);
+void cp_async_wait(int n, const char* file, int line);
 
 // A launch: kernel + configuration, called with the kernel's arguments.
 struct LaunchConfig {
