@@ -17,7 +17,9 @@
 
 #include <dlfcn.h>
 #include <link.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +27,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -78,6 +81,17 @@ Order schedule_order() { return Order(g_order.load()); }
 uint64_t schedule_seed() { return g_seed.load(); }
 void set_serial(bool serial) { g_serial.store(serial); }
 
+static std::atomic<int> g_arch{80};
+void set_arch(int sm) {
+  if (sm != 80 && sm != 86 && sm != 89 && sm != 90)
+    throw std::invalid_argument("simt::set_arch: supported architectures are 80, 86, 89 and 90, got " + std::to_string(sm));
+  g_arch.store(sm);
+}
+int arch() { return g_arch.load(); }
+// Largest dynamic shared memory per block (with the opt-in attribute), bytes.
+static size_t arch_max_smem(int sm) { return sm == 90 ? 227u << 10 : sm == 80 ? 163u << 10 : 99u << 10; }
+constexpr size_t kDefaultSmem = 48u << 10;  // without the opt-in attribute
+
 namespace detail {
 
 static_assert(sizeof(void*) == 8, "64-bit only");
@@ -116,6 +130,11 @@ struct Fiber : FiberHeader {
   int line;
   void* sync_obj;   // TSan: object released on arrival, acquired on release
   bool dirty;       // abandoned mid-kernel (stack shadow must be reset)
+  // A memory fault taken while running this fiber (filled by the signal handler).
+  const void* fault_addr;
+  const void* fault_pc;
+  int fault_code;
+  bool fault_write;
   uint64_t exit_round;  // scheduling round in which it exited
   // Warp collectives (Sync::collective): the instruction's name and the function that completes it
   // for all 32 lanes (value holds this lane's operand block).
@@ -161,6 +180,9 @@ struct Launch {
   }
 };
 
+struct Runner;
+static void register_region(Runner* r);
+
 struct Runner {
   unsigned char* region = nullptr;  // kMaxThreads slots, kSlotBytes-aligned
   unsigned slots_ready = 0;         // slots whose guard page is set
@@ -199,6 +221,7 @@ struct Runner {
     if (p == MAP_FAILED) throw std::runtime_error("simt: cannot reserve fiber stacks");
     uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kSlotBytes - 1) & ~(uintptr_t)(kSlotBytes - 1);
     region = reinterpret_cast<unsigned char*>(a);  // the unaligned head/tail stay mapped, unused
+    register_region(this);
 #ifdef SIMT_TSAN
     main_tsan = __tsan_get_current_fiber();
 #endif
@@ -501,6 +524,8 @@ void Runner::run_block(const Launch& L, uint64_t b) {
     f->state = State::runnable;
     f->cp_ops.clear();
     f->cp_groups = 0;
+    f->file = nullptr;
+    f->line = 0;
   }
 #ifdef SIMT_TSAN
   __tsan_release(&sync_start);
@@ -1150,8 +1175,289 @@ void ldmatrix(int n, bool trans, uint32_t* out, const void* row, const char* fil
   warp_collective(names[trans][n], &ldsm_complete, &m, n | (trans ? 8 : 0), file, line);
 }
 
-// ---- global allocations (filled in by the memcheck allocator)
-static bool global_extent(const void*, const unsigned char**, size_t*) { return false; }
+// ---------------------------------------------------------------- memcheck: guarded allocations
+// An allocation of n bytes: [guard page][data pages][guard page], the data ending exactly at the
+// second guard page (so it is aligned to the lowest set bit of n, at most 64 bytes... and at least
+// the element size). Freed mappings are cached by size (guards kept) and reused.
+namespace {
+struct Alloc {
+  unsigned char* map;
+  size_t map_len;
+  size_t n;
+};
+std::mutex g_alloc_mu;
+std::map<uintptr_t, Alloc> g_allocs;                // by data start
+std::multimap<size_t, unsigned char*> g_alloc_cache;  // map_len -> mapping
+size_t g_cache_bytes = 0;
+constexpr size_t kCacheMax = size_t(256) << 20;
+std::atomic<bool> g_memcheck{false};
+}  // namespace
+
+}  // namespace detail
+void set_memcheck(bool on) { detail::g_memcheck.store(on); }
+bool memcheck() { return detail::g_memcheck.load(); }
+
+void* memcheck_alloc(size_t n) {
+  using namespace detail;
+  const size_t data_pages = std::max<size_t>(1, (n + kPage - 1) / kPage);
+  const size_t map_len = (data_pages + 2) * kPage;
+  unsigned char* map = nullptr;
+  {
+    std::lock_guard<std::mutex> g(g_alloc_mu);
+    auto it = g_alloc_cache.find(map_len);
+    if (it != g_alloc_cache.end()) {
+      map = it->second;
+      g_alloc_cache.erase(it);
+      g_cache_bytes -= map_len;
+    }
+  }
+  if (!map) {
+    void* p = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    map = static_cast<unsigned char*>(p);
+    if (mprotect(map, kPage, PROT_NONE) != 0 || mprotect(map + map_len - kPage, kPage, PROT_NONE) != 0) {
+      munmap(map, map_len);
+      throw std::bad_alloc();
+    }
+  }
+  unsigned char* data = map + map_len - kPage - n;
+  std::lock_guard<std::mutex> g(g_alloc_mu);
+  g_allocs[reinterpret_cast<uintptr_t>(data)] = Alloc{map, map_len, n};
+  return data;
+}
+
+void memcheck_free(void* p) {
+  using namespace detail;
+  if (!p) return;
+  std::lock_guard<std::mutex> g(g_alloc_mu);
+  auto it = g_allocs.find(reinterpret_cast<uintptr_t>(p));
+  if (it == g_allocs.end()) return;
+  Alloc a = it->second;
+  g_allocs.erase(it);
+  if (g_cache_bytes + a.map_len <= kCacheMax) {
+    g_alloc_cache.emplace(a.map_len, a.map);
+    g_cache_bytes += a.map_len;
+  } else {
+    munmap(a.map, a.map_len);
+  }
+}
+
+bool memcheck_owns(const void* p) {
+  using namespace detail;
+  std::lock_guard<std::mutex> g(g_alloc_mu);
+  return g_allocs.count(reinterpret_cast<uintptr_t>(p)) != 0;
+}
+
+namespace detail {
+
+static bool global_extent(const void* p, const unsigned char** base, size_t* size) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> g(g_alloc_mu);
+  auto it = g_allocs.upper_bound(a);
+  if (it == g_allocs.begin()) return false;
+  --it;
+  if (a >= it->first + std::max<size_t>(it->second.n, 1)) return false;
+  *base = reinterpret_cast<const unsigned char*>(it->first);
+  *size = it->second.n;
+  return true;
+}
+
+// Describe an address that faulted: relative to the memcheck allocation whose guard it hit.
+static std::string describe_global(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> g(g_alloc_mu);
+  auto it = g_allocs.upper_bound(a);
+  if (it != g_allocs.begin()) {  // the allocation below: a past its end?
+    auto prev = std::prev(it);
+    const Alloc& al = prev->second;
+    const uintptr_t end = prev->first + al.n;
+    if (a >= end && a < reinterpret_cast<uintptr_t>(al.map) + al.map_len)
+      return std::to_string(a - end) + " bytes past the end of a " + std::to_string(al.n) + "-byte allocation";
+  }
+  if (it != g_allocs.end() && a >= reinterpret_cast<uintptr_t>(it->second.map))
+    return std::to_string(it->first - a) + " bytes before the start of a " + std::to_string(it->second.n) +
+           "-byte allocation";
+  return "not inside any allocation";
+}
+
+// ---------------------------------------------------------------- symbols: code address -> source
+static std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+// Function names and file:line of a code address (innermost inlined frame first), from the module's
+// debug information via addr2line (binutils). Empty when unavailable.
+static std::vector<std::pair<std::string, std::string>> symbolize(const void* pc) {
+  std::vector<std::pair<std::string, std::string>> frames;
+  Dl_info info;
+  if (!dladdr(pc, &info) || !info.dli_fname) return frames;
+  char off[32];
+  snprintf(off, sizeof off, "0x%lx", (unsigned long)(reinterpret_cast<uintptr_t>(pc) - reinterpret_cast<uintptr_t>(info.dli_fbase)));
+  std::string cmd = "addr2line -f -C -i -e " + shell_quote(info.dli_fname) + " " + off + " 2>/dev/null";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return frames;
+  char buf[4096];
+  std::vector<std::string> lines;
+  while (fgets(buf, sizeof buf, pipe)) {
+    std::string l(buf);
+    while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.pop_back();
+    lines.push_back(l);
+  }
+  pclose(pipe);
+  for (size_t i = 0; i + 1 < lines.size(); i += 2) frames.emplace_back(lines[i], lines[i + 1]);
+  return frames;
+}
+// "name<args>" of a demangled "ret name<args>(params)".
+static std::string short_function(const std::string& f) {
+  int depth = 0;
+  size_t start = 0;
+  for (size_t i = 0; i < f.size(); ++i) {
+    char c = f[i];
+    if (c == '<') depth++;
+    else if (c == '>') depth--;
+    else if (c == '(' && depth == 0) return f.substr(start, i - start);
+    else if (c == ' ' && depth == 0) start = i + 1;  // skip a return type
+  }
+  return f;
+}
+static std::string kernel_name(const void* kernel) {
+  auto fr = symbolize(kernel);
+  if (fr.empty() || fr.back().first == "??") return "";
+  return short_function(fr.back().first);
+}
+// "file:line (in function)" of a code address, or the address when there is no line information.
+static std::string code_site(const void* pc) {
+  auto fr = symbolize(pc);
+  if (fr.empty()) return "pc " + addr_str(pc);
+  const auto& in = fr.front();
+  if (in.second.rfind("??", 0) == 0)
+    return "pc " + addr_str(pc) + " in " + short_function(in.first) + " (no line information: build with -g)";
+  std::string loc = in.second;
+  size_t d = loc.find(" (discriminator");
+  if (d != std::string::npos) loc = loc.substr(0, d);
+  return loc + " (in " + short_function(in.first) + ")";
+}
+
+// ---------------------------------------------------------------- faults in kernel code
+static std::atomic<Runner*> g_runners[4096];
+static std::atomic<int> g_nrunners{0};
+static void register_region(Runner* r) {
+  int i = g_nrunners.fetch_add(1);
+  if (i < 4096) g_runners[i].store(r);
+}
+static Fiber* fiber_at(uintptr_t sp) {
+  const int n = std::min(g_nrunners.load(), 4096);
+  for (int i = 0; i < n; ++i) {
+    Runner* r = g_runners[i].load();
+    if (!r) continue;
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(r->region);
+    if (sp >= lo && sp < lo + uintptr_t(r->slots_ready) * kSlotBytes) {
+      unsigned char* slot = reinterpret_cast<unsigned char*>(sp & ~uintptr_t(kSlotBytes - 1));
+      Fiber* f = reinterpret_cast<Fiber*>(slot + color_of(slot));
+      return r->launch ? f : nullptr;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace detail
+}  // namespace simt
+
+extern "C" __attribute__((visibility("hidden"), noreturn, used)) void simt_fault_exit(Fiber* f) {
+  using namespace simt::detail;
+  std::string what;
+  if (f->fault_code == SI_KERNEL && f->fault_addr == nullptr) {
+    what = "general-protection fault (on x86-64 usually a misaligned 16- or 32-byte vector access)";
+  } else {
+    what = std::string("invalid global ") + (f->fault_write ? "write" : "read") + " of address " +
+           addr_str(f->fault_addr) + ": " + describe_global(f->fault_addr);
+  }
+  std::string msg = what + " at " + code_site(f->fault_pc);
+  if (f->file && f->line > 0)
+    msg += "; last emulated instruction or barrier at " + std::string(f->file) + ":" + std::to_string(f->line);
+  fiber_error(f, msg);
+}
+
+namespace simt {
+namespace detail {
+
+static struct sigaction g_prev_segv, g_prev_bus;
+static void chain(int sig, siginfo_t* si, void* uc) {
+  struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+  if (prev.sa_flags & SA_SIGINFO) {
+    if (prev.sa_sigaction) return prev.sa_sigaction(sig, si, uc);
+  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler) {
+    return prev.sa_handler(sig);
+  }
+  // Default action: restore it and return; the faulting instruction runs again and kills us.
+  signal(sig, SIG_DFL);
+}
+
+static void on_fault(int sig, siginfo_t* si, void* ucv) {
+#if defined(__x86_64__) && !defined(SIMT_UCONTEXT)
+  ucontext_t* uc = static_cast<ucontext_t*>(ucv);
+  const uintptr_t sp = uintptr_t(uc->uc_mcontext.gregs[REG_RSP]);
+  Fiber* f = fiber_at(sp);
+  const uintptr_t fa = reinterpret_cast<uintptr_t>(si->si_addr);
+  if (f && !(fa >= reinterpret_cast<uintptr_t>(stack_lo(f)) - kPage && fa < reinterpret_cast<uintptr_t>(stack_hi(f)))) {
+    f->fault_addr = si->si_addr;
+    f->fault_pc = reinterpret_cast<const void*>(uc->uc_mcontext.gregs[REG_RIP]);
+    f->fault_code = si->si_code;
+    f->fault_write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+    // Resume the fiber in simt_fault_exit(f), on its own stack below the interrupted frame.
+    uintptr_t nsp = ((sp - 512) & ~uintptr_t(15)) - 8;
+    *reinterpret_cast<uintptr_t*>(nsp) = 0;  // fake return address
+    uc->uc_mcontext.gregs[REG_RSP] = greg_t(nsp);
+    uc->uc_mcontext.gregs[REG_RIP] = greg_t(reinterpret_cast<uintptr_t>(&simt_fault_exit));
+    uc->uc_mcontext.gregs[REG_RDI] = greg_t(reinterpret_cast<uintptr_t>(f));
+    return;
+  }
+#endif
+  chain(sig, si, ucv);
+}
+
+// Install the fault handler (again, if someone replaced it since).
+static void ensure_fault_handler() {
+#if defined(__x86_64__) && !defined(SIMT_UCONTEXT)
+  static std::mutex mu;
+  struct sigaction cur;
+  if (sigaction(SIGSEGV, nullptr, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == &on_fault) return;
+  std::lock_guard<std::mutex> g(mu);
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = &on_fault;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  struct sigaction prev;
+  if (sigaction(SIGSEGV, &sa, &prev) == 0 && prev.sa_sigaction != &on_fault) g_prev_segv = prev;
+  if (sigaction(SIGBUS, &sa, &prev) == 0 && prev.sa_sigaction != &on_fault) g_prev_bus = prev;
+#endif
+}
+
+void misaligned(const void* addr, size_t align, const char* what, const char* file, int line) {
+  Fiber* f = static_cast<Fiber*>(self());
+  fiber_error(f, std::string("misaligned ") + what + " at " + file + ":" + std::to_string(line) + ": address " +
+                     addr_str(addr) + " is not " + std::to_string(align) + "-byte aligned");
+}
+
+// ---------------------------------------------------------------- kernel attributes
+static std::mutex g_attr_mu;
+static std::map<const void*, size_t> g_smem_optin;
+
+cudaError_t set_func_attribute(const void* kernel, int attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (value < 0 || size_t(value) > arch_max_smem(arch())) return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> g(g_attr_mu);
+  g_smem_optin[kernel] = size_t(value);
+  return cudaSuccess;
+}
+static size_t smem_optin(const void* kernel) {
+  std::lock_guard<std::mutex> g(g_attr_mu);
+  auto it = g_smem_optin.find(kernel);
+  return it == g_smem_optin.end() ? kDefaultSmem : std::max(kDefaultSmem, it->second);
+}
+
 
 // ---------------------------------------------------------------- diagnostics
 #ifndef SIMT_UCONTEXT
@@ -1203,9 +1509,16 @@ void run_grid(const LaunchConfig& cfg, void (*thunk)(void*), void* ctx) {
           std::to_string(cfg.block.z) + ") in kernel launch at " + where);
   if (cfg.grid.y > 65535 || cfg.grid.z > 65535 || cfg.grid.x > 0x7fffffffu)
     raise("simt: invalid grid size in kernel launch at " + where);
-  if (cfg.smem > (size_t(227) << 10))
-    raise("simt: " + std::to_string(cfg.smem) + " bytes of dynamic shared memory requested at " + where +
-          " (more than any GPU has, 227 KiB)");
+  const int sm = arch();
+  auto kname = [&] { std::string k = kernel_name(cfg.kernel); return k.empty() ? std::string() : " by kernel " + k; };
+  if (cfg.smem > arch_max_smem(sm))
+    raise("simt: " + std::to_string(cfg.smem) + " bytes of dynamic shared memory requested at " + where + kname() + " (more than the " +
+          std::to_string(arch_max_smem(sm) >> 10) + " KiB per block of sm_" + std::to_string(sm) + ")");
+  if (cfg.smem > kDefaultSmem && cfg.smem > smem_optin(cfg.kernel))
+    raise("simt: " + std::to_string(cfg.smem) + " bytes of dynamic shared memory requested at " + where + kname() +
+          ": more than 48 KiB needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, " +
+          std::to_string(cfg.smem) + ") before the launch");
+  ensure_fault_handler();
   const int64_t nblocks = int64_t(cfg.grid.x) * cfg.grid.y * cfg.grid.z;
   if (nblocks == 0) return;  // CUDA reports an invalid configuration; nothing to run either way
 
@@ -1226,9 +1539,10 @@ void run_grid(const LaunchConfig& cfg, void (*thunk)(void*), void* ctx) {
         r.run_block(L, uint64_t(b));
         if (!r.error.empty()) {
           Fiber* f0 = r.fibers[0];
+          std::string name = kernel_name(L.cfg.kernel);
           L.fail(r.error + " [block (" + std::to_string(f0->block_idx.x) + "," + std::to_string(f0->block_idx.y) + "," +
-                 std::to_string(f0->block_idx.z) + ") of the kernel launched at " + L.cfg.file + ":" +
-                 std::to_string(L.cfg.line) + "]");
+                 std::to_string(f0->block_idx.z) + ") of the kernel " + (name.empty() ? "" : name + " ") + "launched at " +
+                 L.cfg.file + ":" + std::to_string(L.cfg.line) + "]");
         }
       }
     } catch (const std::exception& e) {

@@ -24,7 +24,10 @@
 //               atomicMax/atomicMin (int, unsigned, long long, unsigned long long) atomicCAS
 //               atomicExch (ints, float, double); relaxed, truly atomic (blocks run in parallel).
 //               __threadfence() (full fence), __threadfence_block()
-//   loads       __ldg(const T*)
+//   loads       __ldg(const T*)  (a misaligned pointer is an error naming the line)
+//   attributes  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes):
+//               needed for > 48 KiB of dynamic smem; the arch limit (set_arch) fails the launch
+//   tensor core csrc/cuda/mma.h (mma, ldmatrix, cp.async) on top of simt::detail::mma etc.
 //   vectors     char4 uchar4 short2 int2 int3 int4 uint2 uint3 uint4 float2 float3 float4
 //               double2 longlong2 (CUDA alignment) + make_*
 //   math        __fmaf_rn __fma_rn rsqrtf __expf __logf __fdividef __saturatef __float2int_rn,
@@ -106,10 +109,11 @@ struct dim3 {
 
 typedef struct simt_stream_st* cudaStream_t;
 typedef int cudaError_t;
-enum { cudaSuccess = 0 };
+enum { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
-inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+inline const char* cudaGetErrorString(cudaError_t e) { return e ? "invalid argument" : "no error"; }
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 constexpr int warpSize = 32;
 
@@ -126,6 +130,19 @@ Order schedule_order();
 uint64_t schedule_seed();
 // Run every block on the calling OS thread (no parallel_for); default false.
 void set_serial(bool serial);
+// GPU architecture whose limits launches are checked against (80, 86, 89, 90; default 80):
+// dynamic shared memory per block at most 163 KiB (sm_80), 99 KiB (sm_86/89), 227 KiB (sm_90), and
+// more than 48 KiB only after cudaFuncSetAttribute(kernel, MaxDynamicSharedMemorySize, bytes).
+void set_arch(int sm);
+int arch();
+// Memcheck: global allocations made with memcheck_alloc (the CPU tensors the fastconv._simt
+// module allocates while memcheck is on) end exactly at an inaccessible page, so a kernel's read
+// or write past the end faults; the fault becomes an error naming the kernel and the source line.
+void set_memcheck(bool on);
+bool memcheck();
+void* memcheck_alloc(size_t bytes);
+void memcheck_free(void* p);
+bool memcheck_owns(const void* p);
 
 namespace detail {
 
@@ -194,7 +211,13 @@ struct LaunchConfig {
   size_t smem;
   const char* file;
   int line;
+  const void* kernel;  // identifies the kernel (attributes, name in error messages)
 };
+// cudaFuncSetAttribute's emulation; returns cudaErrorInvalidValue for a value over the arch's limit.
+cudaError_t set_func_attribute(const void* kernel, int attr, int value);
+// A misaligned access through __ldg (or another checked access): records the error and abandons
+// the block; pc: the kernel's code address (for the line).
+[[noreturn]] void misaligned(const void* addr, size_t align, const char* what, const char* file, int line);
 // Diagnostics: CPU ns of one raw fiber context switch (-1 with the ucontext fallback).
 double measure_switch_ns(int iters);
 // Runs the whole grid; thunk(ctx) is the body of one CUDA thread. Throws on emulated UB.
@@ -219,7 +242,7 @@ struct Launcher {
 template <class... P>
 Launcher<P...> make_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
                            const char* file, int line) {
-  return Launcher<P...>{kernel, LaunchConfig{grid, block, smem, file, line}};
+  return Launcher<P...>{kernel, LaunchConfig{grid, block, smem, file, line, reinterpret_cast<const void*>(kernel)}};
 }
 
 }  // namespace detail
@@ -297,7 +320,16 @@ SIMT_ATOMIC_FP(double, uint64_t)
 
 // ---------------------------------------------------------------- loads and math
 template <class T>
-__forceinline__ T __ldg(const T* p) { return *p; }
+__forceinline__ T __ldg(const T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  if (__builtin_expect(reinterpret_cast<uintptr_t>(p) % alignof(T) != 0, 0))
+    ::simt::detail::misaligned(p, alignof(T), "__ldg", file, line);
+  return *p;
+}
+
+template <class F>
+inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  return ::simt::detail::set_func_attribute(reinterpret_cast<const void*>(kernel), int(attr), value);
+}
 
 __forceinline__ float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 __forceinline__ double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }

@@ -6,11 +6,16 @@
 //   _selftest(str which) -> Tensor     a correct emulator test kernel's output (selftest_kernels.cuh)
 //   _planted(str which) -> Tensor      a planted-bug kernel (raises where the emulator catches it)
 //   _bench(str which, int blocks, int threads, int nsync) -> float   seconds for one launch
+//   set_memcheck(bool) / get_memcheck() -> bool   guarded CPU allocations (see below)
+//   set_arch(int sm) / get_arch() -> int        launch limits of sm_80 / 86 / 89 / 90
 //   _mma_regs, _ldsm, _cp_async, _gemm16, _gemm_tf32: the mma.h test kernels (mma_selftest.cuh)
 #include <Python.h>
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
+
+#include <cstdlib>
 
 #include <chrono>
 #include <cstring>
@@ -22,6 +27,40 @@
 #include "simt/simt.h"
 
 namespace {
+
+// ---- memcheck: while on, CPU tensors are allocated by simt::memcheck_alloc (their last byte
+// just before an inaccessible page, so a kernel reading or writing past a tensor's end faults and
+// the emulator reports the kernel and the line). Installed as the CPU allocator when this module
+// loads; while memcheck is off it forwards to the allocator it replaced. FASTCONV_SIMT_MEMCHECK=1
+// in the environment turns it on for the whole process.
+struct MemcheckAllocator final : c10::Allocator {
+  c10::Allocator* prev = nullptr;
+  c10::DataPtr allocate(size_t n) override {
+    if (!simt::memcheck() || n == 0) return prev->allocate(n);
+    void* p = simt::memcheck_alloc(n);
+    return {p, p, &simt::memcheck_free, c10::Device(c10::DeviceType::CPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &raw_delete; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+  static void raw_delete(void* p);
+};
+MemcheckAllocator g_memcheck_allocator;
+void MemcheckAllocator::raw_delete(void* p) {
+  if (simt::memcheck_owns(p)) simt::memcheck_free(p);
+  else if (c10::DeleterFnPtr d = g_memcheck_allocator.prev->raw_deleter()) d(p);
+}
+const bool g_memcheck_installed = [] {
+  g_memcheck_allocator.prev = c10::GetCPUAllocator();
+  c10::SetCPUAllocator(&g_memcheck_allocator, /*priority=*/100);
+  const char* env = std::getenv("FASTCONV_SIMT_MEMCHECK");
+  if (env && std::string(env) == "1") simt::set_memcheck(true);
+  return true;
+}();
+
+void set_memcheck(bool on) { simt::set_memcheck(on); }
+bool get_memcheck() { return simt::memcheck(); }
+void set_arch(int64_t sm) { simt::set_arch(int(sm)); }
+int64_t get_arch() { return simt::arch(); }
 
 at::Tensor to_tensor(const std::vector<float>& v) {
   at::Tensor t = at::empty({int64_t(v.size())}, at::kFloat);
@@ -129,6 +168,10 @@ TORCH_LIBRARY_FRAGMENT(fastconv_simt, m) {
   m.def("_selftest(str which) -> Tensor", &selftest);
   m.def("_planted(str which) -> Tensor", &planted);
   m.def("_bench(str which, int blocks, int threads, int nsync=0) -> float", &bench);
+  m.def("set_memcheck(bool on) -> ()", &set_memcheck);
+  m.def("get_memcheck() -> bool", &get_memcheck);
+  m.def("set_arch(int sm) -> ()", &set_arch);
+  m.def("get_arch() -> int", &get_arch);
   m.def("_mma_regs(int kind, Tensor a, Tensor b, Tensor c) -> Tensor", &mma_regs);
   m.def("_ldsm(int n, bool trans, Tensor image, Tensor rows) -> Tensor", &ldsm);
   m.def("_cp_async(Tensor src) -> Tensor", &cp_async);
