@@ -81,6 +81,11 @@ Order schedule_order() { return Order(g_order.load()); }
 uint64_t schedule_seed() { return g_seed.load(); }
 void set_serial(bool serial) { g_serial.store(serial); }
 
+namespace detail {
+bool g_counting_any = false;
+static std::atomic<int> g_sample_every{1};
+}  // namespace detail
+
 static std::atomic<int> g_arch{80};
 void set_arch(int sm) {
   if (sm != 80 && sm != 86 && sm != 89 && sm != 90)
@@ -143,6 +148,8 @@ struct Fiber : FiberHeader {
   // cp.async state: copies not landed yet, and the number of commit_groups so far.
   std::vector<CpOp> cp_ops;
   unsigned cp_groups;
+  // Performance counters: how often this thread executed each counted (file, line, kind).
+  std::map<std::tuple<const char*, int, int>, unsigned> site_k;
 #ifdef SIMT_UCONTEXT
   ucontext_t uc;
 #endif
@@ -206,6 +213,14 @@ struct Runner {
   // Per 4 bytes of dynamic shared memory: 1 + linear index of the thread whose cp.async to it has
   // not landed yet, or 0.
   std::vector<uint32_t> inflight;
+  // Performance counters of the current block (when it is sampled): the lanes' accesses of each
+  // warp-level request (warp, file, line, kind, k-th execution) -> (lane, address, bytes), and
+  // warp-level counts (mma, ldmatrix, barriers) per (file, line, kind).
+  bool counting = false;
+  std::map<std::tuple<unsigned, const char*, int, int, unsigned>, std::vector<std::tuple<unsigned, uintptr_t, unsigned>>> inst;
+  struct Agg { uint64_t req = 0, units = 0, bytes = 0; };
+  std::map<std::tuple<const char*, int, int>, Agg> direct;
+  void flush_counters();
   std::vector<unsigned> order;
   uint64_t rng = 0;
   const Launch* launch = nullptr;
@@ -524,6 +539,7 @@ void Runner::run_block(const Launch& L, uint64_t b) {
     f->state = State::runnable;
     f->cp_ops.clear();
     f->cp_groups = 0;
+    if (!f->site_k.empty()) f->site_k.clear();
     f->file = nullptr;
     f->line = 0;
   }
@@ -532,6 +548,9 @@ void Runner::run_block(const Launch& L, uint64_t b) {
 #endif
 
   round = 0;
+  counting = g_counting_any && (b % uint64_t(std::max(1, g_sample_every.load())) == 0);
+  inst.clear();
+  direct.clear();
   if (order.size() < n) order.resize(kMaxThreads);
   while (error.empty()) {
     // One round: every runnable fiber runs until it blocks or exits.
@@ -576,6 +595,7 @@ void Runner::run_block(const Launch& L, uint64_t b) {
 #ifdef SIMT_TSAN
   __tsan_acquire(&sync_exit);
 #endif
+  if (counting && error.empty()) flush_counters();
   launch = nullptr;
 }
 
@@ -760,6 +780,7 @@ void Runner::resolve_barrier() {
     f->state = State::runnable;
   }
   bar_phase++;
+  if (counting) direct[std::make_tuple(first_bar->file, first_bar->line, 7)].req++;
 }
 
 // ---------------------------------------------------------------- kernel-side operations
@@ -962,6 +983,11 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes, bool cg, con
     for (size_t w = w0; w < w0 + size_t(bytes) / 4; ++w) r->inflight[w] = f->linear + 1;
   }
   f->cp_ops.push_back(op);
+  if (r->counting) {
+    unsigned k = f->site_k[std::make_tuple(file, line, 4)]++;
+    r->inst[std::make_tuple(f->warp, file, line, 4, k)].emplace_back(f->lane, reinterpret_cast<uintptr_t>(src),
+                                                                      unsigned(src_bytes) | (unsigned(bytes) << 8));
+  }
 }
 
 void cp_async_commit(const char*, int) {
@@ -1048,6 +1074,7 @@ static double operand(MmaKind k, uint32_t reg, int e) {
 
 static std::string mma_complete(Fiber* const* lanes) {
   const MmaKind kind = reinterpret_cast<MmaLane*>(lanes[0]->value)->kind;
+  if (lanes[0]->runner->counting) lanes[0]->runner->direct[std::make_tuple(lanes[0]->file, lanes[0]->line, 6)].req++;
   const int K = kind == MmaKind::tf32 ? 8 : 16;
   double A[16][16], B[16][8], C[16][8];
   for (int l = 0; l < 32; ++l) {
@@ -1149,6 +1176,27 @@ static std::string ldsm_complete(Fiber* const* lanes) {
                " (a copy not issued yet: missing __syncthreads?)";
     }
     rows[l] = p;
+  }
+  if (r->counting) {
+    // One phase per 8x8 matrix: its 8 rows of 16 bytes; wavefronts = most distinct 4-byte words
+    // any of the 32 banks must deliver.
+    uint64_t wf = 0;
+    for (int i = 0; i < n; ++i) {
+      std::map<unsigned, std::vector<uintptr_t>> bank;
+      for (int row = 0; row < 8; ++row)
+        for (int w = 0; w < 4; ++w) {
+          uintptr_t word = (reinterpret_cast<uintptr_t>(rows[8 * i + row]) >> 2) + w;
+          auto& v = bank[unsigned(word % 32)];
+          if (std::find(v.begin(), v.end(), word) == v.end()) v.push_back(word);
+        }
+      size_t m = 1;
+      for (auto& kv : bank) m = std::max(m, kv.second.size());
+      wf += m;
+    }
+    Runner::Agg& a = r->direct[std::make_tuple(lanes[0]->file, lanes[0]->line, 5)];
+    a.req++;
+    a.units += wf;
+    a.bytes += uint64_t(n) * 128;
   }
   for (int l = 0; l < 32; ++l) {
     uint32_t* out = reinterpret_cast<LdsmLane*>(lanes[l]->value)->r;
@@ -1434,6 +1482,108 @@ static void ensure_fault_handler() {
   if (sigaction(SIGBUS, &sa, &prev) == 0 && prev.sa_sigaction != &on_fault) g_prev_bus = prev;
 #endif
 }
+
+// ---------------------------------------------------------------- performance counters
+void count_access(int kind, const void* p, unsigned bytes, const char* file, int line) {
+  Fiber* f = static_cast<Fiber*>(self());
+  Runner* r = f->runner;
+  if (!r->counting) return;
+  unsigned k = f->site_k[std::make_tuple(file, line, kind)]++;
+  r->inst[std::make_tuple(f->warp, file, line, kind, k)].emplace_back(f->lane, reinterpret_cast<uintptr_t>(p), bytes);
+}
+
+namespace {
+struct CounterKey {
+  const void* kernel;
+  std::string file;
+  int line, kind;
+  bool operator<(const CounterKey& o) const {
+    return std::tie(kernel, file, line, kind) < std::tie(o.kernel, o.file, o.line, o.kind);
+  }
+};
+std::mutex g_counters_mu;
+std::map<CounterKey, Runner::Agg> g_counters;
+const char* const kKindNames[] = {"gld", "gst", "lds", "sts", "cp_async", "ldsm", "mma", "bar"};
+}  // namespace
+
+void Runner::flush_counters() {
+  std::map<std::tuple<const char*, int, int>, Agg> rows = direct;
+  for (auto& kv : inst) {
+    const int kind = std::get<3>(kv.first);
+    auto acc = kv.second;  // (lane, address, bytes)
+    Agg& a = rows[std::make_tuple(std::get<1>(kv.first), std::get<2>(kv.first), kind)];
+    a.req++;
+    if (kind == 0 || kind == 1 || kind == 4) {  // global: distinct 32-byte sectors
+      std::vector<uintptr_t> sect;
+      for (auto& x : acc) {
+        unsigned nb = std::get<2>(x) & 0xff;
+        a.bytes += kind == 4 ? (std::get<2>(x) >> 8) : nb;
+        for (uintptr_t s = std::get<1>(x) >> 5; nb && s <= (std::get<1>(x) + nb - 1) >> 5; ++s) sect.push_back(s);
+      }
+      std::sort(sect.begin(), sect.end());
+      a.units += uint64_t(std::unique(sect.begin(), sect.end()) - sect.begin());
+    } else {  // shared: per phase (32 / 16 / 8 lanes for <=4 / 8 / 16-byte accesses), the most
+              // distinct 4-byte words any bank holds
+      unsigned size = 4;
+      for (auto& x : acc) size = std::max(size, std::get<2>(x)), a.bytes += std::get<2>(x);
+      const unsigned per_phase = 128 / std::min(size, 16u);
+      std::map<unsigned, std::map<unsigned, std::vector<uintptr_t>>> phases;  // phase -> bank -> words
+      for (auto& x : acc)
+        for (uintptr_t w = std::get<1>(x) >> 2; w <= (std::get<1>(x) + std::get<2>(x) - 1) >> 2; ++w) {
+          auto& v = phases[std::get<0>(x) / per_phase][unsigned(w % 32)];
+          if (std::find(v.begin(), v.end(), w) == v.end()) v.push_back(w);
+        }
+      for (auto& ph : phases) {
+        size_t m = 1;
+        for (auto& b : ph.second) m = std::max(m, b.second.size());
+        a.units += m;
+      }
+    }
+  }
+  std::lock_guard<std::mutex> g(g_counters_mu);
+  for (auto& kv : rows) {
+    Agg& a = g_counters[CounterKey{launch->cfg.kernel, std::get<0>(kv.first) ? std::get<0>(kv.first) : "?",
+                                   std::get<1>(kv.first), std::get<2>(kv.first)}];
+    a.req += kv.second.req;
+    a.units += kv.second.units;
+    a.bytes += kv.second.bytes;
+  }
+}
+
+}  // namespace detail
+
+void set_counters(bool on, int sample_every) {
+  if (sample_every < 1) throw std::invalid_argument("simt::set_counters: sample_every must be >= 1");
+  detail::g_sample_every.store(sample_every);
+  detail::g_counting_any = on;
+}
+void counters_reset() {
+  std::lock_guard<std::mutex> g(detail::g_counters_mu);
+  detail::g_counters.clear();
+}
+std::string counters_report() {
+  using namespace detail;
+  std::map<CounterKey, Runner::Agg> copy;
+  {
+    std::lock_guard<std::mutex> g(g_counters_mu);
+    copy = g_counters;
+  }
+  std::map<const void*, std::string> names;
+  std::string out;
+  for (auto& kv : copy) {
+    auto it = names.find(kv.first.kernel);
+    if (it == names.end()) {
+      std::string nm = kernel_name(kv.first.kernel);
+      it = names.emplace(kv.first.kernel, nm.empty() ? addr_str(kv.first.kernel) : nm).first;
+    }
+    out += it->second + "\t" + kv.first.file + ":" + std::to_string(kv.first.line) + "\t" + kKindNames[kv.first.kind] +
+           "\t" + std::to_string(kv.second.req) + "\t" + std::to_string(kv.second.units) + "\t" +
+           std::to_string(kv.second.bytes) + "\n";
+  }
+  return out;
+}
+
+namespace detail {
 
 void misaligned(const void* addr, size_t align, const char* what, const char* file, int line) {
   Fiber* f = static_cast<Fiber*>(self());

@@ -58,6 +58,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -141,6 +142,17 @@ int arch();
 void set_memcheck(bool on);
 bool memcheck();
 void* memcheck_alloc(size_t bytes);
+// Performance counters (opt-in): in every sample_every-th block (by linear index) the emulator
+// counts, per kernel and source line, global requests and 32-byte sectors (__ldg, st_global /
+// ld_global, cp.async sources), shared requests and bank-conflict wavefronts (ld_shared /
+// st_shared, ldmatrix by its 8-row phases), cp.async bytes, mma instructions and barriers.
+// Requests are warp-level: the lanes' i-th execution of one source line form one request.
+// counters_report(): one line per (kernel, line, metric group), tab-separated:
+//   kernel  file:line  kind  requests  sectors_or_wavefronts  bytes
+// kinds: gld gst lds sts ldsm cp_async mma bar.
+void set_counters(bool on, int sample_every);
+void counters_reset();
+std::string counters_report();
 void memcheck_free(void* p);
 bool memcheck_owns(const void* p);
 
@@ -215,6 +227,9 @@ struct LaunchConfig {
 };
 // cudaFuncSetAttribute's emulation; returns cudaErrorInvalidValue for a value over the arch's limit.
 cudaError_t set_func_attribute(const void* kernel, int attr, int value);
+// Counted accesses (see set_counters); kind: 0 global load, 1 global store, 2 shared load, 3 shared store.
+extern bool g_counting_any;  // counters on (fast test)
+void count_access(int kind, const void* p, unsigned bytes, const char* file, int line);
 // A misaligned access through __ldg (or another checked access): records the error and abandons
 // the block; pc: the kernel's code address (for the line).
 [[noreturn]] void misaligned(const void* addr, size_t align, const char* what, const char* file, int line);
@@ -323,6 +338,7 @@ template <class T>
 __forceinline__ T __ldg(const T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   if (__builtin_expect(reinterpret_cast<uintptr_t>(p) % alignof(T) != 0, 0))
     ::simt::detail::misaligned(p, alignof(T), "__ldg", file, line);
+  if (__builtin_expect(::simt::detail::g_counting_any, 0)) ::simt::detail::count_access(0, p, sizeof(T), file, line);
   return *p;
 }
 

@@ -6,6 +6,8 @@
 //   _selftest(str which) -> Tensor     a correct emulator test kernel's output (selftest_kernels.cuh)
 //   _planted(str which) -> Tensor      a planted-bug kernel (raises where the emulator catches it)
 //   _bench(str which, int blocks, int threads, int nsync) -> float   seconds for one launch
+//   set_counters(bool, int sample_every) / counters_reset() / counters_report() -> str
+//   _counters_kernels(str which)                 kernels with hand-known counter values
 //   set_memcheck(bool) / get_memcheck() -> bool   guarded CPU allocations (see below)
 //   set_arch(int sm) / get_arch() -> int        launch limits of sm_80 / 86 / 89 / 90
 //   _mma_regs, _ldsm, _cp_async, _gemm16, _gemm_tf32: the mma.h test kernels (mma_selftest.cuh)
@@ -22,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "simt/counters_selftest.cuh"
 #include "simt/mma_selftest.cuh"
 #include "simt/selftest_kernels.cuh"
 #include "simt/simt.h"
@@ -56,6 +59,10 @@ const bool g_memcheck_installed = [] {
   if (env && std::string(env) == "1") simt::set_memcheck(true);
   return true;
 }();
+
+void set_counters(bool on, int64_t sample_every) { simt::set_counters(on, int(sample_every)); }
+void counters_reset() { simt::counters_reset(); }
+std::string counters_report() { return simt::counters_report(); }
 
 void set_memcheck(bool on) { simt::set_memcheck(on); }
 bool get_memcheck() { return simt::memcheck(); }
@@ -153,6 +160,26 @@ at::Tensor gemm_tf32(at::Tensor A, at::Tensor B, bool round) {
   return C;
 }
 
+// Kernels whose counters are known by hand (tests/test_simt_counters.py).
+at::Tensor counters_kernels(std::string which) {
+  at::Tensor in = at::empty({256 * 32 * 4}, at::kFloat);
+  at::Tensor out = at::empty({256 * 4}, at::kFloat);
+  for (int64_t i = 0; i < in.numel(); ++i) in.data_ptr<float>()[i] = float(i);
+  std::memset(out.data_ptr<float>(), 0, out.numel() * sizeof(float));
+  if (which == "copy") {
+    FC_LAUNCH(simt_counters_test::k_copy, 1, 256, 0, nullptr)(in.data_ptr<float>(), out.data_ptr<float>(), 1);
+  } else if (which == "copy_stride32") {
+    FC_LAUNCH(simt_counters_test::k_copy, 1, 256, 0, nullptr)(in.data_ptr<float>(), out.data_ptr<float>(), 32);
+  } else if (which == "shared") {
+    FC_LAUNCH(simt_counters_test::k_shared, 1, 64, 64 * 33 * 4, nullptr)(out.data_ptr<float>());
+  } else if (which == "ldsm") {
+    FC_LAUNCH(simt_counters_test::k_ldsm_banks, 1, 32, 8192, nullptr)(out.data_ptr<float>());
+  } else {
+    TORCH_CHECK(false, "_counters_kernels: unknown '", which, "'");
+  }
+  return out;
+}
+
 at::Tensor mma_misuse(int64_t which) {
   at::Tensor out = at::empty({64}, at::kFloat);
   FC_LAUNCH(simt_mma_test::k_mma_misuse, 1, which == 1 ? 48 : 32, 0, nullptr)(int(which), out.data_ptr<float>());
@@ -168,6 +195,10 @@ TORCH_LIBRARY_FRAGMENT(fastconv_simt, m) {
   m.def("_selftest(str which) -> Tensor", &selftest);
   m.def("_planted(str which) -> Tensor", &planted);
   m.def("_bench(str which, int blocks, int threads, int nsync=0) -> float", &bench);
+  m.def("set_counters(bool on, int sample_every=1) -> ()", &set_counters);
+  m.def("counters_reset() -> ()", &counters_reset);
+  m.def("counters_report() -> str", &counters_report);
+  m.def("_counters_kernels(str which) -> Tensor", &counters_kernels);
   m.def("set_memcheck(bool on) -> ()", &set_memcheck);
   m.def("get_memcheck() -> bool", &get_memcheck);
   m.def("set_arch(int sm) -> ()", &set_arch);
