@@ -243,6 +243,13 @@ def test_planted_misaligned_vector_load():
         ops._planted("ldg_misaligned")
 
 
+def test_planted_misaligned_plain_vector_load():
+    # float4 & co. check both addresses of every copy (the emulator's vector types).
+    line = marker_line("SIMT_PLANTED_VEC")
+    with pytest.raises(RuntimeError, match=rf"misaligned float4 access at \S*selftest_kernels.cuh:{line} .*is not 16-byte aligned"):
+        ops._planted("vec_misaligned")
+
+
 def test_dynamic_smem_over_48k_needs_the_attribute():
     with pytest.raises(RuntimeError, match=r"65536 bytes of dynamic shared memory requested at \S*selftest_kernels.cuh:\d+ by kernel simt_selftest::k_big_smem<0>: more than 48 KiB needs cudaFuncSetAttribute"):
         ops._planted("smem_no_optin")

@@ -12,6 +12,8 @@
 //     oob_global_read  read one past the end of a global buffer -> memcheck error naming the line
 //     null_write   write through a null pointer                 -> error naming the line
 //     ldg_misaligned   __ldg of a float4 at a 4-byte offset     -> error naming the line
+//     vec_misaligned   plain float4 load at a 4-byte offset: an error naming the line when the
+//                      compiler emits an aligned vector move (general-protection fault)
 //     smem_no_optin    64 KiB of dynamic smem without the attribute          -> launch error
 //     smem_over_arch   200 KiB of dynamic smem (sm_80 allows 163 KiB)        -> launch error
 //     nonatomic    non-atomic += on one shared variable: same result in every order, only the
@@ -220,6 +222,11 @@ __global__ void p_null_write(float* out) {
   if (threadIdx.x == 5) out[threadIdx.x] = 1.f;  // SIMT_PLANTED_NULL_WRITE
 }
 
+__global__ void p_vec_misaligned(const float* in, float* out) {
+  const float4 v = *reinterpret_cast<const float4*>(in + 4 * threadIdx.x + 1);  // SIMT_PLANTED_VEC
+  out[threadIdx.x] = v.x + v.w;
+}
+
 __global__ void p_ldg_misaligned(const float* in, float* out) {
   const float4 v = __ldg(reinterpret_cast<const float4*>(in + 4 * threadIdx.x + 1));  // SIMT_PLANTED_LDG
   out[threadIdx.x] = v.x;
@@ -361,6 +368,10 @@ inline std::vector<float> planted_run(const std::string& which) {
     std::vector<float> in(4 * 32 + 8, 1.f);
     float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(in.data()) + 15) & ~uintptr_t(15));
     FC_LAUNCH(p_ldg_misaligned, 1, 32, 0, nullptr)(aligned, out.data());
+  } else if (which == "vec_misaligned") {
+    std::vector<float> in(4 * 32 + 8, 1.f);
+    float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(in.data()) + 15) & ~uintptr_t(15));
+    FC_LAUNCH(p_vec_misaligned, 1, 32, 0, nullptr)(aligned, out.data());
   } else if (which == "smem_no_optin") {
     auto* k = &k_big_smem<0>;
     FC_LAUNCH(k, 1, 64, 64 << 10, nullptr)(out.data(), 16 << 10);

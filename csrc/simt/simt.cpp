@@ -1378,7 +1378,10 @@ static std::string kernel_name(const void* kernel) {
 static std::string code_site(const void* pc) {
   auto fr = symbolize(pc);
   if (fr.empty()) return "pc " + addr_str(pc);
-  const auto& in = fr.front();
+  // The innermost frame that is not the emulator's own header (vector-type copies, __ldg).
+  size_t k = 0;
+  while (k + 1 < fr.size() && fr[k].second.find("simt/simt.h:") != std::string::npos) ++k;
+  const auto& in = fr[k];
   if (in.second.rfind("??", 0) == 0)
     return "pc " + addr_str(pc) + " in " + short_function(in.first) + " (no line information: build with -g)";
   std::string loc = in.second;
@@ -1584,6 +1587,14 @@ std::string counters_report() {
 }
 
 namespace detail {
+
+void misaligned_vector(const void* addr, size_t align, const char* type) {
+  const void* pc = __builtin_return_address(0);  // in the code that copied the vector
+  Fiber* f = static_cast<Fiber*>(self());
+  fiber_error(f, std::string("misaligned ") + type + " access at " +
+                     code_site(static_cast<const char*>(pc) - 1) + ": address " + addr_str(addr) + " is not " +
+                     std::to_string(align) + "-byte aligned");
+}
 
 void misaligned(const void* addr, size_t align, const char* what, const char* file, int line) {
   Fiber* f = static_cast<Fiber*>(self());

@@ -77,29 +77,57 @@
 #define __shared__ static thread_local __attribute__((tls_model("global-dynamic")))
 
 // ---------------------------------------------------------------- vector types
+namespace simt { namespace detail {
+// A vector-type copy from / to a misaligned address: records the error (naming the source line
+// of the copy, from the code address this call returns to) and abandons the block.
+[[noreturn]] __attribute__((noinline)) void misaligned_vector(const void* addr, size_t align, const char* type);
+} }
+// Vector types with CUDA's alignment. Copies check the alignment of both sides (a misaligned
+// float4 / int2 ... load or store is an error naming the line, as on the GPU).
+#define SIMT_VEC_CHECK(N, A, p)                                                                  \
+  if (__builtin_expect(reinterpret_cast<uintptr_t>(p) % (A) != 0, 0))                            \
+    ::simt::detail::misaligned_vector(p, (A), #N)
 #define SIMT_VEC2(T, N, A) struct __attribute__((aligned(A))) N { T x, y; }; \
+  __forceinline__ N make_##N(T x, T y) { return N{x, y}; }
+#define SIMT_VEC2C(T, N, A) struct __attribute__((aligned(A))) N {                               \
+    T x, y;                                                                                      \
+    N() = default;                                                                               \
+    constexpr N(T x_, T y_) : x(x_), y(y_) {}                                                    \
+    __forceinline__ N(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; } \
+    __forceinline__ N& operator=(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; return *this; } \
+  }; \
   __forceinline__ N make_##N(T x, T y) { return N{x, y}; }
 #define SIMT_VEC3(T, N) struct N { T x, y, z; }; \
   __forceinline__ N make_##N(T x, T y, T z) { return N{x, y, z}; }
 #define SIMT_VEC4(T, N, A) struct __attribute__((aligned(A))) N { T x, y, z, w; }; \
   __forceinline__ N make_##N(T x, T y, T z, T w) { return N{x, y, z, w}; }
+#define SIMT_VEC4C(T, N, A) struct __attribute__((aligned(A))) N {                               \
+    T x, y, z, w;                                                                                \
+    N() = default;                                                                               \
+    constexpr N(T x_, T y_, T z_, T w_) : x(x_), y(y_), z(z_), w(w_) {}                          \
+    __forceinline__ N(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; z = o.z; w = o.w; } \
+    __forceinline__ N& operator=(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; z = o.z; w = o.w; return *this; } \
+  }; \
+  __forceinline__ N make_##N(T x, T y, T z, T w) { return N{x, y, z, w}; }
 SIMT_VEC2(short, short2, 4)
-SIMT_VEC2(int, int2, 8)
-SIMT_VEC2(unsigned, uint2, 8)
-SIMT_VEC2(float, float2, 8)
-SIMT_VEC2(double, double2, 16)
-SIMT_VEC2(long long, longlong2, 16)
+SIMT_VEC2C(int, int2, 8)
+SIMT_VEC2C(unsigned, uint2, 8)
+SIMT_VEC2C(float, float2, 8)
+SIMT_VEC2C(double, double2, 16)
+SIMT_VEC2C(long long, longlong2, 16)
 SIMT_VEC3(int, int3)
 SIMT_VEC3(unsigned, uint3)
 SIMT_VEC3(float, float3)
 SIMT_VEC4(signed char, char4, 4)
 SIMT_VEC4(unsigned char, uchar4, 4)
-SIMT_VEC4(int, int4, 16)
-SIMT_VEC4(unsigned, uint4, 16)
-SIMT_VEC4(float, float4, 16)
+SIMT_VEC4C(int, int4, 16)
+SIMT_VEC4C(unsigned, uint4, 16)
+SIMT_VEC4C(float, float4, 16)
 #undef SIMT_VEC2
+#undef SIMT_VEC2C
 #undef SIMT_VEC3
 #undef SIMT_VEC4
+#undef SIMT_VEC4C
 
 struct dim3 {
   unsigned x, y, z;
