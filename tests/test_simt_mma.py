@@ -334,3 +334,18 @@ def test_collective_misuse_is_an_error():
         ops._mma_misuse(0)
     with pytest.raises(RuntimeError, match=rf"mma.m16n8k16.f16 at \S*mma_selftest.cuh:{line}: executed by a partial warp of 16"):
         ops._mma_misuse(1)
+
+
+@pytest.mark.parametrize("which,tag,pattern", [
+    (0, "SIMT_CP_BAD_DST", r"shared destination 0x[0-9a-f]+ is not 16-byte aligned"),
+    (1, "SIMT_CP_BAD_SRC", r"global source 0x[0-9a-f]+ is not 16-byte aligned"),
+    (2, "SIMT_CP_SRC_OOB", r"global read out of bounds: bytes 400..415 of a 400-byte allocation"),
+    (3, "SIMT_CP_GLOBAL_DST", r"destination 0x[0-9a-f]+ is global memory, not shared memory"),
+], ids=["misaligned_dst", "misaligned_src", "src_past_end", "global_dst"])
+def test_planted_cp_async_misuse(which, tag, pattern):
+    from fastconv import testing
+
+    with testing.memcheck():  # the source's extent is known for memcheck tensors
+        src = torch.zeros(100)
+        with pytest.raises(RuntimeError, match=rf"cp.async.(ca|cg) at \S*mma_selftest.cuh:{marker_line(tag)}: " + pattern):
+            ops._cp_async_misuse(which, src)

@@ -176,4 +176,19 @@ __global__ void k_mma_misuse(int which, float* out) {
   out[threadIdx.x] = d[0];
 }
 
+// Planted cp.async misuse (one thread copies): which 0: destination 8 bytes off a 16-byte boundary;
+// 1: source 4 bytes off; 2: source just past the end of `src` (n floats); 3: destination in global
+// memory.
+__global__ void k_cp_async_misuse(int which, const float* src, int n, float* gdst) {
+  FC_DYNAMIC_SHARED(float, sm);
+  if (threadIdx.x == 0) {
+    if (which == 0) cp_async_cg(sm + 2, src);                  // SIMT_CP_BAD_DST
+    else if (which == 1) cp_async_cg(sm, src + 1);             // SIMT_CP_BAD_SRC
+    else if (which == 2) cp_async_ca<16>(sm, src + n);         // SIMT_CP_SRC_OOB
+    else cp_async_ca<4>(gdst, src);                            // SIMT_CP_GLOBAL_DST
+    cp_async_wait_all();
+  }
+  __syncthreads();
+}
+
 }  // namespace simt_mma_test

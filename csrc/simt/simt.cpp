@@ -962,7 +962,8 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes, bool cg, con
     const unsigned char* gb;
     size_t gs;
     const unsigned char* a = static_cast<const unsigned char*>(src);
-    if (global_extent(src, &gb, &gs) && a + src_bytes > gb + gs)
+    // (a copy that starts exactly at a tensor's end belongs to that tensor)
+    if ((global_extent(src, &gb, &gs) || global_extent(a - 1, &gb, &gs)) && a + src_bytes > gb + gs)
       fiber_error(f, at + "global read out of bounds: bytes " + std::to_string(a - gb) + ".." +
                          std::to_string(a - gb + src_bytes - 1) + " of a " + std::to_string(gs) + "-byte allocation");
   }

@@ -180,6 +180,14 @@ at::Tensor counters_kernels(std::string which) {
   return out;
 }
 
+at::Tensor cp_async_misuse(int64_t which, at::Tensor src) {
+  need(src, at::kFloat, "src");
+  at::Tensor g = at::empty({64}, at::kFloat);
+  FC_LAUNCH(simt_mma_test::k_cp_async_misuse, 1, 32, 256, nullptr)(int(which), src.data_ptr<float>(), int(src.numel()),
+                                                                   g.data_ptr<float>());
+  return g;
+}
+
 at::Tensor mma_misuse(int64_t which) {
   at::Tensor out = at::empty({64}, at::kFloat);
   FC_LAUNCH(simt_mma_test::k_mma_misuse, 1, which == 1 ? 48 : 32, 0, nullptr)(int(which), out.data_ptr<float>());
@@ -209,6 +217,7 @@ TORCH_LIBRARY_FRAGMENT(fastconv_simt, m) {
   m.def("_gemm16(Tensor A, Tensor B, bool bf16, bool b_kn, int M, int N, int K, int bug=0) -> Tensor", &gemm16);
   m.def("_gemm_tf32(Tensor A, Tensor B, bool round) -> Tensor", &gemm_tf32);
   m.def("_mma_misuse(int which) -> Tensor", &mma_misuse);
+  m.def("_cp_async_misuse(int which, Tensor src) -> Tensor", &cp_async_misuse);
 }
 
 // Importing fastconv._simt runs the op registrations above (and the kernel engineer's ones).
