@@ -8,6 +8,21 @@ they allow. Exits with status 1 if any kernel spills.
     python benchmarks/cuda_resources.py                 # sm_80 and sm_90
     python benchmarks/cuda_resources.py --arch 80       # one architecture
     python benchmarks/cuda_resources.py --log build.log # parse a saved `ptxas -v` log instead
+    python benchmarks/cuda_resources.py --sass          # + SASS instruction census per kernel
+    python benchmarks/cuda_resources.py --counters      # emulator performance counters (no GPU)
+
+--sass disassembles the compiled kernels with cuobjdump (from the CUDA toolkit on PATH / CUDA_HOME,
+or the nvidia-cuda-cuobjdump wheel in site-packages/nvidia/cu13/bin) and counts, per kernel and
+architecture: HMMA (tensor-core mma), FFMA, LDGSTS (cp.async), LDSM (ldmatrix), LDS / STS, LDG / STG,
+local-memory traffic (LDL / STL: spills or local arrays) and integer division: IDIV32 (inlined
+32-bit divisions / modulos, each starting with I2F.U32.RP), DIV64 (64-bit division subroutines,
+I2F.U64.RP) and CALL (calls into them).
+
+--counters runs a few convolutions through the SIMT emulator (fastconv.testing) with its performance
+counters on and prints, per kernel and source line: warp-level requests, 32-byte sectors (global)
+or bank-conflict wavefronts (shared, ldmatrix), bytes, mma instructions and barriers. The emulator
+counts the accesses it sees: __ldg, ld_/st_global, ld_/st_shared, ldmatrix, cp.async, mma and
+barriers, not plain pointer dereferences.
 
 Threads per block and dynamic shared memory are launch parameters that ptxas does not see; they
 are derived from the kernel's template arguments exactly as csrc/cuda/launch.h chooses them.
@@ -124,11 +139,109 @@ def short(pretty):
     return pretty
 
 
+def cuobjdump_path():
+    """cuobjdump from PATH / CUDA_HOME, else the nvidia-cuda-cuobjdump wheel; None if absent."""
+    cands = [shutil.which("cuobjdump")]
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    cands.append(os.path.join(home, "bin", "cuobjdump"))
+    for site in sys.path:
+        cands.append(os.path.join(site, "nvidia", "cu13", "bin", "cuobjdump"))
+    for c in cands:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+SASS_CLASSES = [
+    ("HMMA", r"^HMMA\b"),
+    ("FFMA", r"^FFMA\b"),
+    ("LDGSTS", r"^LDGSTS\b"),
+    ("LDSM", r"^LDSM\b"),
+    ("LDS", r"^LDS(\.|$)"),
+    ("STS", r"^STS\b"),
+    ("LDG", r"^LDG\b"),
+    ("STG", r"^STG\b"),
+    ("LDL", r"^LDL\b"),
+    ("STL", r"^STL\b"),
+    ("IDIV32", r"^I2F\.U32\.RP\b"),  # starts every inlined 32-bit unsigned division / modulo
+    ("DIV64", r"^I2F\.U64\.RP\b"),   # starts a 64-bit division / modulo subroutine
+    ("CALL", r"^CALL\b"),              # subroutine calls (here: the 64-bit division slow path)
+]
+
+
+def sass_census(obj):
+    """{mangled kernel: {class: count}} from `cuobjdump -sass obj`."""
+    tool = cuobjdump_path()
+    if tool is None:
+        return None
+    res = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit("cuobjdump failed:\n" + res.stderr[-2000:])
+    out, cur, prev = {}, None, ""
+    for line in res.stdout.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            cur = out.setdefault(m.group(1), {k: 0 for k, _ in SASS_CLASSES})
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if not m or cur is None:
+            continue
+        op = m.group(2)
+        for name, pat in SASS_CLASSES:
+            if re.match(pat, op):
+                cur[name] += 1
+    return out
+
+
+def print_sass(per_arch_census):
+    for arch in sorted(per_arch_census):
+        cen = per_arch_census[arch]
+        names = sorted(cen)
+        pretty = demangle(names)
+        cols = [k for k, _ in SASS_CLASSES]
+        print("\n## SASS census sm_%s (%d kernels)\n" % (arch, len(names)))
+        print("| kernel | " + " | ".join(cols) + " |")
+        print("|---|" + "---:|" * len(cols))
+        for p, n in sorted(zip(pretty, names), key=lambda r: short(r[0])):
+            print("| `%s` | " % short(p) + " | ".join(str(cen[n][c]) for c in cols) + " |")
+
+
+def print_counters():
+    """Emulator performance counters for a few representative convolutions."""
+    sys.path.insert(0, ROOT)
+    import torch
+    import fastconv.functional as FF
+    from fastconv import testing
+
+    if not testing.simt_available():
+        sys.exit("fastconv._simt (the SIMT emulator) is not built")
+    cases = [((2, 32, 16, 16), (64, 32, 3, 3)), ((2, 64, 12, 12), (64, 64, 1, 1))]
+    for xs, ws in cases:
+        x = torch.randn(xs, requires_grad=True)
+        w = torch.randn(ws, requires_grad=True)
+        with testing.simt_backend(), testing.counters(sample_every=4) as rows:
+            FF.conv2d(x, w, None, 1, ws[2] // 2).sum().backward()
+        print("\n## counters: conv2d x%s w%s forward + backward (every 4th block)\n" % (list(xs), list(ws)))
+        print("| kernel | line | kind | requests | sectors / wavefronts | per request | bytes |")
+        print("|---|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            per = "%.1f" % (r["units"] / r["requests"]) if r["requests"] and r["units"] else "-"
+            print("| `%s` | %s:%d | %s | %d | %d | %s | %d |" % (
+                short(r["kernel"]), os.path.relpath(r["file"], ROOT), r["line"], r["kind"], r["requests"], r["units"],
+                per, r["bytes"]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", action="append", help="compute capability without the dot (default: 80 and 90)")
     ap.add_argument("--log", help="parse this saved ptxas -v log instead of compiling")
+    ap.add_argument("--sass", action="store_true", help="also print the SASS instruction census (needs cuobjdump)")
+    ap.add_argument("--counters", action="store_true", help="only print the emulator's performance counters")
     args = ap.parse_args()
+    if args.counters:
+        print_counters()
+        return 0
+    census = {}
     if args.log:
         with open(args.log) as f:
             per_arch = parse(f.read())
@@ -137,6 +250,13 @@ def main():
         for arch in args.arch or ["80", "90"]:
             print("compiling csrc/cuda/kernels.cu for sm_%s ..." % arch, file=sys.stderr, flush=True)
             per_arch.update(parse(compile_log(arch)))
+            if args.sass:
+                c = sass_census(os.path.join("/tmp", "fastconv_resources_sm%s.o" % arch))
+                if c is None:
+                    print("--sass: cuobjdump not found (CUDA toolkit bin/, PATH, or pip install "
+                          "nvidia-cuda-cuobjdump): no SASS census", file=sys.stderr)
+                else:
+                    census[arch] = c
     spills = 0
     for arch in sorted(per_arch):
         ks = per_arch[arch]
@@ -152,6 +272,8 @@ def main():
             print("| `%s` | %d | %d | %d | %d | %d/%d | %d | %.0f%% |" % (
                 short(p), k["regs"], k["smem"], dyn, threads, k["spill_st"], k["spill_ld"], blocks, 100 * occ))
     print("\ntotal spill bytes: %d" % spills)
+    if census:
+        print_sass(census)
     return 1 if spills else 0
 
 

@@ -3,16 +3,23 @@
 ``fastconv._simt`` is the CUDA kernels' own source compiled by the host compiler with an emulation
 of the CUDA execution model (csrc/simt/); its ops live in ``torch.ops.fastconv_simt`` with the
 same schemas as ``torch.ops.fastconv`` and take CPU tensors. Inside ``simt_backend()`` the whole
-public API (fastconv.functional, the modules, autograd) runs on them.
+public API (fastconv.functional, the modules, autograd) runs on them, with memcheck on.
+
+Memcheck (like compute-sanitizer's): while it is on, every CPU tensor is allocated so that its
+last byte sits just before an inaccessible page; a kernel that reads or writes past the end of a
+tensor raises a RuntimeError naming the kernel and the source line, instead of reading garbage.
+Such tensors are aligned only to the largest power of two (<= 64) dividing their size in bytes.
+FASTCONV_SIMT_MEMCHECK=1 turns it on for the whole process, =0 keeps simt_backend() from turning it on.
 """
 import contextlib
+import os
 
 import torch
 
 from . import _backend
 from .ops import register_namespace
 
-__all__ = ["simt_available", "simt_backend", "set_schedule"]
+__all__ = ["simt_available", "simt_backend", "set_schedule", "memcheck", "set_arch", "counters"]
 
 
 def _load_simt():
@@ -39,9 +46,29 @@ def simt_backend():
     prev = _backend.current
     _backend.current = "fastconv_simt"
     try:
-        yield
+        with memcheck(os.environ.get("FASTCONV_SIMT_MEMCHECK") != "0"):
+            yield
     finally:
         _backend.current = prev
+
+
+@contextlib.contextmanager
+def memcheck(enabled=True):
+    """Allocate CPU tensors with guard pages (see the module docstring) inside the block."""
+    _load_simt()
+    ops = torch.ops.fastconv_simt
+    prev = ops.get_memcheck()
+    ops.set_memcheck(bool(enabled) or prev)
+    try:
+        yield
+    finally:
+        ops.set_memcheck(prev)
+
+
+def set_arch(sm):
+    """GPU architecture whose launch limits the emulator enforces: 80 (default), 86, 89 or 90."""
+    _load_simt()
+    torch.ops.fastconv_simt.set_arch(sm)
 
 
 def set_schedule(order, seed=0):
@@ -49,3 +76,33 @@ def set_schedule(order, seed=0):
     or 'shuffle' (seeded). A race-free kernel gives bit-identical results under every order."""
     _load_simt()
     torch.ops.fastconv_simt.set_schedule(order, seed)
+
+
+@contextlib.contextmanager
+def counters(sample_every=1):
+    """Collect the emulator's performance counters for the kernels launched inside the block.
+
+    Yields a list that, when the block exits, holds one dict per (kernel, source line, kind):
+    ``kernel``, ``file``, ``line``, ``kind`` and ``requests`` (warp-level instructions), ``units``
+    (global kinds: 32-byte sectors; shared kinds: bank-conflict wavefronts; 0 for mma / bar) and
+    ``bytes``. Kinds: ``gld``/``gst`` (``__ldg``, ``ld_global``/``st_global``), ``lds``/``sts``
+    (``ld_shared``/``st_shared``), ``ldsm`` (ldmatrix, one phase per 8x8 matrix), ``cp_async``
+    (sectors of the global source, bytes copied), ``mma``, ``bar`` (block barriers released).
+    Only every ``sample_every``-th block (by linear index) is counted. Plain pointer accesses in
+    kernel code are not seen: counters cover the accesses written with those helpers.
+    """
+    _load_simt()
+    ops = torch.ops.fastconv_simt
+    rows = []
+    ops.counters_reset()
+    ops.set_counters(True, int(sample_every))
+    try:
+        yield rows
+    finally:
+        ops.set_counters(False, 1)
+        for line in ops.counters_report().splitlines():
+            kernel, site, kind, req, units, nbytes = line.split("\t")
+            file, _, lineno = site.rpartition(":")
+            rows.append(dict(kernel=kernel, file=file, line=int(lineno), kind=kind, requests=int(req),
+                             units=int(units), bytes=int(nbytes)))
+        ops.counters_reset()

@@ -194,3 +194,24 @@ def test_empty_batch():
     gx, gw, gb = ops.conv2d_backward(torch.randn(0, 4, 8, 8, device=DEV), x, w, [1, 1], [1, 1], [1, 1], 1,
                                      [True, True, True])
     assert gx.shape == (0, 3, 8, 8) and (gw == 0).all() and (gb == 0).all()
+
+
+# ================================================================================================
+# Tensor-core / async-copy instructions (csrc/cuda/mma.h) on the GPU against the SIMT emulator:
+# benchmarks/mma_probe.py JIT-compiles the test kernels of csrc/simt/mma_selftest.cuh and compares
+# fragment layouts, tf32 operand rounding, ldmatrix, cp.async and the cp.async -> ldmatrix -> mma
+# GEMM with the emulator's results (about a minute, most of it the nvcc build).
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="needs an sm_80+ GPU")
+def test_mma_instructions_match_the_emulator():
+    import importlib.util
+
+    try:
+        import fastconv._simt  # noqa: F401
+    except ImportError:
+        pytest.skip("fastconv._simt (the emulator) is not built")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "mma_probe.py")
+    spec = importlib.util.spec_from_file_location("mma_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main() == 0

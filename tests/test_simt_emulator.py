@@ -6,6 +6,7 @@ torch.ops.fastconv_simt._selftest / _planted ops of the fastconv._simt extension
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,23 @@ def _reset_schedule():
     yield
     ops.set_schedule("forward", 0)
     ops.set_serial(False)
+
+
+def _has_line_info():
+    """Whether fastconv._simt carries DWARF line tables (the build inherits -g from Python's CFLAGS
+    here). Without them fault messages name the function and code address instead of file:line."""
+    import fastconv._simt as m
+
+    with open(m.__file__, "rb") as f:
+        return b".debug_line" in f.read()
+
+
+HAS_LINES = _has_line_info()
+
+
+def site(line):
+    """Regex for where a fault is reported: the marked line, or (no debug info) a code address."""
+    return rf"(\S*selftest_kernels.cuh:{line} \(in [^)]*\)|pc 0x[0-9a-f]+ in \S+ \(no line information)"
 
 
 def run(which, order="forward", seed=0):
@@ -206,10 +224,83 @@ def test_planted_dynamic_smem_overflow():
         ops._planted("oob_smem")
 
 
-def test_planted_global_overflow_canary():
-    # The emulator cannot see a global overflow by itself; the ASan build (sanitize.sh) does.
-    with pytest.raises(RuntimeError, match="wrote past the end"):
+# ---------------------------------------------------------------- memcheck and launch limits
+KERNEL_AT = r"\[block \(0,0,0\) of the kernel simt_selftest::{k} launched at \S*selftest_kernels.cuh:\d+\]"
+
+
+def test_planted_global_write_past_the_end():
+    line = marker_line("SIMT_PLANTED_OOB_WRITE")
+    with pytest.raises(RuntimeError) as e:
         ops._planted("oob_global")
+    msg = str(e.value)
+    assert re.search(r"invalid global write of address 0x[0-9a-f]+: 0 bytes past the end of a 400-byte allocation", msg), msg
+    assert re.search("at " + site(line), msg), msg
+    if HAS_LINES:
+        assert re.search(rf"at \S*selftest_kernels.cuh:{line} \(in simt_selftest::p_oob_global\)", msg), msg
+    assert "thread (100,0,0)" in msg and re.search(KERNEL_AT.format(k="p_oob_global"), msg), msg
+
+
+def test_planted_global_read_past_the_end():
+    line = marker_line("SIMT_PLANTED_OOB_READ")
+    with pytest.raises(RuntimeError) as e:
+        ops._planted("oob_global_read")
+    msg = str(e.value)
+    assert re.search(r"invalid global read of address 0x[0-9a-f]+: 0 bytes past the end of a 400-byte allocation", msg), msg
+    assert re.search("at " + site(line), msg), msg
+    assert re.search(KERNEL_AT.format(k="p_oob_global_read"), msg), msg
+
+
+def test_planted_null_pointer_write():
+    line = marker_line("SIMT_PLANTED_NULL_WRITE")
+    with pytest.raises(RuntimeError, match=r"invalid global write of address 0x14: not inside any allocation at " + site(line) + r".*thread \(5,0,0\)"):
+        ops._planted("null_write")
+
+
+def test_planted_misaligned_vector_load():
+    line = marker_line("SIMT_PLANTED_LDG")
+    with pytest.raises(RuntimeError, match=rf"misaligned __ldg at \S*selftest_kernels.cuh:{line}: address 0x[0-9a-f]+ is not 16-byte aligned"):
+        ops._planted("ldg_misaligned")
+
+
+def test_planted_misaligned_plain_vector_load():
+    # float4 & co. check both addresses of every copy (the emulator's vector types).
+    line = marker_line("SIMT_PLANTED_VEC")
+    with pytest.raises(RuntimeError, match=r"misaligned float4 access at " + site(line) + r".*is not 16-byte aligned"):
+        ops._planted("vec_misaligned")
+
+
+def test_dynamic_smem_over_48k_needs_the_attribute():
+    with pytest.raises(RuntimeError, match=r"65536 bytes of dynamic shared memory requested at \S*selftest_kernels.cuh:\d+ by kernel simt_selftest::k_big_smem<0>: more than 48 KiB needs cudaFuncSetAttribute"):
+        ops._planted("smem_no_optin")
+    assert run("smem_optin").tolist() == [16383.0 + 1]  # with the attribute: fine
+
+
+def test_dynamic_smem_over_the_arch_limit():
+    with pytest.raises(RuntimeError, match=r"204800 bytes of dynamic shared memory .* \(more than the 163 KiB per block of sm_80\)"):
+        ops._planted("smem_over_arch")
+    ops.set_arch(90)  # Hopper allows 227 KiB: the attribute is accepted, and so is the launch
+    try:
+        assert ops._planted("smem_over_arch")[0].item() == 50 * 1024 - 1 + 2
+    finally:
+        ops.set_arch(80)
+    with pytest.raises(ValueError, match="supported architectures"):
+        ops.set_arch(75)
+
+
+def test_memcheck_allocations_end_at_a_guard_page():
+    prev = ops.get_memcheck()
+    ops.set_memcheck(True)
+    try:
+        for n in [1, 3, 5, 16, 100, 4096, 5000]:
+            t = torch.empty(n, dtype=torch.float32)
+            end = t.data_ptr() + 4 * n
+            assert end % 4096 == 0, n  # the tensor's last byte is the last byte of its page
+        t = torch.arange(10.0)
+        assert t.sum().item() == 45.0
+    finally:
+        ops.set_memcheck(prev)
+    u = torch.empty(5, dtype=torch.float32)
+    assert (u.data_ptr() + 20) % 4096 != 0 or u.data_ptr() % 64 == 0  # off: the usual allocator
 
 
 def test_planted_nonatomic_shared_update_needs_tsan():
@@ -221,7 +312,7 @@ def test_planted_nonatomic_shared_update_needs_tsan():
 
 
 def test_planted_errors_leave_the_emulator_usable():
-    for which in ["divergence", "exit_barrier", "shfl_exited", "oob_smem"]:
+    for which in ["divergence", "exit_barrier", "shfl_exited", "oob_smem", "oob_global", "null_write", "ldg_misaligned"]:
         with pytest.raises(RuntimeError):
             ops._planted(which)
         assert torch.isnan(run("poison")[:192]).all()

@@ -59,5 +59,44 @@ __device__ __forceinline__ double fc_fma(double a, double b, double c) { return 
 template <typename T>
 __host__ __device__ __forceinline__ T ceil_div(T a, T b) { return (a + b - 1) / b; }
 
+// Explicit loads / stores: plain accesses under nvcc; under the emulator they check alignment and
+// feed its performance counters (global requests / sectors, shared bank-conflict wavefronts).
+#if defined(FASTCONV_SIMT)
+#define FC_ACCESS(kind, p, T)                                                                  \
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T)) ::simt::detail::misaligned(p, alignof(T), #kind, file, line); \
+  if (::simt::detail::g_counting_any) ::simt::detail::count_access(kind##_id, p, sizeof(T), file, line)
+constexpr int ld_global_id = 0, st_global_id = 1, ld_shared_id = 2, st_shared_id = 3;
+template <typename T>
+__forceinline__ T ld_global(const T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  FC_ACCESS(ld_global, p, T);
+  return *p;
+}
+template <typename T>
+__forceinline__ void st_global(T* p, T v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  FC_ACCESS(st_global, p, T);
+  *p = v;
+}
+template <typename T>
+__forceinline__ T ld_shared(const T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  FC_ACCESS(ld_shared, p, T);
+  return *p;
+}
+template <typename T>
+__forceinline__ void st_shared(T* p, T v, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  FC_ACCESS(st_shared, p, T);
+  *p = v;
+}
+#undef FC_ACCESS
+#else
+template <typename T>
+__device__ __forceinline__ T ld_global(const T* p) { return *p; }
+template <typename T>
+__device__ __forceinline__ void st_global(T* p, T v) { *p = v; }
+template <typename T>
+__device__ __forceinline__ T ld_shared(const T* p) { return *p; }
+template <typename T>
+__device__ __forceinline__ void st_shared(T* p, T v) { *p = v; }
+#endif
+
 }  // namespace cuda
 }  // namespace fastconv

@@ -7,8 +7,15 @@
 //     exit_barrier __syncthreads after some threads returned    -> error
 //     shfl_exited  shuffle mask names lanes that returned       -> error
 //     oob_smem     write one past the end of dynamic shared mem -> error (canary; ASan report)
-//     oob_global   write one past the end of a global buffer    -> error from a canary check here;
-//                                                                  an ASan report in the ASan build
+//     oob_global   write one past the end of a global buffer    -> memcheck error naming the line
+//                                                                  (an ASan report in the ASan build)
+//     oob_global_read  read one past the end of a global buffer -> memcheck error naming the line
+//     null_write   write through a null pointer                 -> error naming the line
+//     ldg_misaligned   __ldg of a float4 at a 4-byte offset     -> error naming the line
+//     vec_misaligned   plain float4 load at a 4-byte offset: an error naming the line when the
+//                      compiler emits an aligned vector move (general-protection fault)
+//     smem_no_optin    64 KiB of dynamic smem without the attribute          -> launch error
+//     smem_over_arch   200 KiB of dynamic smem (sm_80 allows 163 KiB)        -> launch error
 //     nonatomic    non-atomic += on one shared variable: same result in every order, only the
 //                  TSan build reports it
 #pragma once
@@ -201,7 +208,38 @@ __global__ void p_oob_smem(float* out, int n) {
 
 __global__ void p_oob_global(float* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i <= n) out[i] = 1.f;  // planted: <= instead of <
+  if (i <= n) out[i] = 1.f;  // planted: <= instead of <   SIMT_PLANTED_OOB_WRITE
+}
+
+__global__ void p_oob_global_read(const float* in, float* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  float v = 0.f;
+  if (i <= n) v = in[i];  // planted: <= instead of <   SIMT_PLANTED_OOB_READ
+  if (i < n) out[i] = v;
+}
+
+__global__ void p_null_write(float* out) {
+  if (threadIdx.x == 5) out[threadIdx.x] = 1.f;  // SIMT_PLANTED_NULL_WRITE
+}
+
+__global__ void p_vec_misaligned(const float* in, float* out) {
+  const float4 v = *reinterpret_cast<const float4*>(in + 4 * threadIdx.x + 1);  // SIMT_PLANTED_VEC
+  out[threadIdx.x] = v.x + v.w;
+}
+
+__global__ void p_ldg_misaligned(const float* in, float* out) {
+  const float4 v = __ldg(reinterpret_cast<const float4*>(in + 4 * threadIdx.x + 1));  // SIMT_PLANTED_LDG
+  out[threadIdx.x] = v.x;
+}
+
+// V distinguishes the kernels (the opt-in attribute is per kernel): 0 and 2 for the planted
+// launches, 1 for the correct one.
+template <int V>
+__global__ void k_big_smem(float* out, int n) {
+  FC_DYNAMIC_SHARED(float, sm);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) sm[i] = float(i);
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = sm[n - 1] + V;
 }
 
 __global__ void p_nonatomic(float* out) {
@@ -278,6 +316,13 @@ inline std::vector<float> selftest_run(const std::string& which) {
         for (int k = 0; k < K; ++k) acc += double(A[r * K + k]) * B[k * N + c];
         out.push_back(float(acc));
       }
+  } else if (which == "smem_optin") {
+    // 64 KiB with the opt-in attribute: fine.
+    auto* k = &k_big_smem<1>;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10) != cudaSuccess)
+      throw std::runtime_error("cudaFuncSetAttribute(64 KiB) failed");
+    out.assign(1, 0.f);
+    FC_LAUNCH(k, 1, 64, 64 << 10, nullptr)(out.data(), 16 << 10);
   } else {
     throw std::invalid_argument("simt selftest: unknown kernel '" + which + "'");
   }
@@ -305,14 +350,37 @@ inline std::vector<float> planted_run(const std::string& which) {
     FC_LAUNCH(p_oob_global, 1, 128, 0, nullptr)(exact->data(), n);
     delete exact;
 #else
-    // Without ASan: a padded buffer whose word n is a canary checked here.
-    std::vector<float> padded(n + 1, -7.f);
-    padded[n] = 12345.f;
-    FC_LAUNCH(p_oob_global, 1, 128, 0, nullptr)(padded.data(), n);
-    if (padded[n] != 12345.f)
-      throw std::runtime_error("planted oob_global: the kernel wrote past the end of its buffer (canary at index " +
-                               std::to_string(n) + " overwritten)");
+    // Without ASan: a memcheck allocation of exactly n floats (it ends at an inaccessible page).
+    float* exact = static_cast<float*>(simt::memcheck_alloc(n * sizeof(float)));
+    struct Free { float* p; ~Free() { simt::memcheck_free(p); } } guard{exact};
+    FC_LAUNCH(p_oob_global, 1, 128, 0, nullptr)(exact, n);
 #endif
+  } else if (which == "oob_global_read") {
+    const int n = 100;
+    float* exact = static_cast<float*>(simt::memcheck_alloc(n * sizeof(float)));
+    struct Free { float* p; ~Free() { simt::memcheck_free(p); } } guard{exact};
+    for (int i = 0; i < n; ++i) exact[i] = float(i);
+    std::vector<float> o(n);
+    FC_LAUNCH(p_oob_global_read, 1, 128, 0, nullptr)(exact, o.data(), n);
+  } else if (which == "null_write") {
+    FC_LAUNCH(p_null_write, 1, 32, 0, nullptr)(static_cast<float*>(nullptr));
+  } else if (which == "ldg_misaligned") {
+    std::vector<float> in(4 * 32 + 8, 1.f);
+    float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(in.data()) + 15) & ~uintptr_t(15));
+    FC_LAUNCH(p_ldg_misaligned, 1, 32, 0, nullptr)(aligned, out.data());
+  } else if (which == "vec_misaligned") {
+    std::vector<float> in(4 * 32 + 8, 1.f);
+    float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(in.data()) + 15) & ~uintptr_t(15));
+    FC_LAUNCH(p_vec_misaligned, 1, 32, 0, nullptr)(aligned, out.data());
+  } else if (which == "smem_no_optin") {
+    auto* k = &k_big_smem<0>;
+    FC_LAUNCH(k, 1, 64, 64 << 10, nullptr)(out.data(), 16 << 10);
+  } else if (which == "smem_over_arch") {
+    // The attribute call fails on sm_80 (cudaErrorInvalidValue), so does the launch; on sm_90
+    // both succeed.
+    auto* k = &k_big_smem<2>;
+    (void)cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10);
+    FC_LAUNCH(k, 1, 64, 200 << 10, nullptr)(out.data(), 50 << 10);
   } else if (which == "nonatomic") {
     FC_LAUNCH(p_nonatomic, 1, 64, 0, nullptr)(out.data());
     out.resize(1);

@@ -24,7 +24,10 @@
 //               atomicMax/atomicMin (int, unsigned, long long, unsigned long long) atomicCAS
 //               atomicExch (ints, float, double); relaxed, truly atomic (blocks run in parallel).
 //               __threadfence() (full fence), __threadfence_block()
-//   loads       __ldg(const T*)
+//   loads       __ldg(const T*)  (a misaligned pointer is an error naming the line)
+//   attributes  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes):
+//               needed for > 48 KiB of dynamic smem; the arch limit (set_arch) fails the launch
+//   tensor core csrc/cuda/mma.h (mma, ldmatrix, cp.async) on top of simt::detail::mma etc.
 //   vectors     char4 uchar4 short2 int2 int3 int4 uint2 uint3 uint4 float2 float3 float4
 //               double2 longlong2 (CUDA alignment) + make_*
 //   math        __fmaf_rn __fma_rn rsqrtf __expf __logf __fdividef __saturatef __float2int_rn,
@@ -55,6 +58,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -73,29 +77,57 @@
 #define __shared__ static thread_local __attribute__((tls_model("global-dynamic")))
 
 // ---------------------------------------------------------------- vector types
+namespace simt { namespace detail {
+// A vector-type copy from / to a misaligned address: records the error (naming the source line
+// of the copy, from the code address this call returns to) and abandons the block.
+[[noreturn]] __attribute__((noinline)) void misaligned_vector(const void* addr, size_t align, const char* type);
+} }
+// Vector types with CUDA's alignment. Copies check the alignment of both sides (a misaligned
+// float4 / int2 ... load or store is an error naming the line, as on the GPU).
+#define SIMT_VEC_CHECK(N, A, p)                                                                  \
+  if (__builtin_expect(reinterpret_cast<uintptr_t>(p) % (A) != 0, 0))                            \
+    ::simt::detail::misaligned_vector(p, (A), #N)
 #define SIMT_VEC2(T, N, A) struct __attribute__((aligned(A))) N { T x, y; }; \
+  __forceinline__ N make_##N(T x, T y) { return N{x, y}; }
+#define SIMT_VEC2C(T, N, A) struct __attribute__((aligned(A))) N {                               \
+    T x, y;                                                                                      \
+    N() = default;                                                                               \
+    constexpr N(T x_, T y_) : x(x_), y(y_) {}                                                    \
+    __forceinline__ N(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; } \
+    __forceinline__ N& operator=(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; return *this; } \
+  }; \
   __forceinline__ N make_##N(T x, T y) { return N{x, y}; }
 #define SIMT_VEC3(T, N) struct N { T x, y, z; }; \
   __forceinline__ N make_##N(T x, T y, T z) { return N{x, y, z}; }
 #define SIMT_VEC4(T, N, A) struct __attribute__((aligned(A))) N { T x, y, z, w; }; \
   __forceinline__ N make_##N(T x, T y, T z, T w) { return N{x, y, z, w}; }
+#define SIMT_VEC4C(T, N, A) struct __attribute__((aligned(A))) N {                               \
+    T x, y, z, w;                                                                                \
+    N() = default;                                                                               \
+    constexpr N(T x_, T y_, T z_, T w_) : x(x_), y(y_), z(z_), w(w_) {}                          \
+    __forceinline__ N(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; z = o.z; w = o.w; } \
+    __forceinline__ N& operator=(const N& o) { SIMT_VEC_CHECK(N, A, &o); SIMT_VEC_CHECK(N, A, this); x = o.x; y = o.y; z = o.z; w = o.w; return *this; } \
+  }; \
+  __forceinline__ N make_##N(T x, T y, T z, T w) { return N{x, y, z, w}; }
 SIMT_VEC2(short, short2, 4)
-SIMT_VEC2(int, int2, 8)
-SIMT_VEC2(unsigned, uint2, 8)
-SIMT_VEC2(float, float2, 8)
-SIMT_VEC2(double, double2, 16)
-SIMT_VEC2(long long, longlong2, 16)
+SIMT_VEC2C(int, int2, 8)
+SIMT_VEC2C(unsigned, uint2, 8)
+SIMT_VEC2C(float, float2, 8)
+SIMT_VEC2C(double, double2, 16)
+SIMT_VEC2C(long long, longlong2, 16)
 SIMT_VEC3(int, int3)
 SIMT_VEC3(unsigned, uint3)
 SIMT_VEC3(float, float3)
 SIMT_VEC4(signed char, char4, 4)
 SIMT_VEC4(unsigned char, uchar4, 4)
-SIMT_VEC4(int, int4, 16)
-SIMT_VEC4(unsigned, uint4, 16)
-SIMT_VEC4(float, float4, 16)
+SIMT_VEC4C(int, int4, 16)
+SIMT_VEC4C(unsigned, uint4, 16)
+SIMT_VEC4C(float, float4, 16)
 #undef SIMT_VEC2
+#undef SIMT_VEC2C
 #undef SIMT_VEC3
 #undef SIMT_VEC4
+#undef SIMT_VEC4C
 
 struct dim3 {
   unsigned x, y, z;
@@ -106,10 +138,11 @@ struct dim3 {
 
 typedef struct simt_stream_st* cudaStream_t;
 typedef int cudaError_t;
-enum { cudaSuccess = 0 };
+enum { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
-inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+inline const char* cudaGetErrorString(cudaError_t e) { return e ? "invalid argument" : "no error"; }
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 constexpr int warpSize = 32;
 
@@ -126,6 +159,30 @@ Order schedule_order();
 uint64_t schedule_seed();
 // Run every block on the calling OS thread (no parallel_for); default false.
 void set_serial(bool serial);
+// GPU architecture whose limits launches are checked against (80, 86, 89, 90; default 80):
+// dynamic shared memory per block at most 163 KiB (sm_80), 99 KiB (sm_86/89), 227 KiB (sm_90), and
+// more than 48 KiB only after cudaFuncSetAttribute(kernel, MaxDynamicSharedMemorySize, bytes).
+void set_arch(int sm);
+int arch();
+// Memcheck: global allocations made with memcheck_alloc (the CPU tensors the fastconv._simt
+// module allocates while memcheck is on) end exactly at an inaccessible page, so a kernel's read
+// or write past the end faults; the fault becomes an error naming the kernel and the source line.
+void set_memcheck(bool on);
+bool memcheck();
+void* memcheck_alloc(size_t bytes);
+// Performance counters (opt-in): in every sample_every-th block (by linear index) the emulator
+// counts, per kernel and source line, global requests and 32-byte sectors (__ldg, st_global /
+// ld_global, cp.async sources), shared requests and bank-conflict wavefronts (ld_shared /
+// st_shared, ldmatrix by its 8-row phases), cp.async bytes, mma instructions and barriers.
+// Requests are warp-level: the lanes' i-th execution of one source line form one request.
+// counters_report(): one line per (kernel, line, metric group), tab-separated:
+//   kernel  file:line  kind  requests  sectors_or_wavefronts  bytes
+// kinds: gld gst lds sts ldsm cp_async mma bar.
+void set_counters(bool on, int sample_every);
+void counters_reset();
+std::string counters_report();
+void memcheck_free(void* p);
+bool memcheck_owns(const void* p);
 
 namespace detail {
 
@@ -150,7 +207,7 @@ __attribute__((always_inline)) inline FiberHeader* self() {
 }
 
 enum class Sync : int { bar, bar_count, bar_and, bar_or, syncwarp, shfl_idx, shfl_up, shfl_down,
-                        shfl_xor, ballot, any, all };
+                        shfl_xor, ballot, any, all, collective };
 
 // Suspend at a block barrier; returns the count / and / or of the predicates for the _count etc.
 int block_sync(Sync kind, int pred, const char* file, int line);
@@ -176,13 +233,34 @@ __forceinline__ T shfl(Sync kind, const char* file, int line, unsigned mask, T v
   return out;
 }
 
+// ---- tensor-core / async-copy instructions (the emulation behind csrc/cuda/mma.h)
+enum class MmaKind : int { f16, bf16, tf32 };
+// Warp collective: D = A*B + C over the whole warp's fragments (layouts: csrc/cuda/mma.h).
+void mma(MmaKind kind, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file, int line);
+uint32_t cvt_rna_tf32(float x);
+// Warp collective: ldmatrix .m8n8 .x{n} (.trans) .b16; row: this lane's row address.
+void ldmatrix(int n, bool trans, uint32_t* r, const void* row, const char* file, int line);
+// cp.async (cg: the .cg variant, 16 bytes only); commit_group; wait_group n (n < 0: wait_all).
+void cp_async(void* dst, const void* src, int bytes, int src_bytes, bool cg, const char* file, int line);
+void cp_async_commit(const char* file, int line);
+void cp_async_wait(int n, const char* file, int line);
+
 // A launch: kernel + configuration, called with the kernel's arguments.
 struct LaunchConfig {
   dim3 grid, block;
   size_t smem;
   const char* file;
   int line;
+  const void* kernel;  // identifies the kernel (attributes, name in error messages)
 };
+// cudaFuncSetAttribute's emulation; returns cudaErrorInvalidValue for a value over the arch's limit.
+cudaError_t set_func_attribute(const void* kernel, int attr, int value);
+// Counted accesses (see set_counters); kind: 0 global load, 1 global store, 2 shared load, 3 shared store.
+extern bool g_counting_any;  // counters on (fast test)
+void count_access(int kind, const void* p, unsigned bytes, const char* file, int line);
+// A misaligned access through __ldg (or another checked access): records the error and abandons
+// the block; pc: the kernel's code address (for the line).
+[[noreturn]] void misaligned(const void* addr, size_t align, const char* what, const char* file, int line);
 // Diagnostics: CPU ns of one raw fiber context switch (-1 with the ucontext fallback).
 double measure_switch_ns(int iters);
 // Runs the whole grid; thunk(ctx) is the body of one CUDA thread. Throws on emulated UB.
@@ -207,7 +285,7 @@ struct Launcher {
 template <class... P>
 Launcher<P...> make_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
                            const char* file, int line) {
-  return Launcher<P...>{kernel, LaunchConfig{grid, block, smem, file, line}};
+  return Launcher<P...>{kernel, LaunchConfig{grid, block, smem, file, line, reinterpret_cast<const void*>(kernel)}};
 }
 
 }  // namespace detail
@@ -285,7 +363,17 @@ SIMT_ATOMIC_FP(double, uint64_t)
 
 // ---------------------------------------------------------------- loads and math
 template <class T>
-__forceinline__ T __ldg(const T* p) { return *p; }
+__forceinline__ T __ldg(const T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  if (__builtin_expect(reinterpret_cast<uintptr_t>(p) % alignof(T) != 0, 0))
+    ::simt::detail::misaligned(p, alignof(T), "__ldg", file, line);
+  if (__builtin_expect(::simt::detail::g_counting_any, 0)) ::simt::detail::count_access(0, p, sizeof(T), file, line);
+  return *p;
+}
+
+template <class F>
+inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  return ::simt::detail::set_func_attribute(reinterpret_cast<const void*>(kernel), int(attr), value);
+}
 
 __forceinline__ float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 __forceinline__ double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }

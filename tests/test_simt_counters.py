@@ -1,0 +1,95 @@
+"""The SIMT emulator's performance counters (fastconv.testing.counters) against hand-known cases.
+
+Kernels: csrc/simt/counters_selftest.cuh (each counted line carries a COUNT_* marker) and the
+cp.async -> ldmatrix -> mma GEMM of csrc/simt/mma_selftest.cuh.
+"""
+import os
+
+import pytest
+import torch
+
+from test_simt_emulator import ROOT, ops  # noqa: F401  (skips the module when _simt is missing)
+
+from fastconv import testing
+
+SRC = os.path.join(ROOT, "csrc", "simt", "counters_selftest.cuh")
+MMA_SRC = os.path.join(ROOT, "csrc", "simt", "mma_selftest.cuh")
+
+
+def line_of(tag, path=SRC):
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if tag in line:
+                return i
+    raise AssertionError(tag)
+
+
+def by_line(rows, path=SRC):
+    out = {}
+    for r in rows:
+        if os.path.basename(r["file"]) == os.path.basename(path):
+            out[(r["line"], r["kind"])] = r
+    return out
+
+
+def test_global_sectors_per_request():
+    with testing.counters() as rows:
+        ops._counters_kernels("copy")
+    got = by_line(rows)
+    ld, st = got[(line_of("COUNT_GLD"), "gld")], got[(line_of("COUNT_GST"), "gst")]
+    assert (ld["requests"], ld["units"], ld["bytes"]) == (8, 32, 1024)  # 256 threads: 4 sectors/request
+    assert (st["requests"], st["units"]) == (8, 32)
+    assert all(r["kernel"] == "simt_counters_test::k_copy" for r in rows)
+    with testing.counters() as rows:
+        ops._counters_kernels("copy_stride32")
+    ld = by_line(rows)[(line_of("COUNT_GLD"), "gld")]
+    assert ld["units"] / ld["requests"] == 32  # every lane its own sector
+
+
+def test_shared_bank_conflicts():
+    with testing.counters() as rows:
+        ops._counters_kernels("shared")
+    got = by_line(rows)
+    wf = lambda tag, kind: got[(line_of(tag), kind)]["units"] / got[(line_of(tag), kind)]["requests"]  # noqa: E731
+    assert wf("COUNT_STS_LINEAR", "sts") == 1
+    assert wf("COUNT_LDS_32WAY", "lds") == 32
+    assert wf("COUNT_LDS_PADDED", "lds") == 1
+    assert wf("COUNT_LDS_BROADCAST", "lds") == 1
+    assert wf("COUNT_LDS_128", "lds") == 4  # 16-byte accesses: 4 phases of 8 lanes
+    assert wf("COUNT_LDS_64_HALVES", "lds") == 32  # 8-byte accesses: 2 phases of 16 lanes
+    assert got[(line_of("COUNT_BAR"), "bar")]["requests"] == 1
+    assert got[(line_of("COUNT_LDS_32WAY"), "lds")]["requests"] == 2  # 2 warps
+
+
+def test_ldmatrix_wavefronts():
+    with testing.counters() as rows:
+        ops._counters_kernels("ldsm")
+    got = by_line(rows)
+    dense, strided = got[(line_of("COUNT_LDSM_DENSE"), "ldsm")], got[(line_of("COUNT_LDSM_STRIDED"), "ldsm")]
+    assert (dense["requests"], dense["units"]) == (1, 4)  # one wavefront per 8x8 matrix
+    assert (strided["requests"], strided["units"]) == (1, 32)  # rows 128 bytes apart: 8-way
+
+
+def test_gemm_pipeline_counts_and_sampling():
+    A = torch.zeros(64 * 32, dtype=torch.int16)
+    B = torch.zeros(32 * 32, dtype=torch.int16)
+    with testing.counters() as rows:
+        ops._gemm16(A, B, False, True, 64, 32, 32, 0)  # 4 blocks of 4 warps, 2 K steps
+    got = by_line(rows, MMA_SRC)
+    mma = [r for r in rows if r["kind"] == "mma"]
+    assert sum(r["requests"] for r in mma) == 4 * 4 * 2
+    cp = [r for r in rows if r["kind"] == "cp_async"]
+    assert sum(r["bytes"] for r in cp) == 4 * 2 * (64 + 32) * 16  # every 16-byte chunk once
+    assert sum(r["requests"] for r in cp) == 4 * 2 * 3  # 96 copying threads = 3 warps per step
+    lda = got[(line_of("SIMT_MMA_LDSM_A", MMA_SRC), "ldsm")]
+    # A rows are 32 bytes apart: rows r and r+4 of an 8x8 matrix share banks -> 2 wavefronts each.
+    assert lda["units"] == 8 * lda["requests"]
+    with testing.counters(sample_every=2) as half:
+        ops._gemm16(A, B, False, True, 64, 32, 32, 0)
+    assert sum(r["requests"] for r in half if r["kind"] == "mma") == 2 * 4 * 2  # blocks 0 and 2
+
+
+def test_counters_off_by_default():
+    ops.counters_reset()
+    ops._counters_kernels("copy")
+    assert ops.counters_report() == ""
