@@ -144,7 +144,8 @@ if simt_sources:
             simt_sources + sources("common/checks.cpp"),
             include_dirs=include_dirs,
             define_macros=define_macros + [("FASTCONV_SIMT", "1")],
-            extra_compile_args={"cxx": ["-O2", "-mfma", "-Wno-unknown-pragmas",
+            # -g1: line tables, so the emulator's fault messages name the kernel's file:line.
+            extra_compile_args={"cxx": ["-O2", "-g1", "-mfma", "-Wno-unknown-pragmas",
                                         "-fvisibility=hidden"]},
         )
     )
