@@ -39,8 +39,15 @@ struct DirectConvShape {
 constexpr int kDirectMR = 8;   // output channels per micro-kernel tile
 constexpr int kDirectNR = 48;  // virtual pixels per micro-kernel tile
 
-// True when the direct kernel can run: the AVX-512 kernels are selected (cpu::current_isa()).
-bool direct_conv_available();
+// True when the direct kernels can run the convolution s (the forward or, for the input gradient,
+// its dual, cpu/dispatch.h): stride 1, padding >= 0, and the AVX-512 kernels selected
+// (cpu::current_isa()).
+bool direct_conv_supports(const Conv2dShape& s);
+
+// The stride-1 convolution s as the direct kernels see it (channels per group).
+inline DirectConvShape direct_shape(const Conv2dShape& s) {
+  return {s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
+}
 
 // Packed weights: per group, ceil(Co/8) blocks of [Ci][R*S][8] (output channels past Co are 0).
 inline int64_t direct_weights_size(const DirectConvShape& d) {

@@ -24,12 +24,6 @@
 namespace fastconv {
 namespace cpu {
 
-// The instruction set the CPU kernels use: the best this machine has, or what
-// fastconv::set_cpu_isa / FASTCONV_CPU_ISA selected. Every kernel with an ISA-specific fast path
-// consults this, so tests can run each path on one machine.
-enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-Isa current_isa();
-
 template <typename T>
 using MicroKernelFn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, int64_t csc,
                                bool accumulate, int m, int n);
@@ -40,7 +34,7 @@ struct MicroKernel {
   MicroKernelFn<T> fn;
 };
 
-// The micro-kernel for the ISA selected at run time (fastconv::set_cpu_isa / FASTCONV_CPU_ISA).
+// The micro-kernel for the ISA in use (cpu::current_isa(), cpu/dispatch.h).
 template <typename T>
 MicroKernel<T> micro_kernel();
 
