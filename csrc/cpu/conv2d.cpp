@@ -4,6 +4,7 @@
 //              forward of the dual convolution;
 //   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
 //              dual convolution, weight gradient;
+//   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
 //   kGemm      GEMMs over implicit im2col matrices (cpu/im2col.h) driven by the blocked GEMM of
 //              cpu/gemm.h, for every shape and dtype. Per image n and group g, with CRS = Cg*R*S,
 //              PQ = P*Q:
@@ -30,6 +31,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
+#include "cpu/small_m.h"
 #include "cpu/winograd.h"
 
 namespace fastconv {
@@ -216,6 +218,10 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options());
   if (y.numel() == 0) return y;
   switch (forward_kernel(s, x.scalar_type())) {
+    case ConvKernel::kSmallM:
+      small_m_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
+                      y.mutable_data_ptr<float>(), s, relu);
+      break;
     case ConvKernel::kWinograd:
       winograd_conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
                        y.mutable_data_ptr<float>(), s, relu);
@@ -261,6 +267,10 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     const ConvKernel k = backward_input_kernel(s, t);
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
     switch (k) {
+      case ConvKernel::kSmallM:
+        small_m_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
+                               data_or_null<float>(r));
+        break;
       case ConvKernel::kWinograd:
         winograd_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
                                 s, data_or_null<float>(r));
@@ -281,6 +291,10 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     const ConvKernel k = backward_weight_kernel(s, t);
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
     switch (k) {
+      case ConvKernel::kSmallM:
+        small_m_backward_weight(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
+                                data_or_null<float>(r));
+        break;
       case ConvKernel::kDirect:
         direct_conv_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
                                 direct_shape(s), data_or_null<float>(r));

@@ -10,6 +10,7 @@
 
 #include "common/info.h"
 #include "cpu/direct_conv.h"
+#include "cpu/small_m.h"
 #include "cpu/winograd.h"
 
 namespace fastconv {
@@ -118,6 +119,10 @@ bool winograd_chosen(const Conv2dShape& s) {
   return a == ConvAlgo::kWinograd || winograd_faster(s);
 }
 
+// Whether the pass of s (float32) runs the small-M kernels: they can, and the heuristic says so.
+// The same answer for every pass: they share the shape's M x Kg x CRS GEMM.
+bool small_m_chosen(const Conv2dShape& s) { return small_m_supports(s) && small_m_faster(s); }
+
 // The forward choice, also made for the input gradient's dual convolution.
 ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
   if (t != at::kFloat) return ConvKernel::kGemm;  // the fast kernels are float32 only
@@ -131,13 +136,18 @@ ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
 Isa current_isa() { return g_isa.get(); }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
-ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t) { return convolution_kernel(s, t); }
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t) {
+  if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
+  return convolution_kernel(s, t);
+}
 
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t) {
+  if (t == at::kFloat && !winograd_chosen(input_grad_dual(s)) && small_m_chosen(s)) return ConvKernel::kSmallM;
   return convolution_kernel(input_grad_dual(s), t);
 }
 
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t) {
+  if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
 }
@@ -145,7 +155,8 @@ ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t) {
 bool reads_gate(ConvKernel k) {
   switch (k) {
     case ConvKernel::kDirect:
-    case ConvKernel::kWinograd: return true;
+    case ConvKernel::kWinograd:
+    case ConvKernel::kSmallM: return true;
     case ConvKernel::kGemm: return false;
   }
   return false;

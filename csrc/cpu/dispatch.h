@@ -44,10 +44,11 @@ enum class ConvKernel {
   kGemm,      // implicit-im2col GEMM (cpu/gemm.h, cpu/im2col.h): every shape and dtype
   kDirect,    // direct stride-1 kernel (cpu/direct_conv.h)
   kWinograd,  // Winograd F(4x4, 3x3) (cpu/winograd.h)
+  kSmallM,    // few output pixels for a large weight (cpu/small_m.h): every pass, on s itself
 };
 
 // The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
-// the dual convolution input_grad_dual(s) wherever that is not the GEMM.
+// the dual convolution input_grad_dual(s) wherever that is not the GEMM or kSmallM.
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t);
