@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <vector>
 
 #include "cpu/avx512.h"
 #include "cpu/dispatch.h"
@@ -52,30 +53,32 @@ int64_t chunk_of(int64_t depth, int64_t most) {
 // x, or 0 where a gate (relu's output) is <= 0: relu_backward's rule (a NaN gate passes x).
 inline float gated(float v, const float* gate, int64_t i) { return gate && gate[i] <= 0.f ? 0.f : v; }
 
-// colT[m][crs] of group g (M rows of CRSp floats): x[n][g*Cg + c][h][w] at
-// h = p*sh - ph + r*dh, w = q*sw - pw + s*dw, 0 in the padding and for crs in [CRS, CRSp).
+// For output pixel (p, q): off[r*S + s] = h*W + w, the offset of its tap (r, s) in an input plane,
+// with h = p*sh - ph + r*dh, w = q*sw - pw + s*dw, or -1 where the tap reads padding.
+void pixel_taps(const Conv2dShape& s, int64_t p, int64_t q, int64_t* off) {
+  for (int64_t r = 0; r < s.R; ++r) {
+    const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+    for (int64_t t = 0; t < s.S; ++t) {
+      const int64_t w = q * s.stride_w - s.pad_w + t * s.dil_w;
+      off[r * s.S + t] = h >= 0 && h < s.H && w >= 0 && w < s.W ? h * s.W + w : -1;
+    }
+  }
+}
+
+// colT[m][crs] of group g (M rows of CRSp floats): x[n][g*Cg + c] at the tap (r, s) of pixel m,
+// 0 in the padding and for crs in [CRS, CRSp).
 void im2col_transposed(const float* x, const Conv2dShape& s, int64_t g, float* colT, int64_t CRSp) {
-  const int64_t PQ = s.P * s.Q, M = s.N * PQ, Cg = s.Cg(), HW = s.H * s.W, CRS = Cg * s.R * s.S;
+  const int64_t PQ = s.P * s.Q, M = s.N * PQ, Cg = s.Cg(), HW = s.H * s.W, RS = s.R * s.S, CRS = Cg * RS;
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> off(RS);
     for (int64_t m = begin; m < end; ++m) {
-      const int64_t n = m / PQ, p = m % PQ / s.Q, q = m % s.Q;
+      const int64_t n = m / PQ, pq = m % PQ;
+      pixel_taps(s, pq / s.Q, pq % s.Q, off.data());
       float* row = colT + m * CRSp;
-      const float* xn = x + (n * s.C + g * Cg) * HW;
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-          float* out = row + (c * s.R + r) * s.S;
-          if (h < 0 || h >= s.H) {
-            for (int64_t t = 0; t < s.S; ++t) out[t] = 0.f;
-            continue;
-          }
-          const float* xr = xn + c * HW + h * s.W;
-          for (int64_t t = 0; t < s.S; ++t) {
-            const int64_t w = q * s.stride_w - s.pad_w + t * s.dil_w;
-            out[t] = w >= 0 && w < s.W ? xr[w] : 0.f;
-          }
-        }
-      for (int64_t i = CRS; i < CRSp; ++i) row[i] = 0.f;
+      const float* xc = x + (n * s.C + g * Cg) * HW;
+      for (int64_t c = 0; c < Cg; ++c, xc += HW, row += RS)
+        for (int64_t i = 0; i < RS; ++i) row[i] = off[i] >= 0 ? xc[off[i]] : 0.f;
+      for (int64_t i = CRS; i < CRSp; ++i) colT[m * CRSp + i] = 0.f;
     }
   });
 }
@@ -312,24 +315,23 @@ void small_m_backward_input(const float* dy, const float* w, float* dx, const Co
         }
       }
     });
-    // col2im: each task owns whole input planes (n, c), summing its taps in a fixed order.
-    at::parallel_for(0, s.N * Cg, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t nc = begin; nc < end; ++nc) {
-        const int64_t n = nc / Cg, c = nc % Cg;
-        float* plane = dx + (n * s.C + g * Cg + c) * HW;
-        std::fill(plane, plane + HW, 0.f);
-        for (int64_t r = 0; r < s.R; ++r)
-          for (int64_t t = 0; t < s.S; ++t) {
-            const float* col = colgT + n * PQ * CRSp + (c * RS + r * s.S + t);
-            for (int64_t p = 0; p < s.P; ++p) {
-              const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-              if (h < 0 || h >= s.H) continue;
-              for (int64_t q = 0; q < s.Q; ++q) {
-                const int64_t wc = q * s.stride_w - s.pad_w + t * s.dil_w;
-                if (wc >= 0 && wc < s.W) plane[h * s.W + wc] += col[(p * s.Q + q) * CRSp];
-              }
-            }
-          }
+    // col2im: tasks own blocks of input planes (n, c) and add the pixels' rows of colgT into them
+    // in pixel order, then tap order (fixed, whatever the split).
+    const int64_t cb = std::max<int64_t>(1, ceil_div(Cg, ceil_div(2 * at::get_num_threads(), s.N)));
+    const int64_t cblocks = ceil_div(Cg, cb);
+    at::parallel_for(0, s.N * cblocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> off(RS);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / cblocks, c0 = task % cblocks * cb, c1 = std::min(Cg, c0 + cb);
+        float* planes = dx + (n * s.C + g * Cg) * HW;
+        std::fill(planes + c0 * HW, planes + c1 * HW, 0.f);
+        for (int64_t pq = 0; pq < PQ; ++pq) {
+          pixel_taps(s, pq / s.Q, pq % s.Q, off.data());
+          const float* row = colgT + (n * PQ + pq) * CRSp;
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t i = 0; i < RS; ++i)
+              if (off[i] >= 0) planes[c * HW + off[i]] += row[c * RS + i];
+        }
       }
     });
   }
