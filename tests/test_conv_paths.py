@@ -1,8 +1,10 @@
-"""conv2d paths chosen by shape on the CPU: the small-M kernels (cpu/small_m.h: few output pixels
-for a large weight, any stride / padding / dilation / groups), against PyTorch in float64.
-
-Shapes here satisfy the small-M heuristic on AVX-512 (N*P*Q <= K/groups, Cg*R*S >= 128,
-K/groups >= 32); on the other ISAs and in float64 the same shapes run the GEMM paths."""
+"""conv2d paths chosen by shape on the CPU, against PyTorch in float64:
+- the small-M kernels (cpu/small_m.h: few output pixels for a large weight, any stride / padding /
+  dilation / groups), on shapes that satisfy their heuristic on AVX-512 (N*P*Q <= K/groups,
+  Cg*R*S >= 128, K/groups >= 32);
+- the phase-decomposed strided direct forward (cpu/strided_direct.h: stride > 1, <= 4 input
+  channels, e.g. 7x7 stride-2 RGB stems).
+On the other ISAs and in float64 the same shapes run the GEMM paths."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,25 +50,34 @@ def _run(cfg, dtype, rng, fused_relu=False):
         assert_close(b.grad, b64.grad, dtype, "grad_bias")
 
 
-# Every shape on AVX-512 (the small-M kernels); one on the other ISAs (their GEMM paths).
-CASES = [("avx512", i) for i in range(len(SMALL_M))] + [("avx2", 1), ("generic", 1)]
+STRIDED = [
+    (1, 3, 32, 40, 16, (7, 7), 2, 3, 1, 1, True),  # RGB stem
+    (2, 3, 37, 41, 13, (7, 7), 2, 3, 1, 1, True),  # odd sizes, output channels not a multiple of 8
+    (1, 1, 20, 40, 9, (3, 5), (3, 2), (1, 2), 1, 1, False),  # mixed strides and padding
+    (2, 4, 33, 35, 24, (3, 3), 2, 0, 2, 1, True),  # dilation, no padding
+]
+SHAPES = SMALL_M + STRIDED
+
+# Every shape on AVX-512 (the fast kernels); one of each on the other ISAs (their GEMM paths).
+CASES = [("avx512", i) for i in range(len(SHAPES))] + [
+    (isa, i) for isa in ("avx2", "generic") for i in (1, len(SMALL_M))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("isa,i", CASES, ids=[f"{isa}-small_m{i}" for isa, i in CASES])
-def test_small_m(isa, i, dtype, rng):
+@pytest.mark.parametrize("isa,i", CASES, ids=[f"{isa}-shape{i}" for isa, i in CASES])
+def test_conv_paths(isa, i, dtype, rng):
     try:
         fastconv.set_cpu_isa(isa)
     except RuntimeError:
         pytest.skip(f"this CPU cannot run {isa}")
     try:
-        _run(SMALL_M[i], dtype, rng)
+        _run(SHAPES[i], dtype, rng)
     finally:
         fastconv.set_cpu_isa("auto")
 
 
-@pytest.mark.parametrize("cfg", SMALL_M[:4], ids=[f"small_m{i}" for i in range(4)])
-def test_small_m_relu_fused(cfg, rng):
+@pytest.mark.parametrize("cfg", SMALL_M[:4] + STRIDED[:2], ids=[f"small_m{i}" for i in range(4)] + ["stem0", "stem1"])
+def test_relu_fused(cfg, rng):
     """conv2d_relu's epilogue, and its backward reading the ReLU's gate in the small-M kernels."""
     _run(cfg, torch.float32, rng, fused_relu=True)
 
@@ -89,8 +100,8 @@ def test_small_m_gated_backward_is_the_composition(cfg, rng):
         assert_close(a, b, torch.float32, what)
 
 
-@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8]], ids=["3x3pix", "chunks"])
-def test_small_m_thread_count_independent(cfg, rng):
+@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], STRIDED[1]], ids=["3x3pix", "chunks", "stem"])
+def test_thread_count_independent(cfg, rng):
     """Every pass gives bit-identical results with 1, 2 and 3 threads."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, _ = cfg
     x = randn((N, C, H, W), rng)

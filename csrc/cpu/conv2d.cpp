@@ -5,6 +5,8 @@
 //   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
 //              dual convolution, weight gradient;
 //   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
+//   kStridedDirect  the phase-decomposed strided direct kernel (cpu/strided_direct.h): forward of
+//              strided few-channel layers (RGB stems);
 //   kGemm      GEMMs over implicit im2col matrices (cpu/im2col.h) driven by the blocked GEMM of
 //              cpu/gemm.h, for every shape and dtype. Per image n and group g, with CRS = Cg*R*S,
 //              PQ = P*Q:
@@ -32,6 +34,7 @@
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
 #include "cpu/small_m.h"
+#include "cpu/strided_direct.h"
 #include "cpu/winograd.h"
 
 namespace fastconv {
@@ -222,6 +225,10 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
       small_m_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
                       y.mutable_data_ptr<float>(), s, relu);
       break;
+    case ConvKernel::kStridedDirect:
+      strided_direct_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
+                             y.mutable_data_ptr<float>(), s, relu);
+      break;
     case ConvKernel::kWinograd:
       winograd_conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
                        y.mutable_data_ptr<float>(), s, relu);
@@ -271,6 +278,8 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
         small_m_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
                                data_or_null<float>(r));
         break;
+      case ConvKernel::kStridedDirect:
+        TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no input-gradient pass");
       case ConvKernel::kWinograd:
         winograd_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
                                 s, data_or_null<float>(r));
@@ -300,7 +309,8 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
                                 direct_shape(s), data_or_null<float>(r));
         break;
       case ConvKernel::kWinograd:
-        TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
+      case ConvKernel::kStridedDirect:
+        TORCH_INTERNAL_ASSERT(false, "fastconv: this kernel has no weight-gradient pass");
       case ConvKernel::kGemm:
         AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_cpu", [&] {
           conv2d_backward_weight_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),

@@ -11,6 +11,7 @@
 #include "common/info.h"
 #include "cpu/direct_conv.h"
 #include "cpu/small_m.h"
+#include "cpu/strided_direct.h"
 #include "cpu/winograd.h"
 
 namespace fastconv {
@@ -138,6 +139,7 @@ ConvAlgo current_conv_algo() { return g_algo.get(); }
 
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t) {
   if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
+  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   return convolution_kernel(s, t);
 }
 
@@ -157,7 +159,8 @@ bool reads_gate(ConvKernel k) {
     case ConvKernel::kDirect:
     case ConvKernel::kWinograd:
     case ConvKernel::kSmallM: return true;
-    case ConvKernel::kGemm: return false;
+    case ConvKernel::kGemm:
+    case ConvKernel::kStridedDirect: return false;  // forward only
   }
   return false;
 }
