@@ -5,8 +5,8 @@
 //   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
 //              dual convolution, weight gradient;
 //   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
-//   kStridedDirect  the phase-decomposed strided direct kernel (cpu/strided_direct.h): forward of
-//              strided few-channel layers (RGB stems);
+//   kStridedDirect  the phase-decomposed strided direct kernels (cpu/strided_direct.h): forward
+//              and weight gradient of strided few-channel layers (RGB stems);
 //   kGemm      GEMMs over implicit im2col matrices (cpu/im2col.h) driven by the blocked GEMM of
 //              cpu/gemm.h, for every shape and dtype. Per image n and group g, with CRS = Cg*R*S,
 //              PQ = P*Q:
@@ -308,9 +308,12 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
         direct_conv_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
                                 direct_shape(s), data_or_null<float>(r));
         break;
-      case ConvKernel::kWinograd:
       case ConvKernel::kStridedDirect:
-        TORCH_INTERNAL_ASSERT(false, "fastconv: this kernel has no weight-gradient pass");
+        strided_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+                                   dw.mutable_data_ptr<float>(), s, data_or_null<float>(r));
+        break;
+      case ConvKernel::kWinograd:
+        TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
       case ConvKernel::kGemm:
         AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_cpu", [&] {
           conv2d_backward_weight_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),

@@ -150,6 +150,7 @@ ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t) {
 
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t) {
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
+  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
 }
@@ -158,9 +159,9 @@ bool reads_gate(ConvKernel k) {
   switch (k) {
     case ConvKernel::kDirect:
     case ConvKernel::kWinograd:
-    case ConvKernel::kSmallM: return true;
-    case ConvKernel::kGemm:
-    case ConvKernel::kStridedDirect: return false;  // forward only
+    case ConvKernel::kSmallM:
+    case ConvKernel::kStridedDirect: return true;
+    case ConvKernel::kGemm: return false;
   }
   return false;
 }

@@ -45,7 +45,7 @@ enum class ConvKernel {
   kDirect,    // direct stride-1 kernel (cpu/direct_conv.h)
   kWinograd,  // Winograd F(4x4, 3x3) (cpu/winograd.h)
   kSmallM,    // few output pixels for a large weight (cpu/small_m.h): every pass, on s itself
-  kStridedDirect,  // phase-decomposed strided direct forward, few input channels (cpu/strided_direct.h)
+  kStridedDirect,  // phase-decomposed strided direct, few input channels (cpu/strided_direct.h): forward, weight grad
 };
 
 // The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on

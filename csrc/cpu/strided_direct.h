@@ -31,5 +31,12 @@ bool strided_direct_faster(const Conv2dShape& s);
 void strided_direct_forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
                             bool relu);
 
+// dw (K, C, R, S) from dy (N, K, P, Q) and x, on the same phase planes: dw^T[(c, r, s)][k] sums
+// phase-plane values (broadcast, 6 taps per tile) times dy transposed to [pixel][64 channels]
+// (4 vectors), over the pixels of each image in order, images in order (no split sums). With a
+// gate (dy's shape), dy is read as relu_backward(dy, gate).
+void strided_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dShape& s,
+                                const float* gate = nullptr);
+
 }  // namespace cpu
 }  // namespace fastconv
