@@ -132,7 +132,7 @@ void build_phases(const float* x, const Conv2dShape& s, const PhaseGeometry& g, 
 }
 
 // Weight-gradient tile: acc[i][16v + lane] (=|+=) sum over output pixels (p, q), p0 <= p < p1, of
-// rows[i][p*Wv + q] * dyT[(p*Q + q)*ld + 16v + lane], i < 6 (x rows of (c, r, s) taps), v < 4.
+// rows[i][p*Wv + q] * dyT[((p - p0)*Q + q)*ld + 16v + lane], i < 6 (x rows of (c, r, s) taps), v < 4.
 FC_TARGET_AVX512 void wgrad_tile(const float* const* rows, const float* dyT, int64_t ld, int64_t p0, int64_t p1,
                                  int64_t Q, int64_t Wv, float* acc, int64_t lda, bool accumulate) {
   __m512 r[6][4];
@@ -144,7 +144,7 @@ FC_TARGET_AVX512 void wgrad_tile(const float* const* rows, const float* dyT, int
     const float* xr[6];
 #pragma GCC unroll 6
     for (int i = 0; i < 6; ++i) xr[i] = rows[i] + p * Wv;
-    const float* d = dyT + p * Q * ld;
+    const float* d = dyT + (p - p0) * Q * ld;
     for (int64_t q = 0; q < Q; ++q, d += ld) {
       __m512 b[4];
 #pragma GCC unroll 4
@@ -222,40 +222,46 @@ void strided_direct_forward(const float* x, const float* w, const float* bias, f
 
 void strided_direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dShape& s, const float* gate) {
   const int64_t C = s.C, K = s.K, P = s.P, Q = s.Q, PQ = P * Q, RS = s.R * s.S, CRS = C * RS;
+  const Conv2dShape one = [&] {  // the phase planes are built one image at a time
+    Conv2dShape o = s;
+    o.N = 1;
+    return o;
+  }();
   const PhaseGeometry geo(s);
   const int64_t KW = round_up(K, 64), kblocks = KW / 64, tiles = ceil_div(CRS, 6);
-  static thread_local Scratch<float> x_scratch, dy_scratch, acc_scratch;
-  float* xph = x_scratch.get(s.N * C * geo.cs);
-  float* dyT = dy_scratch.get(PQ * KW);             // one image's dy, [pq][KW] (zeros past K)
-  float* acc = acc_scratch.get(tiles * 6 * KW);     // dw^T [crs][KW], rows padded to whole tiles
-  build_phases(x, s, geo, xph);
-  // Output rows per chunk: the chunk's dyT ([pixels][KW] floats) in a quarter of L2.
+  // Output rows per chunk: the chunk's dy transposed ([pixels][KW] floats) in a quarter of L2.
   const int64_t chunk_rows = std::clamp<int64_t>(l2_bytes() / 4 / (Q * KW * 4), 1, P);
+  static thread_local Scratch<float> x_scratch, acc_scratch;
+  float* xph = x_scratch.get(C * geo.cs);       // image n's phase planes
+  float* acc = acc_scratch.get(tiles * 6 * KW);  // dw^T [crs][KW], rows padded to whole tiles
   for (int64_t n = 0; n < s.N; ++n) {
-    at::parallel_for(0, ceil_div(PQ, 16), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t pq0 = begin * 16; pq0 < std::min(PQ, end * 16); pq0 += 16) {
-        const int64_t len = std::min<int64_t>(16, PQ - pq0);
-        for (int64_t k = 0; k < KW; ++k) {
-          const int64_t at = (n * K + k) * PQ + pq0;
-          for (int64_t j = 0; j < len; ++j)
-            dyT[(pq0 + j) * KW + k] = k < K ? (gate && gate[at + j] <= 0.f ? 0.f : dy[at + j]) : 0.f;
-        }
-      }
-    });
-    // Tasks: 6-row tiles of dw^T x 64-channel blocks; each thread's range of them runs chunk by
-    // chunk of output rows, so that the chunk of dyT stays in L2 (sums: image n's pixels in order).
+    build_phases(x + n * C * s.H * s.W, one, geo, xph);
+    // Tasks: 6-row tiles of dw^T x 64-channel blocks. Each thread walks image n in chunks of
+    // output rows, transposing the chunk of dy into its own L2-resident buffer (each thread that
+    // has tasks transposes every chunk: cheaper than a barrier per chunk), then running its tiles.
     at::parallel_for(0, tiles * kblocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p0 = 0; p0 < P; p0 += chunk_rows)
+      static thread_local Scratch<float> dy_scratch;
+      float* dyT = dy_scratch.get(chunk_rows * Q * KW);
+      for (int64_t p0 = 0; p0 < P; p0 += chunk_rows) {
+        const int64_t p1 = std::min(P, p0 + chunk_rows), len = (p1 - p0) * Q;
+        for (int64_t k = 0; k < KW; ++k) {  // dyT[t][k] = dy[n][k][p0*Q + t] (gated), 0 past K
+          if (k >= K) {
+            for (int64_t i = 0; i < len; ++i) dyT[i * KW + k] = 0.f;
+            continue;
+          }
+          const int64_t at = (n * K + k) * PQ + p0 * Q;
+          for (int64_t i = 0; i < len; ++i) dyT[i * KW + k] = gate && gate[at + i] <= 0.f ? 0.f : dy[at + i];
+        }
         for (int64_t task = begin; task < end; ++task) {
           const int64_t tile = task / kblocks, kb = task % kblocks * 64;
           const float* rows[6];
           for (int64_t i = 0; i < 6; ++i) {
             const int64_t crs = std::min(CRS - 1, tile * 6 + i);  // rows past CRS: repeat the last
-            rows[i] = xph + (n * C + crs / RS) * geo.cs + geo.off[crs % RS];
+            rows[i] = xph + (crs / RS) * geo.cs + geo.off[crs % RS];
           }
-          wgrad_tile(rows, dyT + kb, KW, p0, std::min(P, p0 + chunk_rows), Q, geo.Wv, acc + tile * 6 * KW + kb, KW,
-                     n > 0 || p0 > 0);
+          wgrad_tile(rows, dyT + kb, KW, p0, p1, Q, geo.Wv, acc + tile * 6 * KW + kb, KW, n > 0 || p0 > 0);
         }
+      }
     });
   }
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
