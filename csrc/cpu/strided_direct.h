@@ -1,5 +1,6 @@
-// Direct strided convolution forward for few input channels (float32, AVX-512): the 7x7 stride-2
-// stems on RGB images, which the GEMM path runs at a packing cost per column as large as its FMAs.
+// Direct strided convolution, forward and weight gradient, for few input channels (float32,
+// AVX-512): the 7x7 stride-2 stems on RGB images, which the GEMM path runs at a packing cost per
+// column as large as its FMAs. (Their input gradient stays on the GEMM.)
 //
 // Phase decomposition: a stride (sh, sw) convolution reads the zero-padded input xpad only at rows
 // p*sh + r*dh and columns q*sw + s*dw. Split each padded channel into sh*sw phase planes,
