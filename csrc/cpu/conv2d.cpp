@@ -1,8 +1,20 @@
-// conv2d forward and backward on the CPU, as GEMMs over implicit im2col matrices (cpu/im2col.h)
-// driven by the blocked GEMM of cpu/gemm.h. Per image n and group g, with CRS = Cg*R*S, PQ = P*Q:
-//   forward:      y[Kg x PQ]    = W[Kg x CRS] * col[CRS x PQ]                 (+ bias)
-//   input grad:   colgrad[CRS x PQ] = W^T * dy[Kg x PQ], then col2im adds it into dx
-//   weight grad:  dW^T[CRS x Kg] += col[CRS x PQ] * dy^T[PQ x Kg]   (summed over n)
+// conv2d forward and backward on the CPU. Each pass of each call asks cpu/dispatch.h which kernel
+// runs it and switches on the answer once:
+//   kWinograd  Winograd F(4x4, 3x3) (cpu/winograd.h): forward, and the input gradient as the
+//              forward of the dual convolution;
+//   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
+//              dual convolution, weight gradient;
+//   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
+//   kStridedDirect  the phase-decomposed strided direct kernels (cpu/strided_direct.h): forward
+//              and weight gradient of strided few-channel layers (RGB stems);
+//   kGemm      GEMMs over implicit im2col matrices (cpu/im2col.h) driven by the blocked GEMM of
+//              cpu/gemm.h, for every shape and dtype. Per image n and group g, with CRS = Cg*R*S,
+//              PQ = P*Q:
+//     forward:      y[Kg x PQ]    = W[Kg x CRS] * col[CRS x PQ]                 (+ bias)
+//     input grad:   colgrad[CRS x PQ] = W^T * dy[Kg x PQ], then col2im adds it into dx
+//     weight grad:  dW^T[CRS x Kg] += col[CRS x PQ] * dy^T[PQ x Kg]   (summed over n)
+// The bias gradient is one summing loop. conv2d_relu_backward passes the forward's output as a
+// gate into the kernels that can read dy as relu_backward(dy, gate) (dispatch's gate_fusable).
 // All reductions run in a fixed order independent of the thread count, so results are
 // deterministic and reproducible.
 #include <ATen/Dispatch.h>
@@ -14,20 +26,21 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
 #include "cpu/direct_conv.h"
+#include "cpu/dispatch.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
+#include "cpu/small_m.h"
+#include "cpu/strided_direct.h"
 #include "cpu/winograd.h"
 
 namespace fastconv {
 namespace cpu {
 namespace {
 
-constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 constexpr int64_t kColumnTile = kNC;  // output pixels per forward / input-grad task
 
 
@@ -50,17 +63,9 @@ std::vector<PackedA<T>> pack_weights(const T* w, const Conv2dShape& s, bool tran
   return packed;
 }
 
-// The direct kernel (cpu/direct_conv.h) serves float32 stride-1 convolutions on AVX-512 machines.
-bool use_direct(const Conv2dShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && direct_conv_available();
-}
+// ---- direct kernels (cpu/direct_conv.h): weights packed in the calling thread's reused buffer ----
 
-// The convolution as direct_conv sees it (channels per group).
-DirectConvShape direct_shape(const Conv2dShape& s) {
-  return {s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
-}
-
-// Forward through the direct kernel: w (K, Cg, R, S) packed in the calling thread's reused buffer.
+// Forward: w (K, Cg, R, S).
 void conv2d_forward_direct(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
                            bool relu) {
   const DirectConvShape d = direct_shape(s);
@@ -70,13 +75,22 @@ void conv2d_forward_direct(const float* x, const float* w, const float* bias, fl
   direct_conv(x, wp, bias, y, d, relu);
 }
 
+// Input gradient: the forward of the dual convolution; with a gate, dy is read as
+// relu_backward(dy, gate).
+void conv2d_backward_input_direct(const float* dy, const float* w, float* dx, const Conv2dShape& s,
+                                  const float* gate) {
+  const DirectConvShape d = direct_shape(input_grad_dual(s));
+  static thread_local Scratch<float> scratch;
+  float* wp = scratch.get(direct_weights_size(d));
+  pack_direct_weights_flipped(w, d, wp);
+  direct_conv(dy, wp, nullptr, dx, d, false, gate);
+}
+
+// ---- GEMM kernels (any dtype) ----
+
 // y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
 template <typename T>
-void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (winograd_applies(s)) return winograd_conv3x3(x, w, bias, y, s, relu);
-    if (use_direct(s)) return conv2d_forward_direct(x, w, bias, y, s, relu);
-  }
+void conv2d_forward_gemm(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
@@ -101,37 +115,10 @@ void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dSha
   });
 }
 
-// The input gradient of a stride-1 convolution runs through the direct kernel as dx = conv(dy, w')
-// with w' transposed and flipped, padding dil*(k-1) - pad, which must not be negative.
-bool backward_input_direct_applies(const Conv2dShape& s) {
-  return use_direct(s) && s.pad_h <= s.dil_h * (s.R - 1) && s.pad_w <= s.dil_w * (s.S - 1);
-}
-
-// dx through the direct kernel when backward_input_direct_applies (else false); with a gate, dy is
-// read as relu_backward(dy, gate).
-bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, const Conv2dShape& s,
-                                  const float* gate = nullptr) {
-  if (!backward_input_direct_applies(s)) return false;
-  const int64_t ph = s.dil_h * (s.R - 1) - s.pad_h, pw = s.dil_w * (s.S - 1) - s.pad_w;
-  const DirectConvShape d{s.N, s.groups, s.Kg(), s.Cg(), s.P, s.Q, s.R, s.S, ph, pw, s.dil_h, s.dil_w};
-  static thread_local Scratch<float> scratch;  // the calling thread's, reused across calls
-  float* wp = scratch.get(direct_weights_size(d));
-  pack_direct_weights_flipped(w, d, wp);
-  direct_conv(dy, wp, nullptr, dx, d, false, gate);
-  return true;
-}
-
 // Input gradient. Tasks own disjoint channel blocks of dx (col2im of rows of channel c only
-// touches input plane c), so no two tasks write the same element. A gate (dy read as
-// relu_backward(dy, gate)) is only passed where a Winograd or direct kernel runs
-// (gated_backward_applies).
+// touches input plane c), so no two tasks write the same element.
 template <typename T>
-void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s, const T* gate = nullptr) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (winograd_backward_input(dy, w, dx, s, gate)) return;
-    if (conv2d_backward_input_direct(dy, w, dx, s, gate)) return;
-  }
-  TORCH_INTERNAL_ASSERT(!gate, "fastconv: the GEMM input gradient cannot apply a ReLU gate");
+void conv2d_backward_input_gemm(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   // Channels per task: a multiple of 24 (so that the block's first row, cb*RS*b, is a multiple of
@@ -161,11 +148,7 @@ void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s,
 // Weight gradient. Tasks own disjoint row blocks of dW^T; the sum over images is split into a
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
-void conv2d_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s, const T* gate = nullptr) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_direct(s)) return direct_conv_weight_grad(dy, x, dw, direct_shape(s), gate);
-  }
-  TORCH_INTERNAL_ASSERT(!gate, "fastconv: the GEMM weight gradient cannot apply a ReLU gate");
+void conv2d_backward_weight_gemm(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // rows per task
@@ -223,6 +206,12 @@ void conv2d_backward_bias(const T* dy, T* db, const Conv2dShape& s, const T* gat
   });
 }
 
+// The data of an optional tensor (nullptr when undefined).
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
 at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            bool relu) {
@@ -231,11 +220,30 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options());
   if (y.numel() == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_cpu", [&] {
-    conv2d_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s,
-                             relu);
-  });
+  switch (forward_kernel(s, x.scalar_type())) {
+    case ConvKernel::kSmallM:
+      small_m_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
+                      y.mutable_data_ptr<float>(), s, relu);
+      break;
+    case ConvKernel::kStridedDirect:
+      strided_direct_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
+                             y.mutable_data_ptr<float>(), s, relu);
+      break;
+    case ConvKernel::kWinograd:
+      winograd_conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
+                       y.mutable_data_ptr<float>(), s, relu);
+      break;
+    case ConvKernel::kDirect:
+      conv2d_forward_direct(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
+                            y.mutable_data_ptr<float>(), s, relu);
+      break;
+    case ConvKernel::kGemm:
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_cpu", [&] {
+        conv2d_forward_gemm<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+      });
+      break;
+  }
   return y;
 }
 
@@ -252,8 +260,7 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& input, const at::Tensor& weight, co
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // The requested gradients from dy, or with a gate from relu_backward(dy, gate) read on the fly;
-// a gate needs float32 and a shape where every requested pass runs a direct kernel
-// (gated_backward_applies).
+// a gate needs gate_fusable (every kernel it reaches reads it).
 Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate, const at::Tensor& input,
                            const at::Tensor& weight, const Conv2dShape& s, std::array<bool, 3> output_mask) {
   at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
@@ -262,15 +269,65 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0}, weight.options());
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_backward_cpu", [&] {
-    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    const scalar_t* gp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
-    if (output_mask[0] && dx.numel() > 0)
-      conv2d_backward_input<scalar_t>(dyp, w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s, gp);
-    if (output_mask[1])
-      conv2d_backward_weight<scalar_t>(dyp, x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), s, gp);
-    if (output_mask[2]) conv2d_backward_bias<scalar_t>(dyp, db.mutable_data_ptr<scalar_t>(), s, gp);
-  });
+  const at::ScalarType t = x.scalar_type();
+  if (output_mask[0] && dx.numel() > 0) {
+    const ConvKernel k = backward_input_kernel(s, t);
+    TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
+    switch (k) {
+      case ConvKernel::kSmallM:
+        small_m_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
+                               data_or_null<float>(r));
+        break;
+      case ConvKernel::kStridedDirect:
+        TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no input-gradient pass");
+      case ConvKernel::kWinograd:
+        winograd_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
+                                s, data_or_null<float>(r));
+        break;
+      case ConvKernel::kDirect:
+        conv2d_backward_input_direct(dy.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                                     dx.mutable_data_ptr<float>(), s, data_or_null<float>(r));
+        break;
+      case ConvKernel::kGemm:
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_input_cpu", [&] {
+          conv2d_backward_input_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                               dx.mutable_data_ptr<scalar_t>(), s);
+        });
+        break;
+    }
+  }
+  if (output_mask[1]) {
+    const ConvKernel k = backward_weight_kernel(s, t);
+    TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
+    switch (k) {
+      case ConvKernel::kSmallM:
+        small_m_backward_weight(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
+                                data_or_null<float>(r));
+        break;
+      case ConvKernel::kDirect:
+        direct_conv_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
+                                direct_shape(s), data_or_null<float>(r));
+        break;
+      case ConvKernel::kStridedDirect:
+        strided_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+                                   dw.mutable_data_ptr<float>(), s, data_or_null<float>(r));
+        break;
+      case ConvKernel::kWinograd:
+        TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
+      case ConvKernel::kGemm:
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_cpu", [&] {
+          conv2d_backward_weight_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                                dw.mutable_data_ptr<scalar_t>(), s);
+        });
+        break;
+    }
+  }
+  if (output_mask[2]) {
+    AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_bias_cpu", [&] {
+      conv2d_backward_bias<scalar_t>(dy.const_data_ptr<scalar_t>(), db.mutable_data_ptr<scalar_t>(), s,
+                                     data_or_null<scalar_t>(r));
+    });
+  }
   return {dx, dw, db};
 }
 
@@ -282,21 +339,16 @@ Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input
   return conv2d_backward_impl(grad_output, at::Tensor(), input, weight, s, output_mask);
 }
 
-// Whether the direct kernels can read relu_backward(dy, result) on the fly for this call.
-bool gated_backward_applies(const at::Tensor& grad_output, const Conv2dShape& s, std::array<bool, 3> output_mask) {
-  return grad_output.scalar_type() == at::kFloat && use_direct(s) &&
-         (!output_mask[0] || backward_input_direct_applies(s));
-}
-
-// conv2d_relu's backward: the gradient through the ReLU is applied while the direct kernels read dy
-// (no intermediate tensor, no extra pass); elsewhere it is computed first by fastconv::relu_backward.
+// conv2d_relu's backward: the gradient through the ReLU is applied while the kernels read dy where
+// they all can (gate_fusable: no intermediate tensor, no extra pass); elsewhere it is computed
+// first by fastconv::relu_backward.
 Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result, const at::Tensor& input,
                                const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
   const Conv2dShape s =
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
   check_relu_backward(grad_output, result, kCpuTypes);
-  if (gated_backward_applies(grad_output, s, output_mask))
+  if (gate_fusable(s, grad_output.scalar_type(), output_mask))
     return conv2d_backward_impl(grad_output, result, input, weight, s, output_mask);
   static const auto relu_backward = c10::Dispatcher::singleton()
                                         .findSchemaOrThrow("fastconv::relu_backward", "")

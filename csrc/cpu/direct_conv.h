@@ -23,6 +23,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/checks.h"
+
 namespace fastconv {
 namespace cpu {
 
@@ -37,19 +39,26 @@ struct DirectConvShape {
 constexpr int kDirectMR = 8;   // output channels per micro-kernel tile
 constexpr int kDirectNR = 48;  // virtual pixels per micro-kernel tile
 
-// True when the direct kernel can run: the AVX-512 kernels are selected (cpu::current_isa()).
-bool direct_conv_available();
+// True when the direct kernels can run the convolution s (the forward or, for the input gradient,
+// its dual, cpu/dispatch.h): stride 1, padding >= 0, and the AVX-512 kernels selected
+// (cpu::current_isa()).
+bool direct_conv_supports(const Conv2dShape& s);
+
+// The stride-1 convolution s as the direct kernels see it (channels per group).
+inline DirectConvShape direct_shape(const Conv2dShape& s) {
+  return {s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
+}
 
 // Packed weights: per group, ceil(Co/8) blocks of [Ci][R*S][8] (output channels past Co are 0).
 inline int64_t direct_weights_size(const DirectConvShape& d) {
-  return d.groups * (d.Co + kDirectMR - 1) / kDirectMR * kDirectMR * d.Ci * d.R * d.S;
+  return d.groups * round_up(d.Co, kDirectMR) * d.Ci * d.R * d.S;
 }
 
 // Fills dst (direct_weights_size floats) from the weight w (groups*Co, Ci, R, S): block b of group g
 // interleaves the 8 rows w[g*Co + 8b + j] (each Ci*R*S contiguous floats), rows past Co as zeros.
 // Blocks in parallel: at 512 x 512 channels the weights are 9 MB, which one thread takes ms to move.
 inline void pack_direct_weights(const float* w, const DirectConvShape& d, float* dst) {
-  const int64_t CRS = d.Ci * d.R * d.S, blocks = (d.Co + kDirectMR - 1) / kDirectMR;
+  const int64_t CRS = d.Ci * d.R * d.S, blocks = ceil_div(d.Co, kDirectMR);
   at::parallel_for(0, d.groups * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t gb = begin; gb < end; ++gb) {
       const int64_t g = gb / blocks, b = gb % blocks, rows = std::min<int64_t>(kDirectMR, d.Co - b * kDirectMR);
@@ -65,7 +74,7 @@ inline void pack_direct_weights(const float* w, const DirectConvShape& d, float*
 // (groups*Ci, Co, R, S): weight(g, o, i, rs) = w[g*Ci + i][o][R*S-1-rs]. Read in w's memory order:
 // in the packed order every element would start a new weight row, each a cache miss.
 inline void pack_direct_weights_flipped(const float* w, const DirectConvShape& d, float* dst) {
-  const int64_t RS = d.R * d.S, blocks = (d.Co + kDirectMR - 1) / kDirectMR, block_size = kDirectMR * d.Ci * RS;
+  const int64_t RS = d.R * d.S, blocks = ceil_div(d.Co, kDirectMR), block_size = kDirectMR * d.Ci * RS;
   at::parallel_for(0, d.groups * d.Ci, 1, [&](int64_t begin, int64_t end) {
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t g = gi / d.Ci, i = gi % d.Ci;

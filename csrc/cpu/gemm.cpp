@@ -1,16 +1,8 @@
-// GEMM micro-kernels (AVX-512, AVX2+FMA, portable) and the run-time choice between them.
+// GEMM micro-kernels (AVX-512, AVX2+FMA, portable), chosen by the ISA in use (cpu/dispatch.h).
 #include "cpu/gemm.h"
 
-
-#include <atomic>
-#include <cstdlib>
-#include <stdexcept>
-#include <string>
-
-#include <c10/util/Exception.h>
-
-#include "common/info.h"
 #include "cpu/avx512.h"
+#include "cpu/dispatch.h"
 
 namespace fastconv {
 namespace cpu {
@@ -137,60 +129,7 @@ FC_TARGET_AVX512 void uk_avx512_f64(int64_t kc, const double* a, const double* b
 }
 #endif  // __x86_64__
 
-bool machine_has(Isa isa) {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  switch (isa) {
-    case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
-    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case Isa::kGeneric: return true;
-  }
-  return false;
-#else
-  return isa == Isa::kGeneric;
-#endif
-}
-
-Isa best_isa() {
-  if (machine_has(Isa::kAvx512)) return Isa::kAvx512;
-  if (machine_has(Isa::kAvx2)) return Isa::kAvx2;
-  return Isa::kGeneric;
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kGeneric: return "generic";
-  }
-  return "?";
-}
-
-Isa parse_isa(const std::string& s) {
-  if (s == "auto" || s.empty()) return best_isa();
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
-    if (s == isa_name(isa)) {
-      TORCH_CHECK(machine_has(isa), "fastconv: this CPU cannot run the '", s, "' kernels");
-      return isa;
-    }
-  }
-  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU ISA '", s, "' (expected auto, avx512, avx2 or generic)");
-}
-
-Isa initial_isa() {
-  const char* env = std::getenv("FASTCONV_CPU_ISA");
-  try {
-    return parse_isa(env ? env : "auto");
-  } catch (const c10::Error&) {
-    return best_isa();  // a bad environment value must not stop the library from loading
-  }
-}
-
-std::atomic<int> g_isa{static_cast<int>(initial_isa())};
-
 }  // namespace
-
-Isa current_isa() { return static_cast<Isa>(g_isa.load(std::memory_order_relaxed)); }
 
 template <>
 MicroKernel<float> micro_kernel<float>() {
@@ -212,12 +151,4 @@ MicroKernel<double> micro_kernel<double>() {
 }
 
 }  // namespace cpu
-
-const char* cpu_isa_name() { return cpu::isa_name(cpu::current_isa()); }
-
-std::string set_cpu_isa(std::string isa) {
-  cpu::g_isa.store(static_cast<int>(cpu::parse_isa(isa)));
-  return cpu_isa_name();
-}
-
 }  // namespace fastconv

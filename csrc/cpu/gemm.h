@@ -19,14 +19,10 @@
 #include <cstring>
 #include <new>
 
+#include "common/checks.h"
+
 namespace fastconv {
 namespace cpu {
-
-// The instruction set the CPU kernels use: the best this machine has, or what
-// fastconv::set_cpu_isa / FASTCONV_CPU_ISA selected. Every kernel with an ISA-specific fast path
-// consults this, so tests can run each path on one machine.
-enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-Isa current_isa();
 
 template <typename T>
 using MicroKernelFn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, int64_t csc,
@@ -38,7 +34,7 @@ struct MicroKernel {
   MicroKernelFn<T> fn;
 };
 
-// The micro-kernel for the ISA selected at run time (fastconv::set_cpu_isa / FASTCONV_CPU_ISA).
+// The micro-kernel for the ISA in use (cpu::current_isa(), cpu/dispatch.h).
 template <typename T>
 MicroKernel<T> micro_kernel();
 
@@ -55,7 +51,7 @@ class Scratch {
   T* get(int64_t n) {
     if (n > cap_) {
       std::free(p_);
-      size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
+      size_t bytes = size_t(round_up(n * int64_t(sizeof(T)), 64));
       p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
       if (!p_) throw std::bad_alloc();
       cap_ = n;
@@ -102,10 +98,10 @@ class PackedA {
   // size(M, K, mr) elements and outlive every view.
   template <typename Packer>
   PackedA(const Packer& src, int64_t M, int64_t K, int mr, T* storage)
-      : data_(storage), mpad_((M + mr - 1) / mr * mr) {
+      : data_(storage), mpad_(round_up(M, mr)) {
     for (int64_t pc = 0; pc < K; pc += kKC) src(storage + pc * mpad_, 0, M, pc, std::min(kKC, K - pc), mr);
   }
-  static int64_t size(int64_t M, int64_t K, int mr) { return (M + mr - 1) / mr * mr * K; }
+  static int64_t size(int64_t M, int64_t K, int mr) { return round_up(M, mr) * K; }
 
   struct View {
     const T* data;
@@ -135,7 +131,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pac
     return;
   }
   const MicroKernel<T> uk = micro_kernel<T>();
-  const int64_t MC = ((kMCTarget + uk.mr - 1) / uk.mr) * uk.mr;
+  const int64_t MC = round_up(kMCTarget, uk.mr);
   static thread_local Scratch<T> a_scratch, b_scratch;
   T* abuf = a_scratch.get(MC * kKC);
   T* bbuf = b_scratch.get(kNC * kKC);

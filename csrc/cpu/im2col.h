@@ -85,7 +85,7 @@ struct Im2colAsB {
   const T* x;
   int64_t pq_base;
   const T* operator()(T* dst, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int nr) const {
-    const int64_t panels = (nc + nr - 1) / nr, step = g.sw;
+    const int64_t panels = ceil_div(nc, nr), step = g.sw;
     for (int64_t k = 0; k < kc; ++k) {
       // Element t of this depth row goes to panel t / nr, slot k*nr + t % nr.
       auto place = [&](int64_t t, int64_t n, const T* src) {

@@ -23,14 +23,13 @@
 
 #include "common/checks.h"
 #include "cpu/avx512.h"
-#include "cpu/gemm.h"
+#include "cpu/dispatch.h"
 
 
 namespace fastconv {
 namespace cpu {
 namespace {
 
-constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 
 // Work is split over output rows of all planes (row r = plane * P + p), so that both threads are
 // busy even when N*C is small; about this many input elements per task.

@@ -9,14 +9,13 @@
 
 #include "common/checks.h"
 #include "cpu/avx512.h"
-#include "cpu/gemm.h"
+#include "cpu/dispatch.h"
 
 
 namespace fastconv {
 namespace cpu {
 namespace {
 
-constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
 constexpr int64_t kGrain = 1 << 15;
 
 // Portable loops (the compiler vectorises them for the baseline ISA).

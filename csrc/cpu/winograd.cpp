@@ -22,12 +22,10 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
-#include <string>
 
-#include "common/info.h"
 #include "cpu/avx512.h"
+#include "cpu/dispatch.h"
 #include "cpu/gemm.h"
 
 namespace fastconv {
@@ -278,8 +276,8 @@ FC_TARGET_AVX512 void output_transform(const float* M, int64_t ms, const WinoSha
 
 // Tiles per block: V and M of a block (36*(C+Kpad)*nb floats) as close to 1 MiB as 32-tile
 // steps allow, but 32 or 64 tiles (measured best for C + K from 64 to 1024; 128 is slower).
+// Derived from the shape alone; not a setting.
 int64_t tiles_per_block(const WinoShape& s, int64_t Kpad) {
-  if (const char* env = std::getenv("FASTCONV_WINO_NB")) return round_up(std::max(1, std::atoi(env)), kPanel);
   const int64_t fit = (int64_t(1) << 20) / (36 * 4 * (s.C + Kpad));
   return std::clamp<int64_t>((fit + kPanel / 2) / kPanel * kPanel, kPanel, 2 * kPanel);
 }
@@ -331,48 +329,13 @@ void winograd_run(const float* x, const float* gate, const WeightView& wv, const
 
 #endif  // __x86_64__
 
-ConvAlgo parse_algo(const std::string& a) {
-  if (a == "auto" || a.empty()) return ConvAlgo::kAuto;
-  if (a == "exact") return ConvAlgo::kExact;
-  if (a == "winograd") return ConvAlgo::kWinograd;
-  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU conv algorithm '", a, "' (expected auto, exact or winograd)");
-}
-
-ConvAlgo initial_algo() {
-  const char* env = std::getenv("FASTCONV_CPU_CONV_ALGO");
-  try {
-    return parse_algo(env ? env : "auto");
-  } catch (const c10::Error&) {
-    return ConvAlgo::kAuto;  // a bad environment value must not stop the library from loading
-  }
-}
-
-std::atomic<int> g_algo{static_cast<int>(initial_algo())};
-
-// Winograd can run: 3x3 / stride 1 / dilation 1 / groups 1 on AVX-512, nothing empty.
-bool winograd_possible(const Conv2dShape& s) {
-  if (s.R != 3 || s.S != 3 || s.stride_h != 1 || s.stride_w != 1 || s.dil_h != 1 || s.dil_w != 1 || s.groups != 1)
-    return false;
-  return current_isa() == Isa::kAvx512 && s.N > 0 && s.P > 0 && s.Q > 0 && s.C > 0 && s.K > 0;
-}
-
-// kAuto's choice, from single-thread timings against the direct kernel: Winograd needs >= 16
-// input and output channels (with 3 the transforms cost more than the GEMMs save: first layers
-// stay direct) and >= 40 tiles in the batch (the weight transform writes 36*K*C floats per call,
-// as much time as the GEMMs of ~20-40 tiles: batch-1 14x14 layers stay direct).
-bool winograd_faster(const Conv2dShape& s) {
-  const int64_t tiles = s.N * ceil_div(s.P, 4) * ceil_div(s.Q, 4);
-  return s.C >= 16 && s.K >= 16 && tiles >= 40;
-}
-
 }  // namespace
 
-ConvAlgo current_conv_algo() { return static_cast<ConvAlgo>(g_algo.load(std::memory_order_relaxed)); }
-
-bool winograd_applies(const Conv2dShape& s) {
-  const ConvAlgo a = current_conv_algo();
-  if (a == ConvAlgo::kExact || !winograd_possible(s)) return false;
-  return a == ConvAlgo::kWinograd || winograd_faster(s);
+bool winograd_supports(const Conv2dShape& s) {
+  if (s.R != 3 || s.S != 3 || s.stride_h != 1 || s.stride_w != 1 || s.dil_h != 1 || s.dil_w != 1 || s.groups != 1)
+    return false;
+  return current_isa() == Isa::kAvx512 && s.pad_h >= 0 && s.pad_w >= 0 && s.N > 0 && s.P > 0 && s.Q > 0 &&
+         s.C > 0 && s.K > 0;
 }
 
 void winograd_conv3x3(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
@@ -381,38 +344,20 @@ void winograd_conv3x3(const float* x, const float* w, const float* bias, float* 
   const WinoShape ws{s.N, s.C, s.H, s.W, s.K, s.pad_h, s.pad_w};
   winograd_run(x, nullptr, WeightView{w, s.C * 9, 9, false}, bias, y, ws, relu);
 #else
-  std::abort();  // callers check winograd_applies, which is false here
+  std::abort();  // the dispatch checks winograd_supports, which is false here
 #endif
 }
 
-bool winograd_backward_input(const float* dy, const float* w, float* dx, const Conv2dShape& s, const float* gate) {
+void winograd_backward_input(const float* dy, const float* w, float* dx, const Conv2dShape& s, const float* gate) {
   // The dual convolution: dy (N, K, P, Q) -> dx (N, C, H, W), weight w'[c][k] = flip(w[k][c]).
-  Conv2dShape d = s;
-  d.C = s.K, d.H = s.P, d.W = s.Q, d.K = s.C, d.P = s.H, d.Q = s.W;
-  d.pad_h = 2 - s.pad_h, d.pad_w = 2 - s.pad_w;
-  if (d.pad_h < 0 || d.pad_w < 0 || !winograd_applies(d)) return false;
+  const Conv2dShape d = input_grad_dual(s);
 #if defined(__x86_64__)
   const WinoShape ws{d.N, d.C, d.H, d.W, d.K, d.pad_h, d.pad_w};
   winograd_run(dy, gate, WeightView{w, 9, s.C * 9, true}, nullptr, dx, ws, false);
-  return true;
 #else
-  return false;
+  std::abort();  // the dispatch checks winograd_supports, which is false here
 #endif
 }
 
 }  // namespace cpu
-
-const char* cpu_conv_algo_name() {
-  switch (cpu::current_conv_algo()) {
-    case cpu::ConvAlgo::kExact: return "exact";
-    case cpu::ConvAlgo::kWinograd: return "winograd";
-    default: return "auto";
-  }
-}
-
-std::string set_cpu_conv_algo(std::string algo) {
-  cpu::g_algo.store(static_cast<int>(cpu::parse_algo(algo)));
-  return cpu_conv_algo_name();
-}
-
 }  // namespace fastconv

@@ -1,0 +1,71 @@
+// The CPU kernels' one dispatch point: the dtypes they take, the instruction set they use, which
+// kernel runs each pass of conv2d, and the run-time settings behind those choices.
+//
+// Each kernel says whether it *can* run a problem (winograd_supports, direct_conv_supports, in its
+// own header); the choosers here decide which one *does*, once per pass, from those predicates, the
+// settings and the speed heuristics; conv2d.cpp switches on the answer once per pass. Adding a
+// conv2d kernel variant: its predicate in its header, an enumerator in ConvKernel, a line in the
+// chooser of each pass it serves (dispatch.cpp) and in reads_gate, and a case in that pass's
+// switch in conv2d.cpp.
+//
+// Settings (each read from its environment variable once, at load; a bad value falls back to
+// "auto" rather than stop the library loading; changed at run time through fastconv.set_cpu_*):
+//   FASTCONV_CPU_ISA        "auto" (the best this machine has), "avx512", "avx2", "generic":
+//                           fastconv.set_cpu_isa; tests run every ISA's path on one machine.
+//   FASTCONV_CPU_CONV_ALGO  "auto" (Winograd where faster), "exact" (never Winograd),
+//                           "winograd" (wherever it can run): fastconv.set_cpu_conv_algo.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <array>
+
+#include "common/checks.h"
+
+namespace fastconv {
+namespace cpu {
+
+// The dtypes every CPU op takes (the kernels are instantiated for these through
+// AT_DISPATCH_FLOATING_TYPES); the fast paths are float32 only.
+constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
+
+// The instruction set the CPU kernels use. Code compiled for AVX-512 (cpu/avx512.h) runs only when
+// current_isa() is kAvx512, so one binary serves every x86-64 CPU.
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+Isa current_isa();
+
+// What conv2d may use: kAuto Winograd where it is faster, else the exact paths; kExact never
+// Winograd; kWinograd Winograd wherever it can run (tests and benchmarks).
+enum class ConvAlgo : int { kAuto = 0, kExact = 1, kWinograd = 2 };
+ConvAlgo current_conv_algo();
+
+// The kernels that run a pass of conv2d (the bias gradient has one kernel and no choice).
+enum class ConvKernel {
+  kGemm,      // implicit-im2col GEMM (cpu/gemm.h, cpu/im2col.h): every shape and dtype
+  kDirect,    // direct stride-1 kernel (cpu/direct_conv.h)
+  kWinograd,  // Winograd F(4x4, 3x3) (cpu/winograd.h)
+  kSmallM,    // few output pixels for a large weight (cpu/small_m.h): every pass, on s itself
+  kStridedDirect,  // phase-decomposed strided direct, few input channels (cpu/strided_direct.h): forward, weight grad
+};
+
+// The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
+// the dual convolution input_grad_dual(s) wherever that is not the GEMM or kSmallM.
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t);
+ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t);
+ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t);
+
+// Whether kernel k can read dy as relu_backward(dy, gate) on the fly (conv2d_relu_backward's gate).
+bool reads_gate(ConvKernel k);
+
+// Whether conv2d_relu_backward can pass its gate into the kernels of this call: every requested
+// gradient pass and the weight-gradient pass run kernels that read it (the bias sum always can).
+bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask);
+
+// The input gradient of a stride-1 convolution as a convolution: dx = conv(dy, w') with w' the
+// weight transposed (in <-> out channels) and flipped (r, s -> R-1-r, S-1-s), padding
+// dil*(k-1) - pad (negative when pad > dil*(k-1): then no kernel supports it). Keeps s's stride,
+// so for stride > 1 no kernel supports it either.
+Conv2dShape input_grad_dual(const Conv2dShape& s);
+
+}  // namespace cpu
+}  // namespace fastconv
