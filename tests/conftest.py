@@ -68,13 +68,15 @@ class Backend:
             return fn()
         repeats = THREAD_ORDERS if self.name == "simt" else [("first run", 0), ("second run", 0)]
         outs = []
-        for order, seed in repeats:
+        try:
+            for order, seed in repeats:
+                if self.name == "simt":
+                    testing.set_schedule(order, seed)
+                outs.append(fn())
+        finally:
             if self.name == "simt":
-                testing.set_schedule(order, seed)
-            outs.append(fn())
+                testing.set_schedule("forward", 0)
         results = [out if isinstance(out, (tuple, list)) else (out,) for out in outs]
-        if self.name == "simt":
-            testing.set_schedule("forward", 0)
         for (order, seed), again in zip(repeats[1:], results[1:]):
             for i, (a, b) in enumerate(zip(results[0], again)):
                 assert (a is None and b is None) or same_bits(a, b), \
