@@ -1,7 +1,8 @@
 """Shared test fixtures: the backends every op test runs on, poisoned outputs, seeds.
 
 Backends: 'cpu' always; 'simt' (the CUDA kernels run by the CPU emulator) when fastconv._simt is
-built; 'cuda' when a GPU is visible and fastconv was built with CUDA.
+built; 'cuda' when a GPU is visible and fastconv was built with CUDA. FASTCONV_TEST_BACKENDS
+(comma-separated names, e.g. FASTCONV_TEST_BACKENDS=cpu) restricts them.
 """
 import contextlib
 import os
@@ -12,39 +13,40 @@ import pytest
 import torch
 
 import fastconv
+from fastconv import testing
+from helpers import same_bits
 
 
 def _available_backends():
     names = ["cpu"]
-    try:
-        from fastconv import testing
-
-        if testing.simt_available():
-            names.append("simt")
-    except ImportError:
-        pass
+    if testing.simt_available():
+        names.append("simt")
     if torch.cuda.is_available() and "cuda" in fastconv.info()["backends"]:
         names.append("cuda")
     return names
 
 
 BACKENDS = _available_backends()
-if os.environ.get("FASTCONV_TEST_BACKENDS"):  # e.g. FASTCONV_TEST_BACKENDS=cpu to run one backend
+if os.environ.get("FASTCONV_TEST_BACKENDS"):
     BACKENDS = [b for b in BACKENDS if b in os.environ["FASTCONV_TEST_BACKENDS"].split(",")]
+
+# The emulator's thread orders between barriers: a race-free kernel gives the same bits under each.
+THREAD_ORDERS = [("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)]
 
 
 class Backend:
-    """Where a test's tensors live and which op namespace runs them."""
+    """Where a test's tensors live, which op namespace runs them, which dtypes its kernels take,
+    and how a computation is repeated to check that it is race-free and deterministic."""
 
     def __init__(self, name):
         self.name = name
         self.device = "cuda" if name == "cuda" else "cpu"
+        lows = () if name == "cpu" else (torch.float16, torch.bfloat16)
+        self.dtypes = (torch.float32, torch.float64) + lows
 
     @contextlib.contextmanager
     def active(self):
         if self.name == "simt":
-            from fastconv import testing
-
             with testing.simt_backend():
                 yield
         else:
@@ -53,6 +55,33 @@ class Backend:
     @property
     def ops(self):
         return torch.ops.fastconv_simt if self.name == "simt" else torch.ops.fastconv
+
+    def skip_unless_takes(self, dtype):
+        if dtype not in self.dtypes:
+            pytest.skip(f"the {self.name} kernels do not take {dtype}")
+
+    def run(self, fn):
+        """fn() (a tensor or a tuple of tensors and Nones): once on 'cpu'; on 'simt' under every
+        thread order; twice on 'cuda'. The repeats must give bit-identical results (a difference is
+        a race or an order-dependent reduction). Returns the first run's result."""
+        if self.name == "cpu":
+            return fn()
+        repeats = THREAD_ORDERS if self.name == "simt" else [("first run", 0), ("second run", 0)]
+        outs = []
+        try:
+            for order, seed in repeats:
+                if self.name == "simt":
+                    testing.set_schedule(order, seed)
+                outs.append(fn())
+        finally:
+            if self.name == "simt":
+                testing.set_schedule("forward", 0)
+        results = [out if isinstance(out, (tuple, list)) else (out,) for out in outs]
+        for (order, seed), again in zip(repeats[1:], results[1:]):
+            for i, (a, b) in enumerate(zip(results[0], again)):
+                assert (a is None and b is None) or same_bits(a, b), \
+                    f"output {i} differs between {repeats[0][0]} and {order}({seed}): a race?"
+        return outs[0]
 
     def __repr__(self):
         return self.name

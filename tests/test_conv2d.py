@@ -1,76 +1,80 @@
-"""conv2d forward and backward against PyTorch in float64, on every backend."""
+"""conv2d forward and backward against PyTorch in float64, on every backend (helpers.CONV_CASES)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from helpers import assert_close, randn
-
-# (N, C, H, W, K, (R, S), stride, padding, dilation, groups, bias)
-GRID = [
-    (2, 3, 9, 9, 4, (3, 3), 1, 1, 1, 1, True),
-    (1, 1, 5, 5, 1, (1, 1), 1, 0, 1, 1, False),
-    (1, 3, 7, 11, 5, (3, 3), 2, 1, 1, 1, True),
-    (2, 4, 13, 8, 6, (5, 3), (2, 1), (2, 0), 1, 2, True),
-    (3, 6, 10, 10, 6, (3, 3), 1, 2, 2, 3, False),
-    (1, 8, 15, 15, 8, (3, 3), 1, 1, 1, 8, True),  # depthwise
-    (2, 5, 6, 6, 7, (7, 7), 1, 3, 1, 1, True),
-    (1, 2, 4, 4, 3, (4, 4), 1, 0, 1, 1, True),  # kernel == input
-    (2, 3, 17, 13, 9, (2, 2), 3, 0, 1, 1, True),
-    (1, 4, 12, 12, 4, (3, 3), 3, 3, 3, 2, False),
-    (1, 3, 1, 1, 2, (1, 1), 1, 0, 1, 1, True),  # 1x1 image
-    (1, 3, 1, 1, 2, (3, 3), 1, 1, 1, 1, True),  # 1x1 image, all-but-centre padding
-    (2, 16, 23, 29, 130, (3, 3), 1, 1, 1, 1, True),  # several GEMM blocks in every dimension
-    (1, 8, 6, 6, 100, (3, 3), 1, 1, 1, 1, True),  # one image, one column tile, many output channels
-    (1, 2, 20, 20, 3, (3, 3), 1, "same", 2, 1, True),
-    (1, 2, 20, 21, 3, (4, 2), 1, "same", 1, 1, True),  # even kernel: asymmetric 'same' padding
-    (2, 2, 9, 9, 3, (3, 3), 1, "valid", 1, 1, True),
-    # the stride-1 direct kernels' tilings: 64-channel weight-gradient tiles, partial sums over
-    # more images than tasks, padding beyond dil*(k-1) (input gradient falls back to the GEMM)
-    (1, 5, 9, 13, 64, (3, 3), 1, 1, 1, 1, True),
-    (2, 6, 7, 9, 128, (3, 3), 1, 1, 1, 2, True),
-    (11, 3, 5, 6, 8, (3, 3), 1, 1, 1, 1, True),
-    (1, 2, 5, 5, 3, (3, 3), 1, 3, 1, 1, True),
-    (1, 40, 3, 50, 9, (1, 5), 1, (0, 2), 1, 1, False),
-]
+from helpers import (CONV_CASES, CONV_FUSED_RELU, CONV_LOW, CONV_RANDOM, CUDA_TILINGS, LOW, assert_close, case_id,
+                     pair, randn)
 
 
 def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False):
+    """cfg through fastconv.functional (autograd) on the backend (Backend.run: every thread order on
+    'simt'), against float64 PyTorch on the same inputs rounded to dtype: the output and every
+    gradient (grad_bias also without a bias, through the op)."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, has_bias = cfg
-    x64 = randn((N, C, H, W), rng, torch.float64)
-    w64 = randn((K, C // groups, R, S), rng, torch.float64)
-    b64 = randn((K,), rng, torch.float64) if has_bias else None
-    ref = F.conv2d(x64.requires_grad_(), w64.requires_grad_(), b64.requires_grad_() if has_bias else None,
-                   stride, padding, dilation, groups)
+    backend.skip_unless_takes(dtype)
+    fan_in = max(1, C // groups * R * S)
+    x64 = randn((N, C, H, W), rng, torch.float64).to(dtype).double().requires_grad_()
+    w64 = (randn((K, C // groups, R, S), rng, torch.float64) / fan_in ** 0.5).to(dtype).double().requires_grad_()
+    b64 = randn((K,), rng, torch.float64).to(dtype).double().requires_grad_() if has_bias else None
+    ref = F.conv2d(x64, w64, b64, stride, padding, dilation, groups)
     if fused_relu:
         ref = F.relu(ref)
-    gy = randn(ref.shape, rng, torch.float64)
-    ref.backward(gy)
+    gy = randn(ref.shape, rng, torch.float64).to(dtype)
+    ref.backward(gy.double())
+    ref_grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in (x64, w64)]  # none for N = 0
+    ref_gb = b64.grad if has_bias else gy.double().sum((0, 2, 3))
 
     dev = backend.device
-    x = x64.detach().to(dev, dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":  # a non-contiguous view: every other column of a wider tensor
-        wide = torch.zeros(N, C, H, 2 * W, dtype=dtype, device=dev)
-        wide[..., ::2] = x
-        x = wide[..., ::2]
-    x.requires_grad_()
-    w = w64.detach().to(dev, dtype).requires_grad_()
-    b = b64.detach().to(dev, dtype).requires_grad_() if has_bias else None
-    out = (FC.conv2d_relu if fused_relu else FC.conv2d)(x, w, b, stride, padding, dilation, groups)
+
+    def compute():
+        x = x64.detach().to(dev, dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "strided":  # a non-contiguous view: every other column of a wider tensor
+            wide = torch.zeros(N, C, H, 2 * W, dtype=dtype, device=dev)
+            wide[..., ::2] = x
+            x = wide[..., ::2]
+        elif layout == "misaligned":  # storage offset 1: no 16-byte-aligned loads
+            x = torch.empty(x.numel() + 1, dtype=dtype, device=dev)[1:].view_as(x).copy_(x)
+        x.requires_grad_()
+        w = w64.detach().to(dev, dtype).requires_grad_()
+        b = b64.detach().to(dev, dtype).requires_grad_() if has_bias else None
+        out = (FC.conv2d_relu if fused_relu else FC.conv2d)(x, w, b, stride, padding, dilation, groups)
+        out.backward(gy.to(dev))
+        gb = b.grad if has_bias else None
+        # The op computes grad_bias with or without a bias (it takes numeric padding only).
+        if not has_bias and not fused_relu and not isinstance(padding, str):
+            gb = backend.ops.conv2d_backward(gy.to(dev), x.detach(), w.detach(), list(pair(stride)),
+                                             list(pair(padding)), list(pair(dilation)), groups, [False, False, True])[2]
+        return out.detach(), x.grad, w.grad, gb
+
+    out, gx, gw, gb = backend.run(compute)
+    assert out.is_contiguous()
     assert_close(out, ref, dtype, "output")
-    out.backward(gy.to(dev, dtype))
-    assert_close(x.grad, x64.grad, dtype, "grad_input")
-    assert_close(w.grad, w64.grad, dtype, "grad_weight")
-    if has_bias:
-        assert_close(b.grad, b64.grad, dtype, "grad_bias")
+    assert_close(gx, ref_grads[0], dtype, "grad_input")
+    assert_close(gw, ref_grads[1], dtype, "grad_weight")
+    if gb is not None:
+        assert_close(gb, ref_gb, dtype, "grad_bias")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cfg", GRID, ids=[f"grid{i}" for i in range(len(GRID))])
+@pytest.mark.parametrize("cfg", CONV_CASES, ids=[f"grid{i}" for i in range(len(CONV_CASES))])
 def test_conv2d_grid(backend, cfg, dtype, rng):
+    _run(backend, cfg, dtype, rng)
+
+
+@pytest.mark.parametrize("cfg", CONV_RANDOM, ids=case_id)
+def test_conv2d_fixed_random(backend, cfg, rng):
+    """40 shapes drawn once (the same every run), float32."""
+    _run(backend, cfg, torch.float32, rng)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("cfg", CONV_LOW, ids=case_id)
+def test_conv2d_half_types(backend, cfg, dtype, rng):
     _run(backend, cfg, dtype, rng)
 
 
@@ -103,14 +107,45 @@ def test_conv2d_random(backend, i, rng):
     _run(backend, cfg, torch.float32, rng)
 
 
-@pytest.mark.parametrize("cfg", GRID[:6], ids=[f"grid{i}" for i in range(6)])
+@pytest.mark.parametrize("cfg", CONV_FUSED_RELU, ids=[f"fused{i}" for i in range(len(CONV_FUSED_RELU))])
 def test_conv2d_relu_fused(backend, cfg, rng):
     _run(backend, cfg, torch.float32, rng, fused_relu=True)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "strided"])
-def test_conv2d_input_layouts(backend, layout, rng):
-    _run(backend, (2, 6, 11, 10, 4, (3, 3), 1, 1, 1, 2, True), torch.float32, rng, layout)
+@pytest.mark.parametrize("layout", ["channels_last", "strided", "misaligned"])
+@pytest.mark.parametrize("cfg", [(2, 6, 11, 10, 4, (3, 3), 1, 1, 1, 2, True), CONV_CASES[CUDA_TILINGS + 1]],
+                         ids=["groups2", "mixed-stride"])
+def test_conv2d_input_layouts(backend, cfg, layout, rng):
+    _run(backend, cfg, torch.float32, rng, layout)
+
+
+def test_conv2d_misaligned_operands(backend, rng):
+    """Input, weight and grad_output all at storage offset 1 (a 1x1 convolution: 16-byte loads)."""
+    N, C, H, W, K = 2, 64, 12, 12, 64
+
+    def misaligned(t):
+        return torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view_as(t).copy_(t)
+
+    x, w = randn((N, C, H, W), rng, device=backend.device), randn((K, C, 1, 1), rng, device=backend.device) / 8
+    b, gy = randn((K,), rng, device=backend.device), randn((N, K, H, W), rng, device=backend.device)
+    args = ([1, 1], [0, 0], [1, 1], 1)
+    y, gx, gw, _ = backend.run(lambda: (
+        backend.ops.conv2d(misaligned(x), misaligned(w), b, *args),
+        *backend.ops.conv2d_backward(misaligned(gy), misaligned(x), misaligned(w), *args, [True, True, False])))
+    xr, wr = x.double().cpu().requires_grad_(), w.double().cpu().requires_grad_()
+    ref = F.conv2d(xr, wr, b.double().cpu())
+    ref.backward(gy.double().cpu())
+    assert_close(y, ref, torch.float32, "conv2d")
+    assert_close(gx, xr.grad, torch.float32, "grad_input")
+    assert_close(gw, wr.grad, torch.float32, "grad_weight")
+
+
+def test_conv2d_nan_propagates(backend, rng):
+    x, w, b = randn((2, 3, 9, 11), rng), randn((8, 3, 3, 3), rng), randn((8,), rng)
+    x[0, 0, 4, 5] = float("nan")
+    dev = backend.device
+    y = backend.run(lambda: backend.ops.conv2d(x.to(dev), w.to(dev), b.to(dev), [1, 1], [1, 1], [1, 1], 1))
+    assert torch.equal(y.isnan().cpu(), F.conv2d(x, w, b, 1, 1).isnan())
 
 
 def test_conv2d_empty_batch(backend, rng):
@@ -131,16 +166,26 @@ def test_conv2d_unbatched(backend, rng):
     assert_close(out, F.conv2d(x.double().cpu(), w.double().cpu(), None, 1, 1), torch.float32, "unbatched")
 
 
-def test_conv2d_output_mask(backend, rng):
+@pytest.mark.parametrize("mask", [[False, True, False], [True, False, False], [False, False, True],
+                                  [False, False, False]], ids=lambda m: "".join("TF"[not v] for v in m))
+@pytest.mark.parametrize("cfg", [(2, 4, 7, 7, 3, (3, 3), 1, 0, 1, 1, False), CONV_CASES[CUDA_TILINGS + 1]],
+                         ids=["plain", "mixed-stride"])
+def test_conv2d_output_mask(backend, cfg, mask, rng):
     """conv2d_backward computes only the requested gradients; the others come back empty."""
-    x = randn((2, 4, 7, 7), rng, device=backend.device)
-    w = randn((3, 4, 3, 3), rng, device=backend.device)
-    gy = randn((2, 3, 5, 5), rng, device=backend.device)
-    gi, gw, gb = backend.ops.conv2d_backward(gy, x, w, [1, 1], [0, 0], [1, 1], 1, [False, True, False])
-    assert gi.numel() == 0 and gb.numel() == 0
-    ref = torch.ops.aten.convolution_backward(gy.double().cpu(), x.double().cpu(), w.double().cpu(), None,
-                                              [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
-    assert_close(gw, ref, torch.float32, "grad_weight")
+    N, C, H, W, K, (R, S), stride, padding, dilation, groups, _ = cfg
+    params = [list(pair(v)) for v in (stride, padding, dilation)]
+    x = randn((N, C, H, W), rng, device=backend.device)
+    w = randn((K, C // groups, R, S), rng, device=backend.device)
+    y = F.conv2d(x.double().cpu(), w.double().cpu(), None, *params, groups)
+    gy = randn(y.shape, rng, device=backend.device)
+    outs = backend.run(lambda: backend.ops.conv2d_backward(gy, x, w, *params, groups, mask))
+    refs = torch.ops.aten.convolution_backward(gy.double().cpu(), x.double().cpu(), w.double().cpu(), [K], *params,
+                                               False, [0, 0], groups, [True, True, True])
+    for want, out, ref, what in zip(mask, outs, refs, ["grad_input", "grad_weight", "grad_bias"]):
+        if want:
+            assert_close(out, ref, torch.float32, what)
+        else:
+            assert out.shape == (0,), f"{what} was not requested"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

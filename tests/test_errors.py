@@ -100,6 +100,20 @@ def test_bad_input_raises(backend, kind, case):
         call()
 
 
+def test_error_types(backend):
+    """The exception type, for a few checks, calling the ops directly."""
+    ops, x = backend.ops, torch.randn(1, 3, 8, 8, device=backend.device)
+    with pytest.raises(RuntimeError, match="channels"):
+        ops.conv2d(x, torch.randn(4, 2, 3, 3, device=backend.device), None, [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(TypeError):
+        ops.relu(torch.ones(3, dtype=torch.int32, device=backend.device))
+    with pytest.raises(RuntimeError):
+        ops.max_pool2d(x, [2, 2], [2, 2], [2, 2], [1, 1], False)
+    y, idx = ops.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="does not match"):  # window parameters of another pooling
+        ops.max_pool2d_backward(y, idx, [8, 8], [3, 3], [1, 1], [0, 0], [1, 1], False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_mixed_devices_raise():
     x, w = torch.randn(1, 4, 8, 8, device="cuda"), torch.randn(6, 4, 3, 3)

@@ -1,50 +1,75 @@
-"""max_pool2d forward (values and indices) and backward against PyTorch, on every backend."""
+"""max_pool2d forward (values and indices) and backward against PyTorch, on every backend
+(helpers.POOL_CASES)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FC
-from helpers import assert_close, randn
-
-# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
-GRID = [
-    (2, 3, 8, 8, 2, None, 0, 1, False),
-    (2, 3, 75, 75, 2, 2, 0, 1, False),  # odd size, as in the cat/dog CNN
-    (1, 4, 37, 37, 2, 2, 0, 1, True),
-    (2, 2, 9, 11, 3, 2, 1, 1, False),  # overlapping windows
-    (1, 3, 10, 10, 3, 1, 1, 2, True),
-    (1, 2, 7, 5, (3, 2), (2, 1), (1, 0), (1, 2), True),
-    (1, 1, 1, 1, 1, 1, 0, 1, False),
-    (3, 5, 6, 6, 4, 3, 2, 1, True),
-    (1, 2, 5, 5, 5, 5, 2, 1, True),  # a single window with padding on every side
-]
-
-
-def _ref(x64, kernel, stride, padding, dilation, ceil_mode, gy=None):
-    x = x64.detach().clone().requires_grad_()
-    out, idx = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
-    if gy is not None:
-        out.backward(gy)
-    return out, idx, x.grad
+from helpers import POOL_CASES, POOL_MORE_DTYPES, POOL_RANDOM, assert_close, case_id, randn, same_bits
 
 
 def _check(backend, x64, cfg, dtype, rng):
+    """x64 rounded to dtype through fastconv.functional (autograd) on the backend (Backend.run: every
+    thread order on 'simt'): indices equal to PyTorch's, values bit-identical, input gradient
+    against float64."""
     kernel, stride, padding, dilation, ceil_mode = cfg
-    x = x64.to(backend.device, dtype).requires_grad_()
-    out, idx = FC.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
-    gy = randn(out.shape, rng, torch.float64)
-    ref, ref_idx, ref_grad = _ref(x64.to(dtype).double(), kernel, stride, padding, dilation, ceil_mode, gy)
-    assert torch.equal(idx.cpu(), ref_idx), "indices differ from PyTorch's"
-    assert torch.equal(out.cpu().double(), ref.detach()) or torch.allclose(out.cpu().double(), ref, equal_nan=True)
-    out.backward(gy.to(backend.device, dtype))
-    assert_close(x.grad, ref_grad, dtype, "grad_input")
+    backend.skip_unless_takes(dtype)
+    xr = x64.detach().to(dtype).double().requires_grad_()
+    ref, ref_idx = F.max_pool2d(xr, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+    gy = randn(ref.shape, rng, torch.float64).to(dtype)
+    ref.backward(gy.double())
+    ref_grad = xr.grad if xr.grad is not None else torch.zeros_like(xr)  # none for an empty batch
+
+    def compute():
+        x = x64.detach().to(backend.device, dtype).requires_grad_()
+        out, idx = FC.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+        out.backward(gy.to(backend.device))
+        return out.detach(), idx, x.grad
+
+    out, idx, gx = backend.run(compute)
+    assert idx.dtype == torch.int64 and torch.equal(idx.cpu(), ref_idx), "indices differ from PyTorch's"
+    assert same_bits(out, ref.detach().to(dtype)), "values differ from PyTorch's"
+    assert_close(gx, ref_grad, dtype, "grad_input")
+
+
+def _ties(x64):
+    """Few distinct values: exercises the first-maximum rule."""
+    return (x64 * 1.5).round()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cfg", GRID, ids=[f"grid{i}" for i in range(len(GRID))])
+@pytest.mark.parametrize("cfg", POOL_CASES, ids=[f"grid{i}" for i in range(len(POOL_CASES))])
 def test_max_pool2d_grid(backend, cfg, dtype, rng):
     N, C, H, W, *params = cfg
-    _check(backend, randn((N, C, H, W), rng, torch.float64), params, dtype, rng)
+    x = randn((N, C, H, W), rng, torch.float64)
+    _check(backend, x, params, dtype, rng)
+    if dtype == torch.float32:
+        _check(backend, _ties(x), params, dtype, rng)
+
+
+@pytest.mark.parametrize("cfg", POOL_RANDOM, ids=case_id)
+def test_max_pool2d_fixed_random(backend, cfg, rng):
+    """24 configurations drawn once (the same every run), float32, with and without ties."""
+    N, C, H, W, *params = cfg
+    x = randn((N, C, H, W), rng, torch.float64)
+    _check(backend, x, params, torch.float32, rng)
+    _check(backend, _ties(x), params, torch.float32, rng)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cfg", POOL_MORE_DTYPES, ids=case_id)
+def test_max_pool2d_dtypes(backend, cfg, dtype, rng):
+    N, C, H, W, *params = cfg
+    _check(backend, _ties(randn((N, C, H, W), rng, torch.float64)), params, dtype, rng)
+
+
+@pytest.mark.parametrize("cfg", POOL_MORE_DTYPES, ids=case_id)
+def test_max_pool2d_nan(backend, cfg, rng):
+    """NaN at the first element and two neighbours in the middle: NaN wins its windows."""
+    N, C, H, W, *params = cfg
+    x = randn((N, C, H, W), rng, torch.float64)
+    x.view(-1)[[0, x.numel() // 2, x.numel() // 2 + 1]] = float("nan")
+    _check(backend, x, params, torch.float32, rng)
 
 
 @pytest.mark.parametrize("i", range(16))

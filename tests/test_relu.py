@@ -1,9 +1,9 @@
-"""relu forward, in-place and backward against PyTorch, on every backend."""
+"""relu forward, in-place and backward against PyTorch, on every backend (helpers.RELU_SHAPES)."""
 import pytest
 import torch
 
 import fastconv.functional as FC
-from helpers import randn
+from helpers import RELU_SHAPES, randn, same_bits
 
 SPECIAL = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-38, -1e-38]
 
@@ -15,17 +15,35 @@ def _input(rng, shape, device, dtype):
     return x.to(device, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(0,), (7,), (3, 5), (2, 3, 33, 17), (1 << 16) + 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", RELU_SHAPES, ids=str)
 def test_relu_forward_backward(backend, shape, dtype, rng):
-    x = _input(rng, shape, backend.device, dtype).requires_grad_()
-    ref_x = x.detach().clone().requires_grad_()
-    out, ref = FC.relu(x), torch.relu(ref_x)
-    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(), ref.nan_to_num())
-    gy = randn(out.shape, rng, torch.float64).to(backend.device, dtype)
-    out.backward(gy)
+    """Through fastconv.functional (autograd) and the ops (relu_ in place, relu_backward), on
+    inputs with NaN, +-inf, +-0 and denormals."""
+    backend.skip_unless_takes(dtype)
+    x0 = _input(rng, shape, backend.device, dtype)
+    gy = randn(shape, rng, torch.float64).to(backend.device, dtype)
+    ref_x = x0.clone().requires_grad_()
+    ref = torch.relu(ref_x)
     ref.backward(gy)
-    assert torch.equal(x.grad.nan_to_num(), ref_x.grad.nan_to_num())
+
+    def compute():
+        x = x0.clone().requires_grad_()
+        out = FC.relu(x)
+        out.backward(gy)
+        y = x0.clone()
+        ptr = y.data_ptr()
+        assert backend.ops.relu_(y) is None and y.data_ptr() == ptr
+        return out.detach(), x.grad, y, backend.ops.relu_backward(gy, out.detach())
+
+    out, gx, inplace, gx_op = backend.run(compute)
+    for got, what in [(out, "relu"), (inplace, "relu_")]:
+        assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.detach().nan_to_num()), what
+    assert torch.equal(gx.nan_to_num(), ref_x.grad.nan_to_num())
+    if x0.numel() > 5:  # a misaligned start (the kernels' scalar path)
+        tail = x0.reshape(-1)[1:]
+        assert torch.equal(backend.ops.relu(tail).nan_to_num(7.0), torch.relu(tail).nan_to_num(7.0))
+    assert same_bits(gx_op, torch.where(out <= 0, torch.zeros_like(gy), gy)), "relu_backward"
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
@@ -35,6 +53,25 @@ def test_relu_layouts(backend, layout, rng):
     assert torch.equal(FC.relu(x), torch.relu(x))
     y = x.clone()
     assert FC.relu(y, inplace=True) is y and torch.equal(y, torch.relu(x))
+
+
+def test_relu_views(backend):
+    """relu and relu_ through non-contiguous, misaligned and channels_last views; relu_ writes
+    only the view's elements."""
+    dev = backend.device
+    base = torch.randn(6, 10, device=dev)
+    views = (base[:, ::2], base.t(), torch.randn(40, device=dev)[1:37].view(6, 6),
+             torch.randn(3, 4, 5, 6, device=dev).to(memory_format=torch.channels_last))
+    for x in views:
+        assert torch.equal(backend.ops.relu(x), torch.relu(x))
+        ref = torch.relu(x)
+        backend.ops.relu_(x)
+        assert torch.equal(x, ref)
+    x = torch.randn(6, 10, device=dev)
+    before = x.clone()
+    backend.ops.relu_(x[:, 1::3])
+    assert torch.equal(x[:, 1::3], torch.relu(before[:, 1::3]))
+    assert torch.equal(x[:, 0::3], before[:, 0::3]) and torch.equal(x[:, 2::3], before[:, 2::3])
 
 
 def test_relu_inplace_autograd(backend, rng):

@@ -387,8 +387,8 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
   }
 }
 
-#else  // not x86-64: no AVX-512, so conv2d.cpp never calls these.
-bool direct_conv_available() { return false; }
+#else  // not x86-64: no AVX-512, so the dispatch (cpu/dispatch.h) never chooses these.
+bool direct_conv_supports(const Conv2dShape&) { return false; }
 void direct_conv(const float*, const float*, const float*, float*, const DirectConvShape&, bool, const float*) {
   std::abort();
 }

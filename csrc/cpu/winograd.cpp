@@ -349,9 +349,9 @@ void winograd_conv3x3(const float* x, const float* w, const float* bias, float* 
 }
 
 void winograd_backward_input(const float* dy, const float* w, float* dx, const Conv2dShape& s, const float* gate) {
+#if defined(__x86_64__)
   // The dual convolution: dy (N, K, P, Q) -> dx (N, C, H, W), weight w'[c][k] = flip(w[k][c]).
   const Conv2dShape d = input_grad_dual(s);
-#if defined(__x86_64__)
   const WinoShape ws{d.N, d.C, d.H, d.W, d.K, d.pad_h, d.pad_w};
   winograd_run(dy, gate, WeightView{w, 9, s.C * 9, true}, nullptr, dx, ws, false);
 #else
