@@ -3,6 +3,8 @@ kernels, at sizes the emulator is too slow for, under autocast, on a side stream
 graph. The op tests (tests/test_conv2d.py, ...) run every case on the 'cuda' backend too, against
 the float64 reference, each call twice for determinism. Skipped when no GPU is present.
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,6 +130,15 @@ def test_side_stream_and_cuda_graph():
     torch.testing.assert_close(static_y, model(x2))
 
 
+def test_compile_matches_eager():
+    model = small_cnn()
+    x = torch.randn(4, 3, 19, 19, device=DEV)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager)
+
+
+# ================================================================================================
 # Tensor-core / async-copy instructions (csrc/cuda/mma.h) on the GPU against the SIMT emulator:
 # benchmarks/mma_probe.py JIT-compiles the test kernels of csrc/simt/mma_selftest.cuh and compares
 # fragment layouts, tf32 operand rounding, ldmatrix, cp.async and the cp.async -> ldmatrix -> mma
@@ -146,13 +157,3 @@ def test_mma_instructions_match_the_emulator():
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     assert probe.main() == 0
-=======
-def test_compile_matches_eager():
-    model = small_cnn()
-    x = torch.randn(4, 3, 19, 19, device=DEV)
-    eager = model(x)
-    compiled = torch.compile(model, fullgraph=True)(x)
-    torch.testing.assert_close(compiled, eager)
-
-
-# =========================================================================================
