@@ -220,7 +220,7 @@ TORCH_LIBRARY_FRAGMENT(fastconv_simt, m) {
   m.def("_cp_async_misuse(int which, Tensor src) -> Tensor", &cp_async_misuse);
 }
 
-// Importing fastconv._simt runs the op registrations above (and the kernel engineer's ones).
+// Importing fastconv._simt runs the op registrations above (and those of kernels_simt.cpp).
 extern "C" __attribute__((visibility("default"))) PyObject* PyInit__simt(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_simt", nullptr, -1, nullptr};
   return PyModule_Create(&module);
