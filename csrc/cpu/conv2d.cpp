@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "cpu/depthwise.h"
 #include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
@@ -73,6 +74,7 @@ void conv2d_forward_direct(const float* x, const float* w, const float* bias, fl
 // y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+  if (depthwise_applies(s)) return depthwise_forward(x, w, bias, y, s, relu);
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_applies(s)) return winograd_conv3x3(x, w, bias, y, s, relu);
     if (use_direct(s)) return conv2d_forward_direct(x, w, bias, y, s, relu);
@@ -123,10 +125,11 @@ bool conv2d_backward_input_direct(const float* dy, const float* w, float* dx, co
 
 // Input gradient. Tasks own disjoint channel blocks of dx (col2im of rows of channel c only
 // touches input plane c), so no two tasks write the same element. A gate (dy read as
-// relu_backward(dy, gate)) is only passed where a Winograd or direct kernel runs
+// relu_backward(dy, gate)) is only passed where a depthwise, Winograd or direct kernel runs
 // (gated_backward_applies).
 template <typename T>
 void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s, const T* gate = nullptr) {
+  if (depthwise_applies(s)) return depthwise_backward_input(dy, w, dx, s, gate);
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_backward_input(dy, w, dx, s, gate)) return;
     if (conv2d_backward_input_direct(dy, w, dx, s, gate)) return;
@@ -162,6 +165,7 @@ void conv2d_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s,
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
 void conv2d_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s, const T* gate = nullptr) {
+  if (depthwise_applies(s)) return depthwise_backward_weight(dy, x, dw, s, gate);
   if constexpr (std::is_same_v<T, float>) {
     if (use_direct(s)) return direct_conv_weight_grad(dy, x, dw, direct_shape(s), gate);
   }
@@ -282,8 +286,9 @@ Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input
   return conv2d_backward_impl(grad_output, at::Tensor(), input, weight, s, output_mask);
 }
 
-// Whether the direct kernels can read relu_backward(dy, result) on the fly for this call.
+// Whether the depthwise or direct kernels can read relu_backward(dy, result) on the fly for this call.
 bool gated_backward_applies(const at::Tensor& grad_output, const Conv2dShape& s, std::array<bool, 3> output_mask) {
+  if (depthwise_applies(s)) return true;  // every dtype and ISA
   return grad_output.scalar_type() == at::kFloat && use_direct(s) &&
          (!output_mask[0] || backward_input_direct_applies(s));
 }
