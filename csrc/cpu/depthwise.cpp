@@ -31,15 +31,53 @@ inline int64_t div_up(int64_t a, int64_t b) { return -floor_div(-a, b); }
 // size), de-interleaved by the strides. Sub-plane (a, b) starts at (a*sw + b)*stride; its
 // rows*cols values are followed by >= cols + kTile zeros, which the last gather tile may read.
 struct PhasePlane {
+  // Sub-plane columns [j0, j1) of one phase whose source column j*sw + b - left lies in [0, W);
+  // w0 is the source column of j0.
+  struct Columns {
+    int64_t j0, j1, w0;
+  };
   int64_t H, W, top, left, sh, sw, rows, cols, stride;
+  int64_t h0, h1;             // the source rows that land in the sub-planes
+  std::vector<Columns> col;  // per column phase b < sw
   PhasePlane(int64_t H, int64_t W, int64_t top, int64_t left, int64_t sh, int64_t sw, int64_t rows, int64_t cols)
       : H(H), W(W), top(top), left(left), sh(sh), sw(sw), rows(rows), cols(cols),
-        stride(round_up(rows * cols + cols + kTile, 16)) {}
+        stride(round_up(rows * cols + cols + kTile, 16)),
+        h0(std::max<int64_t>(0, -top)),
+        h1(std::clamp<int64_t>(rows * sh - top, h0, H)) {
+    for (int64_t b = 0; b < sw; ++b) {
+      const int64_t j0 = std::clamp<int64_t>(div_up(left - b, sw), 0, cols);
+      const int64_t j1 = std::clamp<int64_t>(div_up(W + left - b, sw), j0, cols);
+      col.push_back({j0, j1, j0 * sw + b - left});
+    }
+  }
   int64_t size() const { return sh * sw * stride; }
   // Where padded element (hp, wp) (source (hp - top, wp - left)) lives, hp, wp >= 0.
   int64_t at(int64_t hp, int64_t wp) const {
     return ((hp % sh) * sw + wp % sw) * stride + (hp / sh) * cols + wp / sw;
   }
+};
+
+// Where the 16-lane vectors of a virtual plane (rows of L >= Q pixels, P rows) go in an output
+// plane (rows of Q): dropping the lanes with q >= Q (or past the last row) from the virtual order
+// leaves exactly the output order, so vector i's valid lanes, compressed to its front, go to
+// consecutive outputs from at[i].
+struct OutputMap {
+  std::vector<uint16_t> valid, front;  // per vector: its valid lanes; as many lanes from lane 0
+  std::vector<int64_t> at;
+  OutputMap(int64_t P, int64_t Q, int64_t L) {
+    const int64_t n = ceil_div(P * L, 16);
+    for (int64_t i = 0; i < n; ++i) {
+      unsigned mask = 0, count = 0;
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t v = 16 * i + l;
+        if (v / L < P && v % L < Q) mask |= 1u << l, ++count;
+      }
+      valid.push_back(uint16_t(mask));
+      front.push_back(uint16_t((1u << count) - 1));
+      at.push_back((16 * i / L) * Q + std::min<int64_t>(16 * i % L, Q));
+    }
+  }
+  int64_t vectors() const { return int64_t(at.size()); }
 };
 
 // v, or 0 where a gate (relu's output) is <= 0: relu_backward's rule (a NaN gate passes v).
@@ -48,46 +86,36 @@ FC_INLINE T gated(T v, T g) {
   return g <= T(0) ? T(0) : v;
 }
 
-// Fills the phase plane g at dst from src (H x W, row-major); with a gate (src's layout), values
-// whose gate is <= 0 are read as 0.
+// Copies src (H x W, row-major) into the phase plane g at dst, whose other elements (padding,
+// slack) must be zero: a task zeroes its buffer once (zero_phases), and every plane of a call puts
+// its values at the same places, so the zeros stay. With a gate (src's layout), values whose gate
+// is <= 0 are read as 0.
 template <typename T>
-FC_INLINE void fill_phases(const T* __restrict src, const T* __restrict gate, const PhasePlane& g,
-                           T* __restrict dst) {
-  for (int64_t a = 0; a < g.sh; ++a)
-    for (int64_t b = 0; b < g.sw; ++b) {
-      T* sub = dst + (a * g.sw + b) * g.stride;
-      // Sub-plane columns whose source column j*sw + b - left lies in [0, W): [j0, j1).
-      const int64_t j0 = std::clamp<int64_t>(div_up(g.left - b, g.sw), 0, g.cols);
-      const int64_t j1 = std::clamp<int64_t>(div_up(g.W + g.left - b, g.sw), j0, g.cols);
-      const int64_t w0 = j0 * g.sw + b - g.left, n = j1 - j0, sw = g.sw;
-      for (int64_t i = 0; i < g.rows; ++i) {
-        T* out = sub + i * g.cols;
-        const int64_t h = i * g.sh + a - g.top;
-        if (h < 0 || h >= g.H) {
-          for (int64_t j = 0; j < g.cols; ++j) out[j] = T(0);
-          continue;
-        }
-        for (int64_t j = 0; j < j0; ++j) out[j] = T(0);
-        const T* row = src + h * g.W + w0;
-        T* o = out + j0;
-        if (gate) {
-          const T* grow = gate + h * g.W + w0;
-          if (sw == 1) {
-            for (int64_t k = 0; k < n; ++k) o[k] = gated(row[k], grow[k]);
-          } else {
-            for (int64_t k = 0; k < n; ++k) o[k] = gated(row[k * sw], grow[k * sw]);
-          }
-        } else if (sw == 1) {
-          for (int64_t k = 0; k < n; ++k) o[k] = row[k];
-        } else if (sw == 2) {
-          for (int64_t k = 0; k < n; ++k) o[k] = row[2 * k];
-        } else {
-          for (int64_t k = 0; k < n; ++k) o[k] = row[k * sw];
-        }
-        for (int64_t j = j1; j < g.cols; ++j) out[j] = T(0);
+FC_INLINE void copy_phases_portable(const T* __restrict src, const T* __restrict gate, const PhasePlane& g,
+                                    T* __restrict dst) {
+  const int64_t sw = g.sw;
+  for (int64_t h = g.h0; h < g.h1; ++h) {
+    const int64_t hp = h + g.top;
+    for (int64_t b = 0; b < sw; ++b) {
+      const PhasePlane::Columns& c = g.col[b];
+      T* __restrict o = dst + ((hp % g.sh) * sw + b) * g.stride + (hp / g.sh) * g.cols + c.j0;
+      const T* __restrict row = src + h * g.W + c.w0;
+      const int64_t n = c.j1 - c.j0;
+      if (gate) {
+        const T* __restrict grow = gate + h * g.W + c.w0;
+        for (int64_t k = 0; k < n; ++k) o[k] = gated(row[k * sw], grow[k * sw]);
+      } else if (sw == 1) {
+        for (int64_t k = 0; k < n; ++k) o[k] = row[k];
+      } else {
+        for (int64_t k = 0; k < n; ++k) o[k] = row[k * sw];
       }
-      for (int64_t k = g.rows * g.cols; k < g.stride; ++k) sub[k] = T(0);
     }
+  }
+}
+
+template <typename T>
+void zero_phases(const PhasePlane& g, T* dst, int64_t planes = 1) {
+  std::fill(dst, dst + planes * g.size(), T(0));
 }
 
 // out[v] = sum over taps t (in order) of w[t] * src[t][v], for v < n (the portable kernel; the
@@ -178,6 +206,115 @@ FC_TARGET_AVX512 void wgrad_avx512(const float* dy, const float* gate, int64_t P
   for (int k = 0; k < NT; ++k) sums[k] += reduce_pd(acc[k]);
 }
 
+// Lanes [0, n) of a vector, n clamped to [0, 16].
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// copy_phases_portable for float32 with AVX-512: stride-1 rows with (masked) vector copies,
+// stride-2 rows de-interleaved by a two-register permute (16 outputs of a phase from 32 source
+// columns), other strides element by element.
+FC_TARGET_AVX512 void copy_phases_avx512(const float* src, const float* gate, const PhasePlane& g, float* dst) {
+  if (g.sw > 2 || (gate && g.sw != 1)) return copy_phases_portable(src, gate, g, dst);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t a = (g.h0 + g.top) % g.sh, i = (g.h0 + g.top) / g.sh;  // phase and row of source row h
+  for (int64_t h = g.h0; h < g.h1; ++h) {
+    float* drow = dst + a * g.sw * g.stride + i * g.cols;
+    if (++a == g.sh) a = 0, ++i;
+    for (int64_t b = 0; b < g.sw; ++b) {
+      const PhasePlane::Columns& c = g.col[b];
+      float* o = drow + b * g.stride + c.j0;
+      const float* row = src + h * g.W + c.w0;
+      const int64_t n = c.j1 - c.j0;
+      if (g.sw == 1) {
+        if (gate) {
+          const float* grow = gate + h * g.W + c.w0;
+          for (int64_t k = 0; k < n; k += 16) {
+            const __mmask16 m = first_lanes(n - k);
+            const __mmask16 pass = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, grow + k), zero, _CMP_NLE_UQ);
+            _mm512_mask_storeu_ps(o + k, m, _mm512_maskz_loadu_ps(pass, row + k));
+          }
+        } else {
+          int64_t k = 0;
+          for (; k + 16 <= n; k += 16) _mm512_storeu_ps(o + k, _mm512_loadu_ps(row + k));
+          if (k < n) {
+            const __mmask16 m = first_lanes(n - k);
+            _mm512_mask_storeu_ps(o + k, m, _mm512_maskz_loadu_ps(m, row + k));
+          }
+        }
+      } else {  // o[k] = row[2k], k < n: source columns [0, 2n - 1)
+        for (int64_t k = 0; k < n; k += 16) {
+          const int64_t left = 2 * (n - k) - 1;  // source columns from row + 2k still to read
+          const __m512 lo = _mm512_maskz_loadu_ps(first_lanes(left), row + 2 * k);
+          const __m512 hi = _mm512_maskz_loadu_ps(first_lanes(left - 16), row + 2 * k + 16);
+          _mm512_mask_storeu_ps(o + k, first_lanes(n - k), _mm512_permutex2var_ps(lo, even, hi));
+        }
+      }
+    }
+  }
+}
+
+// The forward gather with its epilogue in registers, for NP planes at once (their phase planes
+// pstride apart, tap offsets shared): y[p] (a P x Q plane) = sum over taps t of w[p][t] * src[t][v]
+// (+ pstride*p) at the virtual pixels v that are outputs, + bias[p], then ReLU when `relu`
+// (max(0, v) keeps NaN). Tiles of NV vectors x NP planes (NV*NP accumulators, so small planes
+// still have enough independent sums); each vector's valid lanes are compressed and stored.
+template <int NV, int NP>
+FC_TARGET_AVX512 void gather_store_avx512(const float* const* src, int64_t pstride, const float* const* w,
+                                          int64_t taps, const OutputMap& map, const float* bias, bool relu,
+                                          float* const* y) {
+  const int64_t n = map.vectors();
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i0 = 0; i0 < n; i0 += NV) {
+    __m512 acc[NP][NV];
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) {
+      const __m512 b = _mm512_set1_ps(bias[p]);
+#pragma GCC unroll 4
+      for (int k = 0; k < NV; ++k) acc[p][k] = b;
+    }
+    const int64_t v0 = 16 * i0;
+    for (int64_t t = 0; t < taps; ++t) {
+      const float* x = src[t] + v0;
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) {
+        const __m512 wt = _mm512_set1_ps(w[p][t]);
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; ++k)
+          acc[p][k] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(x + p * pstride + 16 * k), acc[p][k]);
+      }
+    }
+    const int kn = int(std::min<int64_t>(NV, n - i0));
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p)
+      for (int k = 0; k < kn; ++k) {
+        __m512 v = acc[p][k];
+        if (relu) v = _mm512_max_ps(zero, v);
+        const __mmask16 m = map.valid[i0 + k];
+        float* dst = y[p] + map.at[i0 + k];
+        if (m == 0xFFFF) {
+          _mm512_storeu_ps(dst, v);
+        } else {
+          _mm512_mask_storeu_ps(dst, map.front[i0 + k], _mm512_maskz_compress_ps(m, v));
+        }
+      }
+  }
+}
+
+// y[p*Q + q] = out[p*L + q] + bias, then ReLU when `relu` (max(0, v) keeps NaN), p < P, q < Q.
+FC_TARGET_AVX512 void store_rows_avx512(const float* out, int64_t L, float bias, bool relu, float* y, int64_t P,
+                                        int64_t Q) {
+  const __m512 b = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
+  for (int64_t p = 0; p < P; ++p, out += L, y += Q)
+    for (int64_t q = 0; q < Q; q += 16) {
+      const __mmask16 m = first_lanes(Q - q);
+      __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + q), b);
+      if (relu) v = _mm512_max_ps(zero, v);
+      _mm512_mask_storeu_ps(y + q, m, v);
+    }
+}
+
 constexpr int kMaxWgradTaps = 12;  // taps per weight-gradient block (accumulators in registers)
 
 using WgradFn = void (*)(const float*, const float*, int64_t, int64_t, const float* const*, int64_t, double*);
@@ -217,6 +354,35 @@ FC_INLINE void wgrad(const T* dy, const T* gate, int64_t P, int64_t Q, const T* 
   wgrad_portable(dy, gate, P, Q, src, taps, L, sums);
 }
 
+// The copy into phase planes of the selected kernel family.
+template <bool kVec, typename T>
+FC_INLINE void copy_phases(const T* src, const T* gate, const PhasePlane& g, T* dst) {
+#if defined(__x86_64__)
+  if constexpr (kVec) return copy_phases_avx512(src, gate, g, dst);
+#endif
+  copy_phases_portable(src, gate, g, dst);
+}
+
+// y[p*Q + q] = out[p*L + q] + bias (then ReLU) of the selected kernel family.
+template <bool kVec, typename T>
+FC_INLINE void store_rows(const T* out, int64_t L, T bias, bool relu, T* y, int64_t P, int64_t Q) {
+#if defined(__x86_64__)
+  if constexpr (kVec) return store_rows_avx512(out, L, bias, relu, y, P, Q);
+#endif
+  for (int64_t p = 0; p < P; ++p) {
+    const T* o = out + p * L;
+    T* yr = y + p * Q;
+    if (relu) {
+      for (int64_t q = 0; q < Q; ++q) {
+        const T v = o[q] + bias;
+        yr[q] = v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+      }
+    } else {
+      for (int64_t q = 0; q < Q; ++q) yr[q] = o[q] + bias;
+    }
+  }
+}
+
 // Whether the float32 AVX-512 kernels run.
 template <typename T>
 bool use_avx512() {
@@ -224,51 +390,102 @@ bool use_avx512() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward. Task = image n, input channel c: its phase plane, then its m output planes.
+// Forward. Task = image n, input channel c: its phase plane, then its m output planes. Planes go
+// in groups of kGroup: the group's copies first, then its gathers, so that a gather does not read
+// a copy's stores while they are still in flight (on small planes that stall dominated).
 
-// Everything one pass needs besides the tensors, shared by its tasks.
+constexpr int64_t kGroup = 4;
+
+// Everything the forward pass needs, shared by its tasks.
 template <typename T>
 struct ForwardArgs {
   const Conv2dShape& s;
   const PhasePlane& g;
   const int64_t* off;  // tap t = r*S + s: offset of its run in the phase plane
+  const T *x, *w, *bias;
+  T* y;
   bool relu;
+  const OutputMap* map;  // for the AVX-512 kernels
+  const T* gate = nullptr;  // x's shape: x read as relu_backward(x, gate) (the dual convolution of dx)
 };
 
-// x: plane (n, c); w, bias: of output channels c*m ...; y: their m output planes.
-template <typename T, bool kVec>
-FC_INLINE void forward_plane(const T* x, const T* w, const T* bias, T* y, const ForwardArgs<T>& a, T* buf, T* out,
-                             const T** src) {
+#if defined(__x86_64__)
+// The gathers of one group of gn <= kGroup copied planes, nc0 ...: with m == 1 and a full group, the
+// planes go through the kernel together (4 at once when a plane is at most 4 vectors, else 2),
+// otherwise one output plane at a time.
+FC_TARGET_AVX512 void forward_group_avx512(int64_t nc0, int64_t gn, const ForwardArgs<float>& a, float* buf,
+                                           const float** src) {
   const Conv2dShape& s = a.s;
-  const int64_t RS = s.R * s.S, m = s.Kg(), L = a.g.cols, PQ = s.P * s.Q;
-  fill_phases<T>(x, nullptr, a.g, buf);
-  for (int64_t t = 0; t < RS; ++t) src[t] = buf + a.off[t];
-  for (int64_t j = 0; j < m; ++j) {
-    gather<kVec, T>(src, w + j * RS, RS, out, s.P * L);
-    const T b = bias ? bias[j] : T(0);
-    T* yj = y + j * PQ;
-    for (int64_t p = 0; p < s.P; ++p) {
-      const T* o = out + p * L;
-      T* yr = yj + p * s.Q;
-      if (a.relu) {
-        for (int64_t q = 0; q < s.Q; ++q) {
-          const T v = o[q] + b;
-          yr[q] = v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
-        }
-      } else {
-        for (int64_t q = 0; q < s.Q; ++q) yr[q] = o[q] + b;
+  const int64_t RS = s.R * s.S, m = s.Kg(), PQ = s.P * s.Q, size = a.g.size(), nv = a.map->vectors();
+  const float* w[kGroup];
+  float* y[kGroup];
+  float bias[kGroup];
+  auto plane = [&](int64_t slot, int64_t i, int64_t j) {  // output j of plane i into slot
+    const int64_t nc = nc0 + i, k = (nc % s.C) * m + j;
+    w[slot] = a.w + k * RS;
+    y[slot] = a.y + (nc * m + j) * PQ;
+    bias[slot] = a.bias ? a.bias[k] : 0.f;
+  };
+  if (m == 1 && gn == kGroup) {
+    static_assert(kGroup == 4, "groups of 4 planes");
+    for (int64_t t = 0; t < RS; ++t) src[t] = buf + a.off[t];
+    for (int64_t i = 0; i < kGroup; ++i) plane(i, i, 0);
+    switch (nv) {
+      case 1: return gather_store_avx512<1, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
+      case 2: return gather_store_avx512<2, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
+      case 3: return gather_store_avx512<3, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
+      case 4: return gather_store_avx512<4, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
+      default:
+        gather_store_avx512<4, 2>(src, size, w, RS, *a.map, bias, a.relu, y);
+        for (int64_t t = 0; t < RS; ++t) src[t] += 2 * size;
+        return gather_store_avx512<4, 2>(src, size, w + 2, RS, *a.map, bias + 2, a.relu, y + 2);
+    }
+  }
+  for (int64_t i = 0; i < gn; ++i) {
+    for (int64_t t = 0; t < RS; ++t) src[t] = buf + i * size + a.off[t];
+    for (int64_t j = 0; j < m; ++j) {
+      plane(0, i, j);
+      gather_store_avx512<4, 1>(src, size, w, RS, *a.map, bias, a.relu, y);
+    }
+  }
+}
+#endif
+
+// Planes nc = n*C + c in [nc0, nc0 + count): x plane nc -> the m planes of y from channel c*m.
+// buf: kGroup phase planes; out: round_up(P * g.cols, kTile); src: R*S pointers.
+template <typename T, bool kVec>
+FC_INLINE void forward_planes(int64_t nc0, int64_t count, const ForwardArgs<T>& a, T* buf, T* out, const T** src) {
+  const Conv2dShape& s = a.s;
+  const int64_t RS = s.R * s.S, m = s.Kg(), L = a.g.cols, PQ = s.P * s.Q, HW = s.H * s.W, size = a.g.size();
+  for (int64_t g0 = 0; g0 < count; g0 += kGroup) {
+    const int64_t gn = std::min(kGroup, count - g0);
+    for (int64_t i = 0; i < gn; ++i) {
+      const int64_t at = (nc0 + g0 + i) * HW;
+      copy_phases<kVec, T>(a.x + at, a.gate ? a.gate + at : nullptr, a.g, buf + i * size);
+    }
+#if defined(__x86_64__)
+    if constexpr (kVec) {
+      forward_group_avx512(nc0 + g0, gn, a, buf, src);
+      continue;
+    }
+#endif
+    for (int64_t i = 0; i < gn; ++i) {
+      const int64_t nc = nc0 + g0 + i, k0 = (nc % s.C) * m;
+      for (int64_t t = 0; t < RS; ++t) src[t] = buf + i * size + a.off[t];
+      for (int64_t j = 0; j < m; ++j) {
+        gather<kVec, T>(src, a.w + (k0 + j) * RS, RS, out, s.P * L);
+        store_rows<kVec, T>(out, L, a.bias ? a.bias[k0 + j] : T(0), a.relu, a.y + (nc * m + j) * PQ, s.P, s.Q);
       }
     }
   }
 }
 
 template <typename T>
-using ForwardPlaneFn = void (*)(const T*, const T*, const T*, T*, const ForwardArgs<T>&, T*, T*, const T**);
+using ForwardPlanesFn = void (*)(int64_t, int64_t, const ForwardArgs<T>&, T*, T*, const T**);
 
 template <typename T>
-void forward_plane_portable(const T* x, const T* w, const T* bias, T* y, const ForwardArgs<T>& a, T* buf, T* out,
-                            const T** src) {
-  forward_plane<T, false>(x, w, bias, y, a, buf, out, src);
+void forward_planes_portable(int64_t nc0, int64_t count, const ForwardArgs<T>& a, T* buf, T* out, const T** src) {
+  forward_planes<T, false>(nc0, count, a, buf, out, src);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,7 +510,7 @@ FC_INLINE void input_grad_plane(const T* dy, const T* gate, const T* w, T* dx, c
   const int64_t sh = s.stride_h, sw = s.stride_w;
   const int64_t Tp = (s.R - 1) * s.dil_h / sh, Lp = (s.S - 1) * s.dil_w / sw;
   for (int64_t j = 0; j < m; ++j)
-    fill_phases<T>(dy + j * PQ, gate ? gate + j * PQ : nullptr, g, buf + j * g.size());
+    copy_phases<kVec, T>(dy + j * PQ, gate ? gate + j * PQ : nullptr, g, buf + j * g.size());
   for (int64_t pa = 0; pa < sh; ++pa)
     for (int64_t pb = 0; pb < sw; ++pb) {
       // Sub-plane (pa, pb)[i][jj] = sum over its taps of w * dy[i - (r*dh)/sh][jj - (s*dw)/sw].
@@ -351,7 +568,7 @@ FC_INLINE void weight_grad_plane(const T* x, const T* dy, const T* gate, const F
                                  const T** src, double* sums) {
   const Conv2dShape& s = a.s;
   const int64_t RS = s.R * s.S, m = s.Kg(), PQ = s.P * s.Q;
-  fill_phases<T>(x, nullptr, a.g, buf);
+  copy_phases<kVec, T>(x, nullptr, a.g, buf);
   for (int64_t t = 0; t < RS; ++t) src[t] = buf + a.off[t];
   for (int64_t j = 0; j < m; ++j)
     wgrad<kVec, T>(dy + j * PQ, gate ? gate + j * PQ : nullptr, s.P, s.Q, src, RS, a.g.cols, sums + j * RS);
@@ -367,9 +584,9 @@ void weight_grad_plane_portable(const T* x, const T* dy, const T* gate, const Fo
 }
 
 #if defined(__x86_64__)
-FC_TARGET_AVX512 void forward_plane_avx512(const float* x, const float* w, const float* bias, float* y,
-                                           const ForwardArgs<float>& a, float* buf, float* out, const float** src) {
-  forward_plane<float, true>(x, w, bias, y, a, buf, out, src);
+FC_TARGET_AVX512 void forward_planes_avx512(int64_t nc0, int64_t count, const ForwardArgs<float>& a, float* buf,
+                                            float* out, const float** src) {
+  forward_planes<float, true>(nc0, count, a, buf, out, src);
 }
 FC_TARGET_AVX512 void input_grad_plane_avx512(const float* dy, const float* gate, const float* w, float* dx,
                                               const InputGradArgs<float>& a, float* buf, float* out,
@@ -384,12 +601,12 @@ FC_TARGET_AVX512 void weight_grad_plane_avx512(const float* x, const float* dy, 
 #endif
 
 template <typename T>
-ForwardPlaneFn<T> forward_plane_fn() {
+ForwardPlanesFn<T> forward_planes_fn() {
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<T, float>)
-    if (use_avx512<T>()) return &forward_plane_avx512;
+    if (use_avx512<T>()) return &forward_planes_avx512;
 #endif
-  return &forward_plane_portable<T>;
+  return &forward_planes_portable<T>;
 }
 
 template <typename T>
@@ -428,28 +645,54 @@ std::vector<int64_t> tap_offsets(const Conv2dShape& s, const PhasePlane& g) {
 
 bool depthwise_applies(const Conv2dShape& s) { return s.groups == s.C && s.groups > 1; }
 
+namespace {
+
+// The forward pass; with a gate (x's shape), x is read as relu_backward(x, gate).
 template <typename T>
-void depthwise_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu, const T* gate) {
   const PhasePlane g = input_phases(s);
   const std::vector<int64_t> off = tap_offsets(s, g);
-  const ForwardArgs<T> args{s, g, off.data(), relu};
-  const int64_t m = s.Kg(), RS = s.R * s.S, HW = s.H * s.W, PQ = s.P * s.Q;
-  const ForwardPlaneFn<T> fn = forward_plane_fn<T>();
+  const OutputMap map(use_avx512<T>() ? s.P : 0, s.Q, g.cols);  // empty when unused
+  const ForwardArgs<T> args{s, g, off.data(), x, w, bias, y, relu, &map, gate};
+  const ForwardPlanesFn<T> fn = forward_planes_fn<T>();
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<T> buf_scratch, out_scratch;
     static thread_local Scratch<const T*> src_scratch;
-    T* buf = buf_scratch.get(g.size());
-    T* out = out_scratch.get(round_up(s.P * g.cols, kTile));
-    const T** src = src_scratch.get(RS);
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t c = nc % s.C;
-      fn(x + nc * HW, w + c * m * RS, bias ? bias + c * m : nullptr, y + nc * m * PQ, args, buf, out, src);
-    }
+    T* buf = buf_scratch.get(kGroup * g.size());
+    zero_phases(g, buf, kGroup);
+    fn(begin, end - begin, args, buf, out_scratch.get(round_up(s.P * g.cols, kTile)), src_scratch.get(s.R * s.S));
   });
+}
+
+// With stride 1, multiplier 1 and padding <= dil*(k-1), dx is the forward convolution of dy with the
+// weights flipped (r, s -> R-1-r, S-1-s), padding dil*(k-1) - pad: the forward kernels serve it.
+bool input_grad_is_forward(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.Kg() == 1 && s.pad_h <= s.dil_h * (s.R - 1) &&
+         s.pad_w <= s.dil_w * (s.S - 1);
+}
+
+template <typename T>
+void input_grad_as_forward(const T* dy, const T* w, T* dx, const Conv2dShape& s, const T* gate) {
+  Conv2dShape d = s;
+  d.H = s.P, d.W = s.Q, d.P = s.H, d.Q = s.W;
+  d.pad_h = s.dil_h * (s.R - 1) - s.pad_h, d.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
+  const int64_t RS = s.R * s.S;
+  std::vector<T> flipped(size_t(s.K * RS));
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t t = 0; t < RS; ++t) flipped[k * RS + t] = w[k * RS + RS - 1 - t];
+  forward(dy, flipped.data(), static_cast<const T*>(nullptr), dx, d, false, gate);
+}
+
+}  // namespace
+
+template <typename T>
+void depthwise_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+  forward(x, w, bias, y, s, relu, static_cast<const T*>(nullptr));
 }
 
 template <typename T>
 void depthwise_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape& s, const T* gate) {
+  if (input_grad_is_forward(s)) return input_grad_as_forward(dy, w, dx, s, gate);
   const int64_t sh = s.stride_h, sw = s.stride_w, m = s.Kg(), RS = s.R * s.S, HW = s.H * s.W, PQ = s.P * s.Q;
   const int64_t Tp = (s.R - 1) * s.dil_h / sh, Lp = (s.S - 1) * s.dil_w / sw;
   const int64_t Hs = div_up(s.H + 2 * s.pad_h, sh), Ws = div_up(s.W + 2 * s.pad_w, sw);
@@ -460,6 +703,7 @@ void depthwise_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape&
     static thread_local Scratch<T> buf_scratch, out_scratch, w_scratch;
     static thread_local Scratch<const T*> src_scratch;
     T* buf = buf_scratch.get(m * g.size());
+    zero_phases(g, buf, m);
     T* out = out_scratch.get(sh * sw * args.osub);
     const T** src = src_scratch.get(m * RS);
     T* wt = w_scratch.get(m * RS);
@@ -474,7 +718,7 @@ template <typename T>
 void depthwise_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s, const T* gate) {
   const PhasePlane g = input_phases(s);
   const std::vector<int64_t> off = tap_offsets(s, g);
-  const ForwardArgs<T> args{s, g, off.data(), false};
+  const ForwardArgs<T> args{s, g, off.data(), x, nullptr, nullptr, nullptr, false, nullptr};
   const int64_t m = s.Kg(), RS = s.R * s.S, HW = s.H * s.W, PQ = s.P * s.Q, wsize = s.K * RS;
   // The sum over images is split into a number of partial sums fixed by the shape (enough tasks
   // for a few threads when channels are few), each summed in image order, then added in order.
@@ -485,6 +729,7 @@ void depthwise_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape
     static thread_local Scratch<T> buf_scratch;
     static thread_local Scratch<const T*> src_scratch;
     T* buf = buf_scratch.get(g.size());
+    zero_phases(g, buf);
     const T** src = src_scratch.get(RS);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t sp = task / s.C, c = task % s.C;
