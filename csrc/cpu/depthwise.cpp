@@ -179,31 +179,11 @@ FC_TARGET_AVX512 inline double reduce_pd(__m512 a) {
   return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(lo), _mm512_cvtps_pd(hi)));
 }
 
-// sums[t] += sum over p < P, q < Q of gated(dy[p*Q + q]) * src[t][p*L + q], for NT taps: NT vector
-// accumulators; per 16 pixels one dy load and NT input loads (lanes past Q masked to 0, so
-// columns past Q never enter, not even as 0 * inf).
-template <int NT>
-FC_TARGET_AVX512 void wgrad_avx512(const float* dy, const float* gate, int64_t P, int64_t Q, const float* const* src,
-                                   int64_t L, double* sums) {
-  __m512 acc[NT];
-  const float* x[NT];
-#pragma GCC unroll 16
-  for (int k = 0; k < NT; ++k) acc[k] = _mm512_setzero_ps(), x[k] = src[k];
-  for (int64_t p = 0; p < P; ++p, dy += Q) {
-    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
-      const __mmask16 m = Q - q0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (Q - q0)) - 1);
-      __m512 d = _mm512_maskz_loadu_ps(m, dy + q0);
-      if (gate)
-        d = _mm512_maskz_mov_ps(
-            _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, gate + p * Q + q0), _mm512_setzero_ps(), _CMP_NLE_UQ), d);
-#pragma GCC unroll 16
-      for (int k = 0; k < NT; ++k) acc[k] = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, x[k] + q0), acc[k]);
-    }
-#pragma GCC unroll 16
-    for (int k = 0; k < NT; ++k) x[k] += L;
-  }
-#pragma GCC unroll 16
-  for (int k = 0; k < NT; ++k) sums[k] += reduce_pd(acc[k]);
+// Asks for the cache line kPrefetch bytes past p: the copies read planes front to back, and planes
+// of consecutive tasks are adjacent, so this keeps the reads ahead of the hardware's own prefetching.
+constexpr int64_t kPrefetch = 2048;
+inline void prefetch_ahead(const float* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch, _MM_HINT_T0);
 }
 
 // Lanes [0, n) of a vector, n clamped to [0, 16].
@@ -217,6 +197,7 @@ inline __mmask16 first_lanes(int64_t n) {
 FC_TARGET_AVX512 void copy_phases_avx512(const float* src, const float* gate, const PhasePlane& g, float* dst) {
   if (g.sw > 2 || (gate && g.sw != 1)) return copy_phases_portable(src, gate, g, dst);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512 zero = _mm512_setzero_ps();
   int64_t a = (g.h0 + g.top) % g.sh, i = (g.h0 + g.top) / g.sh;  // phase and row of source row h
   for (int64_t h = g.h0; h < g.h1; ++h) {
@@ -237,12 +218,37 @@ FC_TARGET_AVX512 void copy_phases_avx512(const float* src, const float* gate, co
           }
         } else {
           int64_t k = 0;
-          for (; k + 16 <= n; k += 16) _mm512_storeu_ps(o + k, _mm512_loadu_ps(row + k));
+          for (; k + 16 <= n; k += 16) {
+            prefetch_ahead(row + k);
+            _mm512_storeu_ps(o + k, _mm512_loadu_ps(row + k));
+          }
           if (k < n) {
+            prefetch_ahead(row + k);
             const __mmask16 m = first_lanes(n - k);
             _mm512_mask_storeu_ps(o + k, m, _mm512_maskz_loadu_ps(m, row + k));
           }
         }
+      } else if (g.left >= 0) {
+        // Both phases start at source columns 0 and 1 (w0 = 2*j0 + b - left is 0 or 1): one pair of
+        // loads per 32 source columns, split into even and odd columns.
+        const int64_t b0 = g.col[0].w0;  // the phase of the even columns
+        const PhasePlane::Columns &ce = g.col[b0], &co = g.col[1 - b0];
+        float* oe = drow + b0 * g.stride + ce.j0;
+        float* oo = drow + (1 - b0) * g.stride + co.j0;
+        const float* row0 = src + h * g.W;
+        const int64_t ne = ce.j1 - ce.j0, no = co.j1 - co.j0;
+        for (int64_t k = 0; k < ne; k += 16) {
+          prefetch_ahead(row0 + 2 * k);
+          prefetch_ahead(row0 + 2 * k + 16);
+          const bool full = g.W - 2 * k >= 32;  // (unmasked loads where possible: they are cheaper)
+          const __m512 lo = full ? _mm512_loadu_ps(row0 + 2 * k)
+                                 : _mm512_maskz_loadu_ps(first_lanes(g.W - 2 * k), row0 + 2 * k);
+          const __m512 hi = full ? _mm512_loadu_ps(row0 + 2 * k + 16)
+                                 : _mm512_maskz_loadu_ps(first_lanes(g.W - 2 * k - 16), row0 + 2 * k + 16);
+          _mm512_mask_storeu_ps(oe + k, first_lanes(ne - k), _mm512_permutex2var_ps(lo, even, hi));
+          _mm512_mask_storeu_ps(oo + k, first_lanes(no - k), _mm512_permutex2var_ps(lo, odd, hi));
+        }
+        break;
       } else {  // o[k] = row[2k], k < n: source columns [0, 2n - 1)
         for (int64_t k = 0; k < n; k += 16) {
           const int64_t left = 2 * (n - k) - 1;  // source columns from row + 2k still to read
@@ -293,12 +299,61 @@ FC_TARGET_AVX512 void gather_store_avx512(const float* const* src, int64_t pstri
         if (relu) v = _mm512_max_ps(zero, v);
         const __mmask16 m = map.valid[i0 + k];
         float* dst = y[p] + map.at[i0 + k];
+        __builtin_prefetch(reinterpret_cast<const char*>(dst) + kPrefetch, 1);
         if (m == 0xFFFF) {
           _mm512_storeu_ps(dst, v);
         } else {
           _mm512_mask_storeu_ps(dst, map.front[i0 + k], _mm512_maskz_compress_ps(m, v));
         }
       }
+  }
+}
+
+// acc[t] (16 lanes, t < NT, in and out) += dy * x_t at the virtual pixels that are outputs: vector i
+// of the virtual plane takes dy's next valid-lane-count values (from map.at[i]), expanded to its
+// valid lanes (the forward epilogue's compression, reversed), and x_t's lanes masked the same
+// way, so columns past Q never enter, not even as 0 * inf. With a gate (dy's shape), dy is read
+// as relu_backward(dy, gate). One dy vector and NT input loads per NT FMAs.
+template <int NT>
+FC_TARGET_AVX512 void wgrad_avx512(const float* dy, const float* gate, const float* const* src, const OutputMap& map,
+                                   float* acc_io) {
+  __m512 acc[NT];
+#pragma GCC unroll 16
+  for (int k = 0; k < NT; ++k) acc[k] = _mm512_loadu_ps(acc_io + 16 * k);
+  const int64_t n = map.vectors();
+  for (int64_t i = 0; i < n; ++i) {
+    const __mmask16 m = map.valid[i], f = map.front[i];
+    prefetch_ahead(dy + map.at[i]);
+    __m512 d = _mm512_maskz_expand_ps(m, _mm512_maskz_loadu_ps(f, dy + map.at[i]));
+    if (gate) {
+      const __m512 g = _mm512_maskz_expand_ps(m, _mm512_maskz_loadu_ps(f, gate + map.at[i]));
+      d = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_NLE_UQ), d);
+    }
+    const int64_t v = 16 * i;
+#pragma GCC unroll 16
+    for (int k = 0; k < NT; ++k) acc[k] = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, src[k] + v), acc[k]);
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < NT; ++k) _mm512_storeu_ps(acc_io + 16 * k, acc[k]);
+}
+
+constexpr int kMaxWgradTaps = 12;  // taps per weight-gradient block (accumulators in registers)
+
+using WgradFn = void (*)(const float*, const float*, const float* const*, const OutputMap&, float*);
+constexpr WgradFn kWgradAvx512[kMaxWgradTaps + 1] = {
+    nullptr,          &wgrad_avx512<1>, &wgrad_avx512<2>, &wgrad_avx512<3>,  &wgrad_avx512<4>,
+    &wgrad_avx512<5>, &wgrad_avx512<6>, &wgrad_avx512<7>, &wgrad_avx512<8>,  &wgrad_avx512<9>,
+    &wgrad_avx512<10>, &wgrad_avx512<11>, &wgrad_avx512<12>};
+
+// d[2k] = first[k], d[2k + 1] = second[k] for 2k, 2k + 1 < W: two phase rows interleaved.
+FC_TARGET_AVX512 void interleave_row_avx512(const float* first, const float* second, float* d, int64_t W) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  for (int64_t k = 0; 2 * k < W; k += 16) {
+    const __m512 a = _mm512_maskz_loadu_ps(first_lanes((W + 1) / 2 - k), first + k);
+    const __m512 b = _mm512_maskz_loadu_ps(first_lanes(W / 2 - k), second + k);
+    _mm512_mask_storeu_ps(d + 2 * k, first_lanes(W - 2 * k), _mm512_permutex2var_ps(a, lo, b));
+    _mm512_mask_storeu_ps(d + 2 * k + 16, first_lanes(W - 2 * k - 16), _mm512_permutex2var_ps(a, hi, b));
   }
 }
 
@@ -315,13 +370,6 @@ FC_TARGET_AVX512 void store_rows_avx512(const float* out, int64_t L, float bias,
     }
 }
 
-constexpr int kMaxWgradTaps = 12;  // taps per weight-gradient block (accumulators in registers)
-
-using WgradFn = void (*)(const float*, const float*, int64_t, int64_t, const float* const*, int64_t, double*);
-constexpr WgradFn kWgradAvx512[kMaxWgradTaps + 1] = {
-    nullptr,          &wgrad_avx512<1>, &wgrad_avx512<2>, &wgrad_avx512<3>,  &wgrad_avx512<4>,
-    &wgrad_avx512<5>, &wgrad_avx512<6>, &wgrad_avx512<7>, &wgrad_avx512<8>,  &wgrad_avx512<9>,
-    &wgrad_avx512<10>, &wgrad_avx512<11>, &wgrad_avx512<12>};
 #endif
 
 // The gather of the selected kernel family.
@@ -334,24 +382,6 @@ FC_INLINE void gather(const T* const* src, const T* w, int64_t taps, T* out, int
   }
 #endif
   gather_portable(src, w, taps, out, n);
-}
-
-// Weight-gradient sums of all taps, in blocks of <= kMaxWgradTaps taps.
-template <bool kVec, typename T>
-FC_INLINE void wgrad(const T* dy, const T* gate, int64_t P, int64_t Q, const T* const* src, int64_t taps, int64_t L,
-                     double* sums) {
-#if defined(__x86_64__)
-  if constexpr (kVec) {
-    static_assert(std::is_same_v<T, float>);
-    const int64_t blocks = ceil_div(taps, kMaxWgradTaps);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t t0 = b * taps / blocks, t1 = (b + 1) * taps / blocks;
-      kWgradAvx512[t1 - t0](dy, gate, P, Q, src + t0, L, sums + t0);
-    }
-    return;
-  }
-#endif
-  wgrad_portable(dy, gate, P, Q, src, taps, L, sums);
 }
 
 // The copy into phase planes of the selected kernel family.
@@ -539,7 +569,15 @@ FC_INLINE void input_grad_plane(const T* dy, const T* gate, const T* w, T* dx, c
     if (sw == 1) {
       const T* __restrict o = orow + s.pad_w;
       for (int64_t x = 0; x < s.W; ++x) d[x] = o[x];
-    } else {
+    }
+#if defined(__x86_64__)
+    else if (kVec && sw == 2) {  // columns 0, 2, ... from phase pw % 2, 1, 3, ... from the other
+      const int64_t b = s.pad_w % 2;
+      if constexpr (kVec)
+        interleave_row_avx512(orow + b * a.osub + s.pad_w / 2, orow + (1 - b) * a.osub + (s.pad_w + 1) / 2, d, s.W);
+    }
+#endif
+    else {
       for (int64_t pb = 0; pb < sw; ++pb) {
         const int64_t x0 = ((pb - s.pad_w) % sw + sw) % sw;  // first column of phase pb
         const T* __restrict o = orow + pb * a.osub + (x0 + s.pad_w) / sw;
@@ -571,17 +609,53 @@ FC_INLINE void weight_grad_plane(const T* x, const T* dy, const T* gate, const F
   copy_phases<kVec, T>(x, nullptr, a.g, buf);
   for (int64_t t = 0; t < RS; ++t) src[t] = buf + a.off[t];
   for (int64_t j = 0; j < m; ++j)
-    wgrad<kVec, T>(dy + j * PQ, gate ? gate + j * PQ : nullptr, s.P, s.Q, src, RS, a.g.cols, sums + j * RS);
+    wgrad_portable(dy + j * PQ, gate ? gate + j * PQ : nullptr, s.P, s.Q, src, RS, a.g.cols, sums + j * RS);
 }
 
+// Channel c, images [n0, n1): sums (m x RS doubles) += the weight-gradient sums. vacc: m*RS*16 floats.
 template <typename T>
-using WeightGradPlaneFn = void (*)(const T*, const T*, const T*, const ForwardArgs<T>&, T*, const T**, double*);
+using WeightGradTaskFn = void (*)(int64_t c, int64_t n0, int64_t n1, const T* dy, const T* gate,
+                                  const ForwardArgs<T>& a, T* buf, const T** src, float* vacc, double* sums);
 
 template <typename T>
-void weight_grad_plane_portable(const T* x, const T* dy, const T* gate, const ForwardArgs<T>& a, T* buf,
-                                const T** src, double* sums) {
-  weight_grad_plane<T, false>(x, dy, gate, a, buf, src, sums);
+void weight_grad_task_portable(int64_t c, int64_t n0, int64_t n1, const T* dy, const T* gate, const ForwardArgs<T>& a,
+                               T* buf, const T** src, float*, double* sums) {
+  const Conv2dShape& s = a.s;
+  const int64_t m = s.Kg(), HW = s.H * s.W, PQ = s.P * s.Q;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t at = (n * s.C + c) * m * PQ;
+    weight_grad_plane<T, false>(a.x + (n * s.C + c) * HW, dy + at, gate ? gate + at : nullptr, a, buf, src, sums);
+  }
 }
+
+#if defined(__x86_64__)
+// The AVX-512 task: lane sums in float vectors (vacc) across images, moved into the double sums
+// every F images (F*P*Q <= 2^14, so a lane adds at most ~2^10 products in float) and at the end; F
+// depends on the shape only, so the order of every sum is fixed.
+FC_TARGET_AVX512 void weight_grad_task_avx512(int64_t c, int64_t n0, int64_t n1, const float* dy, const float* gate,
+                                              const ForwardArgs<float>& a, float* buf, const float** src,
+                                              float* vacc, double* sums) {
+  const Conv2dShape& s = a.s;
+  const int64_t m = s.Kg(), RS = s.R * s.S, HW = s.H * s.W, PQ = s.P * s.Q;
+  const int64_t F = std::max<int64_t>(1, (int64_t(1) << 14) / PQ), blocks = ceil_div(RS, kMaxWgradTaps);
+  std::fill(vacc, vacc + m * RS * 16, 0.f);
+  for (int64_t t = 0; t < RS; ++t) src[t] = buf + a.off[t];
+  for (int64_t n = n0; n < n1; ++n) {
+    copy_phases_avx512(a.x + (n * s.C + c) * HW, nullptr, a.g, buf);
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t at = ((n * s.C + c) * m + j) * PQ;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t t0 = b * RS / blocks, t1 = (b + 1) * RS / blocks;
+        kWgradAvx512[t1 - t0](dy + at, gate ? gate + at : nullptr, src + t0, *a.map, vacc + (j * RS + t0) * 16);
+      }
+    }
+    if ((n - n0 + 1) % F == 0 || n + 1 == n1) {
+      for (int64_t i = 0; i < m * RS; ++i) sums[i] += reduce_pd(_mm512_loadu_ps(vacc + 16 * i));
+      std::fill(vacc, vacc + m * RS * 16, 0.f);
+    }
+  }
+}
+#endif
 
 #if defined(__x86_64__)
 FC_TARGET_AVX512 void forward_planes_avx512(int64_t nc0, int64_t count, const ForwardArgs<float>& a, float* buf,
@@ -592,11 +666,6 @@ FC_TARGET_AVX512 void input_grad_plane_avx512(const float* dy, const float* gate
                                               const InputGradArgs<float>& a, float* buf, float* out,
                                               const float** src, float* wt) {
   input_grad_plane<float, true>(dy, gate, w, dx, a, buf, out, src, wt);
-}
-FC_TARGET_AVX512 void weight_grad_plane_avx512(const float* x, const float* dy, const float* gate,
-                                               const ForwardArgs<float>& a, float* buf, const float** src,
-                                               double* sums) {
-  weight_grad_plane<float, true>(x, dy, gate, a, buf, src, sums);
 }
 #endif
 
@@ -619,12 +688,12 @@ InputGradPlaneFn<T> input_grad_plane_fn() {
 }
 
 template <typename T>
-WeightGradPlaneFn<T> weight_grad_plane_fn() {
+WeightGradTaskFn<T> weight_grad_task_fn() {
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<T, float>)
-    if (use_avx512<T>()) return &weight_grad_plane_avx512;
+    if (use_avx512<T>()) return &weight_grad_task_avx512;
 #endif
-  return &weight_grad_plane_portable<T>;
+  return &weight_grad_task_portable<T>;
 }
 
 // The phase plane of an input plane for the forward pass and the weight gradient, and its taps'
@@ -718,27 +787,26 @@ template <typename T>
 void depthwise_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s, const T* gate) {
   const PhasePlane g = input_phases(s);
   const std::vector<int64_t> off = tap_offsets(s, g);
-  const ForwardArgs<T> args{s, g, off.data(), x, nullptr, nullptr, nullptr, false, nullptr};
-  const int64_t m = s.Kg(), RS = s.R * s.S, HW = s.H * s.W, PQ = s.P * s.Q, wsize = s.K * RS;
+  const OutputMap map(use_avx512<T>() ? s.P : 0, s.Q, g.cols);  // empty when unused
+  const ForwardArgs<T> args{s, g, off.data(), x, nullptr, nullptr, nullptr, false, &map};
+  const int64_t m = s.Kg(), RS = s.R * s.S, wsize = s.K * RS;
   // The sum over images is split into a number of partial sums fixed by the shape (enough tasks
   // for a few threads when channels are few), each summed in image order, then added in order.
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, ceil_div(8, s.C)));
   std::vector<double> sums(size_t(splits * wsize), 0.0);
-  const WeightGradPlaneFn<T> fn = weight_grad_plane_fn<T>();
+  const WeightGradTaskFn<T> fn = weight_grad_task_fn<T>();
   at::parallel_for(0, splits * s.C, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<T> buf_scratch;
     static thread_local Scratch<const T*> src_scratch;
+    static thread_local Scratch<float> vacc_scratch;
     T* buf = buf_scratch.get(g.size());
     zero_phases(g, buf);
     const T** src = src_scratch.get(RS);
+    float* vacc = vacc_scratch.get(m * RS * 16);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t sp = task / s.C, c = task % s.C;
       const int64_t n0 = sp * s.N / splits, n1 = (sp + 1) * s.N / splits;
-      double* out = sums.data() + sp * wsize + c * m * RS;
-      for (int64_t n = n0; n < n1; ++n) {
-        const int64_t at = (n * s.C + c) * m * PQ;
-        fn(x + (n * s.C + c) * HW, dy + at, gate ? gate + at : nullptr, args, buf, src, out);
-      }
+      if (n0 < n1) fn(c, n0, n1, dy, gate, args, buf, src, vacc, sums.data() + sp * wsize + c * m * RS);
     }
   });
   at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
