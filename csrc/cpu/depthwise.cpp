@@ -66,15 +66,17 @@ struct OutputMap {
   std::vector<int64_t> at;
   OutputMap(int64_t P, int64_t Q, int64_t L) {
     const int64_t n = ceil_div(P * L, 16);
+    valid.resize(n), front.resize(n), at.resize(n);
+    int64_t p = 0, q = 0, out = 0;  // virtual pixel 16*i + l = (p, q); outputs before it
     for (int64_t i = 0; i < n; ++i) {
       unsigned mask = 0, count = 0;
+      at[i] = out;
       for (int64_t l = 0; l < 16; ++l) {
-        const int64_t v = 16 * i + l;
-        if (v / L < P && v % L < Q) mask |= 1u << l, ++count;
+        if (p < P && q < Q) mask |= 1u << l, ++count;
+        if (++q == L) q = 0, ++p;
       }
-      valid.push_back(uint16_t(mask));
-      front.push_back(uint16_t((1u << count) - 1));
-      at.push_back((16 * i / L) * Q + std::min<int64_t>(16 * i % L, Q));
+      valid[i] = uint16_t(mask), front[i] = uint16_t((1u << count) - 1);
+      out += count;
     }
   }
   int64_t vectors() const { return int64_t(at.size()); }
@@ -152,10 +154,12 @@ FC_INLINE void wgrad_portable(const T* dy, const T* gate, int64_t P, int64_t Q, 
 }
 
 #if defined(__x86_64__)
-// out[v] = sum over taps t (in order) of w[t] * src[t][v], for v < round_up(n, kTile): tiles of 4
-// vectors, one weight broadcast and 4 unaligned loads per tap. out holds round_up(n, kTile) floats.
+// out[v] = sum over taps t (in order) of w[t] * src[t][v], for v < round_up(n, 16): tiles of 4
+// vectors, one weight broadcast and 4 unaligned loads per tap, then single vectors.
 FC_TARGET_AVX512 void gather_avx512(const float* const* src, const float* w, int64_t taps, float* out, int64_t n) {
-  for (int64_t v0 = 0; v0 < n; v0 += kTile) {
+  const int64_t n16 = round_up(n, 16);
+  int64_t v0 = 0;
+  for (; v0 + kTile <= n16; v0 += kTile) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t t = 0; t < taps; ++t) {
       const __m512 wt = _mm512_set1_ps(w[t]);
@@ -169,6 +173,11 @@ FC_TARGET_AVX512 void gather_avx512(const float* const* src, const float* w, int
     _mm512_storeu_ps(out + v0 + 16, a1);
     _mm512_storeu_ps(out + v0 + 32, a2);
     _mm512_storeu_ps(out + v0 + 48, a3);
+  }
+  for (; v0 < n16; v0 += 16) {
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t t = 0; t < taps; ++t) a = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), _mm512_loadu_ps(src[t] + v0), a);
+    _mm512_storeu_ps(out + v0, a);
   }
 }
 
@@ -237,7 +246,7 @@ FC_TARGET_AVX512 void copy_phases_avx512(const float* src, const float* gate, co
         float* oo = drow + (1 - b0) * g.stride + co.j0;
         const float* row0 = src + h * g.W;
         const int64_t ne = ce.j1 - ce.j0, no = co.j1 - co.j0;
-        for (int64_t k = 0; k < ne; k += 16) {
+        for (int64_t k = 0; k < std::max(ne, no); k += 16) {
           prefetch_ahead(row0 + 2 * k);
           prefetch_ahead(row0 + 2 * k + 16);
           const bool full = g.W - 2 * k >= 32;  // (unmasked loads where possible: they are cheaper)
@@ -299,7 +308,6 @@ FC_TARGET_AVX512 void gather_store_avx512(const float* const* src, int64_t pstri
         if (relu) v = _mm512_max_ps(zero, v);
         const __mmask16 m = map.valid[i0 + k];
         float* dst = y[p] + map.at[i0 + k];
-        __builtin_prefetch(reinterpret_cast<const char*>(dst) + kPrefetch, 1);
         if (m == 0xFFFF) {
           _mm512_storeu_ps(dst, v);
         } else {
@@ -357,19 +365,6 @@ FC_TARGET_AVX512 void interleave_row_avx512(const float* first, const float* sec
   }
 }
 
-// y[p*Q + q] = out[p*L + q] + bias, then ReLU when `relu` (max(0, v) keeps NaN), p < P, q < Q.
-FC_TARGET_AVX512 void store_rows_avx512(const float* out, int64_t L, float bias, bool relu, float* y, int64_t P,
-                                        int64_t Q) {
-  const __m512 b = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
-  for (int64_t p = 0; p < P; ++p, out += L, y += Q)
-    for (int64_t q = 0; q < Q; q += 16) {
-      const __mmask16 m = first_lanes(Q - q);
-      __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + q), b);
-      if (relu) v = _mm512_max_ps(zero, v);
-      _mm512_mask_storeu_ps(y + q, m, v);
-    }
-}
-
 #endif
 
 // The gather of the selected kernel family.
@@ -393,12 +388,9 @@ FC_INLINE void copy_phases(const T* src, const T* gate, const PhasePlane& g, T* 
   copy_phases_portable(src, gate, g, dst);
 }
 
-// y[p*Q + q] = out[p*L + q] + bias (then ReLU) of the selected kernel family.
-template <bool kVec, typename T>
+// y[p*Q + q] = out[p*L + q] + bias, then ReLU when `relu` (the portable forward epilogue).
+template <typename T>
 FC_INLINE void store_rows(const T* out, int64_t L, T bias, bool relu, T* y, int64_t P, int64_t Q) {
-#if defined(__x86_64__)
-  if constexpr (kVec) return store_rows_avx512(out, L, bias, relu, y, P, Q);
-#endif
   for (int64_t p = 0; p < P; ++p) {
     const T* o = out + p * L;
     T* yr = y + p * Q;
@@ -441,7 +433,7 @@ struct ForwardArgs {
 
 #if defined(__x86_64__)
 // The gathers of one group of gn <= kGroup copied planes, nc0 ...: with m == 1 and a full group, the
-// planes go through the kernel together (4 at once when a plane is at most 4 vectors, else 2),
+// planes go through the kernel together (4 at once when a plane is at most 8 vectors, else 2),
 // otherwise one output plane at a time.
 FC_TARGET_AVX512 void forward_group_avx512(int64_t nc0, int64_t gn, const ForwardArgs<float>& a, float* buf,
                                            const float** src) {
@@ -465,6 +457,10 @@ FC_TARGET_AVX512 void forward_group_avx512(int64_t nc0, int64_t gn, const Forwar
       case 2: return gather_store_avx512<2, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
       case 3: return gather_store_avx512<3, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
       case 4: return gather_store_avx512<4, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
+      case 5:
+      case 6:
+      case 7:
+      case 8: return gather_store_avx512<4, 4>(src, size, w, RS, *a.map, bias, a.relu, y);
       default:
         gather_store_avx512<4, 2>(src, size, w, RS, *a.map, bias, a.relu, y);
         for (int64_t t = 0; t < RS; ++t) src[t] += 2 * size;
@@ -504,7 +500,7 @@ FC_INLINE void forward_planes(int64_t nc0, int64_t count, const ForwardArgs<T>& 
       for (int64_t t = 0; t < RS; ++t) src[t] = buf + i * size + a.off[t];
       for (int64_t j = 0; j < m; ++j) {
         gather<kVec, T>(src, a.w + (k0 + j) * RS, RS, out, s.P * L);
-        store_rows<kVec, T>(out, L, a.bias ? a.bias[k0 + j] : T(0), a.relu, a.y + (nc * m + j) * PQ, s.P, s.Q);
+        store_rows<T>(out, L, a.bias ? a.bias[k0 + j] : T(0), a.relu, a.y + (nc * m + j) * PQ, s.P, s.Q);
       }
     }
   }

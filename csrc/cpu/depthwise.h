@@ -14,13 +14,17 @@
 // * Virtual rows. Outputs are computed at virtual positions v = p*L + q, L the sub-plane row width
 //   (>= Q): each tap is then a single contiguous run x_t[v] = sub_t[v + off_t] over the whole plane,
 //   so small planes (7x7, 14x14) fill whole vectors; the L - Q columns past Q of each virtual row
-//   are computed and dropped.
-// * Input gradient: the adjoint, split by output phase. Sub-plane (a, b) of the padded dx is
-//   sum over the taps with ((r*dh) % sh, (s*dw) % sw) == (a, b) of w * dy shifted by
-//   ((r*dh)/sh, (s*dw)/sw): the same gather over a padded copy of the m dy planes of channel c, then
-//   the sub-planes are interleaved (and cropped) into dx.
+//   are computed and dropped: the forward epilogue compresses each vector's valid lanes (the
+//   virtual order without them is the output order) and stores them with bias and ReLU applied.
+// * Input gradient: with stride 1, multiplier 1 and padding <= dil*(k-1), the forward kernels on dy
+//   with the weights flipped (padding dil*(k-1) - pad). Otherwise the adjoint, split by output
+//   phase: sub-plane (a, b) of the padded dx is the sum over the taps with
+//   ((r*dh) % sh, (s*dw) % sw) == (a, b) of w * dy shifted by ((r*dh)/sh, (s*dw)/sw): the same
+//   gather over a padded copy of the m dy planes of channel c, then the sub-planes are interleaved
+//   (and cropped) into dx.
 // * Weight gradient: dw[k][r][s] = sum over images and (p, q) of dy[k][p][q] * x_t[p*L + q], with the
-//   same phase planes of x; vector partial sums reduced per image into double accumulators.
+//   same phase planes of x and dy expanded into the virtual rows (the epilogue's compression
+//   reversed); float lane sums over a shape-fixed number of images, then double accumulators.
 //
 // Tasks own whole output planes (forward: (n, c) -> m planes of y; input gradient: (n, c) -> one
 // plane of dx; weight gradient: channel c x a number of image ranges fixed by the shape), and every
