@@ -209,6 +209,35 @@ FC_TARGET_AVX512 void copy_phases_avx512(const float* src, const float* gate, co
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512 zero = _mm512_setzero_ps();
   int64_t a = (g.h0 + g.top) % g.sh, i = (g.h0 + g.top) / g.sh;  // phase and row of source row h
+  // Short rows (small planes, where per-row bookkeeping is most of the cost): constant masks.
+  if (!gate && g.sw == 1 && g.col[0].j1 - g.col[0].j0 <= 16) {
+    const PhasePlane::Columns& c = g.col[0];
+    const __mmask16 m = first_lanes(c.j1 - c.j0);
+    for (int64_t h = g.h0; h < g.h1; ++h) {
+      const float* row = src + h * g.W + c.w0;
+      prefetch_ahead(row);
+      _mm512_mask_storeu_ps(dst + a * g.stride + i * g.cols + c.j0, m, _mm512_maskz_loadu_ps(m, row));
+      if (++a == g.sh) a = 0, ++i;
+    }
+    return;
+  }
+  if (!gate && g.sw == 2 && g.left >= 0 && g.W <= 32) {
+    const int64_t b0 = g.col[0].w0;  // the phase of the even columns (see below)
+    const PhasePlane::Columns &ce = g.col[b0], &co = g.col[1 - b0];
+    const __mmask16 lo = first_lanes(g.W), hi = first_lanes(g.W - 16);
+    const __mmask16 me = first_lanes(ce.j1 - ce.j0), mo = first_lanes(co.j1 - co.j0);
+    const int64_t oe = b0 * g.stride + ce.j0, oo = (1 - b0) * g.stride + co.j0;
+    for (int64_t h = g.h0; h < g.h1; ++h) {
+      const float* row = src + h * g.W;
+      float* drow = dst + a * 2 * g.stride + i * g.cols;
+      prefetch_ahead(row);
+      const __m512 l = _mm512_maskz_loadu_ps(lo, row), r = _mm512_maskz_loadu_ps(hi, row + 16);
+      _mm512_mask_storeu_ps(drow + oe, me, _mm512_permutex2var_ps(l, even, r));
+      _mm512_mask_storeu_ps(drow + oo, mo, _mm512_permutex2var_ps(l, odd, r));
+      if (++a == g.sh) a = 0, ++i;
+    }
+    return;
+  }
   for (int64_t h = g.h0; h < g.h1; ++h) {
     float* drow = dst + a * g.sw * g.stride + i * g.cols;
     if (++a == g.sh) a = 0, ++i;
@@ -357,6 +386,11 @@ constexpr WgradFn kWgradAvx512[kMaxWgradTaps + 1] = {
 FC_TARGET_AVX512 void interleave_row_avx512(const float* first, const float* second, float* d, int64_t W) {
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  if (W <= 16) {  // short rows: one masked pair, no loop
+    const __m512 a = _mm512_maskz_loadu_ps(first_lanes((W + 1) / 2), first);
+    const __m512 b = _mm512_maskz_loadu_ps(first_lanes(W / 2), second);
+    return _mm512_mask_storeu_ps(d, first_lanes(W), _mm512_permutex2var_ps(a, lo, b));
+  }
   for (int64_t k = 0; 2 * k < W; k += 16) {
     const __m512 a = _mm512_maskz_loadu_ps(first_lanes((W + 1) / 2 - k), first + k);
     const __m512 b = _mm512_maskz_loadu_ps(first_lanes(W / 2 - k), second + k);
@@ -524,6 +558,28 @@ struct InputGradArgs {
   const PhasePlane& g;  // one dy plane: top Tp, left Lp, rows Tp + Hs, cols Lp + Ws
   int64_t Hs;           // rows of a phase sub-plane of the padded dx (its row width is g.cols)
   int64_t osub;         // elements between the sub-planes of `out`: round_up(Hs * g.cols, kTile)
+  // The taps of output phase f = a*sw + b: [first[f], first[f + 1]) of tap_at (offset of its run
+  // in the m padded dy planes) and tap_w (index of its weight among channel c's m*R*S).
+  std::vector<int64_t> first, tap_at, tap_w;
+  InputGradArgs(const Conv2dShape& s, const PhasePlane& g, int64_t Hs) : s(s), g(g), Hs(Hs), osub(round_up(Hs * g.cols, kTile)) {
+    const int64_t sh = s.stride_h, sw = s.stride_w;
+    const int64_t Tp = (s.R - 1) * s.dil_h / sh, Lp = (s.S - 1) * s.dil_w / sw;
+    for (int64_t pa = 0; pa < sh; ++pa)
+      for (int64_t pb = 0; pb < sw; ++pb) {
+        // Sub-plane (pa, pb)[i][jj] = sum over its taps of w * dy[i - (r*dh)/sh][jj - (s*dw)/sw].
+        first.push_back(int64_t(tap_at.size()));
+        for (int64_t j = 0; j < s.Kg(); ++j)
+          for (int64_t r = 0; r < s.R; ++r) {
+            if ((r * s.dil_h) % sh != pa) continue;
+            for (int64_t c = 0; c < s.S; ++c) {
+              if ((c * s.dil_w) % sw != pb) continue;
+              tap_at.push_back(j * g.size() + (Tp - r * s.dil_h / sh) * g.cols + (Lp - c * s.dil_w / sw));
+              tap_w.push_back((j * s.R + r) * s.S + c);
+            }
+          }
+      }
+    first.push_back(int64_t(tap_at.size()));
+  }
 };
 
 // dy, gate: the m planes (n, c*m ...); w: weights of output channels c*m ...; dx: plane (n, c).
@@ -534,33 +590,23 @@ FC_INLINE void input_grad_plane(const T* dy, const T* gate, const T* w, T* dx, c
   const PhasePlane& g = a.g;
   const int64_t m = s.Kg(), PQ = s.P * s.Q, L = g.cols, n = a.Hs * L;
   const int64_t sh = s.stride_h, sw = s.stride_w;
-  const int64_t Tp = (s.R - 1) * s.dil_h / sh, Lp = (s.S - 1) * s.dil_w / sw;
   for (int64_t j = 0; j < m; ++j)
     copy_phases<kVec, T>(dy + j * PQ, gate ? gate + j * PQ : nullptr, g, buf + j * g.size());
-  for (int64_t pa = 0; pa < sh; ++pa)
-    for (int64_t pb = 0; pb < sw; ++pb) {
-      // Sub-plane (pa, pb)[i][jj] = sum over its taps of w * dy[i - (r*dh)/sh][jj - (s*dw)/sw].
-      int64_t taps = 0;
-      for (int64_t j = 0; j < m; ++j)
-        for (int64_t r = 0; r < s.R; ++r) {
-          if ((r * s.dil_h) % sh != pa) continue;
-          for (int64_t c = 0; c < s.S; ++c) {
-            if ((c * s.dil_w) % sw != pb) continue;
-            src[taps] = buf + j * g.size() + (Tp - r * s.dil_h / sh) * L + (Lp - c * s.dil_w / sw);
-            wt[taps++] = w[(j * s.R + r) * s.S + c];
-          }
-        }
-      T* o = out + (pa * sw + pb) * a.osub;
-      if (taps == 0) {
-        std::fill(o, o + n, T(0));
-      } else {
-        gather<kVec, T>(src, wt, taps, o, n);
-      }
+  for (int64_t f = 0; f < sh * sw; ++f) {
+    const int64_t t0 = a.first[f], taps = a.first[f + 1] - t0;
+    for (int64_t t = 0; t < taps; ++t) src[t] = buf + a.tap_at[t0 + t], wt[t] = w[a.tap_w[t0 + t]];
+    T* o = out + f * a.osub;
+    if (taps == 0) {
+      std::fill(o, o + n, T(0));
+    } else {
+      gather<kVec, T>(src, wt, taps, o, n);
     }
+  }
   // dx[h][x] = padded dx (h + ph, x + pw) = sub((h + ph) % sh, (x + pw) % sw)[(h + ph)/sh][(x + pw)/sw].
+  int64_t ha = s.pad_h % sh, hi = s.pad_h / sh;  // phase and sub-plane row of dx row h
   for (int64_t h = 0; h < s.H; ++h) {
-    const int64_t hp = h + s.pad_h;
-    const T* orow = out + (hp % sh) * sw * a.osub + (hp / sh) * L;
+    const T* orow = out + ha * sw * a.osub + hi * L;
+    if (++ha == sh) ha = 0, ++hi;
     T* __restrict d = dx + h * s.W;
     if (sw == 1) {
       const T* __restrict o = orow + s.pad_w;
@@ -762,7 +808,7 @@ void depthwise_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape&
   const int64_t Tp = (s.R - 1) * s.dil_h / sh, Lp = (s.S - 1) * s.dil_w / sw;
   const int64_t Hs = div_up(s.H + 2 * s.pad_h, sh), Ws = div_up(s.W + 2 * s.pad_w, sw);
   const PhasePlane g(s.P, s.Q, Tp, Lp, 1, 1, Tp + Hs, Lp + Ws);
-  const InputGradArgs<T> args{s, g, Hs, round_up(Hs * g.cols, kTile)};
+  const InputGradArgs<T> args(s, g, Hs);
   const InputGradPlaneFn<T> fn = input_grad_plane_fn<T>();
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<T> buf_scratch, out_scratch, w_scratch;
