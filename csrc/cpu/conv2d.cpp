@@ -4,6 +4,8 @@
 //              forward of the dual convolution;
 //   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
 //              dual convolution, weight gradient;
+//   kDepthwise the depthwise kernels (cpu/depthwise.h): every pass of groups == C convolutions, in
+//              every dtype;
 //   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
 //   kStridedDirect  the phase-decomposed strided direct kernels (cpu/strided_direct.h): forward
 //              and weight gradient of strided few-channel layers (RGB stems);
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "cpu/depthwise.h"
 #include "cpu/direct_conv.h"
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"
@@ -221,6 +224,12 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options());
   if (y.numel() == 0) return y;
   switch (forward_kernel(s, x.scalar_type())) {
+    case ConvKernel::kDepthwise:
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_depthwise_cpu", [&] {
+        depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                    data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+      });
+      break;
     case ConvKernel::kSmallM:
       small_m_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
                       y.mutable_data_ptr<float>(), s, relu);
@@ -274,6 +283,12 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     const ConvKernel k = backward_input_kernel(s, t);
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
     switch (k) {
+      case ConvKernel::kDepthwise:
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
+          depthwise_backward_input<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                             dx.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(r));
+        });
+        break;
       case ConvKernel::kSmallM:
         small_m_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
                                data_or_null<float>(r));
@@ -300,6 +315,12 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     const ConvKernel k = backward_weight_kernel(s, t);
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
     switch (k) {
+      case ConvKernel::kDepthwise:
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
+          depthwise_backward_weight<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                              dw.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(r));
+        });
+        break;
       case ConvKernel::kSmallM:
         small_m_backward_weight(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
                                 data_or_null<float>(r));

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/info.h"
+#include "cpu/depthwise.h"
 #include "cpu/direct_conv.h"
 #include "cpu/small_m.h"
 #include "cpu/strided_direct.h"
@@ -138,17 +139,20 @@ Isa current_isa() { return g_isa.get(); }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t) {
+  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   return convolution_kernel(s, t);
 }
 
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t) {
+  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && !winograd_chosen(input_grad_dual(s)) && small_m_chosen(s)) return ConvKernel::kSmallM;
   return convolution_kernel(input_grad_dual(s), t);
 }
 
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t) {
+  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
@@ -157,6 +161,7 @@ ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t) {
 
 bool reads_gate(ConvKernel k) {
   switch (k) {
+    case ConvKernel::kDepthwise:
     case ConvKernel::kDirect:
     case ConvKernel::kWinograd:
     case ConvKernel::kSmallM:

@@ -44,12 +44,13 @@ enum class ConvKernel {
   kGemm,      // implicit-im2col GEMM (cpu/gemm.h, cpu/im2col.h): every shape and dtype
   kDirect,    // direct stride-1 kernel (cpu/direct_conv.h)
   kWinograd,  // Winograd F(4x4, 3x3) (cpu/winograd.h)
+  kDepthwise, // groups == C (cpu/depthwise.h): every pass and dtype, on s itself
   kSmallM,    // few output pixels for a large weight (cpu/small_m.h): every pass, on s itself
   kStridedDirect,  // phase-decomposed strided direct, few input channels (cpu/strided_direct.h): forward, weight grad
 };
 
 // The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
-// the dual convolution input_grad_dual(s) wherever that is not the GEMM or kSmallM.
+// the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise or kSmallM.
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t);

@@ -1,0 +1,182 @@
+"""Depthwise conv2d (groups == in_channels, out_channels = m * in_channels) against PyTorch in
+float64: forward (bias, fused ReLU), input and weight gradients (also with the fused ReLU's gate),
+on every CPU instruction set this machine can run (the CPU has its own depthwise kernel family)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+import fastconv.functional as FC
+from helpers import assert_close, randn
+from test_conv2d import _cpu, _run
+
+# (N, C, H, W, K, (R, S), stride, padding, dilation, groups, bias), groups == C, K = m*C.
+GRID = [
+    (2, 3, 9, 11, 3, (3, 3), 1, 1, 1, 3, True),
+    (2, 3, 9, 11, 3, (3, 3), 2, 1, 1, 3, True),
+    (1, 5, 12, 12, 10, (3, 3), 2, 1, 1, 5, False),  # multiplier 2, even size, stride 2
+    (1, 4, 13, 10, 12, (5, 5), 2, 2, 2, 4, True),  # multiplier 3, dilation 2
+    (2, 2, 7, 7, 2, (7, 7), 1, 3, 1, 2, True),  # kernel as large as the image (convnext-like)
+    (1, 6, 15, 14, 6, (5, 5), 1, 2, 1, 6, True),
+    (1, 6, 15, 14, 6, (5, 5), 2, 2, 1, 6, True),
+    (3, 2, 8, 9, 2, (1, 1), 1, 0, 1, 2, True),  # 1x1
+    (1, 2, 9, 9, 2, (1, 1), 3, 0, 1, 2, False),  # 1x1 stride 3: input-gradient phases without taps
+    (1, 3, 11, 13, 3, (2, 3), (2, 1), (0, 1), 1, 3, True),  # even kernel, mixed strides
+    (2, 3, 10, 17, 6, (3, 3), (1, 3), (1, 2), (2, 1), 3, True),
+    (1, 2, 5, 5, 2, (3, 3), 1, 3, 1, 2, True),  # padding beyond the kernel's reach
+    (1, 2, 6, 6, 4, (3, 3), 3, 4, 1, 2, True),  # padding beyond the kernel's reach, stride 3
+    (1, 3, 1, 1, 3, (3, 3), 1, 1, 1, 3, True),  # 1x1 image
+    (1, 2, 20, 21, 2, (4, 2), 1, "same", 1, 2, True),  # even kernel: asymmetric 'same' padding
+    (1, 2, 20, 20, 4, (3, 3), 1, "same", 2, 2, False),
+    (2, 2, 9, 9, 2, (3, 3), 1, "valid", 1, 2, True),
+    # several gather tiles per plane and rows longer than a vector, both strides
+    (2, 4, 37, 83, 4, (3, 3), 1, 1, 1, 4, True),
+    (2, 4, 37, 83, 4, (3, 3), 2, 1, 1, 4, True),
+    (1, 3, 29, 70, 3, (7, 7), 2, 3, 1, 3, True),
+    (9, 2, 6, 5, 2, (3, 3), 1, 1, 1, 2, True),  # more images than tasks: split weight-gradient sums
+    (1, 17, 14, 14, 17, (3, 3), 1, 1, 1, 17, True),  # many channels, batch 1
+]
+
+
+def _ids(grid):
+    return [f"grid{i}" for i in range(len(grid))]
+
+
+@pytest.fixture(params=["avx512", "avx2", "generic"])
+def isa(request):
+    """Runs the test with the CPU kernels of one instruction set (skipped where the CPU lacks it)."""
+    try:
+        fastconv.set_cpu_isa(request.param)
+    except RuntimeError:
+        pytest.skip(f"this CPU cannot run {request.param}")
+    yield request.param
+    fastconv.set_cpu_isa("auto")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", GRID, ids=_ids(GRID))
+def test_depthwise_grid(isa, cfg, dtype, rng):
+    _run(_cpu(), cfg, dtype, rng)
+
+
+def _random_cfg(g):
+    def pick(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    while True:
+        C, m = pick(1, 5), pick(1, 3)
+        R, S = pick(1, 7), pick(1, 7)
+        d = (pick(1, 2), pick(1, 2))
+        mode = pick(0, 4)
+        if mode == 0:
+            stride, padding = 1, "same"
+        elif mode == 1:
+            stride, padding = (pick(1, 3), pick(1, 3)), "valid"
+        else:
+            stride, padding = (pick(1, 3), pick(1, 3)), (pick(0, 3), pick(0, 3))
+        H, W = pick(1, 40), pick(1, 40)
+        pads = (0, 0) if isinstance(padding, str) else padding
+        if padding != "same" and (H + 2 * pads[0] < d[0] * (R - 1) + 1 or W + 2 * pads[1] < d[1] * (S - 1) + 1):
+            continue
+        if C == 1:  # groups == C == 1 is an ordinary convolution, not this kernel family
+            C = 2
+        return (pick(1, 3), C, H, W, m * C, (R, S), stride, padding, d, C, bool(pick(0, 1)))
+
+
+@pytest.mark.parametrize("i", range(16))
+def test_depthwise_random(isa, i, rng):
+    _run(_cpu(), _random_cfg(rng), torch.float32, rng)
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_depthwise_random_float64(isa, i, rng):
+    _run(_cpu(), _random_cfg(rng), torch.float64, rng)
+
+
+@pytest.mark.parametrize("cfg", GRID[:7] + GRID[17:19], ids=_ids(GRID[:7] + GRID[17:19]))
+def test_depthwise_relu_fused(isa, cfg, rng):
+    """conv2d_relu forward, and its backward through conv2d_relu_backward (the gated kernels)."""
+    _run(_cpu(), cfg, torch.float32, rng, fused_relu=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_gated_backward_is_the_composition(isa, dtype, stride, rng):
+    """conv2d_relu_backward == conv2d_backward(relu_backward(dy, result)), with NaN, zeros and
+    negative values in result: the depthwise kernels read dy through the gate."""
+    C, m = 5, 2
+    x = randn((3, C, 11, 17), rng, dtype)
+    w = randn((m * C, 1, 3, 3), rng, dtype)
+    result = F.relu(F.conv2d(x.double(), w.double(), None, stride, 1, 1, C)).to(dtype)
+    result.view(-1)[::7] = float("nan")
+    result.view(-1)[1::11] = 0.0
+    gy = randn(result.shape, rng, dtype)
+    args = ([stride, stride], [1, 1], [1, 1], C, [True, True, True])
+    ops = torch.ops.fastconv
+    fused = ops.conv2d_relu_backward(gy, result, x, w, *args)
+    ref = ops.conv2d_backward(ops.relu_backward(gy, result), x, w, *args)
+    for a, b, what in zip(fused, ref, ["grad_input", "grad_weight", "grad_bias"]):
+        assert_close(a, b, dtype, what)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_depthwise_input_layouts(layout, rng):
+    _run(_cpu(), (2, 6, 11, 10, 6, (3, 3), 2, 1, 1, 6, True), torch.float32, rng, layout)
+
+
+def test_depthwise_empty_batch(isa, rng):
+    x = torch.zeros(0, 4, 8, 8, requires_grad=True)
+    w = randn((8, 1, 3, 3), rng).requires_grad_()
+    b = torch.zeros(8, requires_grad=True)
+    out = FC.conv2d(x, w, b, stride=2, padding=1, groups=4)
+    assert out.shape == (0, 8, 4, 4)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_depthwise_output_mask(rng):
+    """Only the requested gradients are computed; the others come back empty."""
+    x = randn((2, 4, 9, 9), rng)
+    w = randn((8, 1, 3, 3), rng)
+    gy = randn((2, 8, 5, 5), rng)
+    args = ([2, 2], [1, 1], [1, 1], 4)
+    for mask in ([True, False, False], [False, True, False]):
+        got = torch.ops.fastconv.conv2d_backward(gy, x, w, *args, mask)
+        ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), w.double(), None, *args[:3], False,
+                                                  [0, 0], args[3], mask)
+        for i in range(3):
+            if mask[i]:
+                assert_close(got[i], ref[i], torch.float32, f"gradient {i}")
+            else:
+                assert got[i].numel() == 0
+
+
+def test_depthwise_gradcheck(isa, rng):
+    for stride, padding, dilation, m in [(1, 1, 1, 1), (2, 1, 1, 2), (2, 2, 2, 1), ((1, 2), (0, 1), 1, 3)]:
+        x = randn((2, 3, 7, 6), rng, torch.float64).requires_grad_()
+        w = randn((3 * m, 1, 3, 3), rng, torch.float64).requires_grad_()
+        b = randn((3 * m,), rng, torch.float64).requires_grad_()
+        assert torch.autograd.gradcheck(lambda x, w, b: FC.conv2d(x, w, b, stride, padding, dilation, 3), (x, w, b))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_thread_count_independent(isa, stride, rng):
+    """Every result is bit-identical whatever the number of threads (fixed-order reductions)."""
+    x = randn((5, 3, 21, 19), rng)
+    w = randn((6, 1, 5, 5), rng)
+    b = randn((6,), rng)
+    gy = randn((5, 6, 21 // stride + (21 % stride > 0), 19 // stride + (19 % stride > 0)), rng)
+    args = ([stride, stride], [2, 2], [1, 1], 3)
+    prev = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y = torch.ops.fastconv.conv2d(x, w, b, *args)
+            results.append((y, *torch.ops.fastconv.conv2d_backward(gy, x, w, *args, [True, True, True])))
+    finally:
+        torch.set_num_threads(prev)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
