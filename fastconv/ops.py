@@ -81,7 +81,7 @@ def register_namespace(ns):
 
     @lib.register_fake(f"{ns}::relu")
     def _(input):
-        return input.new_empty(input.shape)
+        return torch.empty_like(input)  # the input's strides (dense), else its suggested format
 
     @lib.register_fake(f"{ns}::relu_")
     def _(input):
@@ -89,7 +89,7 @@ def register_namespace(ns):
 
     @lib.register_fake(f"{ns}::relu_backward")
     def _(grad_output, result):
-        return grad_output.new_empty(grad_output.shape)
+        return torch.empty_like(result)  # result's layout, as threshold_backward
 
     # ---- autograd ---------------------------------------------------------------------------
     # conv2d saves (input, weight); conv2d_relu also saves its output, which masks the gradient.
