@@ -6,6 +6,7 @@ compiled CPU/CUDA kernels) and ``fastconv_simt`` (the CUDA kernels run by the CP
 fastconv.testing).
 """
 import torch
+from torch._prims_common import suggest_memory_format  # Tensor.suggest_memory_format, as the kernels use
 
 __all__ = ["conv_out_size", "pool_out_size", "register_namespace"]
 
@@ -72,12 +73,15 @@ def register_namespace(ns):
         n, c, h, w = input.shape
         p = pool_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
         q = pool_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
-        return input.new_empty((n, c, p, q)), input.new_empty((n, c, p, q), dtype=torch.long)
+        fmt = suggest_memory_format(input)  # as the kernels: outputs in the input's format
+        return (torch.empty((n, c, p, q), dtype=input.dtype, device=input.device, memory_format=fmt),
+                torch.empty((n, c, p, q), dtype=torch.long, device=input.device, memory_format=fmt))
 
     @lib.register_fake(f"{ns}::max_pool2d_backward")
     def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
         n, c = grad_output.shape[:2]
-        return grad_output.new_empty((n, c, input_size[0], input_size[1]))
+        return torch.empty((n, c, input_size[0], input_size[1]), dtype=grad_output.dtype, device=grad_output.device,
+                           memory_format=suggest_memory_format(indices))  # the indices' format
 
     @lib.register_fake(f"{ns}::relu")
     def _(input):
