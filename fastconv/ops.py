@@ -8,7 +8,7 @@ fastconv.testing).
 import torch
 from torch._prims_common import suggest_memory_format  # Tensor.suggest_memory_format, as the kernels use
 
-__all__ = ["conv_out_size", "pool_out_size", "register_namespace"]
+__all__ = ["conv2d_memory_format", "conv_out_size", "pool_out_size", "register_namespace"]
 
 
 def conv_out_size(size, kernel, stride, padding, dilation):
@@ -24,6 +24,18 @@ def pool_out_size(size, kernel, stride, padding, dilation, ceil_mode):
     if ceil_mode and (out - 1) * stride >= size + padding:
         out = out - 1
     return out
+
+
+def conv2d_memory_format(input, weight):
+    """The memory format of conv2d's output and gradients on every backend, PyTorch's CPU rule:
+    channels_last when the input or the weight is, else contiguous."""
+    if channels_last(input) or channels_last(weight):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def channels_last(t):
+    return suggest_memory_format(t) == torch.channels_last
 
 
 _registered = set()
@@ -44,7 +56,8 @@ def register_namespace(ns):
         k, _, r, s = weight.shape
         p = conv_out_size(h, r, stride[0], padding[0], dilation[0])
         q = conv_out_size(w, s, stride[1], padding[1], dilation[1])
-        return input.new_empty((n, k, p, q))
+        return torch.empty((n, k, p, q), dtype=input.dtype, device=input.device,
+                           memory_format=conv2d_memory_format(input, weight))
 
     @lib.register_fake(f"{ns}::conv2d_relu")
     def _(input, weight, bias, stride, padding, dilation, groups):
@@ -52,9 +65,16 @@ def register_namespace(ns):
 
     @lib.register_fake(f"{ns}::conv2d_backward")
     def conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+        fmt = conv2d_memory_format(input, weight)
+
+        def grad(t, needed):
+            if not needed:
+                return t.new_empty((0,))
+            return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=fmt)
+
         return (
-            input.new_empty(input.shape if output_mask[0] else (0,)),
-            weight.new_empty(weight.shape if output_mask[1] else (0,)),
+            grad(input, output_mask[0]),
+            grad(weight, output_mask[1]),
             weight.new_empty((weight.shape[0] if output_mask[2] else 0,)),
         )
 

@@ -131,13 +131,18 @@ ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
 Isa current_isa() { return g_isa.get(); }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
-ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t) { return convolution_kernel(s, t); }
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (channels_last) return ConvKernel::kNhwcGemm;
+  return convolution_kernel(s, t);
+}
 
-ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t) {
+ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (channels_last) return ConvKernel::kNhwcGemm;
   return convolution_kernel(input_grad_dual(s), t);
 }
 
-ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t) {
+ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (channels_last) return ConvKernel::kNhwcGemm;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
 }
@@ -146,13 +151,15 @@ bool reads_gate(ConvKernel k) {
   switch (k) {
     case ConvKernel::kDirect:
     case ConvKernel::kWinograd: return true;
-    case ConvKernel::kGemm: return false;
+    case ConvKernel::kGemm:
+    case ConvKernel::kNhwcGemm: return false;
   }
   return false;
 }
 
-bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask) {
-  return reads_gate(backward_weight_kernel(s, t)) && (!output_mask[0] || reads_gate(backward_input_kernel(s, t)));
+bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask, bool channels_last) {
+  return reads_gate(backward_weight_kernel(s, t, channels_last)) &&
+         (!output_mask[0] || reads_gate(backward_input_kernel(s, t, channels_last)));
 }
 
 Conv2dShape input_grad_dual(const Conv2dShape& s) {

@@ -44,20 +44,23 @@ enum class ConvKernel {
   kGemm,      // implicit-im2col GEMM (cpu/gemm.h, cpu/im2col.h): every shape and dtype
   kDirect,    // direct stride-1 kernel (cpu/direct_conv.h)
   kWinograd,  // Winograd F(4x4, 3x3) (cpu/winograd.h)
+  kNhwcGemm,  // GEMMs reading NHWC memory (cpu/conv2d_nhwc.h): every pass of channels_last convs
 };
 
 // The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
-// the dual convolution input_grad_dual(s) wherever that is not the GEMM.
-ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t);
-ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t);
-ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t);
+// the dual convolution input_grad_dual(s) wherever that is not the GEMM. A channels_last call
+// (conv2d_memory_format, common/checks.h) runs kNhwcGemm: the other kernels read and write NCHW.
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
+ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
+ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 
 // Whether kernel k can read dy as relu_backward(dy, gate) on the fly (conv2d_relu_backward's gate).
 bool reads_gate(ConvKernel k);
 
 // Whether conv2d_relu_backward can pass its gate into the kernels of this call: every requested
 // gradient pass and the weight-gradient pass run kernels that read it (the bias sum always can).
-bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask);
+bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask,
+                  bool channels_last = false);
 
 // The input gradient of a stride-1 convolution as a convolution: dx = conv(dy, w') with w' the
 // weight transposed (in <-> out channels) and flipped (r, s -> R-1-r, S-1-s), padding

@@ -1,0 +1,297 @@
+// The NHWC conv2d kernels (cpu/conv2d_nhwc.h): packers that read NHWC im2col matrices for the GEMM
+// of cpu/gemm.h, and the passes built on them.
+#include "cpu/conv2d_nhwc.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/dispatch.h"
+#include "cpu/gemm.h"
+
+namespace fastconv {
+namespace cpu {
+namespace {
+
+constexpr int64_t kPixelTile = 192;  // output pixels per forward task (two MC blocks)
+
+// The geometry of one NHWC convolution seen as col[m][k], m = (n*P + p)*Q + q an output pixel,
+// k = (r*S + s)*Cg + c a depth index within one group (channel offset c0 = g*Cg in x).
+struct NhwcGeometry {
+  int64_t H, W, C, P, Q, R, S, Cg, sh, sw, ph, pw, dh, dw;
+  NhwcGeometry(const Conv2dShape& s)
+      : H(s.H), W(s.W), C(s.C), P(s.P), Q(s.Q), R(s.R), S(s.S), Cg(s.Cg()), sh(s.stride_h), sw(s.stride_w),
+        ph(s.pad_h), pw(s.pad_w), dh(s.dil_h), dw(s.dil_w) {}
+  int64_t depth() const { return R * S * Cg; }
+
+  // Where pixel m's window starts: image n's first element index and (h, w) of tap (0, 0).
+  struct Origin {
+    int64_t img, h, w;
+  };
+  Origin origin(int64_t m) const {
+    const int64_t q = m % Q, p = (m / Q) % P, n = m / (P * Q);
+    return {n * H * W * C, p * sh - ph, q * sw - pw};
+  }
+  // The offset of x[n][h][w][0] for tap (r, s) of o, or -1 in the padding.
+  int64_t tap(const Origin& o, int64_t r, int64_t s) const {
+    const int64_t h = o.h + r * dh, w = o.w + s * dw;
+    return h < 0 || h >= H || w < 0 || w >= W ? -1 : o.img + (h * W + w) * C;
+  }
+};
+
+// A zero row to read padding from (long enough for any run of one tap: Cg values).
+template <typename T>
+const T* zeros(int64_t n) {
+  static thread_local std::vector<T> z;
+  if (int64_t(z.size()) < n) z.assign(size_t(n), T(0));
+  return z.data();
+}
+
+// col as the A operand (rows = pixels m_base + i, depth k), rows at or past m_end zero.
+// Per tap (r, s) the MR rows' sources are Cg contiguous values each; they are interleaved into
+// the panel (element (i, k) at panel[k*MR + i]) one depth index at a time.
+template <typename T>
+struct NhwcColAsA {
+  const NhwcGeometry& g;
+  const T* x;  // x + g*Cg: the group's first channel
+  int64_t m_base, m_end;
+  const T* operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
+    const T* zero = zeros<T>(g.Cg);
+    const T* src[16];
+    NhwcGeometry::Origin o[16];
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+      T* panel = dst + ip * kc;
+      bool valid[16];
+      for (int i = 0; i < mr; ++i) {
+        const int64_t m = m_base + i0 + ip + i;
+        valid[i] = ip + i < mc && m < m_end;
+        if (valid[i]) o[i] = g.origin(m);
+      }
+      for (int64_t k = k0; k < k0 + kc;) {
+        const int64_t rs = k / g.Cg, c = k % g.Cg, len = std::min(g.Cg - c, k0 + kc - k);
+        const int64_t r = rs / g.S, s = rs % g.S;
+        for (int i = 0; i < mr; ++i) {
+          const int64_t off = valid[i] ? g.tap(o[i], r, s) : -1;
+          src[i] = off < 0 ? zero : x + off + c;
+        }
+        T* d = panel + (k - k0) * mr;
+        for (int64_t t = 0; t < len; ++t, d += mr)
+          for (int i = 0; i < mr; ++i) d[i] = src[i][t];
+        k += len;
+      }
+    }
+    return dst;
+  }
+};
+
+// col as the B operand (depth = pixels m_base + k, panel dimension = depth index j of col): the
+// weight gradient. Per pixel, the panel's NR columns are runs of contiguous channels.
+template <typename T>
+struct NhwcColAsB {
+  const NhwcGeometry& g;
+  const T* x;
+  int64_t m_base;
+  const T* operator()(T* dst, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int nr) const {
+    const int64_t panels = ceil_div(nc, nr);
+    for (int64_t k = 0; k < kc; ++k) {
+      const NhwcGeometry::Origin o = g.origin(m_base + k0 + k);
+      for (int64_t jp = 0; jp < panels; ++jp) {
+        T* d = dst + jp * nr * kc + k * nr;
+        const int64_t jb = j0 + jp * nr, je = std::min(j0 + nc, jb + nr);
+        for (int64_t j = jb; j < je;) {
+          const int64_t rs = j / g.Cg, c = j % g.Cg, len = std::min(g.Cg - c, je - j);
+          const int64_t off = g.tap(o, rs / g.S, rs % g.S);
+          T* dd = d + (j - jb);
+          if (off < 0) std::fill(dd, dd + len, T(0));
+          else std::copy(x + off + c, x + off + c + len, dd);
+          j += len;
+        }
+        for (int64_t j = je - jb; j < nr; ++j) d[j] = T(0);
+      }
+    }
+    return dst;
+  }
+};
+
+// A matrix given by an element function f(x, k) (x the panel dimension): the weights, packed once.
+template <typename T, typename F>
+struct FnMatrix {
+  F f;
+  const T* operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    for (int64_t xp = 0; xp < xn; xp += width)
+      for (int64_t x = 0; x < width; ++x) {
+        T* d = dst + xp * kc + x;
+        const bool in = xp + x < xn;
+        for (int64_t k = 0; k < kc; ++k) d[k * width] = in ? f(x0 + xp + x, k0 + k) : T(0);
+      }
+    return dst;
+  }
+};
+
+// The forward GEMMs for groups of `cols` output channels over input x (N, H, W, C) with weights
+// wt(g, j, k) = Wt_g[k][j] (k = (r*S + s)*Cg + c): y (N, P, Q, K) = col * Wt (+ bias, ReLU).
+// Serves the forward pass and, on the dual convolution, the stride-1 input gradient.
+template <typename T, typename WtFn>
+void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+  const NhwcGeometry geo(s);
+  const int64_t Kg = s.Kg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
+  const int64_t tiles = ceil_div(M, kPixelTile);
+  const int nr = micro_kernel<T>().nr;
+  // Wt_g packed as B panels (column = output channel), once for all tasks; 64-byte aligned (the
+  // micro-kernels load B panels with aligned loads).
+  const int64_t size = PackedA<T>::size(Kg, CRS, nr);
+  Scratch<T> storage_buf;
+  T* storage = storage_buf.get(size * s.groups);
+  std::vector<PackedA<T>> packed;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    auto f = [&, g](int64_t j, int64_t k) { return wt(g, j, k); };
+    packed.emplace_back(FnMatrix<T, decltype(f)>{f}, Kg, CRS, nr, storage + g * size);
+  }
+  at::parallel_for(0, tiles * s.groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task % s.groups, m0 = (task / s.groups) * kPixelTile, mt = std::min(kPixelTile, M - m0);
+      T* yt = y + m0 * s.K + g * Kg;  // Y rows m0.., this group's columns; row stride K
+      gemm<T>(mt, Kg, CRS, NhwcColAsA<T>{geo, x + g * geo.Cg, m0, M}, packed[g].rows_from(0), yt, s.K, 1, false);
+      if (bias || relu)
+        for (int64_t i = 0; i < mt; ++i) {
+          T* row = yt + i * s.K;
+          for (int64_t j = 0; j < Kg; ++j) {
+            const T v = row[j] + (bias ? bias[g * Kg + j] : T(0));
+            row[j] = relu && v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+          }
+        }
+    }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, T* y, const Conv2dShape& s,
+                         bool relu) {
+  const int64_t Kg = s.Kg(), Cg = s.Cg(), S = s.S;
+  // Wt_g[k = (r*S + s)*Cg + c][j] = w[g*Kg + j][c][r][s]
+  auto wt = [=](int64_t g, int64_t j, int64_t k) {
+    const int64_t c = k % Cg, rs = k / Cg;
+    return w[(g * Kg + j) * ws.k + c * ws.c + (rs / S) * ws.r + (rs % S) * ws.s];
+  };
+  nhwc_conv_gemm<T>(x, wt, bias, y, s, relu);
+}
+
+template <typename T>
+void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx, const Conv2dShape& s) {
+  const int64_t Kg = s.Kg(), Cg = s.Cg(), R = s.R, S = s.S;
+  const bool dual = s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= s.dil_h * (R - 1) &&
+                    s.pad_w <= s.dil_w * (S - 1);
+  if (dual) {
+    // dx = conv(dy, w') with w'[c][kout][r][s] = w[kout][c][R-1-r][S-1-s] per group: as the
+    // forward, Wt'_g[k = (r*S + s)*Kg + kout][j = c].
+    const Conv2dShape d = input_grad_dual(s);
+    auto wt = [=](int64_t g, int64_t j, int64_t k) {
+      const int64_t kout = k % Kg, rs = k / Kg;
+      return w[(g * Kg + kout) * ws.k + j * ws.c + (R - 1 - rs / S) * ws.r + (S - 1 - rs % S) * ws.s];
+    };
+    return nhwc_conv_gemm<T>(dy, wt, nullptr, dx, d, false);
+  }
+  // Strided or over-padded: per (image, group) task (disjoint parts of dx), colgrad tiles then
+  // col2im in pixel order: deterministic.
+  const NhwcGeometry geo(s);
+  const int64_t CRS = geo.depth(), PQ = s.P * s.Q, HWC = s.H * s.W * s.C;
+  const int nr = micro_kernel<T>().nr;
+  const int64_t size = PackedA<T>::size(CRS, Kg, nr);
+  Scratch<T> storage_buf;  // aligned, as above
+  T* storage = storage_buf.get(size * s.groups);
+  std::vector<PackedA<T>> packed;  // W_g as B panels: column = depth index (r, s, c), depth = kout
+  for (int64_t g = 0; g < s.groups; ++g) {
+    auto f = [&, g](int64_t j, int64_t kout) {
+      const int64_t c = j % Cg, rs = j / Cg;
+      return w[(g * Kg + kout) * ws.k + c * ws.c + (rs / S) * ws.r + (rs % S) * ws.s];
+    };
+    packed.emplace_back(FnMatrix<T, decltype(f)>{f}, CRS, Kg, nr, storage + g * size);
+  }
+  constexpr int64_t kTile = 96;
+  at::parallel_for(0, s.N * s.groups, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<T> col_scratch;
+    T* col = col_scratch.get(kTile * CRS);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task % s.groups, n = task / s.groups;
+      T* dxn = dx + n * HWC + g * Cg;
+      for (int64_t i = 0; i < s.H * s.W; ++i) std::fill(dxn + i * s.C, dxn + i * s.C + Cg, T(0));
+      for (int64_t m0 = 0; m0 < PQ; m0 += kTile) {
+        const int64_t mt = std::min(kTile, PQ - m0);
+        gemm<T>(mt, CRS, Kg, StridedMatrix<T>{dy + (n * PQ + m0) * s.K + g * Kg, s.K, 1}, packed[g].rows_from(0),
+                col, CRS, 1, false);
+        for (int64_t i = 0; i < mt; ++i) {
+          const NhwcGeometry::Origin o = geo.origin(n * PQ + m0 + i);
+          for (int64_t rs = 0; rs < R * S; ++rs) {
+            const int64_t off = geo.tap(o, rs / S, rs % S);
+            if (off < 0) continue;
+            T* d = dx + off + g * Cg;
+            const T* src = col + i * CRS + rs * Cg;
+            for (int64_t c = 0; c < Cg; ++c) d[c] += src[c];
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+  const NhwcGeometry geo(s);
+  const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
+  const int64_t cb = std::max<int64_t>(64, ceil_div(ceil_div(CRS, 2), 32) * 32);  // dW columns per task
+  const int64_t cblocks = ceil_div(CRS, cb);
+  // Partial sums over pixel ranges: a count fixed by the shape (never by the thread count).
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(M / 1024, 8 / (s.groups * cblocks)));
+  const int64_t wsize = s.K * CRS;
+  std::vector<T> partial(size_t((splits - 1) * wsize));
+  at::parallel_for(0, splits * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task % cblocks, rest = task / cblocks, g = rest % s.groups, sp = rest / s.groups;
+      const int64_t j0 = b * cb, cols = std::min(cb, CRS - j0);
+      const int64_t m0 = sp * M / splits, m1 = (sp + 1) * M / splits;
+      T* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + j0;
+      // dW_g[kout][j0 + j] = sum_m dy[m][g*Kg + kout] * col[m][j0 + j]; A = dY^T (rows kout, depth m).
+      NhwcColAsB<T> colb{geo, x + g * Cg, m0};
+      auto shifted = [&](T* dst, int64_t jj, int64_t nc, int64_t k0, int64_t kc, int nr) {
+        return colb(dst, j0 + jj, nc, k0, kc, nr);
+      };
+      gemm<T>(Kg, cols, m1 - m0, StridedMatrix<T>{dy + m0 * s.K + g * Kg, 1, s.K}, shifted, out, CRS, 1, false);
+    }
+  });
+  for (int64_t sp = 1; sp < splits; ++sp) {
+    const T* p = partial.data() + (sp - 1) * wsize;
+    at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dw[i] += p[i];
+    });
+  }
+}
+
+template <typename T>
+void conv2d_backward_bias_nhwc(const T* dy, T* db, const Conv2dShape& s) {
+  const int64_t M = s.N * s.P * s.Q, K = s.K;
+  constexpr int64_t kCB = 16;
+  at::parallel_for(0, ceil_div(K, kCB), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t k0 = b * kCB, k1 = std::min(K, k0 + kCB);
+      double acc[kCB] = {};
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = k0; k < k1; ++k) acc[k - k0] += dy[m * K + k];
+      for (int64_t k = k0; k < k1; ++k) db[k] = T(acc[k - k0]);
+    }
+  });
+}
+
+#define FC_INSTANTIATE(T)                                                                                   \
+  template void conv2d_forward_nhwc<T>(const T*, const T*, WeightStrides, const T*, T*, const Conv2dShape&, \
+                                       bool);                                                               \
+  template void conv2d_backward_input_nhwc<T>(const T*, const T*, WeightStrides, T*, const Conv2dShape&);   \
+  template void conv2d_backward_weight_nhwc<T>(const T*, const T*, T*, const Conv2dShape&);                 \
+  template void conv2d_backward_bias_nhwc<T>(const T*, T*, const Conv2dShape&);
+FC_INSTANTIATE(float)
+FC_INSTANTIATE(double)
+
+}  // namespace cpu
+}  // namespace fastconv
