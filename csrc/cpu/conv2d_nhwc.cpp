@@ -5,8 +5,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/avx512.h"
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"
 
@@ -48,6 +50,58 @@ const T* zeros(int64_t n) {
   return z.data();
 }
 
+// d[t*MR + i] = src[i][t] for t < len, i < MR: MR rows of len values interleaved.
+template <typename T, int MR>
+inline void interleave(const T* const* src, int64_t len, T* d) {
+  for (int64_t t = 0; t < len; ++t, d += MR)
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) d[i] = src[i][t];
+}
+
+#if defined(__x86_64__)
+// AVX-512 float, MR = 8: 16 depth values of 8 rows per step, transposed in registers
+// (8 x 16 -> 16 x 8) and stored as 128 contiguous floats; the tail by the scalar loop.
+FC_TARGET_AVX512 void interleave8_avx512(const float* const* src, int64_t len, float* d) {
+  int64_t t = 0;
+  const __m512i idx_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i idx_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (; t + 16 <= len; t += 16, d += 128) {
+    __m512 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_ps(src[i] + t);
+    // Stage 1: pairs of rows interleaved: a[i] holds (r[2i][t], r[2i+1][t]) for t in 0..7 / 8..15.
+    __m512 a[8];
+    for (int i = 0; i < 4; ++i) {
+      a[2 * i] = _mm512_permutex2var_ps(r[2 * i], idx_lo, r[2 * i + 1]);
+      a[2 * i + 1] = _mm512_permutex2var_ps(r[2 * i], idx_hi, r[2 * i + 1]);
+    }
+    // Stages 2 and 3 transpose the 64-bit pairs (4 pairs x 8 depths per half h).
+    const __m512i q_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i q_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    __m512d b[8];
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 2; ++j) {  // pairs (rows 0-1, 2-3) for j = 0, (4-5, 6-7) for j = 1
+        const __m512d x0 = _mm512_castps_pd(a[4 * j + h]), x1 = _mm512_castps_pd(a[4 * j + 2 + h]);
+        b[4 * h + 2 * j] = _mm512_permutex2var_pd(x0, q_lo, x1);
+        b[4 * h + 2 * j + 1] = _mm512_permutex2var_pd(x0, q_hi, x1);
+      }
+    // b[4h + 2j + e] holds, for depth t in (8h + 4e .. 8h + 4e + 3), the 4 floats of rows
+    // 4j..4j+3. Combine j = 0 and 1 halves: 256-bit lanes.
+    for (int h = 0; h < 2; ++h)
+      for (int e = 0; e < 2; ++e) {
+        const __m512d lo = b[4 * h + e], hi = b[4 * h + 2 + e];
+        const __m512d o0 = _mm512_shuffle_f64x2(lo, hi, 0x44);  // depth 0,1 of this quad
+        const __m512d o1 = _mm512_shuffle_f64x2(lo, hi, 0xEE);  // depth 2,3
+        float* out = d + (8 * h + 4 * e) * 8;
+        // lanes (0, 2, 1, 3): depth t's 8 rows (lo.l0, hi.l0), then depth t+1's (lo.l1, hi.l1)
+        _mm512_storeu_pd(reinterpret_cast<double*>(out), _mm512_shuffle_f64x2(o0, o0, 0xD8));
+        _mm512_storeu_pd(reinterpret_cast<double*>(out + 16), _mm512_shuffle_f64x2(o1, o1, 0xD8));
+      }
+  }
+  for (; t < len; ++t, d += 8)
+    for (int i = 0; i < 8; ++i) d[i] = src[i][t];
+}
+#endif
+
 // col as the A operand (rows = pixels m_base + i, depth k), rows at or past m_end zero.
 // Per tap (r, s) the MR rows' sources are Cg contiguous values each; they are interleaved into
 // the panel (element (i, k) at panel[k*MR + i]) one depth index at a time.
@@ -58,6 +112,7 @@ struct NhwcColAsA {
   int64_t m_base, m_end;
   const T* operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
     const T* zero = zeros<T>(g.Cg);
+    const bool avx512 = current_isa() == Isa::kAvx512;
     const T* src[16];
     NhwcGeometry::Origin o[16];
     for (int64_t ip = 0; ip < mc; ip += mr) {
@@ -76,8 +131,24 @@ struct NhwcColAsA {
           src[i] = off < 0 ? zero : x + off + c;
         }
         T* d = panel + (k - k0) * mr;
-        for (int64_t t = 0; t < len; ++t, d += mr)
-          for (int i = 0; i < mr; ++i) d[i] = src[i][t];
+        switch (mr) {  // the micro-kernels' MR as a constant, so the row loop unrolls
+          case 8:
+#if defined(__x86_64__)
+            if constexpr (std::is_same_v<T, float>) {
+              if (avx512) {
+                interleave8_avx512(src, len, d);
+                break;
+              }
+            }
+#endif
+            interleave<T, 8>(src, len, d);
+            break;
+          case 6: interleave<T, 6>(src, len, d); break;
+          case 4: interleave<T, 4>(src, len, d); break;
+          default:
+            for (int64_t t = 0; t < len; ++t, d += mr)
+              for (int i = 0; i < mr; ++i) d[i] = src[i][t];
+        }
         k += len;
       }
     }
