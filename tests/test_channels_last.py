@@ -211,3 +211,40 @@ def test_conv2d_weight_grad_deterministic(rng):
         torch.set_num_threads(prev)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
+
+
+# ---- a converted model end to end in channels_last ----
+
+@pytest.mark.parametrize("fuse_relu", [False, True])
+def test_model_channels_last_end_to_end(backend, fuse_relu, rng):
+    """model.to(memory_format=channels_last) on a fastconv-converted CNN: every 4-D activation is
+    channels_last, and output and parameter gradients equal torch's in float64."""
+    import copy
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=4), torch.nn.ReLU(inplace=True),
+        torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True), torch.nn.Conv2d(12, 6, 1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 3, 2)).double()
+    model = fastconv.convert(copy.deepcopy(ref), fuse_relu=fuse_relu)
+    ref, model = ref.to(memory_format=CL), model.to(backend.device, memory_format=CL)
+    seen = []
+
+    def check(module, inputs, output):
+        if output.dim() == 4:
+            seen.append(type(module).__name__)
+            assert output.is_contiguous(memory_format=CL) and not output.is_contiguous(), type(module).__name__
+
+    for m in model.modules():
+        if not isinstance(m, torch.nn.Sequential):
+            m.register_forward_hook(check)
+    x = randn((2, 3, 21, 19), rng, torch.float64).contiguous(memory_format=CL)
+    out, want = model(x.to(backend.device)), ref(x)
+    assert len(seen) >= 6
+    assert_close(out, want, torch.float64, "output")
+    out.square().sum().backward()
+    want.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert_close(p.grad, q.grad, torch.float64, name)
+        same_format(p.grad, q.grad, name)
