@@ -35,6 +35,16 @@ struct NhwcGeometry {
     const int64_t q = m % Q, p = (m / Q) % P, n = m / (P * Q);
     return {n * H * W * C, p * sh - ph, q * sw - pw};
   }
+  // With groups == 1 and dilation_w == 1, taps (r, s), (r, s+1), ... of a pixel are adjacent in
+  // memory (pixel stride C == Cg), and so are padding taps (all read as zeros): the taps
+  // [s, run_end) of o continue tap (r, s)'s run without a break.
+  bool taps_adjacent() const { return dw == 1 && Cg == C; }
+  int64_t run_end(const Origin& o, int64_t r, int64_t s) const {
+    const int64_t h = o.h + r * dh, w = o.w + s;
+    if (h < 0 || h >= H || w >= W) return S;  // padding to the end of the row of taps
+    if (w < 0) return std::min(S, -o.w);        // left padding until the image starts
+    return std::min(S, W - o.w);                // in the image until its right edge
+  }
   // The offset of x[n][h][w][0] for tap (r, s) of o, or -1 in the padding.
   int64_t tap(const Origin& o, int64_t r, int64_t s) const {
     const int64_t h = o.h + r * dh, w = o.w + s * dw;
@@ -42,7 +52,7 @@ struct NhwcGeometry {
   }
 };
 
-// A zero row to read padding from (long enough for any run of one tap: Cg values).
+// A zero row to read padding from (long enough for any run of taps: S*Cg values).
 template <typename T>
 const T* zeros(int64_t n) {
   static thread_local std::vector<T> z;
@@ -111,7 +121,8 @@ struct NhwcColAsA {
   const T* x;  // x + g*Cg: the group's first channel
   int64_t m_base, m_end;
   const T* operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
-    const T* zero = zeros<T>(g.Cg);
+    const T* zero = zeros<T>(g.S * g.Cg);
+    const bool adjacent = g.taps_adjacent();
     const bool avx512 = current_isa() == Isa::kAvx512;
     const T* src[16];
     NhwcGeometry::Origin o[16];
@@ -124,8 +135,17 @@ struct NhwcColAsA {
         if (valid[i]) o[i] = g.origin(m);
       }
       for (int64_t k = k0; k < k0 + kc;) {
-        const int64_t rs = k / g.Cg, c = k % g.Cg, len = std::min(g.Cg - c, k0 + kc - k);
+        const int64_t rs = k / g.Cg, c = k % g.Cg;
         const int64_t r = rs / g.S, s = rs % g.S;
+        // A run of contiguous depth: this tap's channels, or with adjacent taps as far as every
+        // row's source stays contiguous (all in the image, or all padding).
+        int64_t s_end = s + 1;
+        if (adjacent) {
+          s_end = g.S;
+          for (int i = 0; i < mr; ++i)
+            if (valid[i]) s_end = std::min(s_end, g.run_end(o[i], r, s));
+        }
+        const int64_t len = std::min((s_end - s) * g.Cg - c, k0 + kc - k);
         for (int i = 0; i < mr; ++i) {
           const int64_t off = valid[i] ? g.tap(o[i], r, s) : -1;
           src[i] = off < 0 ? zero : x + off + c;
