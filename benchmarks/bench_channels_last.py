@@ -1,7 +1,7 @@
 """Indicative timings of the channels_last paths: native NCHW, native channels_last and fastconv
 channels_last, interleaved, median of repeats (times in ms).
 
-    PYTHONPATH=. python benchmarks/bench_channels_last.py [pool|conv|all]
+    PYTHONPATH=. python benchmarks/bench_channels_last.py [pool|conv|convbwd|all] [layer names]
 """
 import statistics
 import sys
@@ -79,6 +79,24 @@ def conv(names=None):
               f"{t[2]/t[3]:4.2f}x fastconv nchw")
 
 
+def convbwd(names=None):
+    print("conv2d float32 backward (input, weight, bias gradients), channels_last; GFLOP/s = 4*N*K*P*Q*C*R*S / time")
+    for name, (N, C, H, W, K, R, st, pd) in CONVS:
+        if names and name not in names:
+            continue
+        xc = torch.randn(N, C, H, W).contiguous(memory_format=CL)
+        wc = (torch.randn(K, C, R, R) * 0.1).contiguous(memory_format=CL)
+        P = (H + 2 * pd - R) // st + 1
+        gy = torch.randn(N, K, P, P).contiguous(memory_format=CL)
+        mask = [C > 3, True, True]  # the first layer needs no input gradient
+        flops = 2 * N * K * P * P * C * R * R * (2 if mask[0] else 1)
+        t = bench([lambda: torch.ops.aten.convolution_backward(gy, xc, wc, [K], [st, st], [pd, pd], [1, 1], False,
+                                                               [0, 0], 1, mask),
+                   lambda: torch.ops.fastconv.conv2d_backward(gy, xc, wc, [st, st], [pd, pd], [1, 1], 1, mask)], reps=5)
+        print(f"{name:9s} ms: native cl {t[0]*1e3:8.2f} fastconv cl {t[1]*1e3:8.2f} | GFLOP/s fastconv cl "
+              f"{flops/t[1]/1e9:6.1f} | {t[0]/t[1]:4.2f}x native cl")
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fastconv isa {fastconv.info()['cpu_isa']}")
@@ -86,3 +104,5 @@ if __name__ == "__main__":
         pool()
     if what in ("conv", "all"):
         conv(sys.argv[2:] or None)
+    if what in ("convbwd", "all"):
+        convbwd(sys.argv[2:] or None)
