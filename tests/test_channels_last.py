@@ -186,6 +186,8 @@ ISA_CONVS = [
     (1, 8, 13, 12, 8, (3, 3), 1, 2, 2, 8, False),
     (0, 4, 5, 5, 6, (3, 3), 1, 1, 1, 1, True),
     (3, 300, 4, 5, 40, (2, 2), 1, 0, 1, 1, True),  # depth > the GEMM's 256-deep blocks, ragged
+    (1, 6, 5, 4, 300, (3, 3), 1, 1, 1, 1, True),  # output channels in two 256-column task blocks
+    (2, 4, 3, 5, 600, (1, 1), 2, 0, 1, 2, True),  # ... per group; stride 2 1x1
 ]
 
 

@@ -239,16 +239,23 @@ void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, T* y, const Conv2dShape&
     auto f = [&, g](int64_t j, int64_t k) { return wt(g, j, k); };
     packed.emplace_back(FnMatrix<T, decltype(f)>{f}, Kg, CRS, nr, storage + g * size);
   }
-  at::parallel_for(0, tiles * s.groups, 1, [&](int64_t begin, int64_t end) {
+  // Tasks: pixel tiles x groups x blocks of kColBlock output channels (a multiple of every NR;
+  // more, smaller tasks for wide layers on few pixels, and A is packed once per 256 columns
+  // either way, as the GEMM's column blocking would).
+  constexpr int64_t kColBlock = 256;
+  const int64_t cblocks = ceil_div(Kg, kColBlock);
+  at::parallel_for(0, tiles * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task % s.groups, m0 = (task / s.groups) * kPixelTile, mt = std::min(kPixelTile, M - m0);
-      T* yt = y + m0 * s.K + g * Kg;  // Y rows m0.., this group's columns; row stride K
-      gemm<T>(mt, Kg, CRS, NhwcColAsA<T>{geo, x + g * geo.Cg, m0, M}, packed[g].rows_from(0), yt, s.K, 1, false);
+      const int64_t b = task % cblocks, g = (task / cblocks) % s.groups, t = task / (cblocks * s.groups);
+      const int64_t m0 = t * kPixelTile, mt = std::min(kPixelTile, M - m0);
+      const int64_t j0 = b * kColBlock, nc = std::min(kColBlock, Kg - j0);
+      T* yt = y + m0 * s.K + g * Kg + j0;  // Y rows m0.., this block's columns; row stride K
+      gemm<T>(mt, nc, CRS, NhwcColAsA<T>{geo, x + g * geo.Cg, m0, M}, packed[g].rows_from(j0), yt, s.K, 1, false);
       if (bias || relu)
         for (int64_t i = 0; i < mt; ++i) {
           T* row = yt + i * s.K;
-          for (int64_t j = 0; j < Kg; ++j) {
-            const T v = row[j] + (bias ? bias[g * Kg + j] : T(0));
+          for (int64_t j = 0; j < nc; ++j) {
+            const T v = row[j] + (bias ? bias[g * Kg + j0 + j] : T(0));
             row[j] = relu && v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
           }
         }
