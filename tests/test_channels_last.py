@@ -188,6 +188,9 @@ ISA_CONVS = [
     (3, 300, 4, 5, 40, (2, 2), 1, 0, 1, 1, True),  # depth > the GEMM's 256-deep blocks, ragged
     (1, 6, 5, 4, 300, (3, 3), 1, 1, 1, 1, True),  # output channels in two 256-column task blocks
     (2, 4, 3, 5, 600, (1, 1), 2, 0, 1, 2, True),  # ... per group; stride 2 1x1
+    # few channels: 8 pixels of a row packed by register permutes (AVX-512), edges by the runs
+    (2, 3, 6, 29, 32, (3, 3), 1, (1, 0), (2, 1), 1, True),
+    (1, 1, 5, 40, 16, (2, 5), 1, (0, 2), 1, 1, True),
 ]
 
 

@@ -112,6 +112,25 @@ FC_TARGET_AVX512 void interleave8_avx512(const float* const* src, int64_t len, f
 }
 #endif
 
+#if defined(__x86_64__)
+// The A panel rows of 8 consecutive output pixels (stride 1, dilation 1, groups 1) for one kernel
+// row: `in` is the input span of those pixels' taps, (7 + S) pixels of Cg channels, so depth
+// kk < S*Cg of pixel i is in[Cg*i + kk]; out[kk*8 + i] receives it. Needs (7 + S)*Cg <= 32.
+FC_TARGET_AVX512 void small_taps_avx512(const float* in, int SC, int Cg, float* out) {
+  const int n_in = 7 * Cg + SC;
+  const __m512 lo = _mm512_maskz_loadu_ps(__mmask16(n_in >= 16 ? 0xFFFF : (1u << n_in) - 1), in);
+  const __m512 hi = _mm512_maskz_loadu_ps(__mmask16(n_in <= 16 ? 0 : (1u << (n_in - 16)) - 1), in + 16);
+  // lanes 0-7: pixel i's depth kk; lanes 8-15: its depth kk + 1
+  const __m512i base = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7),
+                                                           _mm512_set1_epi32(Cg)),
+                                        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+  for (int kk = 0; kk < SC; kk += 2) {
+    const __m512 v = _mm512_permutex2var_ps(lo, _mm512_add_epi32(base, _mm512_set1_epi32(kk)), hi);
+    _mm512_mask_storeu_ps(out + kk * 8, kk + 1 < SC ? __mmask16(0xFFFF) : __mmask16(0xFF), v);
+  }
+}
+#endif
+
 // col as the A operand (rows = pixels m_base + i, depth k), rows at or past m_end zero.
 // Per tap (r, s) the MR rows' sources are Cg contiguous values each; they are interleaved into
 // the panel (element (i, k) at panel[k*MR + i]) one depth index at a time.
@@ -124,6 +143,9 @@ struct NhwcColAsA {
     const T* zero = zeros<T>(g.S * g.Cg);
     const bool adjacent = g.taps_adjacent();
     const bool avx512 = current_isa() == Isa::kAvx512;
+    // small_taps_avx512's case: groups 1, unit horizontal stride and dilation, the 8 rows' span of
+    // (7 + S) pixels fits one 32-float register pair.
+    const bool small = avx512 && adjacent && g.sw == 1 && (7 + g.S) * g.Cg <= 32;
     const T* src[16];
     NhwcGeometry::Origin o[16];
     for (int64_t ip = 0; ip < mc; ip += mr) {
@@ -134,7 +156,9 @@ struct NhwcColAsA {
         valid[i] = ip + i < mc && m < m_end;
         if (valid[i]) o[i] = g.origin(m);
       }
-      for (int64_t k = k0; k < k0 + kc;) {
+      // Depth [kb, ke) of this panel, tap run by tap run.
+      auto pack_range = [&](int64_t kb, int64_t ke) {
+      for (int64_t k = kb; k < ke;) {
         const int64_t rs = k / g.Cg, c = k % g.Cg;
         const int64_t r = rs / g.S, s = rs % g.S;
         // A run of contiguous depth: this tap's channels, or with adjacent taps as far as every
@@ -145,7 +169,7 @@ struct NhwcColAsA {
           for (int i = 0; i < mr; ++i)
             if (valid[i]) s_end = std::min(s_end, g.run_end(o[i], r, s));
         }
-        const int64_t len = std::min((s_end - s) * g.Cg - c, k0 + kc - k);
+        const int64_t len = std::min((s_end - s) * g.Cg - c, ke - k);
         for (int i = 0; i < mr; ++i) {
           const int64_t off = valid[i] ? g.tap(o[i], r, s) : -1;
           src[i] = off < 0 ? zero : x + off + c;
@@ -171,6 +195,27 @@ struct NhwcColAsA {
         }
         k += len;
       }
+      };
+#if defined(__x86_64__)
+      // Few channels (the first layer, C = 3): when the 8 rows are 8 consecutive pixels of one
+      // output row, each kernel row's S*C depth values of all 8 come from one contiguous input
+      // span, rearranged by register permutes (small_taps_avx512).
+      if constexpr (std::is_same_v<T, float>) {
+        if (small && mr == 8 && k0 == 0 && kc == g.depth() && valid[7] && o[7].img == o[0].img &&
+            o[7].h == o[0].h && o[7].w == o[0].w + 7) {
+          const int64_t SC = g.S * g.Cg;
+          for (int64_t r = 0; r < g.R; ++r) {
+            const int64_t h = o[0].h + r * g.dh;
+            if (h >= 0 && h < g.H && o[0].w >= 0 && o[0].w + 7 + g.S - 1 < g.W)
+              small_taps_avx512(x + o[0].img + (h * g.W + o[0].w) * g.C, int(SC), int(g.Cg), panel + r * SC * 8);
+            else
+              pack_range(r * SC, (r + 1) * SC);
+          }
+          continue;
+        }
+      }
+#endif
+      pack_range(k0, k0 + kc);
     }
     return dst;
   }
