@@ -168,7 +168,9 @@ def test_conv2d(backend, cfg, dtype, rng):
 @pytest.mark.parametrize("mix", MIXES[1:], ids=["cl_input", "cl_weight"])
 @pytest.mark.parametrize("cfg", CONV_GRID[:6], ids=[f"grid{i}" for i in range(6)])
 def test_conv2d_mixed_formats(backend, cfg, mix, rng):
-    _conv_check(backend, cfg, torch.float32, rng, mix)
+    # float64: this test is about layouts; float32 sums of few terms (grid1: 25) can exceed 1e-5
+    # relative error under cancellation with an unlucky seed.
+    _conv_check(backend, cfg, torch.float64, rng, mix)
 
 
 @pytest.mark.parametrize("cfg", CONV_GRID[:6], ids=[f"grid{i}" for i in range(6)])
