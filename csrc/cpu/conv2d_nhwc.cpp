@@ -296,14 +296,21 @@ void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, T* y, const Conv2dShape&
       const int64_t j0 = b * kColBlock, nc = std::min(kColBlock, Kg - j0);
       T* yt = y + m0 * s.K + g * Kg + j0;  // Y rows m0.., this block's columns; row stride K
       gemm<T>(mt, nc, CRS, NhwcColAsA<T>{geo, x + g * geo.Cg, m0, M}, packed[g].rows_from(j0), yt, s.K, 1, false);
-      if (bias || relu)
-        for (int64_t i = 0; i < mt; ++i) {
-          T* row = yt + i * s.K;
+      // Epilogue on contiguous output rows, one loop per case so that each vectorises.
+      const T* bb = bias ? bias + g * Kg + j0 : nullptr;
+      for (int64_t i = 0; i < mt && (bb || relu); ++i) {
+        T* __restrict__ row = yt + i * s.K;
+        if (bb && relu) {
           for (int64_t j = 0; j < nc; ++j) {
-            const T v = row[j] + (bias ? bias[g * Kg + j0 + j] : T(0));
-            row[j] = relu && v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+            const T v = row[j] + bb[j];
+            row[j] = v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
           }
+        } else if (bb) {
+          for (int64_t j = 0; j < nc; ++j) row[j] += bb[j];
+        } else {
+          for (int64_t j = 0; j < nc; ++j) row[j] = row[j] < T(0) ? T(0) : row[j];
         }
+      }
     }
   });
 }
