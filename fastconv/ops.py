@@ -6,8 +6,9 @@ compiled CPU/CUDA kernels) and ``fastconv_simt`` (the CUDA kernels run by the CP
 fastconv.testing).
 """
 import torch
+from torch._prims_common import suggest_memory_format  # Tensor.suggest_memory_format, as the kernels use
 
-__all__ = ["conv_out_size", "pool_out_size", "register_namespace"]
+__all__ = ["conv2d_memory_format", "conv_out_size", "pool_out_size", "register_namespace"]
 
 
 def conv_out_size(size, kernel, stride, padding, dilation):
@@ -23,6 +24,18 @@ def pool_out_size(size, kernel, stride, padding, dilation, ceil_mode):
     if ceil_mode and (out - 1) * stride >= size + padding:
         out = out - 1
     return out
+
+
+def conv2d_memory_format(input, weight):
+    """The memory format of conv2d's output and gradients on every backend, PyTorch's CPU rule:
+    channels_last when the input or the weight is, else contiguous."""
+    if channels_last(input) or channels_last(weight):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def channels_last(t):
+    return suggest_memory_format(t) == torch.channels_last
 
 
 _registered = set()
@@ -43,7 +56,8 @@ def register_namespace(ns):
         k, _, r, s = weight.shape
         p = conv_out_size(h, r, stride[0], padding[0], dilation[0])
         q = conv_out_size(w, s, stride[1], padding[1], dilation[1])
-        return input.new_empty((n, k, p, q))
+        return torch.empty((n, k, p, q), dtype=input.dtype, device=input.device,
+                           memory_format=conv2d_memory_format(input, weight))
 
     @lib.register_fake(f"{ns}::conv2d_relu")
     def _(input, weight, bias, stride, padding, dilation, groups):
@@ -51,9 +65,16 @@ def register_namespace(ns):
 
     @lib.register_fake(f"{ns}::conv2d_backward")
     def conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+        fmt = conv2d_memory_format(input, weight)
+
+        def grad(t, needed):
+            if not needed:
+                return t.new_empty((0,))
+            return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=fmt)
+
         return (
-            input.new_empty(input.shape if output_mask[0] else (0,)),
-            weight.new_empty(weight.shape if output_mask[1] else (0,)),
+            grad(input, output_mask[0]),
+            grad(weight, output_mask[1]),
             weight.new_empty((weight.shape[0] if output_mask[2] else 0,)),
         )
 
@@ -72,16 +93,19 @@ def register_namespace(ns):
         n, c, h, w = input.shape
         p = pool_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
         q = pool_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
-        return input.new_empty((n, c, p, q)), input.new_empty((n, c, p, q), dtype=torch.long)
+        fmt = suggest_memory_format(input)  # as the kernels: outputs in the input's format
+        return (torch.empty((n, c, p, q), dtype=input.dtype, device=input.device, memory_format=fmt),
+                torch.empty((n, c, p, q), dtype=torch.long, device=input.device, memory_format=fmt))
 
     @lib.register_fake(f"{ns}::max_pool2d_backward")
     def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
         n, c = grad_output.shape[:2]
-        return grad_output.new_empty((n, c, input_size[0], input_size[1]))
+        return torch.empty((n, c, input_size[0], input_size[1]), dtype=grad_output.dtype, device=grad_output.device,
+                           memory_format=suggest_memory_format(indices))  # the indices' format
 
     @lib.register_fake(f"{ns}::relu")
     def _(input):
-        return input.new_empty(input.shape)
+        return torch.empty_like(input)  # the input's strides (dense), else its suggested format
 
     @lib.register_fake(f"{ns}::relu_")
     def _(input):
@@ -89,7 +113,7 @@ def register_namespace(ns):
 
     @lib.register_fake(f"{ns}::relu_backward")
     def _(grad_output, result):
-        return grad_output.new_empty(grad_output.shape)
+        return torch.empty_like(result)  # result's layout, as threshold_backward
 
     # ---- autograd ---------------------------------------------------------------------------
     # conv2d saves (input, weight); conv2d_relu also saves its output, which masks the gradient.

@@ -6,12 +6,15 @@ import fastconv
 from helpers import randn
 
 
-def _samples(ops, dev, rng):
-    x = randn((2, 4, 9, 8), rng, device=dev).requires_grad_()
-    w = randn((6, 2, 3, 3), rng, device=dev).requires_grad_()
+MEMORY_FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def _samples(ops, dev, rng, fmt=torch.contiguous_format):
+    x = randn((2, 4, 9, 8), rng, device=dev).contiguous(memory_format=fmt).requires_grad_()
+    w = randn((6, 2, 3, 3), rng, device=dev).contiguous(memory_format=fmt).requires_grad_()
     b = randn((6,), rng, device=dev).requires_grad_()
-    gy = randn((2, 6, 5, 8), rng, device=dev)
-    gy1 = randn((2, 6, 9, 8), rng, device=dev)  # stride 1: the CPU's fused kernels
+    gy = randn((2, 6, 5, 8), rng, device=dev).contiguous(memory_format=fmt)
+    gy1 = randn((2, 6, 9, 8), rng, device=dev).contiguous(memory_format=fmt)  # stride 1: the CPU's fused kernels
     out, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
     r = ops.relu(x.detach())
     return [
@@ -22,7 +25,7 @@ def _samples(ops, dev, rng):
         (ops.conv2d_backward, (gy, x.detach(), w.detach(), [2, 1], [1, 1], [1, 1], 2, [True, True, True])),
         (ops.conv2d_backward, (gy, x.detach(), w.detach(), [2, 1], [1, 1], [1, 1], 2, [False, True, False])),
         (ops.max_pool2d, (x, [3, 3], [2, 2], [1, 1], [1, 1], True)),
-        (ops.max_pool2d_backward, (randn(out.shape, rng, device=dev), idx, [9, 8], [3, 3], [2, 2], [1, 1], [1, 1], True)),
+        (ops.max_pool2d_backward, (randn(out.shape, rng, device=dev).contiguous(memory_format=fmt), idx, [9, 8], [3, 3], [2, 2], [1, 1], [1, 1], True)),
         (ops.conv2d_relu, (x, w, b, [2, 1], [1, 1], [1, 1], 2)),
         (ops.conv2d_relu, (x, w, b, [1, 1], [1, 1], [1, 1], 2)),
         (ops.conv2d_relu_backward, (gy, ops.relu(gy), x.detach(), w.detach(), [2, 1], [1, 1], [1, 1], 2,
@@ -31,12 +34,18 @@ def _samples(ops, dev, rng):
                                     [True, True, True])),
         (ops.relu, (x,)),
         (ops.relu_, (x.detach().clone(),)),
-        (ops.relu_backward, (randn(r.shape, rng, device=dev), r)),
-    ]
+        (ops.relu_backward, (randn(r.shape, rng, device=dev).contiguous(memory_format=fmt), r)),
+    ] + ([  # mixed formats: only the weight channels_last, then only the input
+        (ops.conv2d, (x.detach().contiguous(), w, b, [1, 1], [1, 1], [1, 1], 2)),
+        (ops.conv2d_backward, (gy.contiguous(), x.detach(), w.detach().contiguous(), [2, 1], [1, 1], [1, 1], 2,
+                               [True, True, True])),
+    ] if fmt == torch.channels_last else [])
 
 
-def test_opcheck(backend, rng):
-    for op, args in _samples(backend.ops, backend.device, rng):
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS, ids=["nchw", "channels_last"])
+def test_opcheck(backend, fmt, rng):
+    """Includes the fake functions' output strides against the kernels' (channels_last too)."""
+    for op, args in _samples(backend.ops, backend.device, rng, fmt):
         torch.library.opcheck(op, args)
 
 
@@ -47,10 +56,13 @@ def _model():
         torch.nn.Flatten(), torch.nn.LazyLinear(2))
 
 
-def test_compile_fullgraph_matches_eager(backend, rng):
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS, ids=["nchw", "channels_last"])
+def test_compile_fullgraph_matches_eager(backend, fmt, rng):
     torch.manual_seed(0)
     model = _model().to(backend.device)
-    x = randn((2, 3, 15, 15), rng, device=backend.device)
+    x = randn((2, 3, 15, 15), rng, device=backend.device).contiguous(memory_format=fmt)
+    model(x)  # materialise the lazy layer
+    model = model.to(memory_format=fmt)
     eager = model(x)
     eager.square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]

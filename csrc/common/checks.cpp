@@ -259,4 +259,10 @@ void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result
               grad_output.sizes(), " does not match result of size ", result.sizes());
 }
 
+at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
+  const bool cl = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                  weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 }  // namespace fastconv

@@ -77,6 +77,10 @@ Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::T
 // Every index (a CPU tensor) lies in [0, H*W), else the RuntimeError naming the first that doesn't.
 void check_pool_indices(const at::Tensor& indices, int64_t H, int64_t W);
 
+// The memory format of conv2d's outputs (and of all its gradients), PyTorch's CPU rule:
+// channels_last when the input or the weight is (Tensor::suggest_memory_format), else contiguous.
+at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight);
+
 // relu / relu_: any shape; relu_ additionally rejects inputs whose elements overlap in memory.
 void check_relu(const char* op, const at::Tensor& input, DTypes dtypes, bool inplace);
 void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result, DTypes dtypes);

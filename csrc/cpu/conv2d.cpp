@@ -4,6 +4,8 @@
 //              forward of the dual convolution;
 //   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
 //              dual convolution, weight gradient;
+//   kNhwcGemm  channels_last calls (conv2d_memory_format): every pass as GEMMs reading NHWC memory
+//              (cpu/conv2d_nhwc.h); outputs and gradients channels_last;
 //   kDepthwise the depthwise kernels (cpu/depthwise.h): every pass of groups == C convolutions, in
 //              every dtype;
 //   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
@@ -31,6 +33,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "cpu/conv2d_nhwc.h"
 #include "cpu/depthwise.h"
 #include "cpu/direct_conv.h"
 #include "cpu/dispatch.h"
@@ -209,6 +212,9 @@ void conv2d_backward_bias(const T* dy, T* db, const Conv2dShape& s, const T* gat
   });
 }
 
+// A weight's strides for the NHWC kernels.
+WeightStrides strides_of(const at::Tensor& w) { return {w.stride(0), w.stride(1), w.stride(2), w.stride(3)}; }
+
 // The data of an optional tensor (nullptr when undefined).
 template <typename T>
 const T* data_or_null(const at::Tensor& t) {
@@ -219,11 +225,19 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            bool relu) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kCpuTypes);
-  at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  at::Tensor x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();  // NHWC reads w by strides
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options());
+  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
   if (y.numel() == 0) return y;
-  switch (forward_kernel(s, x.scalar_type())) {
+  switch (forward_kernel(s, x.scalar_type(), cl)) {
+    case ConvKernel::kNhwcGemm:
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_nhwc_cpu", [&] {
+        conv2d_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
+                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+      });
+      break;
     case ConvKernel::kDepthwise:
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_depthwise_cpu", [&] {
         depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -272,17 +286,29 @@ using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // a gate needs gate_fusable (every kernel it reaches reads it).
 Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate, const at::Tensor& input,
                            const at::Tensor& weight, const Conv2dShape& s, std::array<bool, 3> output_mask) {
-  at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  // Gradients in the forward's output format (PyTorch: grad_output's own format does not matter).
+  const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  at::Tensor dy = grad_output.contiguous(fmt), x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();
   // An unrequested gradient is a fresh empty tensor (outputs must not alias each other).
-  at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0}, input.options());
-  at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0}, weight.options());
+  at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0},
+                            input.options().memory_format(output_mask[0] ? fmt : at::MemoryFormat::Contiguous));
+  at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0},
+                            weight.options().memory_format(output_mask[1] ? fmt : at::MemoryFormat::Contiguous));
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
+  TORCH_INTERNAL_ASSERT(!r.defined() || !cl, "fastconv: the NHWC kernels cannot read a gate");
   const at::ScalarType t = x.scalar_type();
   if (output_mask[0] && dx.numel() > 0) {
-    const ConvKernel k = backward_input_kernel(s, t);
+    const ConvKernel k = backward_input_kernel(s, t, cl);
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
     switch (k) {
+      case ConvKernel::kNhwcGemm:
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
+          conv2d_backward_input_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                               strides_of(w), dx.mutable_data_ptr<scalar_t>(), s);
+        });
+        break;
       case ConvKernel::kDepthwise:
         AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
           depthwise_backward_input<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -312,9 +338,15 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     }
   }
   if (output_mask[1]) {
-    const ConvKernel k = backward_weight_kernel(s, t);
+    const ConvKernel k = backward_weight_kernel(s, t, cl);
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
     switch (k) {
+      case ConvKernel::kNhwcGemm:  // dw is channels_last: (K, R, S, Cg) in memory
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
+          conv2d_backward_weight_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                                dw.mutable_data_ptr<scalar_t>(), s);
+        });
+        break;
       case ConvKernel::kDepthwise:
         AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
           depthwise_backward_weight<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
@@ -343,7 +375,11 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
         break;
     }
   }
-  if (output_mask[2]) {
+  if (output_mask[2] && cl) {
+    AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_bias_nhwc_cpu", [&] {
+      conv2d_backward_bias_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), db.mutable_data_ptr<scalar_t>(), s);
+    });
+  } else if (output_mask[2]) {
     AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_bias_cpu", [&] {
       conv2d_backward_bias<scalar_t>(dy.const_data_ptr<scalar_t>(), db.mutable_data_ptr<scalar_t>(), s,
                                      data_or_null<scalar_t>(r));
@@ -369,7 +405,8 @@ Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
   const Conv2dShape s =
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
   check_relu_backward(grad_output, result, kCpuTypes);
-  if (gate_fusable(s, grad_output.scalar_type(), output_mask))
+  const bool cl = conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast;
+  if (gate_fusable(s, grad_output.scalar_type(), output_mask, cl))
     return conv2d_backward_impl(grad_output, result, input, weight, s, output_mask);
   static const auto relu_backward = c10::Dispatcher::singleton()
                                         .findSchemaOrThrow("fastconv::relu_backward", "")

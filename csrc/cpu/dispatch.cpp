@@ -138,20 +138,23 @@ ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
 Isa current_isa() { return g_isa.get(); }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
-ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t) {
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (channels_last) return ConvKernel::kNhwcGemm;
   if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   return convolution_kernel(s, t);
 }
 
-ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t) {
+ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (channels_last) return ConvKernel::kNhwcGemm;
   if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && !winograd_chosen(input_grad_dual(s)) && small_m_chosen(s)) return ConvKernel::kSmallM;
   return convolution_kernel(input_grad_dual(s), t);
 }
 
-ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t) {
+ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (channels_last) return ConvKernel::kNhwcGemm;
   if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
@@ -166,13 +169,15 @@ bool reads_gate(ConvKernel k) {
     case ConvKernel::kWinograd:
     case ConvKernel::kSmallM:
     case ConvKernel::kStridedDirect: return true;
-    case ConvKernel::kGemm: return false;
+    case ConvKernel::kGemm:
+    case ConvKernel::kNhwcGemm: return false;
   }
   return false;
 }
 
-bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask) {
-  return reads_gate(backward_weight_kernel(s, t)) && (!output_mask[0] || reads_gate(backward_input_kernel(s, t)));
+bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask, bool channels_last) {
+  return reads_gate(backward_weight_kernel(s, t, channels_last)) &&
+         (!output_mask[0] || reads_gate(backward_input_kernel(s, t, channels_last)));
 }
 
 Conv2dShape input_grad_dual(const Conv2dShape& s) {

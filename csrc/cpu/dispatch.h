@@ -47,20 +47,24 @@ enum class ConvKernel {
   kDepthwise, // groups == C (cpu/depthwise.h): every pass and dtype, on s itself
   kSmallM,    // few output pixels for a large weight (cpu/small_m.h): every pass, on s itself
   kStridedDirect,  // phase-decomposed strided direct, few input channels (cpu/strided_direct.h): forward, weight grad
+  kNhwcGemm,  // GEMMs reading NHWC memory (cpu/conv2d_nhwc.h): every pass of channels_last convs
 };
 
 // The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
-// the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise or kSmallM.
-ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t);
-ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t);
-ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t);
+// the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise, kSmallM or
+// kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kNhwcGemm: the
+// other kernels read and write NCHW.
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
+ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
+ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 
 // Whether kernel k can read dy as relu_backward(dy, gate) on the fly (conv2d_relu_backward's gate).
 bool reads_gate(ConvKernel k);
 
 // Whether conv2d_relu_backward can pass its gate into the kernels of this call: every requested
 // gradient pass and the weight-gradient pass run kernels that read it (the bias sum always can).
-bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask);
+bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask,
+                  bool channels_last = false);
 
 // The input gradient of a stride-1 convolution as a convolution: dx = conv(dy, w') with w' the
 // weight transposed (in <-> out channels) and flipped (r, s -> R-1-r, S-1-s), padding

@@ -71,6 +71,18 @@ struct StridedMatrix {
   const T* p;
   int64_t sx, sk;
   const T* operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    if (sx == 1) {  // panel rows are contiguous runs: copy them whole
+      for (int64_t xp = 0; xp < xn; xp += width) {
+        const int64_t w = std::min<int64_t>(width, xn - xp);
+        for (int64_t k = 0; k < kc; ++k) {
+          const T* s = p + (x0 + xp) + (k0 + k) * sk;
+          T* d = dst + xp * kc + k * width;
+          std::copy(s, s + w, d);
+          std::fill(d + w, d + width, T(0));
+        }
+      }
+      return dst;
+    }
     for (int64_t xp = 0; xp < xn; xp += width) {
       const int64_t w = std::min<int64_t>(width, xn - xp);
       for (int64_t x = 0; x < width; ++x) {

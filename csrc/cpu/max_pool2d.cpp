@@ -8,6 +8,9 @@
 //             (its input rows zeroed and the gradients stored while in cache; 2x2/2 float with
 //             AVX-512 writes each dx element exactly once); overlapping windows zero-fill and
 //             scatter-add per plane.
+//   channels_last: NHWC kernels (below), vectorised along C (AVX-512 float with masked tails, a
+//             portable loop otherwise); outputs and indices channels_last, indices the same in-plane
+//             offsets as NCHW.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -327,17 +330,181 @@ void max_pool2d_backward(const T* dy, const at::Tensor& indices, T* dx, const Po
   }
 }
 
+// ---- channels_last (NHWC): x (N, H, W, C), y and indices (N, P, Q, C), dx (N, H, W, C) ----
+// The same window scan as pool_row_general, vectorised along C: each output pixel's C maxima are
+// computed together, reading C contiguous values per window position. Indices are the same
+// in-plane offsets h*W + w as in NCHW (PyTorch's convention for either layout).
+
+// The input rows [h0, h1) step dh and columns [w0, w1) step dw of output (p, q)'s window, clipped
+// to the input; the window's first element, h0*W + w0, is its index when nothing in it wins.
+struct Window {
+  int64_t h0, h1, w0, w1;
+};
+inline Window window_of(int64_t p, int64_t q, const Pool2dShape& s) {
+  Window win;
+  win.h0 = p * s.sh - s.ph;
+  win.h1 = std::min(win.h0 + (s.kh - 1) * s.dh + 1, s.H);
+  while (win.h0 < 0) win.h0 += s.dh;
+  win.w0 = q * s.sw - s.pw;
+  win.w1 = std::min(win.w0 + (s.kw - 1) * s.dw + 1, s.W);
+  while (win.w0 < 0) win.w0 += s.dw;
+  return win;
+}
+
+// Output pixel (p, q) of one image: xn the image (H, W, C), y / idx its C outputs.
+template <typename T>
+void pool_pixel_nhwc(const T* xn, T* y, int64_t* idx, int64_t p, int64_t q, const Pool2dShape& s) {
+  const Window win = window_of(p, q, s);
+  const int64_t C = s.C;
+  std::fill(y, y + C, -std::numeric_limits<T>::infinity());
+  std::fill(idx, idx + C, win.h0 * s.W + win.w0);
+  for (int64_t h = win.h0; h < win.h1; h += s.dh)
+    for (int64_t w = win.w0; w < win.w1; w += s.dw) {
+      const T* v = xn + (h * s.W + w) * C;
+      const int64_t i = h * s.W + w;
+      for (int64_t c = 0; c < C; ++c)
+        if (v[c] > y[c] || std::isnan(v[c])) {
+          y[c] = v[c];
+          idx[c] = i;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+// AVX-512 float: 16 channels a step (the last step masked), indices kept as int32 lanes (the
+// caller guarantees H*W < 2^31) and widened to int64 on the store.
+FC_TARGET_AVX512 void pool_pixel_nhwc_avx512(const float* xn, float* y, int64_t* idx, int64_t p, int64_t q,
+                                             const Pool2dShape& s) {
+  const Window win = window_of(p, q, s);
+  const int64_t C = s.C;
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = C - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (C - c)) - 1);
+    __m512 best = ninf;
+    __m512i bi = _mm512_set1_epi32(int(win.h0 * s.W + win.w0));
+    for (int64_t h = win.h0; h < win.h1; h += s.dh)
+      for (int64_t w = win.w0; w < win.w1; w += s.dw) {
+        const __m512 v = _mm512_maskz_loadu_ps(m, xn + (h * s.W + w) * C + c);
+        const __mmask16 up = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        best = _mm512_mask_mov_ps(best, up, v);
+        bi = _mm512_mask_mov_epi32(bi, up, _mm512_set1_epi32(int(h * s.W + w)));
+      }
+    _mm512_mask_storeu_ps(y + c, m, best);
+    _mm512_mask_storeu_epi64(idx + c, __mmask8(m), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(bi)));
+    _mm512_mask_storeu_epi64(idx + c + 8, __mmask8(m >> 8), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bi, 1)));
+  }
+}
+#endif
+
+template <typename T>
+void max_pool2d_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
+  const int64_t HWC = s.H * s.W * s.C, PQ = s.P * s.Q;
+  bool fast = false;
+#if defined(__x86_64__)
+  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && s.H * s.W + s.W < (int64_t(1) << 31);
+#endif
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, s.C * s.kh * s.kw));
+  at::parallel_for(0, s.N * PQ, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {  // output pixel o = (n*P + p)*Q + q
+      const int64_t n = o / PQ, p = (o / s.Q) % s.P, q = o % s.Q;
+#if defined(__x86_64__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (fast) {
+          pool_pixel_nhwc_avx512(x + n * HWC, y + o * s.C, idx + o * s.C, p, q, s);
+          continue;
+        }
+      }
+#endif
+      pool_pixel_nhwc(x + n * HWC, y + o * s.C, idx + o * s.C, p, q, s);
+    }
+  });
+}
+
+// Backward, overlapping windows: per image and block of channels (disjoint parts of dx), zero,
+// then add dy into dx at each output's index, outputs in order: deterministic sums. Indices must
+// have passed check_pool_indices.
+template <typename T>
+void max_pool2d_backward_scatter_nhwc(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q, C = s.C;
+  constexpr int64_t kCB = 64;  // channels per task
+  const int64_t cblocks = ceil_div(C, kCB);
+  at::parallel_for(0, s.N * cblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / cblocks, c0 = (task % cblocks) * kCB, c1 = std::min(C, c0 + kCB);
+      T* dxn = dx + n * HW * C;
+      for (int64_t i = 0; i < HW; ++i) std::fill(dxn + i * C + c0, dxn + i * C + c1, T(0));
+      for (int64_t o = 0; o < PQ; ++o) {
+        const T* g = dy + (n * PQ + o) * C;
+        const int64_t* ix = idx + (n * PQ + o) * C;
+        for (int64_t c = c0; c < c1; ++c) dxn[ix[c] * C + c] += g[c];
+      }
+    }
+  });
+}
+
+// Backward, disjoint windows (dilation 1, stride >= kernel): output row p of image n owns the
+// input rows [r0, r1) (as unpool_row_disjoint), contiguous in NHWC: zeroed, then each window's
+// gradient stored at its index. Returns false (having written nothing for it) if some index lies
+// outside its window; the caller then redoes the tensor with the scatter.
+template <typename T>
+bool unpool_row_disjoint_nhwc(const T* dyrow, const int64_t* irow, T* dxn, int64_t p, const Pool2dShape& s) {
+  const int64_t C = s.C;
+  const int64_t r0 = p == 0 ? 0 : std::min(p * s.sh - s.ph, s.H);
+  const int64_t r1 = p == s.P - 1 ? s.H : std::min((p + 1) * s.sh - s.ph, s.H);
+  std::fill(dxn + r0 * s.W * C, dxn + r1 * s.W * C, T(0));
+  const int64_t h_lo = std::max<int64_t>(p * s.sh - s.ph, 0), h_hi = std::min(p * s.sh - s.ph + s.kh, s.H);
+  bool ok = true;
+  for (int64_t q = 0; q < s.Q; ++q) {
+    const int64_t w_lo = std::max<int64_t>(q * s.sw - s.pw, 0), w_hi = std::min(q * s.sw - s.pw + s.kw, s.W);
+    const T* g = dyrow + q * C;
+    const int64_t* ix = irow + q * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = ix[c];
+      bool in_window = false;
+      for (int64_t h = h_lo; h < h_hi; ++h) in_window |= i - h * s.W >= w_lo && i - h * s.W < w_hi;
+      if (in_window) dxn[i * C + c] = g[c];
+      else ok = false;
+    }
+  }
+  return ok;
+}
+
+template <typename T>
+void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  if (!windows_disjoint(s)) {
+    check_pool_indices(indices, s.H, s.W);
+    return max_pool2d_backward_scatter_nhwc(dy, idx, dx, s);
+  }
+  const int64_t HWC = s.H * s.W * s.C, QC = s.Q * s.C;
+  std::atomic<bool> all_ok{true};
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, QC * s.kh * s.kw));
+  at::parallel_for(0, s.N * s.P, grain, [&](int64_t begin, int64_t end) {
+    bool ok = true;
+    for (int64_t r = begin; r < end; ++r)  // output row r = n*P + p
+      ok &= unpool_row_disjoint_nhwc(dy + r * QC, idx + r * QC, dx + (r / s.P) * HWC, r % s.P, s);
+    if (!ok) all_ok = false;
+  });
+  if (!all_ok) {
+    check_pool_indices(indices, s.H, s.W);
+    max_pool2d_backward_scatter_nhwc(dy, idx, dx, s);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                   at::IntArrayRef dilation, bool ceil_mode) {
   const Pool2dShape s = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, kCpuTypes);
-  at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({s.N, s.C, s.P, s.Q}, input.options());
-  at::Tensor idx = at::empty({s.N, s.C, s.P, s.Q}, input.options().dtype(at::kLong));
+  // Output and indices in the input's memory format (as PyTorch): NHWC kernels for channels_last.
+  const at::MemoryFormat fmt = input.suggest_memory_format();
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  at::Tensor x = input.contiguous(fmt);
+  at::Tensor y = at::empty({s.N, s.C, s.P, s.Q}, input.options().memory_format(fmt));
+  at::Tensor idx = at::empty({s.N, s.C, s.P, s.Q}, input.options().dtype(at::kLong).memory_format(fmt));
   if (y.numel() == 0) return {y, idx};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_max_pool2d_cpu", [&] {
-    max_pool2d_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-                                 idx.mutable_data_ptr<int64_t>(), s);
+    (nhwc ? max_pool2d_forward_nhwc<scalar_t> : max_pool2d_forward<scalar_t>)(
+        x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(), s);
   });
   return {y, idx};
 }
@@ -351,12 +518,16 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const auto size = C10_AS_INTARRAYREF_SLOW(input_size);
   const Pool2dShape s = check_max_pool2d_backward(grad_output, indices, size, kernel_size, stride, padding,
                                                   dilation, ceil_mode, kCpuTypes, /*check_indices=*/false);
-  at::Tensor dy = grad_output.contiguous(), idx = indices.contiguous();
-  at::Tensor dx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options());
+  // dx in the indices' memory format: the forward's input format when the indices are the
+  // forward's (PyTorch's grad_input follows the input, which this op does not receive).
+  const at::MemoryFormat fmt = indices.suggest_memory_format();
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  at::Tensor dy = grad_output.contiguous(fmt), idx = indices.contiguous(fmt);
+  at::Tensor dx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options().memory_format(fmt));
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_max_pool2d_backward_cpu", [&] {
-    max_pool2d_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), idx,
-                                  dx.mutable_data_ptr<scalar_t>(), s);
+    (nhwc ? max_pool2d_backward_nhwc<scalar_t> : max_pool2d_backward<scalar_t>)(
+        dy.const_data_ptr<scalar_t>(), idx, dx.mutable_data_ptr<scalar_t>(), s);
   });
   return dx;
 }

@@ -1,10 +1,12 @@
-// ReLU forward (out of place and in place) and backward on the CPU: single passes over memory.
+// ReLU forward (out of place and in place) and backward on the CPU: single passes over memory,
+// in the input's memory format (see "Layouts" below).
 // relu(x) = x < 0 ? 0 : x, so NaN propagates; grad = result <= 0 ? 0 : grad_output, as
 // PyTorch's threshold_backward (a NaN result passes the gradient through).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -103,10 +105,28 @@ void relu_backward(const T* dy, const T* out, T* dx, int64_t n) {
   });
 }
 
+// Layouts: the elementwise loops run over the dense storage of tensors that share one layout
+// (same sizes and strides, non-overlapping and dense: contiguous, channels_last or any other
+// permutation); the result has the input's layout, as PyTorch's relu. A tensor that is not dense
+// is first copied into the layout PyTorch suggests for it (suggest_memory_format).
+
+// `t` when it is non-overlapping and dense, else a dense copy in its suggested memory format.
+at::Tensor dense(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : t.contiguous(t.suggest_memory_format());
+}
+
+// `t` laid out exactly as `like` (dense): itself when the strides already agree, else a copy.
+at::Tensor same_layout(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) return t;
+  at::Tensor out = at::empty_like(like);  // preserve_format: like's strides, since like is dense
+  out.copy_(t);
+  return out;
+}
+
 at::Tensor relu_cpu(const at::Tensor& input) {
   check_relu("relu", input, kCpuTypes, false);
-  at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  at::Tensor x = dense(input);
+  at::Tensor y = at::empty_like(x);  // x's strides
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu_cpu", [&] {
     relu_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.numel());
   });
@@ -115,17 +135,19 @@ at::Tensor relu_cpu(const at::Tensor& input) {
 
 void relu_inplace_cpu(at::Tensor& input) {
   check_relu("relu_", input, kCpuTypes, true);
-  at::Tensor x = input.is_contiguous() ? input : input.contiguous();
+  at::Tensor x = dense(input);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu_inplace_cpu", [&] {
     relu_forward<scalar_t>(x.const_data_ptr<scalar_t>(), x.mutable_data_ptr<scalar_t>(), x.numel());
   });
   if (!x.is_same(input)) input.copy_(x);
 }
 
+// dx has result's layout (as PyTorch's threshold_backward); dy is brought to that layout.
 at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result) {
   check_relu_backward(grad_output, result, kCpuTypes);
-  at::Tensor dy = grad_output.contiguous(), out = result.contiguous();
-  at::Tensor dx = at::empty(dy.sizes(), dy.options());
+  at::Tensor out = dense(result);
+  at::Tensor dy = same_layout(grad_output, out);
+  at::Tensor dx = at::empty_like(out);
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_relu_backward_cpu", [&] {
     relu_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
                             dx.mutable_data_ptr<scalar_t>(), dy.numel());

@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/core/SymIntArrayRef.h>
 #include <torch/library.h>
 
@@ -187,6 +188,18 @@ void conv2d_fwd_run(const Conv2dShape& s, const at::Tensor& x, const at::Tensor&
   else launch_igemm<ConvFwdOp<T, false>>(t, a, 1, FC_CURRENT_STREAM());
 }
 
+// Memory formats: these kernels read and write NCHW; outputs take the format of the rules shared
+// by every backend (common/checks.h: conv2d_memory_format; max_pool2d the input's, its backward
+// the indices'; relu the input's layout) through one layout conversion where that is not NCHW.
+// (NHWC CUDA kernels would make the conversion unnecessary.)
+inline at::Tensor laid_out_like(const at::Tensor& t, const at::Tensor& like) {
+  if (!like.is_non_overlapping_and_dense()) return t.contiguous(like.suggest_memory_format());
+  if (t.strides() == like.strides()) return t;
+  at::Tensor out = at::empty_like(like);
+  out.copy_(t);
+  return out;
+}
+
 inline at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -194,14 +207,14 @@ inline at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weig
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kernel_dtypes());
   DeviceGuard guard(input);
   at::Tensor out = at::empty({s.N, s.K, s.P, s.Q}, input.options());
-  if (s.N == 0) return out;
+  if (s.N == 0) return out.contiguous(conv2d_memory_format(input, weight));
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     conv2d_fwd_run<T>(s, x, w, b, out, relu);
   });
-  return out;
+  return out.contiguous(conv2d_memory_format(input, weight));
 }
 
 inline at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -291,7 +304,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   if (s.N == 0) {  // sums over an empty batch
     if (output_mask[1]) gw.zero_();
     if (output_mask[2]) gb.zero_();
-    return {gx, gw, gb};
+    const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
+    return {output_mask[0] ? gx.contiguous(fmt) : gx, output_mask[1] ? gw.contiguous(fmt) : gw, gb};
   }
   const at::Tensor gy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   dispatch(gy.scalar_type(), [&](auto tag) {
@@ -300,7 +314,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     if (output_mask[1]) conv2d_bwd_weight_run<T>(s, x, gy, gw);
     if (output_mask[2]) conv2d_bwd_bias_run<T>(s, gy, gb);
   });
-  return {gx, gw, gb};
+  const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
+  return {output_mask[0] ? gx.contiguous(fmt) : gx, output_mask[1] ? gw.contiguous(fmt) : gw, gb};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,7 +339,8 @@ inline std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at
   DeviceGuard guard(input);
   at::Tensor out = at::empty({s.N, s.C, s.P, s.Q}, input.options());
   at::Tensor idx = at::empty({s.N, s.C, s.P, s.Q}, input.options().dtype(at::kLong));
-  if (s.N == 0) return {out, idx};
+  const at::MemoryFormat fmt = input.suggest_memory_format();
+  if (s.N == 0) return {out.contiguous(fmt), idx.contiguous(fmt)};
   const PoolArgs a = pool_args("max_pool2d", s);
   const at::Tensor x = input.contiguous();
   dispatch(x.scalar_type(), [&](auto tag) {
@@ -334,7 +350,7 @@ inline std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at
         x.const_data_ptr<T>(), out.mutable_data_ptr<T>(), idx.mutable_data_ptr<int64_t>(), a);
     FC_CHECK_LAUNCH();
   });
-  return {out, idx};
+  return {out.contiguous(fmt), idx.contiguous(fmt)};
 }
 
 // grad_input by a gather over the windows that contain each input element (deterministic with
@@ -348,7 +364,8 @@ inline at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::T
                                                   dilation, ceil_mode, kernel_dtypes());
   DeviceGuard guard(grad_output);
   at::Tensor gx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options());
-  if (gx.numel() == 0) return gx;
+  const at::MemoryFormat fmt = indices.suggest_memory_format();
+  if (gx.numel() == 0) return gx.contiguous(fmt);
   const PoolArgs a = pool_args("max_pool2d_backward", s);
   const at::Tensor gy = grad_output.contiguous(), idx = indices.contiguous();
   dispatch(gy.scalar_type(), [&](auto tag) {
@@ -358,7 +375,7 @@ inline at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::T
         gy.const_data_ptr<T>(), idx.const_data_ptr<int64_t>(), gx.mutable_data_ptr<T>(), a);
     FC_CHECK_LAUNCH();
   });
-  return gx;
+  return gx.contiguous(fmt);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,9 +394,10 @@ void relu_run(const T* in, T* out, int64_t n) {
 inline at::Tensor relu(const at::Tensor& input) {
   check_relu("relu", input, kernel_dtypes(), false);
   DeviceGuard guard(input);
-  at::Tensor out = at::empty(input.sizes(), input.options());
+  // Elementwise over the dense storage: the output keeps the input's layout with no conversion.
+  const at::Tensor x = input.is_non_overlapping_and_dense() ? input : input.contiguous(input.suggest_memory_format());
+  at::Tensor out = at::empty_like(x);
   if (out.numel() == 0) return out;
-  const at::Tensor x = input.contiguous();
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     relu_run<T>(x.const_data_ptr<T>(), out.mutable_data_ptr<T>(), x.numel());
@@ -406,7 +424,7 @@ inline at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor&
   DeviceGuard guard(grad_output);
   at::Tensor gx = at::empty(grad_output.sizes(), grad_output.options());
   const int64_t n = gx.numel();
-  if (n == 0) return gx;
+  if (n == 0) return laid_out_like(gx, result);
   const at::Tensor gy = grad_output.contiguous(), y = result.contiguous();
   dispatch(gy.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -421,7 +439,7 @@ inline at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor&
         g, r, o, n, vec);
     FC_CHECK_LAUNCH();
   });
-  return gx;
+  return laid_out_like(gx, result);  // result's layout, as the CPU and PyTorch
 }
 
 // Registers these launchers as the kernels of the fastconv ops: for the CUDA dispatch key of

@@ -1,0 +1,447 @@
+// The NHWC conv2d kernels (cpu/conv2d_nhwc.h): packers that read NHWC im2col matrices for the GEMM
+// of cpu/gemm.h, and the passes built on them.
+#include "cpu/conv2d_nhwc.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/avx512.h"
+#include "cpu/dispatch.h"
+#include "cpu/gemm.h"
+
+namespace fastconv {
+namespace cpu {
+namespace {
+
+constexpr int64_t kPixelTile = 192;  // output pixels per forward task (two MC blocks)
+
+// The geometry of one NHWC convolution seen as col[m][k], m = (n*P + p)*Q + q an output pixel,
+// k = (r*S + s)*Cg + c a depth index within one group (channel offset c0 = g*Cg in x).
+struct NhwcGeometry {
+  int64_t H, W, C, P, Q, R, S, Cg, sh, sw, ph, pw, dh, dw;
+  NhwcGeometry(const Conv2dShape& s)
+      : H(s.H), W(s.W), C(s.C), P(s.P), Q(s.Q), R(s.R), S(s.S), Cg(s.Cg()), sh(s.stride_h), sw(s.stride_w),
+        ph(s.pad_h), pw(s.pad_w), dh(s.dil_h), dw(s.dil_w) {}
+  int64_t depth() const { return R * S * Cg; }
+
+  // Where pixel m's window starts: image n's first element index and (h, w) of tap (0, 0).
+  struct Origin {
+    int64_t img, h, w;
+  };
+  Origin origin(int64_t m) const {
+    const int64_t q = m % Q, p = (m / Q) % P, n = m / (P * Q);
+    return {n * H * W * C, p * sh - ph, q * sw - pw};
+  }
+  // With groups == 1 and dilation_w == 1, taps (r, s), (r, s+1), ... of a pixel are adjacent in
+  // memory (pixel stride C == Cg), and so are padding taps (all read as zeros): the taps
+  // [s, run_end) of o continue tap (r, s)'s run without a break.
+  bool taps_adjacent() const { return dw == 1 && Cg == C; }
+  int64_t run_end(const Origin& o, int64_t r, int64_t s) const {
+    const int64_t h = o.h + r * dh, w = o.w + s;
+    if (h < 0 || h >= H || w >= W) return S;  // padding to the end of the row of taps
+    if (w < 0) return std::min(S, -o.w);        // left padding until the image starts
+    return std::min(S, W - o.w);                // in the image until its right edge
+  }
+  // The offset of x[n][h][w][0] for tap (r, s) of o, or -1 in the padding.
+  int64_t tap(const Origin& o, int64_t r, int64_t s) const {
+    const int64_t h = o.h + r * dh, w = o.w + s * dw;
+    return h < 0 || h >= H || w < 0 || w >= W ? -1 : o.img + (h * W + w) * C;
+  }
+};
+
+// A zero row to read padding from (long enough for any run of taps: S*Cg values).
+template <typename T>
+const T* zeros(int64_t n) {
+  static thread_local std::vector<T> z;
+  if (int64_t(z.size()) < n) z.assign(size_t(n), T(0));
+  return z.data();
+}
+
+// d[t*MR + i] = src[i][t] for t < len, i < MR: MR rows of len values interleaved.
+template <typename T, int MR>
+inline void interleave(const T* const* src, int64_t len, T* d) {
+  for (int64_t t = 0; t < len; ++t, d += MR)
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) d[i] = src[i][t];
+}
+
+#if defined(__x86_64__)
+// AVX-512 float, MR = 8: 16 depth values of 8 rows per step, transposed in registers
+// (8 x 16 -> 16 x 8) and stored as 128 contiguous floats; the tail by the scalar loop.
+FC_TARGET_AVX512 void interleave8_avx512(const float* const* src, int64_t len, float* d) {
+  int64_t t = 0;
+  const __m512i idx_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i idx_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (; t + 16 <= len; t += 16, d += 128) {
+    __m512 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_ps(src[i] + t);
+    // Stage 1: pairs of rows interleaved: a[i] holds (r[2i][t], r[2i+1][t]) for t in 0..7 / 8..15.
+    __m512 a[8];
+    for (int i = 0; i < 4; ++i) {
+      a[2 * i] = _mm512_permutex2var_ps(r[2 * i], idx_lo, r[2 * i + 1]);
+      a[2 * i + 1] = _mm512_permutex2var_ps(r[2 * i], idx_hi, r[2 * i + 1]);
+    }
+    // Stages 2 and 3 transpose the 64-bit pairs (4 pairs x 8 depths per half h).
+    const __m512i q_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i q_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    __m512d b[8];
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 2; ++j) {  // pairs (rows 0-1, 2-3) for j = 0, (4-5, 6-7) for j = 1
+        const __m512d x0 = _mm512_castps_pd(a[4 * j + h]), x1 = _mm512_castps_pd(a[4 * j + 2 + h]);
+        b[4 * h + 2 * j] = _mm512_permutex2var_pd(x0, q_lo, x1);
+        b[4 * h + 2 * j + 1] = _mm512_permutex2var_pd(x0, q_hi, x1);
+      }
+    // b[4h + 2j + e] holds, for depth t in (8h + 4e .. 8h + 4e + 3), the 4 floats of rows
+    // 4j..4j+3. Combine j = 0 and 1 halves: 256-bit lanes.
+    for (int h = 0; h < 2; ++h)
+      for (int e = 0; e < 2; ++e) {
+        const __m512d lo = b[4 * h + e], hi = b[4 * h + 2 + e];
+        const __m512d o0 = _mm512_shuffle_f64x2(lo, hi, 0x44);  // depth 0,1 of this quad
+        const __m512d o1 = _mm512_shuffle_f64x2(lo, hi, 0xEE);  // depth 2,3
+        float* out = d + (8 * h + 4 * e) * 8;
+        // lanes (0, 2, 1, 3): depth t's 8 rows (lo.l0, hi.l0), then depth t+1's (lo.l1, hi.l1)
+        _mm512_storeu_pd(reinterpret_cast<double*>(out), _mm512_shuffle_f64x2(o0, o0, 0xD8));
+        _mm512_storeu_pd(reinterpret_cast<double*>(out + 16), _mm512_shuffle_f64x2(o1, o1, 0xD8));
+      }
+  }
+  for (; t < len; ++t, d += 8)
+    for (int i = 0; i < 8; ++i) d[i] = src[i][t];
+}
+#endif
+
+#if defined(__x86_64__)
+// The A panel rows of 8 consecutive output pixels (stride 1, dilation 1, groups 1) for one kernel
+// row: `in` is the input span of those pixels' taps, (7 + S) pixels of Cg channels, so depth
+// kk < S*Cg of pixel i is in[Cg*i + kk]; out[kk*8 + i] receives it. Needs (7 + S)*Cg <= 32.
+FC_TARGET_AVX512 void small_taps_avx512(const float* in, int SC, int Cg, float* out) {
+  const int n_in = 7 * Cg + SC;
+  const __m512 lo = _mm512_maskz_loadu_ps(__mmask16(n_in >= 16 ? 0xFFFF : (1u << n_in) - 1), in);
+  const __m512 hi = _mm512_maskz_loadu_ps(__mmask16(n_in <= 16 ? 0 : (1u << (n_in - 16)) - 1), in + 16);
+  // lanes 0-7: pixel i's depth kk; lanes 8-15: its depth kk + 1
+  const __m512i base = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7),
+                                                           _mm512_set1_epi32(Cg)),
+                                        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+  for (int kk = 0; kk < SC; kk += 2) {
+    const __m512 v = _mm512_permutex2var_ps(lo, _mm512_add_epi32(base, _mm512_set1_epi32(kk)), hi);
+    _mm512_mask_storeu_ps(out + kk * 8, kk + 1 < SC ? __mmask16(0xFFFF) : __mmask16(0xFF), v);
+  }
+}
+#endif
+
+// col as the A operand (rows = pixels m_base + i, depth k), rows at or past m_end zero.
+// Per tap (r, s) the MR rows' sources are Cg contiguous values each; they are interleaved into
+// the panel (element (i, k) at panel[k*MR + i]) one depth index at a time.
+template <typename T>
+struct NhwcColAsA {
+  const NhwcGeometry& g;
+  const T* x;  // x + g*Cg: the group's first channel
+  int64_t m_base, m_end;
+  const T* operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
+    const T* zero = zeros<T>(g.S * g.Cg);
+    const bool adjacent = g.taps_adjacent();
+    const bool avx512 = current_isa() == Isa::kAvx512;
+    // small_taps_avx512's case: groups 1, unit horizontal stride and dilation, the 8 rows' span of
+    // (7 + S) pixels fits one 32-float register pair.
+    const bool small = avx512 && adjacent && g.sw == 1 && (7 + g.S) * g.Cg <= 32;
+    const T* src[16];
+    NhwcGeometry::Origin o[16];
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+      T* panel = dst + ip * kc;
+      bool valid[16];
+      for (int i = 0; i < mr; ++i) {
+        const int64_t m = m_base + i0 + ip + i;
+        valid[i] = ip + i < mc && m < m_end;
+        if (valid[i]) o[i] = g.origin(m);
+      }
+      // Depth [kb, ke) of this panel, tap run by tap run.
+      auto pack_range = [&](int64_t kb, int64_t ke) {
+      for (int64_t k = kb; k < ke;) {
+        const int64_t rs = k / g.Cg, c = k % g.Cg;
+        const int64_t r = rs / g.S, s = rs % g.S;
+        // A run of contiguous depth: this tap's channels, or with adjacent taps as far as every
+        // row's source stays contiguous (all in the image, or all padding).
+        int64_t s_end = s + 1;
+        if (adjacent) {
+          s_end = g.S;
+          for (int i = 0; i < mr; ++i)
+            if (valid[i]) s_end = std::min(s_end, g.run_end(o[i], r, s));
+        }
+        const int64_t len = std::min((s_end - s) * g.Cg - c, ke - k);
+        for (int i = 0; i < mr; ++i) {
+          const int64_t off = valid[i] ? g.tap(o[i], r, s) : -1;
+          src[i] = off < 0 ? zero : x + off + c;
+        }
+        T* d = panel + (k - k0) * mr;
+        switch (mr) {  // the micro-kernels' MR as a constant, so the row loop unrolls
+          case 8:
+#if defined(__x86_64__)
+            if constexpr (std::is_same_v<T, float>) {
+              if (avx512) {
+                interleave8_avx512(src, len, d);
+                break;
+              }
+            }
+#endif
+            interleave<T, 8>(src, len, d);
+            break;
+          case 6: interleave<T, 6>(src, len, d); break;
+          case 4: interleave<T, 4>(src, len, d); break;
+          default:
+            for (int64_t t = 0; t < len; ++t, d += mr)
+              for (int i = 0; i < mr; ++i) d[i] = src[i][t];
+        }
+        k += len;
+      }
+      };
+#if defined(__x86_64__)
+      // Few channels (the first layer, C = 3): when the 8 rows are 8 consecutive pixels of one
+      // output row, each kernel row's S*C depth values of all 8 come from one contiguous input
+      // span, rearranged by register permutes (small_taps_avx512).
+      if constexpr (std::is_same_v<T, float>) {
+        if (small && mr == 8 && k0 == 0 && kc == g.depth() && valid[7] && o[7].img == o[0].img &&
+            o[7].h == o[0].h && o[7].w == o[0].w + 7) {
+          const int64_t SC = g.S * g.Cg;
+          for (int64_t r = 0; r < g.R; ++r) {
+            const int64_t h = o[0].h + r * g.dh;
+            if (h >= 0 && h < g.H && o[0].w >= 0 && o[0].w + 7 + g.S - 1 < g.W)
+              small_taps_avx512(x + o[0].img + (h * g.W + o[0].w) * g.C, int(SC), int(g.Cg), panel + r * SC * 8);
+            else
+              pack_range(r * SC, (r + 1) * SC);
+          }
+          continue;
+        }
+      }
+#endif
+      pack_range(k0, k0 + kc);
+    }
+    return dst;
+  }
+};
+
+// col as the B operand (depth = pixels m_base + k, panel dimension = depth index j of col): the
+// weight gradient. Per pixel, the panel's NR columns are runs of contiguous channels.
+template <typename T>
+struct NhwcColAsB {
+  const NhwcGeometry& g;
+  const T* x;
+  int64_t m_base;
+  const T* operator()(T* dst, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int nr) const {
+    const int64_t panels = ceil_div(nc, nr);
+    for (int64_t k = 0; k < kc; ++k) {
+      const NhwcGeometry::Origin o = g.origin(m_base + k0 + k);
+      for (int64_t jp = 0; jp < panels; ++jp) {
+        T* d = dst + jp * nr * kc + k * nr;
+        const int64_t jb = j0 + jp * nr, je = std::min(j0 + nc, jb + nr);
+        for (int64_t j = jb; j < je;) {
+          const int64_t rs = j / g.Cg, c = j % g.Cg, len = std::min(g.Cg - c, je - j);
+          const int64_t off = g.tap(o, rs / g.S, rs % g.S);
+          T* dd = d + (j - jb);
+          if (off < 0) std::fill(dd, dd + len, T(0));
+          else std::copy(x + off + c, x + off + c + len, dd);
+          j += len;
+        }
+        for (int64_t j = je - jb; j < nr; ++j) d[j] = T(0);
+      }
+    }
+    return dst;
+  }
+};
+
+// A matrix given by an element function f(x, k) (x the panel dimension): the weights, packed once.
+template <typename T, typename F>
+struct FnMatrix {
+  F f;
+  const T* operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    for (int64_t xp = 0; xp < xn; xp += width)
+      for (int64_t x = 0; x < width; ++x) {
+        T* d = dst + xp * kc + x;
+        const bool in = xp + x < xn;
+        for (int64_t k = 0; k < kc; ++k) d[k * width] = in ? f(x0 + xp + x, k0 + k) : T(0);
+      }
+    return dst;
+  }
+};
+
+// The forward GEMMs for groups of `cols` output channels over input x (N, H, W, C) with weights
+// wt(g, j, k) = Wt_g[k][j] (k = (r*S + s)*Cg + c): y (N, P, Q, K) = col * Wt (+ bias, ReLU).
+// Serves the forward pass and, on the dual convolution, the stride-1 input gradient.
+template <typename T, typename WtFn>
+void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+  const NhwcGeometry geo(s);
+  const int64_t Kg = s.Kg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
+  const int64_t tiles = ceil_div(M, kPixelTile);
+  const int nr = micro_kernel<T>().nr;
+  // Wt_g packed as B panels (column = output channel), once for all tasks; 64-byte aligned (the
+  // micro-kernels load B panels with aligned loads).
+  const int64_t size = PackedA<T>::size(Kg, CRS, nr);
+  Scratch<T> storage_buf;
+  T* storage = storage_buf.get(size * s.groups);
+  std::vector<PackedA<T>> packed;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    auto f = [&, g](int64_t j, int64_t k) { return wt(g, j, k); };
+    packed.emplace_back(FnMatrix<T, decltype(f)>{f}, Kg, CRS, nr, storage + g * size);
+  }
+  // Tasks: pixel tiles x groups x blocks of kColBlock output channels (a multiple of every NR;
+  // more, smaller tasks for wide layers on few pixels, and A is packed once per 256 columns
+  // either way, as the GEMM's column blocking would).
+  constexpr int64_t kColBlock = 256;
+  const int64_t cblocks = ceil_div(Kg, kColBlock);
+  at::parallel_for(0, tiles * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task % cblocks, g = (task / cblocks) % s.groups, t = task / (cblocks * s.groups);
+      const int64_t m0 = t * kPixelTile, mt = std::min(kPixelTile, M - m0);
+      const int64_t j0 = b * kColBlock, nc = std::min(kColBlock, Kg - j0);
+      T* yt = y + m0 * s.K + g * Kg + j0;  // Y rows m0.., this block's columns; row stride K
+      gemm<T>(mt, nc, CRS, NhwcColAsA<T>{geo, x + g * geo.Cg, m0, M}, packed[g].rows_from(j0), yt, s.K, 1, false);
+      // Epilogue on contiguous output rows, one loop per case so that each vectorises.
+      const T* bb = bias ? bias + g * Kg + j0 : nullptr;
+      for (int64_t i = 0; i < mt && (bb || relu); ++i) {
+        T* __restrict__ row = yt + i * s.K;
+        if (bb && relu) {
+          for (int64_t j = 0; j < nc; ++j) {
+            const T v = row[j] + bb[j];
+            row[j] = v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+          }
+        } else if (bb) {
+          for (int64_t j = 0; j < nc; ++j) row[j] += bb[j];
+        } else {
+          for (int64_t j = 0; j < nc; ++j) row[j] = row[j] < T(0) ? T(0) : row[j];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, T* y, const Conv2dShape& s,
+                         bool relu) {
+  const int64_t Kg = s.Kg(), Cg = s.Cg(), S = s.S;
+  // Wt_g[k = (r*S + s)*Cg + c][j] = w[g*Kg + j][c][r][s]
+  auto wt = [=](int64_t g, int64_t j, int64_t k) {
+    const int64_t c = k % Cg, rs = k / Cg;
+    return w[(g * Kg + j) * ws.k + c * ws.c + (rs / S) * ws.r + (rs % S) * ws.s];
+  };
+  nhwc_conv_gemm<T>(x, wt, bias, y, s, relu);
+}
+
+template <typename T>
+void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx, const Conv2dShape& s) {
+  const int64_t Kg = s.Kg(), Cg = s.Cg(), R = s.R, S = s.S;
+  const bool dual = s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= s.dil_h * (R - 1) &&
+                    s.pad_w <= s.dil_w * (S - 1);
+  if (dual) {
+    // dx = conv(dy, w') with w'[c][kout][r][s] = w[kout][c][R-1-r][S-1-s] per group: as the
+    // forward, Wt'_g[k = (r*S + s)*Kg + kout][j = c].
+    const Conv2dShape d = input_grad_dual(s);
+    auto wt = [=](int64_t g, int64_t j, int64_t k) {
+      const int64_t kout = k % Kg, rs = k / Kg;
+      return w[(g * Kg + kout) * ws.k + j * ws.c + (R - 1 - rs / S) * ws.r + (S - 1 - rs % S) * ws.s];
+    };
+    return nhwc_conv_gemm<T>(dy, wt, nullptr, dx, d, false);
+  }
+  // Strided or over-padded: per (image, group) task (disjoint parts of dx), colgrad tiles then
+  // col2im in pixel order: deterministic.
+  const NhwcGeometry geo(s);
+  const int64_t CRS = geo.depth(), PQ = s.P * s.Q, HWC = s.H * s.W * s.C;
+  const int nr = micro_kernel<T>().nr;
+  const int64_t size = PackedA<T>::size(CRS, Kg, nr);
+  Scratch<T> storage_buf;  // aligned, as above
+  T* storage = storage_buf.get(size * s.groups);
+  std::vector<PackedA<T>> packed;  // W_g as B panels: column = depth index (r, s, c), depth = kout
+  for (int64_t g = 0; g < s.groups; ++g) {
+    auto f = [&, g](int64_t j, int64_t kout) {
+      const int64_t c = j % Cg, rs = j / Cg;
+      return w[(g * Kg + kout) * ws.k + c * ws.c + (rs / S) * ws.r + (rs % S) * ws.s];
+    };
+    packed.emplace_back(FnMatrix<T, decltype(f)>{f}, CRS, Kg, nr, storage + g * size);
+  }
+  constexpr int64_t kTile = 96;
+  at::parallel_for(0, s.N * s.groups, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<T> col_scratch;
+    T* col = col_scratch.get(kTile * CRS);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task % s.groups, n = task / s.groups;
+      T* dxn = dx + n * HWC + g * Cg;
+      for (int64_t i = 0; i < s.H * s.W; ++i) std::fill(dxn + i * s.C, dxn + i * s.C + Cg, T(0));
+      for (int64_t m0 = 0; m0 < PQ; m0 += kTile) {
+        const int64_t mt = std::min(kTile, PQ - m0);
+        gemm<T>(mt, CRS, Kg, StridedMatrix<T>{dy + (n * PQ + m0) * s.K + g * Kg, s.K, 1}, packed[g].rows_from(0),
+                col, CRS, 1, false);
+        for (int64_t i = 0; i < mt; ++i) {
+          const NhwcGeometry::Origin o = geo.origin(n * PQ + m0 + i);
+          for (int64_t rs = 0; rs < R * S; ++rs) {
+            const int64_t off = geo.tap(o, rs / S, rs % S);
+            if (off < 0) continue;
+            T* d = dx + off + g * Cg;
+            const T* src = col + i * CRS + rs * Cg;
+            for (int64_t c = 0; c < Cg; ++c) d[c] += src[c];
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+  const NhwcGeometry geo(s);
+  const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
+  const int64_t cb = std::max<int64_t>(64, ceil_div(ceil_div(CRS, 2), 32) * 32);  // dW columns per task
+  const int64_t cblocks = ceil_div(CRS, cb);
+  // Partial sums over pixel ranges: a count fixed by the shape (never by the thread count).
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(M / 1024, 8 / (s.groups * cblocks)));
+  const int64_t wsize = s.K * CRS;
+  std::vector<T> partial(size_t((splits - 1) * wsize));
+  at::parallel_for(0, splits * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task % cblocks, rest = task / cblocks, g = rest % s.groups, sp = rest / s.groups;
+      const int64_t j0 = b * cb, cols = std::min(cb, CRS - j0);
+      const int64_t m0 = sp * M / splits, m1 = (sp + 1) * M / splits;
+      T* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + j0;
+      // dW_g[kout][j0 + j] = sum_m dy[m][g*Kg + kout] * col[m][j0 + j]; A = dY^T (rows kout, depth m).
+      NhwcColAsB<T> colb{geo, x + g * Cg, m0};
+      auto shifted = [&](T* dst, int64_t jj, int64_t nc, int64_t k0, int64_t kc, int nr) {
+        return colb(dst, j0 + jj, nc, k0, kc, nr);
+      };
+      gemm<T>(Kg, cols, m1 - m0, StridedMatrix<T>{dy + m0 * s.K + g * Kg, 1, s.K}, shifted, out, CRS, 1, false);
+    }
+  });
+  for (int64_t sp = 1; sp < splits; ++sp) {
+    const T* p = partial.data() + (sp - 1) * wsize;
+    at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dw[i] += p[i];
+    });
+  }
+}
+
+template <typename T>
+void conv2d_backward_bias_nhwc(const T* dy, T* db, const Conv2dShape& s) {
+  const int64_t M = s.N * s.P * s.Q, K = s.K;
+  constexpr int64_t kCB = 16;
+  at::parallel_for(0, ceil_div(K, kCB), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t k0 = b * kCB, k1 = std::min(K, k0 + kCB);
+      double acc[kCB] = {};
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = k0; k < k1; ++k) acc[k - k0] += dy[m * K + k];
+      for (int64_t k = k0; k < k1; ++k) db[k] = T(acc[k - k0]);
+    }
+  });
+}
+
+#define FC_INSTANTIATE(T)                                                                                   \
+  template void conv2d_forward_nhwc<T>(const T*, const T*, WeightStrides, const T*, T*, const Conv2dShape&, \
+                                       bool);                                                               \
+  template void conv2d_backward_input_nhwc<T>(const T*, const T*, WeightStrides, T*, const Conv2dShape&);   \
+  template void conv2d_backward_weight_nhwc<T>(const T*, const T*, T*, const Conv2dShape&);                 \
+  template void conv2d_backward_bias_nhwc<T>(const T*, T*, const Conv2dShape&);
+FC_INSTANTIATE(float)
+FC_INSTANTIATE(double)
+
+}  // namespace cpu
+}  // namespace fastconv

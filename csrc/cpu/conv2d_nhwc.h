@@ -1,0 +1,40 @@
+// conv2d on channels_last (NHWC) tensors: GEMMs whose operands are read straight from NHWC memory
+// (cpu/gemm.h packers), so a channels_last model never changes layout. With M = N*P*Q output
+// pixels, per group g (Cg, Kg channels, depth CRS = R*S*Cg ordered (r, s, c), c fastest):
+//   forward:      Y[M x Kg]     = col[M x CRS] * Wt[CRS x Kg]   (+ bias, ReLU)  Y = y (N,P,Q,K)
+//   input grad:   stride 1 (pad <= dil*(k-1)): the forward of the dual convolution (dy as input,
+//                 the weight transposed and flipped); otherwise per image
+//                 colgrad[PQ x CRS] = dY[PQ x Kg] * W[Kg x CRS], then col2im adds it into dx
+//   weight grad:  dW[Kg x CRS]  = dY^T[Kg x M] * col[M x CRS]   (dW in (K, R, S, Cg) order, i.e. a
+//                 channels_last weight), the pixel sum split into a number of partial sums fixed by
+//                 the shape and added in order: deterministic whatever the thread count
+//   bias grad:    db[K] = column sums of dY[M x K] (float64 accumulation, fixed order)
+// col[m][(r, s, c)] = x[n][h][w][g*Cg + c] with h = p*sh - ph + r*dh, w = q*sw - pw + s*dw (0 in the
+// padding) is never stored. x, y, dy, dx are dense NHWC (strides H*W*C, 1, W*C, C); the weight is
+// read through its strides (any layout).
+#pragma once
+
+#include <cstdint>
+
+#include "common/checks.h"
+
+namespace fastconv {
+namespace cpu {
+
+// The strides of a 4-D weight (K, Cg, R, S), in elements.
+struct WeightStrides {
+  int64_t k, c, r, s;
+};
+
+template <typename T>
+void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, T* y, const Conv2dShape& s,
+                         bool relu);
+template <typename T>
+void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx, const Conv2dShape& s);
+template <typename T>
+void conv2d_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dShape& s);
+template <typename T>
+void conv2d_backward_bias_nhwc(const T* dy, T* db, const Conv2dShape& s);
+
+}  // namespace cpu
+}  // namespace fastconv
