@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from helpers import assert_close, randn
+from helpers import CONV_CASES, CUDA_TILINGS, POOL_CASES, assert_close, randn
 
 CL = torch.channels_last
 FORMATS = [torch.contiguous_format, CL]
@@ -65,7 +65,9 @@ def test_relu(backend, shape, gy_format, dtype, rng):
 
 # ---- max_pool2d: the op tests' grid, channels_last ----
 
-from test_max_pool2d import GRID as POOL_GRID, SHAPES_2X2, _specials  # noqa: E402
+from test_max_pool2d import _specials  # noqa: E402
+
+POOL_GRID = POOL_CASES[:9]  # the pool cases that have no CUDA-specific purpose
 
 
 def _pool_check(backend, x64, params, dtype, rng, gy_format=CL):
@@ -126,7 +128,7 @@ def test_max_pool2d_backward_foreign_indices(rng):
 
 # ---- conv2d / conv2d_relu: the op tests' grid with channels_last inputs and/or weights ----
 
-from test_conv2d import GRID as CONV_GRID  # noqa: E402
+CONV_GRID = CONV_CASES[:CUDA_TILINGS]  # the CUDA kernels' own tilings add nothing to a layout test
 
 # (input format, weight format, grad_output format): PyTorch returns channels_last outputs and
 # gradients when the input or the weight is channels_last, whatever grad_output's format.

@@ -52,7 +52,8 @@ def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False):
         return out.detach(), x.grad, w.grad, gb
 
     out, gx, gw, gb = backend.run(compute)
-    assert out.is_contiguous()
+    # PyTorch's rule: a channels_last input gives a channels_last output, anything else NCHW
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     assert_close(out, ref, dtype, "output")
     assert_close(gx, ref_grads[0], dtype, "grad_input")
     assert_close(gw, ref_grads[1], dtype, "grad_weight")
