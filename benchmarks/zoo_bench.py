@@ -525,6 +525,8 @@ def print_tables(report, out=sys.stdout):
             print("  ".join(x.ljust(w) for x, w in zip(c, widths)), file=out)
         if s["slower_than_native"]:
             print(f"slower than native: {', '.join(s['slower_than_native'])}", file=out)
+        if s.get("over_memory_budget"):
+            print(f"peak memory over native + 10%: {', '.join(s['over_memory_budget'])}", file=out)
     for r in report["rows"]:
         for what in ("note", "error"):
             if r.get(what):
@@ -605,8 +607,9 @@ def print_layers(report, out):
                           fmt(r.get("pct_ceiling", {}).get("fastconv"), 2), fmt(r["rel_err"].get("fastconv"), 2),
                           "ok" if r["ok"] else "!!! MISMATCH !!!"])
         for g in L["groups"]:
-            cells.append([g["group"], f"{g['layers']} layers", "geomean", g["op"][5:], "", "",
-                          fmt(g["geomean_speedup"], 3) + "x", "", f"min {fmt(g['min_speedup'], 2)}x", "", ""])
+            cells.append([g["group"], f"{g['layers']} layers", "geomean (min); median %ceil", g["op"][5:], "", "",
+                          f"{fmt(g['geomean_speedup'], 3)}x ({fmt(g['min_speedup'], 2)}x)", "",
+                          fmt(g["median_pct_ceiling"], 2), "", f"{g['below_native']} < 1x" if g.get("below_native") else ""])
         widths = [max(len(h), *(len(x[i]) for x in cells)) for i, h in enumerate(head)]
         print("  ".join(h.ljust(w) for h, w in zip(head, widths)), file=out)
         for i, x in enumerate(cells):
@@ -627,6 +630,7 @@ def layer_groups(rows):
                 out.append({"group": kind, "op": op, "shapes": len(rs), "layers": sum(r["count"] for r in rs),
                             "geomean_speedup": geomean([r["speedup"] for r in rs]),
                             "min_speedup": min(r["speedup"] for r in rs),
+                            "below_native": sum(r["speedup"] < 1.0 for r in rs),
                             "median_pct_ceiling": statistics.median(r["pct_ceiling"]["fastconv"] for r in rs)})
     return out
 
