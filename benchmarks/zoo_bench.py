@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """fastconv.convert() on the torchvision model zoo: native vs fastconv, inference and a training step.
 
-    python benchmarks/zoo_bench.py --quick                                   # 3 small models, 64 px b1 (~2-3 min on 2 cores)
+    python benchmarks/zoo_bench.py --quick             # 3 small models at 64 px b1: ~2 min on an idle 2-core machine
     python benchmarks/zoo_bench.py --json zoo.json --plot zoo.png            # the zoo, 224b1 224b8 96b4, infer + train
     python benchmarks/zoo_bench.py --models resnet50 --regime 224b8 --mode train --layers   # one model, per layer
     python benchmarks/zoo_bench.py --models resnet18,mobilenet_v2 --regime 224b1,224b8 --mode infer \\
@@ -283,7 +283,8 @@ def engine_config(model_name, size, batch, engine, channels_last=False, threads=
             return {**res, "skipped": "this fastconv has no optimize_for_inference()"}
         else:
             with torch.no_grad():
-                fast = fastconv.optimize_for_inference(copy.deepcopy(model))
+                mine = copy.deepcopy(model)
+                fast = fastconv.optimize_for_inference(mine) or mine  # returned, or optimized in place
         fn = step_fn(fast, x, None, "infer")
     elif engine == "compile":
         import torch._inductor.config as inductor_config
