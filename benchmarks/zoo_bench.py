@@ -646,7 +646,7 @@ def plot(report, path):
     h = 0.8 / max(1, len(keys))
     for k, key in enumerate(keys):
         sp = {r["model"]: r.get("speedup") or 0 for r in report["rows"] if (r["regime"], r["mode"]) == key}
-        y = [len(models) - 1 - i + (k - (len(keys) - 1) / 2) * h for i in range(len(models))]
+        y = [len(models) - 1 - i - (k - (len(keys) - 1) / 2) * h for i in range(len(models))]  # first key on top
         ax.barh(y, [sp.get(m, 0) for m in models], height=h, label=f"{key[1]} {key[0]}")
     ax.set_yticks(range(len(models))[::-1], models, fontsize=8)
     ax.axvline(1.0, color="k", lw=0.8)
