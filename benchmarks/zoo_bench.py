@@ -512,11 +512,13 @@ def print_tables(report, out=sys.stdout):
             cells.append([r["model"], f"{r['size']}b{r['batch']}" + ("*" if r.get("note") else ""),
                           fmt(t.get("native", {}).get("median_ms")), fmt(t.get("fastconv", {}).get("median_ms")),
                           fmt(r.get("speedup"), 2) + "x", fmt(r.get("peak_mb", {}).get("native")),
-                          fmt(r.get("peak_mb", {}).get("fastconv")), fmt(r.get("peak_ratio"), 3) + "x",
+                          fmt(r.get("peak_mb", {}).get("fastconv")),
+                          fmt(r["peak_ratio"], 3) + "x" if r.get("peak_ratio") else "-",
                           fmt(err, 2), fp64_cell(r), check])
         cells.append(["geomean", f"{s['models']} models", "", "", fmt(s["geomean_speedup"], 3) + "x", "", "",
                       "", "", "", ""])
-        cells.append(["min", "", "", "", fmt(s["min_speedup"], 3) + "x", "", "", fmt(s["max_peak_ratio"], 3) + "x",
+        peak = fmt(s["max_peak_ratio"], 3) + "x" if s["max_peak_ratio"] else "-"
+        cells.append(["min", "", "", "", fmt(s["min_speedup"], 3) + "x", "", "", peak,
                       "", "", ""])
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
         print("  ".join(h.ljust(w) for h, w in zip(head, widths)), file=out)
