@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/conv_bench.py and benchmarks/train_bench.py on CPU.
+"""Smoke tests of benchmarks/conv_bench.py, train_bench.py and zoo_bench.py on CPU.
 
 They check that the scripts run, that their JSON has the documented fields, and that the
 correctness check flags a deliberately wrong implementation. They never assert a speed.
@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import fastconv
@@ -181,3 +182,84 @@ def test_without_tqdm_and_matplotlib(tmp_path):
     p = run_script("train_bench", "--quick", "--model", "catdog", "--backend", "fastconv", "--batch", "1",
                    "--steps", "1", "--warmup", "0", hidden=hidden)
     assert p.returncode == 0, p.stdout + p.stderr
+    p = run_script("zoo_bench", "--quick", "--plot", str(tmp_path / "x.png"), hidden=hidden)
+    assert p.returncode == 2 and "--plot needs matplotlib: pip install matplotlib" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+# ---- benchmarks/zoo_bench.py (torchvision models; skipped where torchvision is not installed) ----
+
+def check_zoo_report(r):
+    for key in ("schema", "date", "command", "args", "device", "threads", "method", "machine", "build", "ceilings",
+                "rows", "summary", "engines", "layers", "mismatches", "ok", "wall_s"):
+        assert key in r, key
+    assert r["schema"] == "fastconv.zoo_bench/1" and r["machine"].get("cpu")
+    assert r["ceilings"]["gemm_gflops"] > 0 and r["ceilings"]["copy_gbs"] > 0
+    for row in r["rows"]:
+        for key in ("model", "regime", "mode", "size", "batch", "time", "speedup", "rel_err", "ok", "peak_mb"):
+            assert key in row, key
+        assert row["time"]["native"]["median_ms"] > 0 and row["time"]["fastconv"]["median_ms"] > 0
+        assert row["peak_mb"]["native"] > 0 and row["peak_mb"]["fastconv"] > 0 and row["peak_ratio"] > 0
+    for s in r["summary"]:
+        assert s["geomean_speedup"] > 0 and s["min_speedup"] > 0
+
+
+def test_zoo_bench_small(tmp_path):
+    """One real model with few convs (alexnet: 5) at 64 px batch 1: a training step with peak memory, the
+    per-layer breakdown, two engine columns (eager, and fastconv_opt: timed or skipped with a note)."""
+    pytest.importorskip("torchvision")
+    js, png = tmp_path / "zoo.json", tmp_path / "zoo.png"
+    p = run_script("zoo_bench", "--models", "alexnet", "--regime", "64b1", "--mode", "train", "--layers",
+                   "--engines", "eager,fastconv_opt", "--min-time", "0.01", "--no-progress", "--json", str(js),
+                   "--plot", str(png), timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(js.read_text())
+    check_zoo_report(r)
+    assert r["ok"] and [(x["model"], x["regime"], x["mode"]) for x in r["rows"]] == [("alexnet", "64b1", "train")]
+    assert set(r["rows"][0]["rel_err"]) == {"output", "grads"}
+    (L,) = r["layers"]
+    assert L["ok"] and {x["op"] for x in L["rows"]} == {"conv_fwd", "conv_bwd_data", "conv_bwd_weight"}
+    assert {g["group"] for g in L["groups"]} == {"stem", "other", "3x3 s1"}  # 11x11 s4, 5x5, 3 x 3x3
+    assert sum(x["count"] for x in L["rows"] if x["op"] == "conv_fwd") == 5  # every Conv2d of alexnet
+    assert all(x["rate"]["fastconv"] > 0 and x["pct_ceiling"]["fastconv"] > 0 for x in L["rows"])
+    (e,) = r["engines"]
+    assert e["results"]["eager"]["time"]["median_ms"] > 0 and e["results"]["eager"]["rel_err"] == 0
+    opt = e["results"]["fastconv_opt"]
+    assert ("time" in opt) == hasattr(fastconv, "optimize_for_inference") and ("time" in opt or "skipped" in opt)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r["machine"]["cpu"] in p.stdout  # the CPU is named in the tables
+    assert "geomean" in p.stdout and "layers of alexnet" in p.stdout and "inference engines" in p.stdout
+
+
+def test_zoo_wrong_conversion_is_flagged():
+    """A conversion whose model is off by 1% (rel. error 1e-2 > 1e-3) is flagged, loudly."""
+    pytest.importorskip("torchvision")
+    zoo = load("zoo_bench")
+
+    def wrong(model):
+        model = fastconv.convert(model)
+        model.register_forward_hook(lambda m, i, out: out * 1.01)
+        return model
+    row = zoo.time_config("squeezenet1_1", 32, 1, "infer", threads=1, min_time=0.003, convert=wrong)
+    assert not row["ok"] and 5e-3 < row["rel_err"]["output"] < 2e-2 and row["err_vs_fp64"]["fastconv"]["output"] > 5e-3
+    good = zoo.time_config("squeezenet1_1", 32, 1, "infer", threads=1, min_time=0.003)
+    assert good["ok"] and good["rel_err"]["output"] < 1e-4
+    rows = [dict(r, regime="32b1") for r in (row, good)]
+    import io
+    out = io.StringIO()
+    zoo.print_tables({"machine": {"cpu": "test CPU"}, "threads": 1, "args": {}, "rows": rows,
+                      "summary": zoo.summarize(rows)}, out)
+    assert out.getvalue().count("MISMATCH") == 1 and "test CPU" in out.getvalue()
+
+
+def test_zoo_helpers():
+    zoo = load("zoo_bench")
+    assert zoo.parse_regime("224b8") == (224, 8)
+    assert zoo.effective_size("inception_v3", 64) == (75, "inception_v3 needs >= 75 px: run at 75")
+    assert zoo.effective_size("vit_b_16", 96)[0] is None and zoo.effective_size("resnet18", 96) == (96, None)
+    conv = torch.nn.Conv2d
+    assert zoo.layer_kind(conv(3, 8, 7, 2), True) == "stem"
+    assert zoo.layer_kind(conv(8, 8, 3, groups=8), False) == "depthwise"
+    assert zoo.layer_kind(conv(8, 16, 3, groups=2), False) == "grouped"
+    assert zoo.layer_kind(conv(8, 16, 1), False) == "1x1"
+    assert zoo.layer_kind(conv(8, 16, 3, 2), False) == "3x3 s2"
