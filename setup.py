@@ -165,7 +165,10 @@ def read_version():
 # torchvision is left unpinned here: install it together with torch (torchvision pins its torch).
 BENCH_REQUIRES = ["tqdm", "matplotlib"]  # benchmarks/: progress bars, --plot
 EXAMPLES_REQUIRES = ["torchvision", "pillow", "numpy", "tqdm", "matplotlib"]  # examples/: data, plots
-TEST_REQUIRES = ["pytest", "expecttest"] + sorted(set(BENCH_REQUIRES + EXAMPLES_REQUIRES))
+ONNX_REQUIRES = ["onnx", "onnxscript", "onnxruntime"]  # torch.onnx.export of converted models, and running them
+# benchmarks/zoo_bench.py: torchvision's models; its engine columns ONNX Runtime and OpenVINO
+ZOO_REQUIRES = sorted(set(BENCH_REQUIRES + ["torchvision"] + ONNX_REQUIRES + ["openvino"]))
+TEST_REQUIRES = ["pytest", "expecttest"] + sorted(set(BENCH_REQUIRES + EXAMPLES_REQUIRES + ONNX_REQUIRES))
 
 setup(
     name="fastconv",
@@ -176,6 +179,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
-    extras_require={"bench": BENCH_REQUIRES, "examples": EXAMPLES_REQUIRES, "test": TEST_REQUIRES},
+    extras_require={"bench": BENCH_REQUIRES, "examples": EXAMPLES_REQUIRES, "onnx": ONNX_REQUIRES, "zoo": ZOO_REQUIRES,
+                    "test": TEST_REQUIRES},
     zip_safe=False,
 )

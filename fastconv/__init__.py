@@ -40,8 +40,9 @@ def info():
     """What this build of fastconv contains and what will run: a dict with ``version``,
     ``backends`` (compiled: 'cpu', and 'cuda' when built with CUDA), ``cuda_archs``, ``cpu_isa``
     (the CPU micro-kernels in use: avx512, avx2 or generic), ``cpu_conv_algo`` (see
-    set_cpu_conv_algo), ``cpu_threads``, and
-    ``cuda_available`` (a GPU is visible now)."""
+    set_cpu_conv_algo), ``cpu_threads``, ``dtypes`` (per backend, the dtypes its kernels take:
+    {'cpu': [...], 'cuda': [...]}, as names of torch dtypes), and ``cuda_available`` (a GPU is
+    visible now)."""
     d = {"version": __version__, **json.loads(torch.ops.fastconv._info())}
     d["cuda_available"] = torch.cuda.is_available()
     return d

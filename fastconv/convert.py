@@ -15,11 +15,10 @@ _REPLACEMENTS = {nn.Conv2d: modules.Conv2d, nn.MaxPool2d: modules.MaxPool2d, nn.
 def _supported_dtypes(device_type):
     from . import info
 
-    if device_type == "cpu":
-        return {torch.float32, torch.float64}
-    if device_type == "cuda" and "cuda" in info()["backends"]:
-        return {torch.float32, torch.float64, torch.float16, torch.bfloat16}
-    return set()
+    built = info()
+    if device_type not in built["backends"]:
+        return set()
+    return {getattr(torch, name) for name in built["dtypes"][device_type]}
 
 
 def _unsupported_reason(module):

@@ -1,5 +1,7 @@
 #include "common/info.h"
 
+#include "common/checks.h"
+
 #include <ATen/Parallel.h>
 
 #include <sstream>
@@ -9,6 +11,20 @@
 #endif
 
 namespace fastconv {
+namespace {
+
+// ["float32", ...] in PyTorch's dtype names.
+std::string dtype_list(DTypes dtypes) {
+  std::string out = "[";
+  for (c10::ScalarType t : dtypes) {
+    if (out.size() > 1) out += ", ";
+    const char* name = t == at::kFloat ? "float32" : t == at::kDouble ? "float64" : t == at::kHalf ? "float16" : "bfloat16";
+    out += std::string("\"") + name + "\"";
+  }
+  return out + "]";
+}
+
+}  // namespace
 
 std::string info_json() {
   std::ostringstream os;
@@ -17,7 +33,8 @@ std::string info_json() {
   os << ", \"cuda\"";
 #endif
   os << "], \"cuda_archs\": \"" << FASTCONV_CUDA_ARCHS << "\", \"cpu_isa\": \"" << cpu_isa_name()
-     << "\", \"cpu_conv_algo\": \"" << cpu_conv_algo_name() << "\", \"cpu_threads\": " << at::get_num_threads() << "}";
+     << "\", \"cpu_conv_algo\": \"" << cpu_conv_algo_name() << "\", \"cpu_threads\": " << at::get_num_threads()
+     << ", \"dtypes\": {\"cpu\": " << dtype_list(kCpuDtypes) << ", \"cuda\": " << dtype_list(kCudaDtypes) << "}}";
   return os.str();
 }
 

@@ -3,7 +3,8 @@
 #include <string>
 
 namespace fastconv {
-// JSON object: compiled backends, CUDA architectures, the CPU ISA in use.
+// JSON object: compiled backends, CUDA architectures, the CPU ISA and conv algorithm in use, the
+// threads, and the dtypes each backend's kernels take.
 std::string info_json();
 // Select the CPU micro-kernel ISA ("auto", "avx512", "avx2", "generic"); returns the ISA now in
 // use. Raises if the machine cannot run the requested one. Used by tests to cover every path.

@@ -27,7 +27,7 @@ namespace cpu {
 
 // The dtypes every CPU op takes (the kernels are instantiated for these through
 // AT_DISPATCH_FLOATING_TYPES); the fast paths are float32 only.
-constexpr DTypes kCpuTypes = {at::kFloat, at::kDouble};
+constexpr DTypes kCpuTypes = kCpuDtypes;
 
 // The instruction set the CPU kernels use. Code compiled for AVX-512 (cpu/avx512.h) runs only when
 // current_isa() is kAvx512, so one binary serves every x86-64 CPU.

@@ -29,10 +29,7 @@
 namespace fastconv {
 namespace cuda {
 
-inline const DTypes& kernel_dtypes() {
-  static const DTypes d = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
-  return d;
-}
+inline const DTypes& kernel_dtypes() { return kCudaDtypes; }
 
 // Run f(Tag<T>{}) for the tensor dtype (one of kernel_dtypes(); the checks ran before).
 template <typename T>
