@@ -5,7 +5,7 @@
     python benchmarks/zoo_bench.py --json zoo.json --plot zoo.png            # the zoo, 224b1 224b8 96b4, infer + train
     python benchmarks/zoo_bench.py --models resnet50 --regime 224b8 --mode train --layers   # one model, per layer
     python benchmarks/zoo_bench.py --models resnet18,mobilenet_v2 --regime 224b1,224b8 --mode infer \\
-        --engines all                                                        # inference engines (issue #18)
+        --engines all                                                        # CPU inference engines
     python benchmarks/zoo_bench.py --show zoo.json                           # the tables of a saved report
 
 Models: torchvision classification models built with random weights (weights=None) under one seed,
@@ -40,7 +40,7 @@ run_case (kernel-only allocator, rotated inputs, correctness), in a subprocess p
 grouped by kind (stem, depthwise, grouped, 1x1, 3x3 s1, 3x3 s2, other) with GFLOP/s and % of the
 measured GEMM ceiling, or for depthwise GB/s and % of the measured copy bandwidth.
 
-``--engines``: inference engines (issue #18), each timed in a process of its own with the same
+``--engines``: CPU inference engines, each timed in a process of its own with the same
 thread count: eager (torch), fastconv, fastconv_opt (fastconv.optimize_for_inference, when this
 fastconv has it), compile (torch.compile, inductor, freezing=True, under no_grad), ort (ONNX Runtime
 on the ONNX export of the native model), openvino (OpenVINO CPU, f32 precision hint, on that ONNX
@@ -63,7 +63,7 @@ import time
 
 SCHEMA = "fastconv.zoo_bench/1"
 
-# The zoo of issue #17 (the default --models); `--models all` adds every other conv model.
+# The default --models: the classic CNN families; `--models all` adds every other conv model.
 ZOO = ["alexnet", "vgg11_bn", "vgg16", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2",
        "densenet121", "googlenet", "inception_v3", "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2",
        "mobilenet_v3_large", "mobilenet_v3_small", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf",
@@ -667,7 +667,7 @@ def parse_args(argv=None):
     from fcbench.plot import require_matplotlib
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--models", help=f"comma-separated torchvision names, or 'all' (default: the {len(ZOO)} of issue #17)")
+    p.add_argument("--models", help=f"comma-separated torchvision names, or 'all' (default: the {len(ZOO)} CNNs of ZOO)")
     p.add_argument("--regime", help="comma-separated SIZEbBATCH (default 224b1,224b8,96b4; quick 64b1)")
     p.add_argument("--mode", default="infer,train", help="infer, train or both (default infer,train)")
     p.add_argument("--channels-last", action="store_true", help="both sides' model and input in channels_last")
