@@ -353,8 +353,25 @@ inline std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at
   return {out.contiguous(fmt), idx.contiguous(fmt)};
 }
 
+// True if some window has no in-bounds tap (it lies wholly in the padding or its dilated taps skip
+// the input): the forward then gives it an index outside the window, which the gather kernel would
+// drop; PyTorch and the CPU scatter its gradient there.
+inline bool pool_has_empty_window(const Pool2dShape& s) {
+  auto axis_empty = [](int64_t n_out, int64_t in, int64_t k, int64_t st, int64_t pad, int64_t dil) {
+    for (int64_t o = 0; o < n_out; ++o) {
+      int64_t lo = o * st - pad;
+      const int64_t hi = std::min(lo + (k - 1) * dil + 1, in);
+      while (lo < 0) lo += dil;
+      if (lo >= hi) return true;
+    }
+    return false;
+  };
+  return axis_empty(s.P, s.H, s.kh, s.sh, s.ph, s.dh) || axis_empty(s.Q, s.W, s.kw, s.sw, s.pw, s.dw);
+}
+
 // grad_input by a gather over the windows that contain each input element (deterministic with
-// overlapping windows, no atomics).
+// overlapping windows, no atomics); by the per-plane serial scatter when some window is empty, so
+// that its gradient reaches its index as on the CPU.
 inline at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
                                       c10::SymIntArrayRef input_size_sym, at::IntArrayRef kernel_size,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
@@ -370,6 +387,13 @@ inline at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::T
   const at::Tensor gy = grad_output.contiguous(), idx = indices.contiguous();
   dispatch(gy.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (pool_has_empty_window(s)) {
+      auto* scatter = &max_pool2d_bwd_scatter_kernel<T>;
+      FC_LAUNCH(scatter, stride_grid(a.NC, 256), dim3(256), 0, FC_CURRENT_STREAM())(
+          gy.const_data_ptr<T>(), idx.const_data_ptr<int64_t>(), gx.mutable_data_ptr<T>(), a);
+      FC_CHECK_LAUNCH();
+      return;
+    }
     auto* kernel = &max_pool2d_bwd_kernel<T>;
     FC_LAUNCH(kernel, stride_grid(gx.numel(), 256), dim3(256), 0, FC_CURRENT_STREAM())(
         gy.const_data_ptr<T>(), idx.const_data_ptr<int64_t>(), gx.mutable_data_ptr<T>(), a);

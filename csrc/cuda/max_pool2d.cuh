@@ -78,5 +78,29 @@ max_pool2d_bwd_kernel(const T* __restrict__ gout, const int64_t* __restrict__ id
   }
 }
 
+// The same gin, one thread per plane: zero the plane, then gin[idx[o]] += gout[o] for o ascending
+// (the CPU's scatter, sums in the same order; deterministic, no atomics). Honours every index in
+// [0, H*W), including those outside their own window, which the gather above never visits: a
+// window wholly in the padding (possible with dilation) gets -inf with an index past its window
+// that may still lie in the plane (PyTorch's rule, kept by the forward). Indices outside the plane
+// are skipped (the CUDA launcher trusts indices; the emulator's rejects them before launching).
+// Slow (N*C threads, P*Q steps each): the launcher takes it only when some window is empty.
+template <typename T>
+__global__ void __launch_bounds__(256)
+max_pool2d_bwd_scatter_kernel(const T* __restrict__ gout, const int64_t* __restrict__ idx, T* __restrict__ gin,
+                              const PoolArgs a) {
+  using A = acc_t<T>;
+  const int64_t HW = int64_t(a.H) * a.W, PQ = int64_t(a.P) * a.Q;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t nc = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; nc < a.NC; nc += stride) {
+    T* plane = gin + nc * HW;
+    for (int64_t i = 0; i < HW; ++i) plane[i] = T(0);
+    for (int64_t o = nc * PQ; o < (nc + 1) * PQ; ++o) {
+      const int64_t i = idx[o];
+      if (i >= 0 && i < HW) plane[i] = from_acc<T>(to_acc<A>(plane[i]) + to_acc<A>(gout[o]));
+    }
+  }
+}
+
 }  // namespace cuda
 }  // namespace fastconv
