@@ -13,11 +13,18 @@ struct PoolArgs {
   int kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
+// Threads per block of each kernel: its __launch_bounds__, the launcher's block (csrc/cuda/launch.h)
+// and benchmarks/cuda_resources.py (which reads '<kernel>_threads' for '<kernel>_kernel') all use
+// these, so they cannot disagree.
+constexpr int max_pool2d_fwd_threads = 256;
+constexpr int max_pool2d_bwd_threads = 256;
+constexpr int max_pool2d_bwd_scatter_threads = 256;
+
 // out/idx[nc][p][q]: max of the window, PyTorch's rule: scan rows then columns over in-bounds taps,
 // take a tap when val > max or val is NaN (so NaN propagates, the last NaN wins); the index starts
 // at the first in-bounds tap and is h*W + w in the plane.
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(max_pool2d_fwd_threads)
 max_pool2d_fwd_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t* __restrict__ idx,
                       const PoolArgs a) {
   using A = acc_t<T>;
@@ -51,7 +58,7 @@ max_pool2d_fwd_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t* __
 // gin[nc][h][w] = sum of gout[nc][p][q] over the windows containing (h, w) whose index is h*W+w.
 // A gather (no atomics): deterministic when windows overlap; windows visited p, q ascending.
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(max_pool2d_bwd_threads)
 max_pool2d_bwd_kernel(const T* __restrict__ gout, const int64_t* __restrict__ idx, T* __restrict__ gin,
                       const PoolArgs a) {
   using A = acc_t<T>;
@@ -86,7 +93,7 @@ max_pool2d_bwd_kernel(const T* __restrict__ gout, const int64_t* __restrict__ id
 // are skipped (the CUDA launcher trusts indices; the emulator's rejects them before launching).
 // Slow (N*C threads, P*Q steps each): the launcher takes it only when some window is empty.
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(max_pool2d_bwd_scatter_threads)
 max_pool2d_bwd_scatter_kernel(const T* __restrict__ gout, const int64_t* __restrict__ idx, T* __restrict__ gin,
                               const PoolArgs a) {
   using A = acc_t<T>;
