@@ -25,7 +25,8 @@ counts the accesses it sees: __ldg, ld_/st_global, ld_/st_shared, ldmatrix, cp.a
 barriers, not plain pointer dereferences.
 
 Threads per block and dynamic shared memory are launch parameters that ptxas does not see; they
-are derived from the kernel's template arguments exactly as csrc/cuda/launch.h chooses them.
+are derived from the kernel's template arguments exactly as csrc/cuda/launch.h chooses them, or
+for a fixed-size kernel 'X_kernel' read from its 'constexpr int X_threads' in csrc/cuda/*.cuh.
 """
 import argparse
 import os
@@ -108,6 +109,23 @@ def parse(log):
     return out
 
 
+def block_sizes():
+    """{kernel name: threads per block} from the named constants of csrc/cuda/*.cuh: a kernel
+    'X_kernel' with a fixed block size declares 'constexpr int X_threads = N;', which its
+    __launch_bounds__ and its launch in csrc/cuda/launch.h both use."""
+    sizes = {}
+    cuda_dir = os.path.join(ROOT, "csrc", "cuda")
+    for name in sorted(os.listdir(cuda_dir)):
+        if name.endswith(".cuh"):
+            with open(os.path.join(cuda_dir, name)) as f:
+                for m in re.finditer(r"constexpr int (\w+)_threads = (\d+);", f.read()):
+                    sizes[m.group(1) + "_kernel"] = int(m.group(2))
+    return sizes
+
+
+BLOCK_SIZES = block_sizes()
+
+
 def launch_shape(pretty):
     """(threads per block, dynamic smem bytes) as csrc/cuda/launch.h launches the kernel."""
     acc = 8 if "double" in pretty else 4
@@ -115,10 +133,14 @@ def launch_shape(pretty):
     if m:
         bm, bn, bk, tm, tn = map(int, m.groups())
         return (bm // tm) * (bn // tn), 2 * bk * (bm + bn) * acc
-    m = re.search(r"bias_grad_kernel<.*?, (\d+)>", pretty)
+    m = re.search(r"bias_grad_kernel<.*?, (\d+)>", pretty)  # NT, launched as bias_grad_threads
     if m:
         return int(m.group(1)), int(m.group(1)) * acc
-    return 256, 0
+    m = re.search(r"(\w+_kernel)\b", pretty)
+    if m and m.group(1) in BLOCK_SIZES:
+        return BLOCK_SIZES[m.group(1)], 0
+    raise SystemExit("cuda_resources.py: no block size for %s (declare 'constexpr int <name>_threads' "
+                     "next to its '<name>_kernel' in csrc/cuda)" % pretty)
 
 
 def occupancy(arch, regs, smem, threads):

@@ -157,6 +157,9 @@ POOL_CASES = [
     (1, 2, 10, 7, (3, 2), (1, 2), (1, 1), (2, 1), False),    # dilation, stride 1
     (1, 2, 13, 12, (5, 4), (3, 2), (2, 2), (1, 3), True),
     (0, 3, 8, 8, (2, 2), (2, 2), (0, 0), (1, 1), False),     # empty batch
+    # Along W every window lies wholly in the padding (-inf), yet its index (PyTorch's rule) lies in
+    # the plane, in another row: the backward must still send the gradient there.
+    (1, 2, 15, 1, (2, 2), (3, 1), (1, 1), (2, 2), False),
 ]
 POOL_MORE_DTYPES = POOL_CASES[12:15]  # float64 and (where the backend takes them) float16, bfloat16
 

@@ -39,10 +39,13 @@ def test_relu_forward_backward(backend, shape, dtype, rng):
     out, gx, inplace, gx_op = backend.run(compute)
     for got, what in [(out, "relu"), (inplace, "relu_")]:
         assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.detach().nan_to_num()), what
+        # -0.0 stays -0.0 (PyTorch's relu keeps x unless x < 0): torch.equal cannot see the sign of a zero.
+        assert torch.equal(got.nan_to_num().signbit(), ref.detach().nan_to_num().signbit()), what + ": sign of zero"
     assert torch.equal(gx.nan_to_num(), ref_x.grad.nan_to_num())
     if x0.numel() > 5:  # a misaligned start (the kernels' scalar path)
         tail = x0.reshape(-1)[1:]
-        assert torch.equal(backend.ops.relu(tail).nan_to_num(7.0), torch.relu(tail).nan_to_num(7.0))
+        got_tail, ref_tail = backend.ops.relu(tail).nan_to_num(7.0), torch.relu(tail).nan_to_num(7.0)
+        assert torch.equal(got_tail, ref_tail) and torch.equal(got_tail.signbit(), ref_tail.signbit())
     assert same_bits(gx_op, torch.where(out <= 0, torch.zeros_like(gy), gy)), "relu_backward"
 
 

@@ -139,9 +139,15 @@ struct ConvBwdWeightOp {
   }
 };
 
+// Threads per block of reduce_splits_kernel and bias_grad_kernel (its NT): the __launch_bounds__,
+// the launcher's block (csrc/cuda/launch.h) and benchmarks/cuda_resources.py (which reads
+// '<kernel>_threads' for '<kernel>_kernel') all use these, so they cannot disagree.
+constexpr int reduce_splits_threads = 256;
+constexpr int bias_grad_threads = 256;
+
 // grad_weight[i] = sum_{z < splits} ws[z*total + i], z ascending (deterministic). Grid-stride.
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(reduce_splits_threads)
 reduce_splits_kernel(const acc_t<T>* __restrict__ ws, T* __restrict__ out, int64_t total, int splits) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {

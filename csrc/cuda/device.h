@@ -56,9 +56,6 @@ __device__ __forceinline__ bool is_nan(A v) { return v != v; }
 __device__ __forceinline__ float fc_fma(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double fc_fma(double a, double b, double c) { return fma(a, b, c); }
 
-template <typename T>
-__host__ __device__ __forceinline__ T ceil_div(T a, T b) { return (a + b - 1) / b; }
-
 // Explicit loads / stores: plain accesses under nvcc; under the emulator they check alignment and
 // feed its performance counters (global requests / sectors, shared bank-conflict wavefronts).
 #if defined(FASTCONV_SIMT)

@@ -106,7 +106,7 @@ template <typename T>
 Tiles pick_tiles(int64_t M, int64_t Ncols, int64_t groups) {
   if (std::is_same<T, double>::value) return Tiles::t64x64;
   if (Ncols <= 32) return Tiles::t128x32;
-  const int64_t big = ceil_div<int64_t>(M, 128) * ceil_div<int64_t>(Ncols, 128) * groups;
+  const int64_t big = ceil_div(M, 128) * ceil_div(Ncols, 128) * groups;
   return big >= 2 * int64_t(sm_count()) ? Tiles::t128x128 : Tiles::t64x64;
 }
 
@@ -114,9 +114,9 @@ template <class Op, int BM, int BN, int BK, int TM, int TN>
 void launch_igemm_tiles(ConvArgs<typename Op::scalar> a, int splits, cudaStream_t stream) {
   using A = typename Op::acc;
   constexpr int NT = (BM / TM) * (BN / TN);
-  const int64_t tiles_m = ceil_div<int64_t>(a.M, BM);
+  const int64_t tiles_m = ceil_div(a.M, BM);
   TORCH_CHECK(tiles_m <= int64_t(INT32_MAX), "fastconv (CUDA): GEMM of ", a.M, " rows is too large");
-  a.tiles_n = int(ceil_div<int64_t>(a.Ncols, BN));
+  a.tiles_n = int(ceil_div(a.Ncols, BN));
   TORCH_CHECK(a.tiles_n <= 65535, "fastconv (CUDA): ", a.Ncols, " channels per group is too many");
   const int groups_per_launch = std::max(1, 65535 / a.tiles_n);
   auto* kernel = &igemm_kernel<Op, BM, BN, BK, TM, TN>;
@@ -259,14 +259,14 @@ void conv2d_bwd_weight_run(const Conv2dShape& s, const at::Tensor& x, const at::
   const Tiles t = pick_tiles<T>(a.M, a.Ncols, a.groups);
   const TileShape ts = std::is_same<T, double>::value ? tile_shape(Tiles::t64x64) : tile_shape(t);
   // Enough blocks for ~4 waves, each split at least 16 K steps, workspace at most ~64 MB.
-  const int64_t tiles = ceil_div<int64_t>(a.M, ts.bm) * ceil_div<int64_t>(a.Ncols, ts.bn) * a.groups;
+  const int64_t tiles = ceil_div(a.M, ts.bm) * ceil_div(a.Ncols, ts.bn) * a.groups;
   const int64_t total = int64_t(a.K) * a.M;  // grad_weight elements
-  int64_t splits = ceil_div<int64_t>(4 * int64_t(sm_count()), tiles);
-  splits = std::min(splits, ceil_div<int64_t>(a.Kd, int64_t(ts.bk) * 16));
+  int64_t splits = ceil_div(4 * int64_t(sm_count()), tiles);
+  splits = std::min(splits, ceil_div(a.Kd, int64_t(ts.bk) * 16));
   splits = std::min(splits, std::max<int64_t>(1, (int64_t(64) << 20) / int64_t(sizeof(A)) / total));
   splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535));
-  a.k_chunk = ceil_div<int64_t>(ceil_div<int64_t>(a.Kd, splits), ts.bk) * ts.bk;
-  splits = ceil_div<int64_t>(a.Kd, a.k_chunk);
+  a.k_chunk = ceil_div(ceil_div(a.Kd, splits), ts.bk) * ts.bk;
+  splits = ceil_div(a.Kd, a.k_chunk);
   at::Tensor ws = at::empty({splits, total}, gw.options().dtype(c10::CppTypeToScalarType<A>::value));
   a.out = ws.mutable_data_ptr<A>();
   const bool f32 = std::is_same<T, float>::value;
@@ -275,13 +275,13 @@ void conv2d_bwd_weight_run(const Conv2dShape& s, const at::Tensor& x, const at::
   cudaStream_t stream = FC_CURRENT_STREAM();
   launch_igemm<ConvBwdWeightOp<T>>(t, a, int(splits), stream);
   auto* reduce = &reduce_splits_kernel<T>;
-  FC_LAUNCH(reduce, stride_grid(total, 256), dim3(256), 0, stream)(ws.const_data_ptr<A>(), gw.mutable_data_ptr<T>(), total, int(splits));
+  FC_LAUNCH(reduce, stride_grid(total, reduce_splits_threads), dim3(reduce_splits_threads), 0, stream)(ws.const_data_ptr<A>(), gw.mutable_data_ptr<T>(), total, int(splits));
   FC_CHECK_LAUNCH();
 }
 
 template <typename T>
 void conv2d_bwd_bias_run(const Conv2dShape& s, const at::Tensor& gy, at::Tensor& gb) {
-  constexpr int NT = 256;
+  constexpr int NT = bias_grad_threads;
   auto* kernel = &bias_grad_kernel<T, NT>;
   FC_LAUNCH(kernel, dim3(unsigned(s.K)), dim3(NT), NT * sizeof(acc_t<T>), FC_CURRENT_STREAM())(
       gy.const_data_ptr<T>(), gb.mutable_data_ptr<T>(), s.N, int(s.K), s.P * s.Q);
@@ -343,15 +343,32 @@ inline std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto* kernel = &max_pool2d_fwd_kernel<T>;
-    FC_LAUNCH(kernel, stride_grid(out.numel(), 256), dim3(256), 0, FC_CURRENT_STREAM())(
+    FC_LAUNCH(kernel, stride_grid(out.numel(), max_pool2d_fwd_threads), dim3(max_pool2d_fwd_threads), 0, FC_CURRENT_STREAM())(
         x.const_data_ptr<T>(), out.mutable_data_ptr<T>(), idx.mutable_data_ptr<int64_t>(), a);
     FC_CHECK_LAUNCH();
   });
   return {out.contiguous(fmt), idx.contiguous(fmt)};
 }
 
+// True if some window has no in-bounds tap (it lies wholly in the padding or its dilated taps skip
+// the input): the forward then gives it an index outside the window, which the gather kernel would
+// drop; PyTorch and the CPU scatter its gradient there.
+inline bool pool_has_empty_window(const Pool2dShape& s) {
+  auto axis_empty = [](int64_t n_out, int64_t in, int64_t k, int64_t st, int64_t pad, int64_t dil) {
+    for (int64_t o = 0; o < n_out; ++o) {
+      int64_t lo = o * st - pad;
+      const int64_t hi = std::min(lo + (k - 1) * dil + 1, in);
+      while (lo < 0) lo += dil;
+      if (lo >= hi) return true;
+    }
+    return false;
+  };
+  return axis_empty(s.P, s.H, s.kh, s.sh, s.ph, s.dh) || axis_empty(s.Q, s.W, s.kw, s.sw, s.pw, s.dw);
+}
+
 // grad_input by a gather over the windows that contain each input element (deterministic with
-// overlapping windows, no atomics).
+// overlapping windows, no atomics); by the per-plane serial scatter when some window is empty, so
+// that its gradient reaches its index as on the CPU.
 inline at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
                                       c10::SymIntArrayRef input_size_sym, at::IntArrayRef kernel_size,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
@@ -367,8 +384,15 @@ inline at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::T
   const at::Tensor gy = grad_output.contiguous(), idx = indices.contiguous();
   dispatch(gy.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (pool_has_empty_window(s)) {
+      auto* scatter = &max_pool2d_bwd_scatter_kernel<T>;
+      FC_LAUNCH(scatter, stride_grid(a.NC, max_pool2d_bwd_scatter_threads), dim3(max_pool2d_bwd_scatter_threads), 0, FC_CURRENT_STREAM())(
+          gy.const_data_ptr<T>(), idx.const_data_ptr<int64_t>(), gx.mutable_data_ptr<T>(), a);
+      FC_CHECK_LAUNCH();
+      return;
+    }
     auto* kernel = &max_pool2d_bwd_kernel<T>;
-    FC_LAUNCH(kernel, stride_grid(gx.numel(), 256), dim3(256), 0, FC_CURRENT_STREAM())(
+    FC_LAUNCH(kernel, stride_grid(gx.numel(), max_pool2d_bwd_threads), dim3(max_pool2d_bwd_threads), 0, FC_CURRENT_STREAM())(
         gy.const_data_ptr<T>(), idx.const_data_ptr<int64_t>(), gx.mutable_data_ptr<T>(), a);
     FC_CHECK_LAUNCH();
   });
@@ -383,8 +407,8 @@ void relu_run(const T* in, T* out, int64_t n) {
   const bool vec = reinterpret_cast<uintptr_t>(in) % (4 * sizeof(T)) == 0 &&
                    reinterpret_cast<uintptr_t>(out) % (4 * sizeof(T)) == 0;
   auto* kernel = &relu_fwd_kernel<T>;
-  FC_LAUNCH(kernel, stride_grid(vec ? ceil_div<int64_t>(n, 4) : n, 256), dim3(256), 0, FC_CURRENT_STREAM())(
-      in, out, n, vec);
+  FC_LAUNCH(kernel, stride_grid(vec ? ceil_div(n, 4) : n, relu_fwd_threads), dim3(relu_fwd_threads), 0,
+            FC_CURRENT_STREAM())(in, out, n, vec);
   FC_CHECK_LAUNCH();
 }
 
@@ -432,8 +456,8 @@ inline at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor&
     const bool vec = reinterpret_cast<uintptr_t>(g) % al == 0 && reinterpret_cast<uintptr_t>(r) % al == 0 &&
                      reinterpret_cast<uintptr_t>(o) % al == 0;
     auto* kernel = &relu_bwd_kernel<T>;
-    FC_LAUNCH(kernel, stride_grid(vec ? ceil_div<int64_t>(n, 4) : n, 256), dim3(256), 0, FC_CURRENT_STREAM())(
-        g, r, o, n, vec);
+    FC_LAUNCH(kernel, stride_grid(vec ? ceil_div(n, 4) : n, relu_bwd_threads), dim3(relu_bwd_threads), 0,
+              FC_CURRENT_STREAM())(g, r, o, n, vec);
     FC_CHECK_LAUNCH();
   });
   return laid_out_like(gx, result);  // result's layout, as the CPU and PyTorch

@@ -13,11 +13,18 @@ struct PoolArgs {
   int kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
+// Threads per block of each kernel: its __launch_bounds__, the launcher's block (csrc/cuda/launch.h)
+// and benchmarks/cuda_resources.py (which reads '<kernel>_threads' for '<kernel>_kernel') all use
+// these, so they cannot disagree.
+constexpr int max_pool2d_fwd_threads = 256;
+constexpr int max_pool2d_bwd_threads = 256;
+constexpr int max_pool2d_bwd_scatter_threads = 256;
+
 // out/idx[nc][p][q]: max of the window, PyTorch's rule: scan rows then columns over in-bounds taps,
 // take a tap when val > max or val is NaN (so NaN propagates, the last NaN wins); the index starts
 // at the first in-bounds tap and is h*W + w in the plane.
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(max_pool2d_fwd_threads)
 max_pool2d_fwd_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t* __restrict__ idx,
                       const PoolArgs a) {
   using A = acc_t<T>;
@@ -51,7 +58,7 @@ max_pool2d_fwd_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t* __
 // gin[nc][h][w] = sum of gout[nc][p][q] over the windows containing (h, w) whose index is h*W+w.
 // A gather (no atomics): deterministic when windows overlap; windows visited p, q ascending.
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(max_pool2d_bwd_threads)
 max_pool2d_bwd_kernel(const T* __restrict__ gout, const int64_t* __restrict__ idx, T* __restrict__ gin,
                       const PoolArgs a) {
   using A = acc_t<T>;
@@ -75,6 +82,30 @@ max_pool2d_bwd_kernel(const T* __restrict__ gout, const int64_t* __restrict__ id
         if (idx[o] == me) s += to_acc<A>(gout[o]);
       }
     gin[e] = from_acc<T>(s);
+  }
+}
+
+// The same gin, one thread per plane: zero the plane, then gin[idx[o]] += gout[o] for o ascending
+// (the CPU's scatter, sums in the same order; deterministic, no atomics). Honours every index in
+// [0, H*W), including those outside their own window, which the gather above never visits: a
+// window wholly in the padding (possible with dilation) gets -inf with an index past its window
+// that may still lie in the plane (PyTorch's rule, kept by the forward). Indices outside the plane
+// are skipped (the CUDA launcher trusts indices; the emulator's rejects them before launching).
+// Slow (N*C threads, P*Q steps each): the launcher takes it only when some window is empty.
+template <typename T>
+__global__ void __launch_bounds__(max_pool2d_bwd_scatter_threads)
+max_pool2d_bwd_scatter_kernel(const T* __restrict__ gout, const int64_t* __restrict__ idx, T* __restrict__ gin,
+                              const PoolArgs a) {
+  using A = acc_t<T>;
+  const int64_t HW = int64_t(a.H) * a.W, PQ = int64_t(a.P) * a.Q;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t nc = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; nc < a.NC; nc += stride) {
+    T* plane = gin + nc * HW;
+    for (int64_t i = 0; i < HW; ++i) plane[i] = T(0);
+    for (int64_t o = nc * PQ; o < (nc + 1) * PQ; ++o) {
+      const int64_t i = idx[o];
+      if (i >= 0 && i < HW) plane[i] = from_acc<T>(to_acc<A>(plane[i]) + to_acc<A>(gout[o]));
+    }
   }
 }
 

@@ -15,6 +15,12 @@ struct alignas(4 * sizeof(T)) Pack4 {
   T v[4];
 };
 
+// Threads per block of each kernel: its __launch_bounds__, the launcher's block (csrc/cuda/launch.h)
+// and benchmarks/cuda_resources.py (which reads '<kernel>_threads' for '<kernel>_kernel') all use
+// these, so they cannot disagree.
+constexpr int relu_fwd_threads = 256;
+constexpr int relu_bwd_threads = 256;
+
 template <typename T>
 __device__ __forceinline__ T relu_val(T x) {
   return to_acc<acc_t<T>>(x) < acc_t<T>(0) ? T(0) : x;
@@ -22,7 +28,7 @@ __device__ __forceinline__ T relu_val(T x) {
 
 // out may equal in (relu_).
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(relu_fwd_threads)
 relu_fwd_kernel(const T* in, T* out, int64_t n, bool vec) {
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -43,7 +49,7 @@ relu_fwd_kernel(const T* in, T* out, int64_t n, bool vec) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(relu_bwd_threads)
 relu_bwd_kernel(const T* __restrict__ gout, const T* __restrict__ res, T* __restrict__ gin, int64_t n,
                 bool vec) {
   using A = acc_t<T>;
