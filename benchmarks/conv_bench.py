@@ -167,7 +167,14 @@ def parse_args(argv=None):
 
 def select_cases(args):
     cases = [c for s in args.suite for c in suite_cases(s, args.batch)]
-    return cases + [parse_shape(s, args.batch) for s in args.shape]
+    custom = [parse_shape(s, args.batch) for s in args.shape]
+    # rows are keyed by (suite, layer, op): custom layers that share a name get #2, #3, ...
+    seen = {}
+    for i, c in enumerate(custom):
+        seen[c.layer] = seen.get(c.layer, 0) + 1
+        if seen[c.layer] > 1:
+            custom[i] = dataclasses.replace(c, layer=f"{c.layer}#{seen[c.layer]}")
+    return cases + custom
 
 
 def run(args, impls=None, cases=None):

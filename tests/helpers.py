@@ -9,6 +9,8 @@ import random
 
 import torch
 
+from fastconv.ops import pool_out_size
+
 # ------------------------------------------------------------------------------------------------
 # comparison
 
@@ -165,13 +167,8 @@ POOL_MORE_DTYPES = POOL_CASES[12:15]  # float64 and (where the backend takes the
 
 
 def pool_out(size, k, s, p, d, ceil):
-    span = size + 2 * p - d * (k - 1) - 1
-    if span < 0:
-        return 0
-    out = (span + (s - 1 if ceil else 0)) // s + 1
-    if ceil and (out - 1) * s >= size + p:
-        out -= 1
-    return out
+    """Output length along one axis; 0 when the padded input is shorter than one window."""
+    return 0 if size + 2 * p < d * (k - 1) + 1 else pool_out_size(size, k, s, p, d, ceil)
 
 
 def random_pool_cases(n, seed):

@@ -91,6 +91,15 @@ def test_case_arithmetic():
     assert [c.H for c in cases.suite_cases("catdog") if c.kind == "pool"] == [150, 75, 37, 18]
 
 
+def test_custom_shapes_sharing_a_name_stay_apart():
+    """Rows are keyed by layer name: two --shape layers differing only in batch or stride must not
+    merge into one row (the second's times would overwrite the first's)."""
+    cb = load("conv_bench")
+    args = cb.parse_args(["--shape", "1,8,7,7,8,3,3,1,1", "--shape", "4,8,7,7,8,3,3,1,1", "--shape", "1,8,7,7,8,3,3,2,1"])
+    names = [c.layer for c in cb.select_cases(args)]
+    assert len(set(names)) == 3, names
+
+
 def test_wrong_implementation_is_flagged():
     cb = load("conv_bench")
     args = cb.parse_args(["--min-time", "0.003", "--alloc", "alloc", "--no-progress"])
