@@ -137,3 +137,21 @@ def rng(request):
     g = torch.Generator()
     g.manual_seed((SEED + zlib.crc32(request.node.nodeid.encode())) % 2**63)
     return g
+
+
+def cpu_backend():
+    """The 'cpu' backend, for tests that run only there (every ISA: see cpu_isa)."""
+    return Backend("cpu")
+
+
+@pytest.fixture(params=["avx512", "avx2", "generic"])
+def cpu_isa(request):
+    """Runs the test with the CPU kernels of one instruction set (skipped where the CPU lacks it)."""
+    try:
+        fastconv.set_cpu_isa(request.param)
+    except RuntimeError:
+        pytest.skip(f"this CPU cannot run {request.param}")
+    try:
+        yield request.param
+    finally:
+        fastconv.set_cpu_isa("auto")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
+from conftest import cpu_backend
 from helpers import CONV_CASES, CUDA_TILINGS, POOL_CASES, assert_close, randn
 
 CL = torch.channels_last
@@ -20,22 +21,8 @@ def same_format(out, ref, what=""):
     assert same, f"{what}: strides {out.stride()} but PyTorch gives {ref.stride()}"
 
 
-@pytest.fixture(params=["avx512", "avx2", "generic"])
-def cpu_isa(request):
-    try:
-        fastconv.set_cpu_isa(request.param)
-    except RuntimeError:
-        pytest.skip(f"this CPU cannot run {request.param}")
-    try:
-        yield request.param
-    finally:
-        fastconv.set_cpu_isa("auto")
 
 
-def _cpu():
-    from conftest import Backend
-
-    return Backend("cpu")
 
 
 # ---- relu ----
@@ -108,8 +95,8 @@ def test_max_pool2d_every_cpu_isa(cpu_isa, cfg, dtype, rng):
     for shape in [(2, 3, 9, 11), (1, 16, 7, 7), (3, 17, 5, 6), (1, 33, 4, 9), (0, 5, 4, 4), (1, 64, 3, 3)]:
         if min(shape[2:]) < 3:
             continue
-        _pool_check(_cpu(), randn(shape, rng, torch.float64), cfg, dtype, rng)
-    _pool_check(_cpu(), _specials((2, 21, 9, 13), rng, 0.2), cfg, dtype, rng, gy_format=torch.contiguous_format)
+        _pool_check(cpu_backend(), randn(shape, rng, torch.float64), cfg, dtype, rng)
+    _pool_check(cpu_backend(), _specials((2, 21, 9, 13), rng, 0.2), cfg, dtype, rng, gy_format=torch.contiguous_format)
 
 
 def test_max_pool2d_backward_foreign_indices(rng):
@@ -201,7 +188,7 @@ ISA_CONVS = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cfg", ISA_CONVS, ids=[f"c{i}" for i in range(len(ISA_CONVS))])
 def test_conv2d_every_cpu_isa(cpu_isa, cfg, dtype, rng):
-    _conv_check(_cpu(), cfg, dtype, rng)
+    _conv_check(cpu_backend(), cfg, dtype, rng)
 
 
 def test_conv2d_weight_grad_deterministic(rng):

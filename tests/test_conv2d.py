@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
+from conftest import cpu_backend
 from helpers import (CONV_CASES, CONV_FUSED_RELU, CONV_LOW, CONV_RANDOM, CUDA_TILINGS, LOW, assert_close, case_id,
                      pair, randn)
 
@@ -226,16 +227,12 @@ def test_conv2d_every_cpu_isa(isa, rng):
     except RuntimeError:
         pytest.skip(f"this CPU cannot run {isa}")
     try:
-        _run(_cpu(), (2, 16, 23, 29, 130, (3, 3), 1, 1, 1, 1, True), torch.float32, rng)
-        _run(_cpu(), (1, 3, 11, 9, 5, (3, 2), 2, 1, 2, 1, True), torch.float64, rng)
+        _run(cpu_backend(), (2, 16, 23, 29, 130, (3, 3), 1, 1, 1, 1, True), torch.float32, rng)
+        _run(cpu_backend(), (1, 3, 11, 9, 5, (3, 2), 2, 1, 2, 1, True), torch.float64, rng)
     finally:
         fastconv.set_cpu_isa("auto")
 
 
-def _cpu():
-    from conftest import Backend
-
-    return Backend("cpu")
 
 
 def test_conv2d_deterministic(backend, rng):

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fastconv
 import fastconv.functional as FC
+from conftest import cpu_backend
 from helpers import assert_close, randn
-from test_conv2d import _cpu, _run
+from test_conv2d import _run
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups, bias), groups == C, K = m*C.
 GRID = [
@@ -42,21 +42,12 @@ def _ids(grid):
     return [f"grid{i}" for i in range(len(grid))]
 
 
-@pytest.fixture(params=["avx512", "avx2", "generic"])
-def isa(request):
-    """Runs the test with the CPU kernels of one instruction set (skipped where the CPU lacks it)."""
-    try:
-        fastconv.set_cpu_isa(request.param)
-    except RuntimeError:
-        pytest.skip(f"this CPU cannot run {request.param}")
-    yield request.param
-    fastconv.set_cpu_isa("auto")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cfg", GRID, ids=_ids(GRID))
-def test_depthwise_grid(isa, cfg, dtype, rng):
-    _run(_cpu(), cfg, dtype, rng)
+def test_depthwise_grid(cpu_isa, cfg, dtype, rng):
+    _run(cpu_backend(), cfg, dtype, rng)
 
 
 def _random_cfg(g):
@@ -84,24 +75,24 @@ def _random_cfg(g):
 
 
 @pytest.mark.parametrize("i", range(16))
-def test_depthwise_random(isa, i, rng):
-    _run(_cpu(), _random_cfg(rng), torch.float32, rng)
+def test_depthwise_random(cpu_isa, i, rng):
+    _run(cpu_backend(), _random_cfg(rng), torch.float32, rng)
 
 
 @pytest.mark.parametrize("i", range(4))
-def test_depthwise_random_float64(isa, i, rng):
-    _run(_cpu(), _random_cfg(rng), torch.float64, rng)
+def test_depthwise_random_float64(cpu_isa, i, rng):
+    _run(cpu_backend(), _random_cfg(rng), torch.float64, rng)
 
 
 @pytest.mark.parametrize("cfg", GRID[:7] + GRID[17:19], ids=_ids(GRID[:7] + GRID[17:19]))
-def test_depthwise_relu_fused(isa, cfg, rng):
+def test_depthwise_relu_fused(cpu_isa, cfg, rng):
     """conv2d_relu forward, and its backward through conv2d_relu_backward (the gated kernels)."""
-    _run(_cpu(), cfg, torch.float32, rng, fused_relu=True)
+    _run(cpu_backend(), cfg, torch.float32, rng, fused_relu=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_gated_backward_is_the_composition(isa, dtype, stride, rng):
+def test_depthwise_gated_backward_is_the_composition(cpu_isa, dtype, stride, rng):
     """conv2d_relu_backward == conv2d_backward(relu_backward(dy, result)), with NaN, zeros and
     negative values in result: the depthwise kernels read dy through the gate."""
     C, m = 5, 2
@@ -121,10 +112,10 @@ def test_depthwise_gated_backward_is_the_composition(isa, dtype, stride, rng):
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_depthwise_input_layouts(layout, rng):
-    _run(_cpu(), (2, 6, 11, 10, 6, (3, 3), 2, 1, 1, 6, True), torch.float32, rng, layout)
+    _run(cpu_backend(), (2, 6, 11, 10, 6, (3, 3), 2, 1, 1, 6, True), torch.float32, rng, layout)
 
 
-def test_depthwise_empty_batch(isa, rng):
+def test_depthwise_empty_batch(cpu_isa, rng):
     x = torch.zeros(0, 4, 8, 8, requires_grad=True)
     w = randn((8, 1, 3, 3), rng).requires_grad_()
     b = torch.zeros(8, requires_grad=True)
@@ -152,7 +143,7 @@ def test_depthwise_output_mask(rng):
                 assert got[i].numel() == 0
 
 
-def test_depthwise_gradcheck(isa, rng):
+def test_depthwise_gradcheck(cpu_isa, rng):
     for stride, padding, dilation, m in [(1, 1, 1, 1), (2, 1, 1, 2), (2, 2, 2, 1), ((1, 2), (0, 1), 1, 3)]:
         x = randn((2, 3, 7, 6), rng, torch.float64).requires_grad_()
         w = randn((3 * m, 1, 3, 3), rng, torch.float64).requires_grad_()
@@ -161,7 +152,7 @@ def test_depthwise_gradcheck(isa, rng):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_thread_count_independent(isa, stride, rng):
+def test_depthwise_thread_count_independent(cpu_isa, stride, rng):
     """Every result is bit-identical whatever the number of threads (fixed-order reductions)."""
     x = randn((5, 3, 21, 19), rng)
     w = randn((6, 1, 5, 5), rng)

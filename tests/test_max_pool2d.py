@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FC
+from conftest import cpu_backend
 from helpers import POOL_CASES, POOL_MORE_DTYPES, POOL_RANDOM, assert_close, case_id, randn, same_bits
 
 
@@ -152,27 +153,8 @@ def test_max_pool2d_gradcheck(backend, rng):
 # ---- The 2x2 stride-2 fast paths (AVX-512 forward and one-pass backward) and the one-pass
 # backward of every other disjoint-window configuration, on every CPU ISA. ----
 
-ISAS = ["avx512", "avx2", "generic"]
 
 
-@pytest.fixture(params=ISAS)
-def cpu_isa(request):
-    import fastconv
-
-    try:
-        fastconv.set_cpu_isa(request.param)
-    except RuntimeError:
-        pytest.skip(f"this CPU cannot run {request.param}")
-    try:
-        yield request.param
-    finally:
-        fastconv.set_cpu_isa("auto")
-
-
-def _cpu():
-    from conftest import Backend
-
-    return Backend("cpu")
 
 
 # (N, C, H, W, ceil_mode): odd sizes drop (floor) or cut (ceil) the last row / column; widths
@@ -189,7 +171,7 @@ SHAPES_2X2 = [
 @pytest.mark.parametrize("shape", SHAPES_2X2, ids=lambda s: "x".join(map(str, s[:4])) + ("c" if s[4] else ""))
 def test_max_pool2d_2x2_every_cpu_isa(cpu_isa, shape, dtype, rng):
     N, C, H, W, ceil = shape
-    _check(_cpu(), randn((N, C, H, W), rng, torch.float64), (2, 2, 0, 1, ceil), dtype, rng)
+    _check(cpu_backend(), randn((N, C, H, W), rng, torch.float64), (2, 2, 0, 1, ceil), dtype, rng)
 
 
 def _specials(shape, rng, nan_rate):
@@ -209,7 +191,7 @@ def _specials(shape, rng, nan_rate):
 def test_max_pool2d_2x2_ties_nan_inf_every_cpu_isa(cpu_isa, ceil, nan_rate, dtype, rng):
     """Indices equal PyTorch's: first of equal maxima, the window's last NaN, -inf windows."""
     for shape in [(2, 3, 9, 37), (1, 2, 33, 75), (1, 1, 4, 32)]:
-        _check(_cpu(), _specials(shape, rng, nan_rate), (2, 2, 0, 1, ceil), dtype, rng)
+        _check(cpu_backend(), _specials(shape, rng, nan_rate), (2, 2, 0, 1, ceil), dtype, rng)
 
 
 # Other disjoint windows (stride >= kernel, dilation 1): the generic one-pass backward, including
@@ -221,8 +203,8 @@ DISJOINT = [(3, 3, 0, 1, False), (3, 3, 1, 1, True), ((2, 3), (3, 4), (1, 1), 1,
 @pytest.mark.parametrize("cfg", DISJOINT, ids=[f"disjoint{i}" for i in range(len(DISJOINT))])
 def test_max_pool2d_disjoint_windows_every_cpu_isa(cpu_isa, cfg, rng):
     for shape in [(2, 3, 13, 17), (1, 2, 8, 9), (1, 1, 5, 40)]:
-        _check(_cpu(), randn(shape, rng, torch.float64), cfg, torch.float32, rng)
-        _check(_cpu(), _specials(shape, rng, 0.2), cfg, torch.float64, rng)
+        _check(cpu_backend(), randn(shape, rng, torch.float64), cfg, torch.float32, rng)
+        _check(cpu_backend(), _specials(shape, rng, 0.2), cfg, torch.float64, rng)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
