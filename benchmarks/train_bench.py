@@ -31,14 +31,6 @@ MODELS = {
 BACKENDS = ["torch", "fastconv"]  # the first is the baseline
 
 
-def vm_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def build_model(name, backend, size):
     from fastconv.models import VGG16, CatDogCNN
     if name == "catdog":
@@ -51,6 +43,7 @@ def build_model(name, backend, size):
 def worker(args):
     """One (model, backend) configuration; prints one JSON line prefixed RESULT."""
     import torch
+    from fcbench.timing import vm_kb
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rss_before = vm_kb("VmRSS")

@@ -177,14 +177,6 @@ def outputs_and_grads(model, call, mode, seed=2):
     return out, torch.cat(grads).float()
 
 
-def vm_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def default_convert(model):
     import fastconv
     return fastconv.convert(model)
@@ -247,6 +239,7 @@ def memory_config(model_name, size, batch, mode, side, channels_last=False, thre
     """Peak memory of one side: RSS high-water mark over `steps` steps, less the RSS before the build."""
     import torch
     import fastconv  # noqa: F401  (both sides import the same libraries)
+    from fcbench.timing import vm_kb
     torch.set_num_threads(threads or torch.get_num_threads())
     rss0 = vm_kb("VmRSS")
     model = build_model(model_name)
@@ -263,7 +256,7 @@ def memory_config(model_name, size, batch, mode, side, channels_last=False, thre
 def engine_config(model_name, size, batch, engine, channels_last=False, threads=None, min_time=1.0, workdir=None):
     """One inference engine on one (model, size, batch): its median time and its error vs eager."""
     import torch
-    from fcbench.timing import measure, rel_error
+    from fcbench.timing import measure, rel_error, vm_kb
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     res = {"engine": engine}

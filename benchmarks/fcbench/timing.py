@@ -147,6 +147,15 @@ def build_info():
     return info
 
 
+def vm_kb(field):
+    """A /proc/self/status field in kB: VmRSS (resident now), VmHWM (the resident high-water mark)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def progress(iterable=None, **kw):
     """A tqdm progress bar when tqdm is installed, else a silent stand-in with the same methods."""
     try:
