@@ -37,6 +37,7 @@
 #include "cpu/depthwise.h"
 #include "cpu/direct_conv.h"
 #include "cpu/dispatch.h"
+#include "cpu/partial_sums.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
 #include "cpu/small_m.h"
@@ -182,12 +183,7 @@ void conv2d_backward_weight_gemm(const T* dy, const T* x, T* dw, const Conv2dSha
       }
     }
   });
-  for (int64_t sp = 1; sp < splits; ++sp) {
-    const T* p = partial.data() + (sp - 1) * wsize;
-    at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) dw[i] += p[i];
-    });
-  }
+  add_partial_sums(dw, partial.data(), splits, wsize);
 }
 
 // db[k] = sum of dy over images and pixels (of relu_backward(dy, gate) with a gate).

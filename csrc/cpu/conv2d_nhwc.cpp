@@ -10,6 +10,7 @@
 
 #include "cpu/avx512.h"
 #include "cpu/dispatch.h"
+#include "cpu/partial_sums.h"
 #include "cpu/gemm.h"
 
 namespace fastconv {
@@ -411,12 +412,7 @@ void conv2d_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dSha
       gemm<T>(Kg, cols, m1 - m0, StridedMatrix<T>{dy + m0 * s.K + g * Kg, 1, s.K}, shifted, out, CRS, 1, false);
     }
   });
-  for (int64_t sp = 1; sp < splits; ++sp) {
-    const T* p = partial.data() + (sp - 1) * wsize;
-    at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) dw[i] += p[i];
-    });
-  }
+  add_partial_sums(dw, partial.data(), splits, wsize);
 }
 
 template <typename T>

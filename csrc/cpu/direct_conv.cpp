@@ -10,6 +10,7 @@
 #include "common/checks.h"
 #include "cpu/avx512.h"
 #include "cpu/dispatch.h"
+#include "cpu/partial_sums.h"
 #include "cpu/gemm.h"
 
 namespace fastconv {
@@ -379,12 +380,7 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
       }
     }
   });
-  for (int64_t sp = 1; sp < splits; ++sp) {
-    const float* p = partial + (sp - 1) * wsize;
-    at::parallel_for(0, wsize, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) dw[i] += p[i];
-    });
-  }
+  add_partial_sums(dw, partial, splits, wsize);
 }
 
 #else  // not x86-64: no AVX-512, so the dispatch (cpu/dispatch.h) never chooses these.
