@@ -25,7 +25,7 @@ counts the accesses it sees: __ldg, ld_/st_global, ld_/st_shared, ldmatrix, cp.a
 barriers, not plain pointer dereferences.
 
 Threads per block and dynamic shared memory are launch parameters that ptxas does not see; they
-are derived from the kernel's template arguments exactly as csrc/cuda/launch.h chooses them, or
+are derived from the kernel's template arguments exactly as csrc/cuda/conv2d_launch.h chooses them, or
 for a fixed-size kernel 'X_kernel' read from its 'constexpr int X_threads' in csrc/cuda/*.cuh.
 """
 import argparse
@@ -112,7 +112,7 @@ def parse(log):
 def block_sizes():
     """{kernel name: threads per block} from the named constants of csrc/cuda/*.cuh: a kernel
     'X_kernel' with a fixed block size declares 'constexpr int X_threads = N;', which its
-    __launch_bounds__ and its launch in csrc/cuda/launch.h both use."""
+    __launch_bounds__ and its launch in csrc/cuda/<op>_launch.h both use."""
     sizes = {}
     cuda_dir = os.path.join(ROOT, "csrc", "cuda")
     for name in sorted(os.listdir(cuda_dir)):
@@ -127,7 +127,7 @@ BLOCK_SIZES = block_sizes()
 
 
 def launch_shape(pretty):
-    """(threads per block, dynamic smem bytes) as csrc/cuda/launch.h launches the kernel."""
+    """(threads per block, dynamic smem bytes) as csrc/cuda/<op>_launch.h launches the kernel."""
     acc = 8 if "double" in pretty else 4
     m = re.search(r"igemm_kernel<.*?, (\d+), (\d+), (\d+), (\d+), (\d+)>", pretty)
     if m:

@@ -140,7 +140,7 @@ struct ConvBwdWeightOp {
 };
 
 // Threads per block of reduce_splits_kernel and bias_grad_kernel (its NT): the __launch_bounds__,
-// the launcher's block (csrc/cuda/launch.h) and benchmarks/cuda_resources.py (which reads
+// the launcher's block (csrc/cuda/conv2d_launch.h) and benchmarks/cuda_resources.py (which reads
 // '<kernel>_threads' for '<kernel>_kernel') all use these, so they cannot disagree.
 constexpr int reduce_splits_threads = 256;
 constexpr int bias_grad_threads = 256;

@@ -13,7 +13,7 @@ struct PoolArgs {
   int kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-// Threads per block of each kernel: its __launch_bounds__, the launcher's block (csrc/cuda/launch.h)
+// Threads per block of each kernel: its __launch_bounds__, the launcher's block (csrc/cuda/max_pool2d_launch.h)
 // and benchmarks/cuda_resources.py (which reads '<kernel>_threads' for '<kernel>_kernel') all use
 // these, so they cannot disagree.
 constexpr int max_pool2d_fwd_threads = 256;

@@ -15,7 +15,7 @@ struct alignas(4 * sizeof(T)) Pack4 {
   T v[4];
 };
 
-// Threads per block of each kernel: its __launch_bounds__, the launcher's block (csrc/cuda/launch.h)
+// Threads per block of each kernel: its __launch_bounds__, the launcher's block (csrc/cuda/relu_launch.h)
 // and benchmarks/cuda_resources.py (which reads '<kernel>_threads' for '<kernel>_kernel') all use
 // these, so they cannot disagree.
 constexpr int relu_fwd_threads = 256;

@@ -1,0 +1,236 @@
+// Host side of the CUDA convolution: tile choice, split-K, the forward / backward launchers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "cuda/conv2d_bwd_data.cuh"
+#include "cuda/conv2d_bwd_weight.cuh"
+#include "cuda/conv2d_fwd.cuh"
+#include "cuda/launch_common.h"
+
+namespace fastconv {
+namespace cuda {
+
+// Tile configurations of the implicit GEMM (BM x BN x BK, thread tile TM x TN).
+enum class Tiles { t128x128, t64x64, t128x32 };
+struct TileShape { int bm, bn, bk; };
+inline TileShape tile_shape(Tiles t) {
+  switch (t) {
+    case Tiles::t128x128: return {128, 128, 8};
+    case Tiles::t64x64: return {64, 64, 16};
+    default: return {128, 32, 16};
+  }
+}
+
+// Narrow GEMMs (<= 32 columns per group: first layers, grouped/depthwise conv) use 128x32 tiles;
+// otherwise 128x128 when that still gives two waves of blocks, else 64x64. double uses 64x64 only
+// (one instantiation; fp64 convolutions are for gradcheck, not speed).
+template <typename T>
+Tiles pick_tiles(int64_t M, int64_t Ncols, int64_t groups) {
+  if (std::is_same<T, double>::value) return Tiles::t64x64;
+  if (Ncols <= 32) return Tiles::t128x32;
+  const int64_t big = ceil_div(M, 128) * ceil_div(Ncols, 128) * groups;
+  return big >= 2 * int64_t(sm_count()) ? Tiles::t128x128 : Tiles::t64x64;
+}
+
+template <class Op, int BM, int BN, int BK, int TM, int TN>
+void launch_igemm_tiles(ConvArgs<typename Op::scalar> a, int splits, cudaStream_t stream) {
+  using A = typename Op::acc;
+  constexpr int NT = (BM / TM) * (BN / TN);
+  const int64_t tiles_m = ceil_div(a.M, BM);
+  TORCH_CHECK(tiles_m <= int64_t(INT32_MAX), "fastconv (CUDA): GEMM of ", a.M, " rows is too large");
+  a.tiles_n = int(ceil_div(a.Ncols, BN));
+  TORCH_CHECK(a.tiles_n <= 65535, "fastconv (CUDA): ", a.Ncols, " channels per group is too many");
+  const int groups_per_launch = std::max(1, 65535 / a.tiles_n);
+  auto* kernel = &igemm_kernel<Op, BM, BN, BK, TM, TN>;
+  constexpr int smem = igemm_smem_bytes<A, BM, BN, BK>();
+  for (int g0 = 0; g0 < a.groups; g0 += groups_per_launch) {
+    a.group0 = g0;
+    const int ng = std::min(groups_per_launch, a.groups - g0);
+    const dim3 grid(unsigned(tiles_m), unsigned(ng * a.tiles_n), unsigned(splits));
+    FC_LAUNCH(kernel, grid, dim3(NT), smem, stream)(a);
+    FC_CHECK_LAUNCH();
+  }
+}
+
+template <class Op>
+void launch_igemm(Tiles t, const ConvArgs<typename Op::scalar>& a, int splits, cudaStream_t stream) {
+  if constexpr (std::is_same<typename Op::scalar, double>::value) {
+    launch_igemm_tiles<Op, 64, 64, 16, 4, 4>(a, splits, stream);
+  } else {
+    switch (t) {
+      case Tiles::t128x128: launch_igemm_tiles<Op, 128, 128, 8, 8, 8>(a, splits, stream); break;
+      case Tiles::t64x64: launch_igemm_tiles<Op, 64, 64, 16, 4, 4>(a, splits, stream); break;
+      default: launch_igemm_tiles<Op, 128, 32, 16, 8, 4>(a, splits, stream); break;
+    }
+  }
+}
+
+// Shape fields of ConvArgs common to every direction.
+template <typename T>
+ConvArgs<T> conv_args(const char* op, const Conv2dShape& s) {
+  for (auto [what, v] : {std::pair<const char*, int64_t>{"channels", s.C}, {"out_channels", s.K},
+                         {"height", s.H}, {"width", s.W}, {"output height", s.P},
+                         {"output width", s.Q}, {"in_channels/groups * kH * kW", s.Cg() * s.R * s.S},
+                         {"out_channels/groups * kH * kW", s.Kg() * s.R * s.S}})
+    check_int(op, what, v);
+  for (int64_t v : {s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w}) check_int(op, "stride/padding/dilation", v);
+  ConvArgs<T> a{};
+  a.N = s.N;
+  a.C = int(s.C); a.H = int(s.H); a.W = int(s.W); a.K = int(s.K);
+  a.R = int(s.R); a.S = int(s.S); a.P = int(s.P); a.Q = int(s.Q);
+  a.sh = int(s.stride_h); a.sw = int(s.stride_w); a.ph = int(s.pad_h); a.pw = int(s.pad_w);
+  a.dh = int(s.dil_h); a.dw = int(s.dil_w);
+  a.groups = int(s.groups); a.Cg = int(s.Cg()); a.Kg = int(s.Kg()); a.RS = a.R * a.S;
+  a.HW = s.H * s.W; a.PQ = s.P * s.Q;
+  return a;
+}
+
+
+// out = conv2d(x, w) + bias, then ReLU when relu. x, w, bias contiguous; out (N,K,P,Q) contiguous.
+template <typename T>
+void conv2d_fwd_run(const Conv2dShape& s, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                    at::Tensor& out, bool relu) {
+  ConvArgs<T> a = conv_args<T>("conv2d", s);
+  a.a = x.const_data_ptr<T>();
+  a.b = w.const_data_ptr<T>();
+  a.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  a.out = out.mutable_data_ptr<T>();
+  a.M = s.N * s.P * s.Q;
+  a.Ncols = a.Kg;
+  a.Kd = int64_t(a.Cg) * a.RS;
+  a.k_chunk = a.Kd;
+  const bool f32 = std::is_same<T, float>::value;
+  a.vec_b = f32 && a.Kd % 4 == 0 && aligned16(a.b);
+  a.vec_c = f32 && a.PQ % 4 == 0 && aligned16(a.out);
+  const Tiles t = pick_tiles<T>(a.M, a.Ncols, a.groups);
+  if (relu) launch_igemm<ConvFwdOp<T, true>>(t, a, 1, FC_CURRENT_STREAM());
+  else launch_igemm<ConvFwdOp<T, false>>(t, a, 1, FC_CURRENT_STREAM());
+}
+
+
+inline at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                 bool relu) {
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kernel_dtypes());
+  DeviceGuard guard(input);
+  at::Tensor out = at::empty({s.N, s.K, s.P, s.Q}, input.options());
+  if (s.N == 0) return out.contiguous(conv2d_memory_format(input, weight));
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    conv2d_fwd_run<T>(s, x, w, b, out, relu);
+  });
+  return out.contiguous(conv2d_memory_format(input, weight));
+}
+
+inline at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                         int64_t groups) {
+  return conv2d_forward(input, weight, bias, stride, padding, dilation, groups, false);
+}
+
+// conv2d followed by ReLU in the GEMM epilogue (no separate pass over the output).
+inline at::Tensor conv2d_relu(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_forward(input, weight, bias, stride, padding, dilation, groups, true);
+}
+
+// grad_input (N,C,H,W) from grad_output (N,K,P,Q) and weight.
+template <typename T>
+void conv2d_bwd_data_run(const Conv2dShape& s, const at::Tensor& gy, const at::Tensor& w, at::Tensor& gx) {
+  ConvArgs<T> a = conv_args<T>("conv2d_backward", s);
+  a.a = gy.const_data_ptr<T>();
+  a.b = w.const_data_ptr<T>();
+  a.out = gx.mutable_data_ptr<T>();
+  a.M = s.N * s.H * s.W;
+  a.Ncols = a.Cg;
+  a.Kd = int64_t(a.Kg) * a.RS;
+  a.k_chunk = a.Kd;
+  const bool f32 = std::is_same<T, float>::value;
+  a.vec_b = false;
+  a.vec_c = f32 && a.HW % 4 == 0 && aligned16(a.out);
+  launch_igemm<ConvBwdDataOp<T>>(pick_tiles<T>(a.M, a.Ncols, a.groups), a, 1, FC_CURRENT_STREAM());
+}
+
+// grad_weight (K,Cg,R,S): split-K GEMM into an fp32/fp64 workspace [splits][K][Cg*R*S], then a
+// fixed-order sum over the splits. Deterministic for a given device (the split count depends on
+// the problem size and the number of SMs only).
+template <typename T>
+void conv2d_bwd_weight_run(const Conv2dShape& s, const at::Tensor& x, const at::Tensor& gy, at::Tensor& gw) {
+  using A = acc_t<T>;
+  ConvArgs<T> a = conv_args<T>("conv2d_backward", s);
+  a.a = x.const_data_ptr<T>();
+  a.b = gy.const_data_ptr<T>();
+  a.M = int64_t(a.Cg) * a.RS;
+  a.Ncols = a.Kg;
+  a.Kd = s.N * s.P * s.Q;
+  const Tiles t = pick_tiles<T>(a.M, a.Ncols, a.groups);
+  const TileShape ts = std::is_same<T, double>::value ? tile_shape(Tiles::t64x64) : tile_shape(t);
+  // Enough blocks for ~4 waves, each split at least 16 K steps, workspace at most ~64 MB.
+  const int64_t tiles = ceil_div(a.M, ts.bm) * ceil_div(a.Ncols, ts.bn) * a.groups;
+  const int64_t total = int64_t(a.K) * a.M;  // grad_weight elements
+  int64_t splits = ceil_div(4 * int64_t(sm_count()), tiles);
+  splits = std::min(splits, ceil_div(a.Kd, int64_t(ts.bk) * 16));
+  splits = std::min(splits, std::max<int64_t>(1, (int64_t(64) << 20) / int64_t(sizeof(A)) / total));
+  splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535));
+  a.k_chunk = ceil_div(ceil_div(a.Kd, splits), ts.bk) * ts.bk;
+  splits = ceil_div(a.Kd, a.k_chunk);
+  at::Tensor ws = at::empty({splits, total}, gw.options().dtype(c10::CppTypeToScalarType<A>::value));
+  a.out = ws.mutable_data_ptr<A>();
+  const bool f32 = std::is_same<T, float>::value;
+  a.vec_b = f32 && a.PQ % 4 == 0 && aligned16(a.b);
+  a.vec_c = std::is_same<A, float>::value && a.M % 4 == 0;
+  cudaStream_t stream = FC_CURRENT_STREAM();
+  launch_igemm<ConvBwdWeightOp<T>>(t, a, int(splits), stream);
+  auto* reduce = &reduce_splits_kernel<T>;
+  FC_LAUNCH(reduce, stride_grid(total, reduce_splits_threads), dim3(reduce_splits_threads), 0, stream)(ws.const_data_ptr<A>(), gw.mutable_data_ptr<T>(), total, int(splits));
+  FC_CHECK_LAUNCH();
+}
+
+template <typename T>
+void conv2d_bwd_bias_run(const Conv2dShape& s, const at::Tensor& gy, at::Tensor& gb) {
+  constexpr int NT = bias_grad_threads;
+  auto* kernel = &bias_grad_kernel<T, NT>;
+  FC_LAUNCH(kernel, dim3(unsigned(s.K)), dim3(NT), NT * sizeof(acc_t<T>), FC_CURRENT_STREAM())(
+      gy.const_data_ptr<T>(), gb.mutable_data_ptr<T>(), s.N, int(s.K), s.P * s.Q);
+  FC_CHECK_LAUNCH();
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const Conv2dShape s =
+      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kernel_dtypes());
+  DeviceGuard guard(input);
+  const auto opts = input.options();
+  at::Tensor gx = output_mask[0] ? at::empty({s.N, s.C, s.H, s.W}, opts) : at::empty({0}, opts);
+  at::Tensor gw = output_mask[1] ? at::empty({s.K, s.Cg(), s.R, s.S}, opts) : at::empty({0}, opts);
+  at::Tensor gb = output_mask[2] ? at::empty({s.K}, opts) : at::empty({0}, opts);
+  if (s.N == 0) {  // sums over an empty batch
+    if (output_mask[1]) gw.zero_();
+    if (output_mask[2]) gb.zero_();
+    const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
+    return {output_mask[0] ? gx.contiguous(fmt) : gx, output_mask[1] ? gw.contiguous(fmt) : gw, gb};
+  }
+  const at::Tensor gy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  dispatch(gy.scalar_type(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (output_mask[0]) conv2d_bwd_data_run<T>(s, gy, w, gx);
+    if (output_mask[1]) conv2d_bwd_weight_run<T>(s, x, gy, gw);
+    if (output_mask[2]) conv2d_bwd_bias_run<T>(s, gy, gb);
+  });
+  const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
+  return {output_mask[0] ? gx.contiguous(fmt) : gx, output_mask[1] ? gw.contiguous(fmt) : gw, gb};
+}
+
+}  // namespace cuda
+}  // namespace fastconv
