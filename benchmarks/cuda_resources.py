@@ -16,7 +16,8 @@ or the nvidia-cuda-cuobjdump wheel in site-packages/nvidia/cu13/bin) and counts,
 architecture: HMMA (tensor-core mma), FFMA, LDGSTS (cp.async), LDSM (ldmatrix), LDS / STS, LDG / STG,
 local-memory traffic (LDL / STL: spills or local arrays) and integer division: IDIV32 (inlined
 32-bit divisions / modulos, each starting with I2F.U32.RP), DIV64 (64-bit division subroutines,
-I2F.U64.RP) and CALL (calls into them).
+I2F.U64.RP) and CALL (calls into them); LOOPDIV counts those inside the main loops (backward
+branches whose body issues HMMA or FFMA).
 
 --counters runs a few convolutions through the SIMT emulator (fastconv.testing) with its performance
 counters on and prints, per kernel and source line: warp-level requests, 32-byte sectors (global)
@@ -133,6 +134,10 @@ def launch_shape(pretty):
     if m:
         bm, bn, bk, tm, tn = map(int, m.groups())
         return (bm // tm) * (bn // tn), 2 * bk * (bm + bn) * acc
+    m = re.search(r"conv2d_tc_kernel<.*?, (\d+), (\d+), (\d+), (\d+), (\d+)>", pretty)
+    if m:  # BM, BN, WARPS_M, WARPS_N, STAGES: 32*WM*WN threads, STAGES*(BM+BN)*64 bytes (conv2d_tc.cuh)
+        bm, bn, wm, wn, st = map(int, m.groups())
+        return 32 * wm * wn, st * (bm + bn) * 64
     m = re.search(r"bias_grad_kernel<.*?, (\d+)>", pretty)  # NT, launched as bias_grad_threads
     if m:
         return int(m.group(1)), int(m.group(1)) * acc
@@ -191,27 +196,49 @@ SASS_CLASSES = [
 ]
 
 
+LOOP_DIV = ("IDIV32", "DIV64", "CALL")
+
+
+def loop_divisions(insts):
+    """Division markers (IDIV32, DIV64, CALL) inside the main loops: the address ranges
+    [target, branch] of backward branches whose body holds an HMMA or FFMA."""
+    n = 0
+    for a, op, target in insts:
+        if op.startswith("BRA") and target is not None and target < a:
+            body = [(b, o) for b, o, _ in insts if target <= b <= a]
+            if any(re.match(r"^(HMMA|FFMA)\b", o) for _, o in body):
+                n += sum(1 for _, o in body for name, pat in SASS_CLASSES if name in LOOP_DIV and re.match(pat, o))
+    return n
+
+
 def sass_census(obj):
-    """{mangled kernel: {class: count}} from `cuobjdump -sass obj`."""
+    """{mangled kernel: {class: count}} from `cuobjdump -sass obj`; 'LOOPDIV': division markers
+    inside loops that issue HMMA / FFMA (loop_divisions)."""
     tool = cuobjdump_path()
     if tool is None:
         return None
     res = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit("cuobjdump failed:\n" + res.stderr[-2000:])
-    out, cur, prev = {}, None, ""
+    out, insts, cur = {}, {}, None
     for line in res.stdout.splitlines():
         m = re.search(r"Function : (\S+)", line)
         if m:
-            cur = out.setdefault(m.group(1), {k: 0 for k, _ in SASS_CLASSES})
+            cur = m.group(1)
+            out.setdefault(cur, {k: 0 for k, _ in SASS_CLASSES})
+            insts[cur] = []
             continue
-        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*)", line)
         if not m or cur is None:
             continue
-        op = m.group(2)
+        op = m.group(3)
+        t = re.search(r"0x([0-9a-f]+)", m.group(4)) if op.startswith("BRA") else None
+        insts[cur].append((int(m.group(1), 16), op, int(t.group(1), 16) if t else None))
         for name, pat in SASS_CLASSES:
             if re.match(pat, op):
-                cur[name] += 1
+                out[cur][name] += 1
+    for k in out:
+        out[k]["LOOPDIV"] = loop_divisions(insts[k])
     return out
 
 
@@ -220,7 +247,7 @@ def print_sass(per_arch_census):
         cen = per_arch_census[arch]
         names = sorted(cen)
         pretty = demangle(names)
-        cols = [k for k, _ in SASS_CLASSES]
+        cols = [k for k, _ in SASS_CLASSES] + ["LOOPDIV"]
         print("\n## SASS census sm_%s (%d kernels)\n" % (arch, len(names)))
         print("| kernel | " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * len(cols))

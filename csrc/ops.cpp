@@ -6,6 +6,7 @@
 
 #include "common/info.h"
 #include "common/schemas.h"
+#include "cuda/tc_configs.h"
 
 TORCH_LIBRARY(fastconv, m) {
   fastconv::define_ops(m);
@@ -13,6 +14,8 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_info() -> str", &fastconv::info_json);
   m.def("_set_cpu_isa(str isa) -> str", &fastconv::set_cpu_isa);
   m.def("_set_cpu_conv_algo(str algo) -> str", &fastconv::set_cpu_conv_algo);
+  // The CUDA conv kernels' test switch (cuda/tc_configs.h; returns the previous setting).
+  m.def("_set_cuda_conv_config(str name) -> str", &fastconv::cuda::set_cuda_conv_config);
 }
 
 // The extension is imported as a Python module only so that the op registrations above run.

@@ -19,7 +19,8 @@ import torch
 from . import _backend
 from .ops import register_namespace
 
-__all__ = ["simt_available", "simt_backend", "set_schedule", "memcheck", "set_arch", "counters"]
+__all__ = ["simt_available", "simt_backend", "set_schedule", "memcheck", "set_arch", "counters",
+           "force_cuda_conv_config", "cuda_conv_configs"]
 
 
 def _load_simt():
@@ -106,3 +107,31 @@ def counters(sample_every=1):
             rows.append(dict(kernel=kernel, file=file, line=int(lineno), kind=kind, requests=int(req),
                              units=int(units), bytes=int(nbytes)))
         ops.counters_reset()
+
+
+def cuda_conv_configs():
+    """The tensor-core convolution's tile configurations (csrc/cuda/tc_configs.h), one dict each:
+    ``name``, ``bm``, ``bn`` (block tile: output pixels x output channels), ``bk_bytes`` and ``bk``
+    (K per stage: 64 bytes = 32 halfs / 16 floats), ``warps`` (``warps_m`` x ``warps_n``),
+    ``threads``, ``stages`` (cp.async pipeline depth), ``smem_bytes``, ``blocks_per_sm`` and
+    ``eff`` (the tile heuristic's inputs) and ``mma`` (instruction per dtype)."""
+    import fastconv
+
+    return fastconv.info()["cuda_conv_configs"]
+
+
+@contextlib.contextmanager
+def force_cuda_conv_config(name):
+    """Inside the block, CUDA conv2d forwards (on the GPU and in the emulator) use ``name``:
+    one of cuda_conv_configs()' names wherever the tensor-core path applies (ungrouped float16 /
+    bfloat16, float32 with torch.backends.cudnn.allow_tf32), 'simt' for the FP32/FP64 FFMA implicit
+    GEMM everywhere, or 'auto' (the tile heuristic; the default)."""
+    setters = [torch.ops.fastconv._set_cuda_conv_config]
+    if simt_available():
+        setters.append(torch.ops.fastconv_simt._set_cuda_conv_config)
+    prev = [f(name) for f in setters]
+    try:
+        yield
+    finally:
+        for f, p in zip(setters, prev):
+            f(p)

@@ -17,6 +17,9 @@ from fastconv.ops import pool_out_size
 # Relative error budget per dtype against the float64 reference.
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 LOW = (torch.float16, torch.bfloat16)
+# float32 on tensor cores (TF32: operands rounded to 10 mantissa bits, fp32 accumulation): its own
+# budget, 1e-3 relative (a TF32 operand carries a relative error up to 2^-11 ~ 4.9e-4).
+TOL_TF32 = 1e-3
 
 
 def rel_err(out, ref):
@@ -26,11 +29,12 @@ def rel_err(out, ref):
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-def assert_close(out, ref, dtype, what=""):
+def assert_close(out, ref, dtype, what="", tol=None):
     """out (of dtype, any device) matches the float64 reference ref: same shape and dtype, non-finite
     exactly where ref is (an element a kernel forgot to write reads NaN: conftest.poison_outputs),
-    relative error within TOL[dtype], and for float32 / float64 no element off by more than
-    100 * TOL of ref's largest magnitude."""
+    relative error within tol (default TOL[dtype]), and for float32 / float64 no element off by
+    more than 100 * tol of ref's largest magnitude."""
+    tol = TOL[dtype] if tol is None else tol
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     assert out.dtype == dtype, f"{what}: dtype {out.dtype} != {dtype}"
     if ref.numel() == 0:
@@ -39,11 +43,11 @@ def assert_close(out, ref, dtype, what=""):
     assert torch.equal(torch.isfinite(out), torch.isfinite(ref)), \
         f"{what}: non-finite values where the reference is finite (unwritten output?)"
     err = rel_err(out, ref)
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:.0e}"
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.0e}"
     if dtype in (torch.float32, torch.float64):
         scale = ref.abs().max().item() + 1e-30
         worst = (out - ref).abs().max().item()
-        assert worst <= 100 * TOL[dtype] * scale, f"{what}: elementwise error {worst:.3g} (scale {scale:.3g})"
+        assert worst <= 100 * tol * scale, f"{what}: elementwise error {worst:.3g} (scale {scale:.3g})"
 
 
 def bits(t):
@@ -135,6 +139,17 @@ def random_conv_cases(n, seed):
 CONV_RANDOM = random_conv_cases(40, 1234)
 # float16 / bfloat16 (backends whose kernels take them)
 CONV_LOW = [CONV_CASES[CUDA_TILINGS + i] for i in (0, 2, 4, 7)] + CONV_RANDOM[:3]
+# the tensor-core forward (every configuration, f16 / bf16 / TF32, both memory formats): channel
+# counts that are and are not multiples of the 16-byte vector and of BK (3: padded to the vector;
+# 40 halfs: a partial channel block), partial tiles in M and N, odd K, stride / padding / dilation
+CONV_TC = [
+    (2, 3, 9, 11, 8, (3, 3), 1, 1, 1, 1, True),                    # first layer: 3 channels padded
+    (1, 40, 10, 9, 70, (3, 3), 1, 1, 1, 1, True),                  # partial channel block, odd tiles
+    (2, 16, 7, 8, 33, (1, 1), 1, 0, 1, 1, False),                  # 1x1, odd K
+    (1, 8, 13, 12, 24, (3, 2), (2, 1), (1, 0), (2, 1), 1, True),   # mixed stride / dilation
+    (3, 12, 6, 5, 136, (2, 3), 1, (1, 2), 1, 1, True),             # K past one 128-channel tile
+    (1, 64, 12, 12, 16, (3, 3), 2, 1, 1, 1, False),                # two channel blocks (f32: four)
+]
 # conv2d_relu, forward and backward
 CONV_FUSED_RELU = CONV_CASES[:6] + [CONV_CASES[CUDA_TILINGS + i] for i in (0, 2, 5)] + CONV_RANDOM[:1]
 

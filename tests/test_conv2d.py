@@ -6,14 +6,16 @@ import torch.nn.functional as F
 import fastconv
 import fastconv.functional as FC
 from conftest import cpu_backend
-from helpers import (CONV_CASES, CONV_FUSED_RELU, CONV_LOW, CONV_RANDOM, CUDA_TILINGS, LOW, assert_close, case_id,
-                     pair, randn)
+from fastconv import testing
+from helpers import (CONV_CASES, CONV_FUSED_RELU, CONV_LOW, CONV_RANDOM, CONV_TC, CUDA_TILINGS, LOW, TOL_TF32,
+                     assert_close, case_id, pair, randn)
 
 
-def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False):
+def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False, out_tol=None):
     """cfg through fastconv.functional (autograd) on the backend (Backend.run: every thread order on
     'simt'), against float64 PyTorch on the same inputs rounded to dtype: the output and every
-    gradient (grad_bias also without a bias, through the op)."""
+    gradient (grad_bias also without a bias, through the op). out_tol: the output's error budget
+    (default: the dtype's)."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, has_bias = cfg
     backend.skip_unless_takes(dtype)
     fan_in = max(1, C // groups * R * S)
@@ -55,7 +57,7 @@ def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False):
     out, gx, gw, gb = backend.run(compute)
     # PyTorch's rule: a channels_last input gives a channels_last output, anything else NCHW
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-    assert_close(out, ref, dtype, "output")
+    assert_close(out, ref, dtype, "output", out_tol)
     assert_close(gx, ref_grads[0], dtype, "grad_input")
     assert_close(gw, ref_grads[1], dtype, "grad_weight")
     if gb is not None:
@@ -112,6 +114,32 @@ def test_conv2d_random(backend, i, rng):
 @pytest.mark.parametrize("cfg", CONV_FUSED_RELU, ids=[f"fused{i}" for i in range(len(CONV_FUSED_RELU))])
 def test_conv2d_relu_fused(backend, cfg, rng):
     _run(backend, cfg, torch.float32, rng, fused_relu=True)
+
+
+CUDA_CONV_CONFIGS = [c["name"] for c in fastconv.info()["cuda_conv_configs"]]
+
+
+@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
+@pytest.mark.parametrize("cfg", CONV_TC, ids=case_id)
+def test_conv2d_tensor_cores(backend, cfg, config, dtype, layout, rng):
+    """The tensor-core forward in each tile configuration (forced; the heuristic would pick one),
+    float32 through TF32 (budget TOL_TF32 = 1e-3), float16 / bfloat16 at 1e-2; the gradients run
+    the FFMA kernels (exact budgets)."""
+    if backend.name == "cpu":
+        pytest.skip("configurations of the CUDA kernels")
+    torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
+    with testing.force_cuda_conv_config(config):
+        _run(backend, cfg, dtype, rng, layout, out_tol=TOL_TF32 if dtype == torch.float32 else None)
+
+
+@pytest.mark.parametrize("cfg", CONV_TC[:2], ids=case_id)
+def test_conv2d_relu_tensor_cores(backend, cfg, rng):
+    """conv2d_relu's fused epilogue (bias, then ReLU) on tensor cores (auto configuration)."""
+    if backend.name == "cpu":
+        pytest.skip("configurations of the CUDA kernels")
+    _run(backend, cfg, torch.bfloat16, rng, "channels_last", fused_relu=True)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided", "misaligned"])

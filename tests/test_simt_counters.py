@@ -93,3 +93,35 @@ def test_counters_off_by_default():
     ops.counters_reset()
     ops._counters_kernels("copy")
     assert ops.counters_report() == ""
+
+
+TC_SRC = os.path.join(ROOT, "csrc", "cuda", "conv2d_tc.cuh")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", [c["name"] for c in testing.cuda_conv_configs()])
+def test_tensor_core_conv_main_loop(config, dtype):
+    """The tensor-core conv's main loop (csrc/cuda/conv2d_tc.cuh): every ldmatrix is conflict-free
+    (one wavefront per 8x8 matrix, thanks to the XOR swizzle), the cp.async sources use whole
+    32-byte sectors (a 64-byte channel block of one pixel / weight row per 4 lanes), and the mma
+    count is the GEMM's (M and N tiles x K steps x warp tiles)."""
+    cfg = {c["name"]: c for c in testing.cuda_conv_configs()}[config]
+    N, C, H, W, K = 2, 64, 10, 10, 128  # 3x3 'valid': M = 2*8*8 = 128 rows, no padding taps, whole tiles
+    x = torch.randn(N, C, H, W).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C, 3, 3).to(dtype)
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with testing.force_cuda_conv_config(config), testing.counters() as rows:
+            torch.ops.fastconv_simt.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+    tc = [r for r in rows if os.path.basename(r["file"]) == os.path.basename(TC_SRC)]
+    ldsm = [r for r in tc if r["kind"] == "ldsm"]
+    assert ldsm and sum(r["units"] for r in ldsm) == 4 * sum(r["requests"] for r in ldsm)  # x4: 4 matrices
+    cp = [r for r in tc if r["kind"] == "cp_async"]
+    assert cp and sum(r["bytes"] for r in cp) == 32 * sum(r["units"] for r in cp)  # 100% sector efficiency
+    mma = sum(r["requests"] for r in tc if r["kind"] == "mma")
+    ktiles = 9 * -(-C * dtype.itemsize // 64)
+    tiles = -(-N * 8 * 8 // cfg["bm"]) * -(-K // cfg["bn"])
+    assert mma == tiles * ktiles * 2 * (cfg["bm"] // 16) * (cfg["bn"] // 8)

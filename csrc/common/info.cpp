@@ -1,4 +1,5 @@
 #include "common/info.h"
+#include "cuda/tc_configs.h"
 
 #include "common/checks.h"
 
@@ -34,7 +35,8 @@ std::string info_json() {
 #endif
   os << "], \"cuda_archs\": \"" << FASTCONV_CUDA_ARCHS << "\", \"cpu_isa\": \"" << cpu_isa_name()
      << "\", \"cpu_conv_algo\": \"" << cpu_conv_algo_name() << "\", \"cpu_threads\": " << at::get_num_threads()
-     << ", \"dtypes\": {\"cpu\": " << dtype_list(kCpuDtypes) << ", \"cuda\": " << dtype_list(kCudaDtypes) << "}}";
+     << ", \"dtypes\": {\"cpu\": " << dtype_list(kCpuDtypes) << ", \"cuda\": " << dtype_list(kCudaDtypes)
+     << "}, \"cuda_conv_configs\": " << cuda::tc_configs_json() << "}";
   return os.str();
 }
 

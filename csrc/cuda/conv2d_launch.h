@@ -1,7 +1,9 @@
 // Host side of the CUDA convolution: tile choice, split-K, the forward / backward launchers.
 #pragma once
 
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/empty.h>
 
 #include <array>
@@ -11,6 +13,7 @@
 #include "cuda/conv2d_bwd_data.cuh"
 #include "cuda/conv2d_bwd_weight.cuh"
 #include "cuda/conv2d_fwd.cuh"
+#include "cuda/conv2d_tc.cuh"
 #include "cuda/launch_common.h"
 
 namespace fastconv {
@@ -114,21 +117,121 @@ void conv2d_fwd_run(const Conv2dShape& s, const at::Tensor& x, const at::Tensor&
 }
 
 
+// ---- forward on tensor cores (conv2d_tc.cuh)
+
+// The tensor-core path takes ungrouped float16 / bfloat16, and float32 when TF32 is allowed
+// (torch.backends.cudnn.allow_tf32, PyTorch's default); float32 without TF32, float64 and grouped
+// convolutions run the exact FP32/FP64 implicit GEMM above. The test switch "simt" forces the latter.
+template <typename T>
+bool use_tc(const Conv2dShape& s) {
+  if (s.groups != 1 || forced_conv_config() == -1) return false;
+  if constexpr (std::is_same<T, at::Half>::value || std::is_same<T, at::BFloat16>::value) return true;
+  if constexpr (std::is_same<T, float>::value) return at::globalContext().allowTF32CuDNN();
+  return false;
+}
+
+// Wave-quantisation-aware tile choice: a wave is sm_count() * blocks_per_sm blocks, and an SM
+// busy with blocks_per_sm blocks of BM x BN takes ~ blocks_per_sm * BM * BN / eff per K step, so
+// the estimate is waves * blocks_per_sm * BM * BN / eff (eff: kTcConfig). Big GEMMs get 128x128,
+// 64-channel layers 128x64, small grids 64x64. The test switch overrides it.
+inline int pick_tc_config(int64_t M, int64_t K) {
+  if (forced_conv_config() >= 0) return forced_conv_config();
+  int best = 0;
+  double best_t = 0;
+  for (int i = 0; i < kTcConfigs; ++i) {
+    const TcConfig& c = kTcConfig[i];
+    const int64_t blocks = ceil_div(M, int64_t(c.bm)) * ceil_div(K, int64_t(c.bn));
+    const int64_t waves = ceil_div(blocks, int64_t(sm_count()) * c.blocks_per_sm);
+    const double t = double(waves) * c.blocks_per_sm * c.bm * c.bn / c.eff;
+    if (i == 0 || t < best_t) best = i, best_t = t;
+  }
+  return best;
+}
+
+// t (N,C,H,W) in any layout -> [N][H][W][cp] contiguous with zero channels past C: t itself when
+// it already is channels_last, 16-byte aligned and C == cp; otherwise one transposing copy (an NCHW
+// input: one read and one write of the input; a weight KCRS -> KRSC: small).
+inline at::Tensor nhwc_padded(const at::Tensor& t, int64_t cp) {
+  const int64_t C = t.size(1);
+  if (C == cp && t.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(t.const_data_ptr())) return t;
+  const auto opts = t.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor o = C == cp ? at::empty({t.size(0), t.size(2), t.size(3), cp}, opts)
+                         : at::zeros({t.size(0), t.size(2), t.size(3), cp}, opts);
+  o.narrow(3, 0, C).copy_(t.permute({0, 2, 3, 1}));
+  return o;
+}
+
+template <typename T, int CFG>
+void launch_tc(const TcConvArgs<T>& a, cudaStream_t stream) {
+  constexpr TcConfig c = kTcConfig[CFG];
+  using Tile = TcTile<c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
+  static_assert(Tile::kSmem == c.smem_bytes() && Tile::kThreads == c.threads(), "kTcConfig and TcTile agree");
+  auto* kernel = &conv2d_tc_kernel<T, c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
+  if (Tile::kSmem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
+  const int64_t tiles_m = ceil_div(a.M, int64_t(c.bm));
+  TORCH_CHECK(tiles_m <= int64_t(INT32_MAX), "fastconv (CUDA): GEMM of ", a.M, " rows is too large");
+  const dim3 grid(unsigned(tiles_m), unsigned(ceil_div(int64_t(a.K), int64_t(c.bn))));
+  FC_LAUNCH(kernel, grid, dim3(Tile::kThreads), Tile::kSmem, stream)(a);
+  FC_CHECK_LAUNCH();
+}
+
+// out = conv2d(input, weight) + bias (ReLU when relu) in memory format fmt, on tensor cores.
+template <typename T>
+at::Tensor conv2d_fwd_tc(const Conv2dShape& s, const at::Tensor& input, const at::Tensor& weight,
+                         const at::Tensor& bias, at::MemoryFormat fmt, bool relu) {
+  (void)conv_args<T>("conv2d", s);  // the per-axis int32 checks
+  constexpr int64_t VEC = 16 / sizeof(T), BK = 64 / sizeof(T);
+  const int64_t cp = ceil_div(s.C, VEC) * VEC;  // channels padded to the 16-byte vector
+  const at::Tensor x = nhwc_padded(input, cp), w = nhwc_padded(weight, cp);
+  at::Tensor out = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
+  TcConvArgs<T> a{};
+  a.x = x.const_data_ptr<T>();
+  a.w = w.const_data_ptr<T>();
+  a.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  a.out = out.mutable_data_ptr<T>();
+  a.M = s.N * s.P * s.Q;
+  a.PQ = s.P * s.Q;
+  a.H = int(s.H); a.W = int(s.W); a.C = int(cp); a.K = int(s.K); a.R = int(s.R); a.S = int(s.S);
+  a.sh = int(s.stride_h); a.sw = int(s.stride_w); a.ph = int(s.pad_h); a.pw = int(s.pad_w);
+  a.dh = int(s.dil_h); a.dw = int(s.dil_w);
+  a.Q = int(s.Q);
+  a.cblocks = int(ceil_div(cp, BK));
+  a.relu = relu;
+  a.out_nchw = fmt != at::MemoryFormat::ChannelsLast;
+  cudaStream_t stream = FC_CURRENT_STREAM();
+  switch (pick_tc_config(a.M, s.K)) {
+    case 0: launch_tc<T, 0>(a, stream); break;
+    case 1: launch_tc<T, 1>(a, stream); break;
+    default: launch_tc<T, 2>(a, stream); break;
+  }
+  static_assert(kTcConfigs == 3, "one case per configuration");
+  return out;
+}
+
+// ---- forward: which kernel runs
+// tensor cores where use_tc (NHWC implicit GEMM, output written in the input's memory format);
+// otherwise the FP32/FP64 implicit GEMM on NCHW copies, converted to the output format after.
 inline at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                  bool relu) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kernel_dtypes());
   DeviceGuard guard(input);
-  at::Tensor out = at::empty({s.N, s.K, s.P, s.Q}, input.options());
-  if (s.N == 0) return out.contiguous(conv2d_memory_format(input, weight));
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
+  if (s.N == 0) return at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  dispatch(x.scalar_type(), [&](auto tag) {
+  at::Tensor out;
+  dispatch(input.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    conv2d_fwd_run<T>(s, x, w, b, out, relu);
+    if (use_tc<T>(s)) {
+      out = conv2d_fwd_tc<T>(s, input, weight, b, fmt, relu);
+      return;
+    }
+    out = at::empty({s.N, s.K, s.P, s.Q}, input.options());
+    conv2d_fwd_run<T>(s, input.contiguous(), weight.contiguous(), b, out, relu);
+    out = out.contiguous(fmt);
   });
-  return out.contiguous(conv2d_memory_format(input, weight));
+  return out;
 }
 
 inline at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

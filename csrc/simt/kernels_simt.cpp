@@ -6,7 +6,12 @@
 
 #include "common/schemas.h"
 #include "cuda/launch.h"
+#include "cuda/tc_configs.h"
 
-TORCH_LIBRARY_FRAGMENT(fastconv_simt, m) { fastconv::define_ops(m); }
+TORCH_LIBRARY_FRAGMENT(fastconv_simt, m) {
+  fastconv::define_ops(m);
+  // Test switch of the CUDA conv kernels (fastconv.testing.force_cuda_conv_config): this module's copy.
+  m.def("_set_cuda_conv_config(str name) -> str", &fastconv::cuda::set_cuda_conv_config);
+}
 
 TORCH_LIBRARY_IMPL(fastconv_simt, CPU, m) { fastconv::cuda::register_kernels(m); }

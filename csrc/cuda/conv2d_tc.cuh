@@ -1,0 +1,249 @@
+// conv2d forward on tensor cores: an NHWC implicit GEMM with a multistage cp.async pipeline.
+// Device code only; the launcher (conv2d_launch.h) prepares the operands and picks the tile.
+//
+//   C[m][n] = sum_k A[m][k] * B[n][k]   m = output pixel (img, p, q) in [0, M = N*P*Q)
+//                                       n = output channel in [0, K)
+//                                       k = (r, s, c), c innermost, c in [0, C)
+//   A[m][(r,s,c)] = x[img][p*sh - ph + r*dh][q*sw - pw + s*dw][c]   (0 outside the image)
+//   B[n][(r,s,c)] = w[n][r][s][c]
+// x is NHWC, w is KRSC, both with C a multiple of the 16-byte vector (8 halfs / 4 floats; the
+// launcher pads 3-channel inputs with zero channels) and 16-byte aligned.
+//
+// K loop: tap-major, (r, s) outer, C in blocks of BK = 64 bytes (32 halfs, 16 floats) inner, so a
+// stage's A row is 64 contiguous bytes of one input pixel and its B row 64 bytes of one weight row;
+// channels past C are zero-filled by cp.async (src-size 0). The iterator keeps (r, s, channel block)
+// and per-row base offsets and window origins computed once per block: no division in the loop.
+//
+// Shared memory: STAGES x { A: BM rows x 64 B, B: BN rows x 64 B }. A row is four 16-byte chunks;
+// chunk j of row i is stored at chunk slot j ^ ((i >> 1) & 3) of its row. Eight consecutive rows'
+// chunk j then fall in eight distinct 16-byte slots of the 32 banks (rows 2i, 2i+1 share one
+// 128-byte line), so every 8x8 ldmatrix phase and every 8-lane phase of the 16-byte cp.async
+// stores is conflict-free.
+//
+// Fragments: one mma consumes 32 bytes of k (two chunks): m16n8k16 for f16 / bf16, m16n8k8 TF32
+// for float (operands rounded with cvt.rna.tf32). In both, ldmatrix.x4 over (rows 0-7, chunk 0),
+// (rows 8-15, chunk 0), (rows 0-7, chunk 1), (rows 8-15, chunk 1) gives the A fragment, and over
+// (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1) two B fragments.
+//
+// Epilogue from the accumulators: + bias, ReLU, converted to T, stored NHWC (out[m][n]) or NCHW
+// (out[img][n][p][q]).
+#pragma once
+
+#include <cstring>
+
+#include "cuda/mma.h"
+#include "cuda/tc_configs.h"
+
+namespace fastconv {
+namespace cuda {
+
+template <typename T>
+struct TcConvArgs {
+  const T* x;      // [N][H][W][C]
+  const T* w;      // [K][R][S][C]
+  const T* bias;   // [K] or null
+  T* out;          // [N][P][Q][K] (out_nchw false) or [N][K][P][Q]
+  int64_t M;       // N*P*Q
+  int64_t PQ;      // P*Q
+  int H, W, C, K, R, S;
+  int sh, sw, ph, pw, dh, dw;
+  int Q;
+  int cblocks;     // ceil(C / BK)
+  bool relu, out_nchw;
+};
+
+// The mma for T over 32 bytes of k.
+__device__ __forceinline__ void tc_mma(at::Half, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma_m16n8k16_f16(d, a, b, d);
+}
+__device__ __forceinline__ void tc_mma(at::BFloat16, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma_m16n8k16_bf16(d, a, b, d);
+}
+__device__ __forceinline__ void tc_mma(float, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma_m16n8k8_tf32(d, a, b, d);
+}
+// float operands are rounded to TF32 (nearest) once loaded; half types pass unchanged.
+template <typename T, int N>
+__device__ __forceinline__ void tc_round(uint32_t (&r)[N]) {
+  if constexpr (std::is_same<T, float>::value) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      float f;
+      memcpy(&f, &r[i], 4);
+      r[i] = to_tf32(f);
+    }
+  }
+}
+
+// Byte offset of 16-byte chunk j of row i in a 64-byte-row operand (the XOR swizzle above).
+__device__ __forceinline__ int tc_swz(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
+
+template <int BM, int BN, int WM, int WN, int STAGES>
+struct TcTile {
+  static constexpr int kThreads = 32 * WM * WN;
+  static constexpr int kWarpM = BM / WM, kWarpN = BN / WN;  // warp tile
+  static constexpr int kMI = kWarpM / 16, kNI = kWarpN / 8;  // mma tiles per warp
+  static constexpr int kARows = BM * 4 / kThreads;           // 16-byte chunks per thread per stage
+  static constexpr int kBRows = BN * 4 / kThreads;
+  static constexpr int kStageBytes = (BM + BN) * 64;
+  static constexpr int kSmem = STAGES * kStageBytes;
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0 && kARows >= 1 && kBRows >= 1, "tile shape");
+};
+// Blocks per SM the register allocation must allow (kTcConfig's blocks_per_sm).
+template <int THREADS, int BN>
+constexpr int tc_min_blocks() { return THREADS >= 256 ? 2 : (BN >= 128 ? 2 : 3); }
+
+template <typename T, int BM, int BN, int WM, int WN, int STAGES>
+__global__ void __launch_bounds__(32 * WM * WN, tc_min_blocks<32 * WM * WN, BN>())
+conv2d_tc_kernel(const TcConvArgs<T> a) {
+  using Tile = TcTile<BM, BN, WM, WN, STAGES>;
+  constexpr int NT = Tile::kThreads, VEC = 16 / int(sizeof(T)), BK = 64 / int(sizeof(T));
+  FC_DYNAMIC_SHARED(unsigned char, smem);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t m0 = int64_t(blockIdx.x) * BM;
+  const int n0 = int(blockIdx.y) * BN;
+
+  // This thread's 16-byte chunks: rows tid/4 + i*NT/4 of A and B, chunk tid%4 of each row.
+  const int chunk = tid % 4;
+  int64_t a_img[Tile::kARows];  // img * H*W*C
+  int a_ih0[Tile::kARows], a_iw0[Tile::kARows];  // window origin; a_ih0 = -2^30 for rows >= M
+#pragma unroll
+  for (int i = 0; i < Tile::kARows; ++i) {
+    const int64_t m = m0 + tid / 4 + i * (NT / 4);
+    const int64_t img = m / a.PQ, pq = m - img * a.PQ;
+    const int p = int(pq / a.Q), q = int(pq - int64_t(p) * a.Q);
+    a_img[i] = img * a.H * a.W * a.C;
+    a_ih0[i] = m < a.M ? p * a.sh - a.ph : -(1 << 30);
+    a_iw0[i] = q * a.sw - a.pw;
+  }
+  int64_t b_row[Tile::kBRows];  // n * R*S*C, or -1 for n >= K
+#pragma unroll
+  for (int i = 0; i < Tile::kBRows; ++i) {
+    const int n = n0 + tid / 4 + i * (NT / 4);
+    b_row[i] = n < a.K ? int64_t(n) * a.R * a.S * a.C : -1;
+  }
+
+  // The K iterator: tap (r, s), its offsets r*dh, s*dw, (r*S + s)*C, and the channel block.
+  int r = 0, s = 0, rdh = 0, sdw = 0, cb = 0;
+  int64_t tap_c = 0;
+  const int ktiles = a.R * a.S * a.cblocks;
+
+  auto load_stage = [&](int stage) {
+    unsigned char* As = smem + stage * Tile::kStageBytes;
+    unsigned char* Bs = As + BM * 64;
+    const int c = cb * BK + chunk * VEC;
+    const bool cin = c < a.C;
+#pragma unroll
+    for (int i = 0; i < Tile::kARows; ++i) {
+      const int ih = a_ih0[i] + rdh, iw = a_iw0[i] + sdw;
+      const bool ok = cin && unsigned(ih) < unsigned(a.H) && unsigned(iw) < unsigned(a.W);
+      const T* src = ok ? a.x + a_img[i] + (int64_t(ih) * a.W + iw) * a.C + c : a.x;
+      cp_async_cg(As + tc_swz(tid / 4 + i * (NT / 4), chunk), src, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int i = 0; i < Tile::kBRows; ++i) {
+      const bool ok = cin && b_row[i] >= 0;
+      const T* src = ok ? a.w + b_row[i] + tap_c + c : a.w;
+      cp_async_cg(Bs + tc_swz(tid / 4 + i * (NT / 4), chunk), src, ok ? 16 : 0);
+    }
+    // next K tile
+    if (++cb == a.cblocks) {
+      cb = 0;
+      tap_c += a.C;
+      sdw += a.dw;
+      if (++s == a.S) {
+        s = 0;
+        sdw = 0;
+        rdh += a.dh;
+        ++r;
+      }
+    }
+  };
+
+  float acc[Tile::kMI][Tile::kNI][4];
+#pragma unroll
+  for (int i = 0; i < Tile::kMI; ++i)
+#pragma unroll
+    for (int j = 0; j < Tile::kNI; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  // Prologue: stages 0 .. STAGES-2 in flight (one commit group each, empty past the last tile).
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < ktiles) load_stage(st);
+    cp_async_commit();
+  }
+
+  const int wm = warp % WM, wn = warp / WM;
+  // ldmatrix row addresses of this lane: A rows (lane%8) + 8*((lane/8)%2), chunk +lane/16;
+  // B rows (lane%8) + 8*(lane/16), chunk +(lane/8)%2.
+  const int a_lrow = wm * Tile::kWarpM + lane % 8 + 8 * ((lane / 8) % 2), a_lchunk = lane / 16;
+  const int b_lrow = wn * Tile::kWarpN + lane % 8 + 8 * (lane / 16), b_lchunk = (lane / 8) % 2;
+
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt have landed
+    __syncthreads();              // everyone's; and everyone is done with tile kt-1's stage
+    if (kt + STAGES - 1 < ktiles) load_stage((kt + STAGES - 1) % STAGES);
+    cp_async_commit();
+    const unsigned char* As = smem + (kt % STAGES) * Tile::kStageBytes;
+    const unsigned char* Bs = As + BM * 64;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {  // two 32-byte k steps per stage
+      uint32_t af[Tile::kMI][4], bf[Tile::kNI][2];
+#pragma unroll
+      for (int i = 0; i < Tile::kMI; ++i) {
+        ldmatrix_x4(af[i], As + tc_swz(a_lrow + i * 16, 2 * ks + a_lchunk));
+        tc_round<T>(af[i]);
+      }
+#pragma unroll
+      for (int j = 0; j < Tile::kNI; j += 2) {
+        uint32_t t4[4];
+        ldmatrix_x4(t4, Bs + tc_swz(b_lrow + j * 8, 2 * ks + b_lchunk));
+        tc_round<T>(t4);
+        bf[j][0] = t4[0]; bf[j][1] = t4[1];
+        bf[j + 1][0] = t4[2]; bf[j + 1][1] = t4[3];
+      }
+#pragma unroll
+      for (int i = 0; i < Tile::kMI; ++i)
+#pragma unroll
+        for (int j = 0; j < Tile::kNI; ++j) tc_mma(T(), acc[i][j], af[i], bf[j]);
+    }
+  }
+  cp_async_wait_all();  // only empty groups remain; nothing may be in flight at exit
+
+  // Epilogue: accumulator c[e] of tile (i, j) is C[row g + 8*(e/2)][col 2t + e%2].
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int i = 0; i < Tile::kMI; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = m0 + wm * Tile::kWarpM + i * 16 + g + 8 * h;
+      if (m >= a.M) continue;
+      int64_t base, step;  // out index of (m, n) = base + n * step
+      if (a.out_nchw) {
+        const int64_t img = m / a.PQ;
+        base = img * a.K * a.PQ + (m - img * a.PQ);
+        step = a.PQ;
+      } else {
+        base = m * a.K;
+        step = 1;
+      }
+#pragma unroll
+      for (int j = 0; j < Tile::kNI; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int n = n0 + wn * Tile::kWarpN + j * 8 + 2 * t + e;
+          if (n >= a.K) continue;
+          float v = acc[i][j][2 * h + e];
+          if (a.bias != nullptr) v += static_cast<float>(a.bias[n]);
+          if (a.relu) v = v < 0.f ? 0.f : v;  // keeps NaN and -0.0, as relu does
+          st_global(a.out + base + n * step, from_acc<T>(v));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace fastconv

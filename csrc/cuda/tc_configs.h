@@ -1,0 +1,80 @@
+// The tile configurations of the tensor-core convolution (conv2d_tc.cuh) and the test switch that
+// forces one of them. Plain C++ (no CUDA): the launcher (conv2d_launch.h), fastconv.info() and the
+// emulator module read the same table, and Python sees it as fastconv.info()["cuda_conv_configs"].
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace fastconv {
+namespace cuda {
+
+// One block tile: BM output pixels x BN output channels, K walked 64 bytes per stage (BK = 32
+// halfs or 16 floats), WARPS_M x WARPS_N warps, STAGES cp.async stages of (BM + BN) * 64 bytes.
+// blocks_per_sm: blocks an SM holds (shared memory and the 255-register cap at these block sizes,
+// sm_80); eff: mainloop efficiency relative to 128x128 (shared-memory bytes per MMA: a warp tile
+// of 64x32 reads 3 KiB per 32 MMAs, 32x32 2 KiB per 16), used by the tile heuristic.
+struct TcConfig {
+  const char* name;
+  int bm, bn, bk_bytes, warps_m, warps_n, stages;
+  int blocks_per_sm;
+  double eff;
+  constexpr int threads() const { return 32 * warps_m * warps_n; }
+  constexpr int smem_bytes() const { return stages * (bm + bn) * bk_bytes; }
+};
+
+constexpr int kTcConfigs = 3;
+constexpr TcConfig kTcConfig[kTcConfigs] = {
+    {"tc128x128", 128, 128, 64, 2, 4, 3, 2, 1.00},
+    {"tc128x64", 128, 64, 64, 2, 2, 4, 3, 0.85},
+    {"tc64x64", 64, 64, 64, 2, 2, 4, 4, 0.70},
+};
+
+// Test switch (fastconv.testing.force_cuda_conv_config): -2 "auto" (the heuristic), -1 "simt"
+// (the FP32 FFMA implicit GEMM of igemm.cuh), i >= 0: kTcConfig[i] wherever the tensor-core path
+// applies (elsewhere the automatic choice). One copy per module (_C and _simt each keep their own).
+inline int& forced_conv_config() {
+  static int v = -2;
+  return v;
+}
+
+inline const char* conv_config_name(int i) { return i == -2 ? "auto" : i == -1 ? "simt" : kTcConfig[i].name; }
+
+// Sets the switch; returns the previous setting's name. Raises std::invalid_argument for an unknown
+// name.
+inline std::string set_cuda_conv_config(std::string name) {
+  int v = -3;
+  if (name == "auto") v = -2;
+  else if (name == "simt") v = -1;
+  for (int i = 0; i < kTcConfigs; ++i)
+    if (name == kTcConfig[i].name) v = i;
+  if (v == -3) {
+    std::string all = "auto, simt";
+    for (int i = 0; i < kTcConfigs; ++i) all += std::string(", ") + kTcConfig[i].name;
+    throw std::invalid_argument("fastconv: unknown CUDA conv config '" + name + "' (one of " + all + ")");
+  }
+  const int prev = forced_conv_config();
+  forced_conv_config() = v;
+  return conv_config_name(prev);
+}
+
+// The table as a JSON list (fastconv.info()["cuda_conv_configs"]).
+inline std::string tc_configs_json() {
+  std::string s = "[";
+  for (int i = 0; i < kTcConfigs; ++i) {
+    const TcConfig& c = kTcConfig[i];
+    s += std::string(i ? ", " : "") + "{\"name\": \"" + c.name + "\", \"bm\": " + std::to_string(c.bm) +
+         ", \"bn\": " + std::to_string(c.bn) + ", \"bk_bytes\": " + std::to_string(c.bk_bytes) +
+         ", \"bk\": {\"float16\": " + std::to_string(c.bk_bytes / 2) + ", \"bfloat16\": " +
+         std::to_string(c.bk_bytes / 2) + ", \"float32\": " + std::to_string(c.bk_bytes / 4) +
+         "}, \"warps\": " + std::to_string(c.warps_m * c.warps_n) + ", \"warps_m\": " + std::to_string(c.warps_m) +
+         ", \"warps_n\": " + std::to_string(c.warps_n) + ", \"threads\": " + std::to_string(c.threads()) +
+         ", \"stages\": " + std::to_string(c.stages) + ", \"smem_bytes\": " + std::to_string(c.smem_bytes()) +
+         ", \"blocks_per_sm\": " + std::to_string(c.blocks_per_sm) + ", \"eff\": " + std::to_string(c.eff) +
+         ", \"mma\": {\"float16\": \"m16n8k16\", \"bfloat16\": \"m16n8k16\", \"float32\": \"m16n8k8.tf32\"}}";
+  }
+  return s + "]";
+}
+
+}  // namespace cuda
+}  // namespace fastconv
