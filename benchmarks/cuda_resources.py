@@ -54,6 +54,13 @@ def nvcc_path():
     return cand if os.path.exists(cand) else shutil.which("nvcc")
 
 
+def object_path(arch):
+    """The compiled object of one architecture: per process, so concurrent runs do not overwrite
+    each other's (FASTCONV_RESOURCES_OBJ_DIR keeps it somewhere else, e.g. to disassemble it)."""
+    d = os.environ.get("FASTCONV_RESOURCES_OBJ_DIR") or "/tmp"
+    return os.path.join(d, "fastconv_resources_%d_sm%s.o" % (os.getpid(), arch))
+
+
 def compile_log(arch):
     import torch.utils.cpp_extension as ce
     import torch
@@ -67,8 +74,8 @@ def compile_log(arch):
         if os.path.isdir(cand):
             inc += ["-I", cand]
             break
-    out = os.path.join("/tmp", "fastconv_resources_sm%s.o" % arch)
-    cmd = [nvcc_path(), "-std=c++20", "-O3", "--use_fast_math", "-c", os.path.join(ROOT, "csrc/cuda/kernels.cu"),
+    out = object_path(arch)
+    cmd = [nvcc_path(), "-std=c++20", "-O3", "-c", os.path.join(ROOT, "csrc/cuda/kernels.cu"),
            "-o", out, "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr",
            "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
            "-D__CUDA_NO_HALF2_OPERATORS__", "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
@@ -300,7 +307,7 @@ def main():
             print("compiling csrc/cuda/kernels.cu for sm_%s ..." % arch, file=sys.stderr, flush=True)
             per_arch.update(parse(compile_log(arch)))
             if args.sass:
-                c = sass_census(os.path.join("/tmp", "fastconv_resources_sm%s.o" % arch))
+                c = sass_census(object_path(arch))
                 if c is None:
                     print("--sass: cuobjdump not found (CUDA toolkit bin/, PATH, or pip install "
                           "nvidia-cuda-cuobjdump): no SASS census", file=sys.stderr)

@@ -149,6 +149,7 @@ CONV_TC = [
     (1, 8, 13, 12, 24, (3, 2), (2, 1), (1, 0), (2, 1), 1, True),   # mixed stride / dilation
     (3, 12, 6, 5, 136, (2, 3), 1, (1, 2), 1, 1, True),             # K past one 128-channel tile
     (1, 64, 12, 12, 16, (3, 3), 2, 1, 1, 1, False),                # two channel blocks (f32: four)
+    (1, 8, 11, 10, 16, (3, 3), 1, 2, 2, 1, True),                  # dilated, stride 1 (grad_input too)
 ]
 # conv2d_relu, forward and backward
 CONV_FUSED_RELU = CONV_CASES[:6] + [CONV_CASES[CUDA_TILINGS + i] for i in (0, 2, 5)] + CONV_RANDOM[:1]

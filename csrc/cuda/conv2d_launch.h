@@ -3,6 +3,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/flip.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/empty.h>
 
@@ -123,11 +124,12 @@ void conv2d_fwd_run(const Conv2dShape& s, const at::Tensor& x, const at::Tensor&
 // (torch.backends.cudnn.allow_tf32, PyTorch's default); float32 without TF32, float64 and grouped
 // convolutions run the exact FP32/FP64 implicit GEMM above. The test switch "simt" forces the latter.
 template <typename T>
+constexpr bool tc_dtype = std::is_same<T, at::Half>::value || std::is_same<T, at::BFloat16>::value ||
+                          std::is_same<T, float>::value;
+template <typename T>
 bool use_tc(const Conv2dShape& s) {
-  if (s.groups != 1 || forced_conv_config() == -1) return false;
-  if constexpr (std::is_same<T, at::Half>::value || std::is_same<T, at::BFloat16>::value) return true;
-  if constexpr (std::is_same<T, float>::value) return at::globalContext().allowTF32CuDNN();
-  return false;
+  if (!tc_dtype<T> || s.groups != 1 || forced_conv_config() == -1) return false;
+  return !std::is_same<T, float>::value || at::globalContext().allowTF32CuDNN();
 }
 
 // Wave-quantisation-aware tile choice: a wave is sm_count() * blocks_per_sm blocks, and an SM
@@ -223,9 +225,11 @@ inline at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weig
   at::Tensor out;
   dispatch(input.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (use_tc<T>(s)) {
-      out = conv2d_fwd_tc<T>(s, input, weight, b, fmt, relu);
-      return;
+    if constexpr (tc_dtype<T>) {
+      if (use_tc<T>(s)) {
+        out = conv2d_fwd_tc<T>(s, input, weight, b, fmt, relu);
+        return;
+      }
     }
     out = at::empty({s.N, s.K, s.P, s.Q}, input.options());
     conv2d_fwd_run<T>(s, input.contiguous(), weight.contiguous(), b, out, relu);
@@ -308,6 +312,25 @@ void conv2d_bwd_bias_run(const Conv2dShape& s, const at::Tensor& gy, at::Tensor&
   FC_CHECK_LAUNCH();
 }
 
+// grad_input on tensor cores for stride 1: the forward convolution of grad_output with the weight
+// transposed (K <-> C) and flipped in R and S, padding dil*(k-1) - pad (so pad <= dil*(k-1)), the
+// same dilation; its output is H x W. Strided backward-data runs the FFMA kernel.
+inline bool bwd_data_as_fwd(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= s.dil_h * (s.R - 1) && s.pad_w <= s.dil_w * (s.S - 1);
+}
+template <typename T>
+at::Tensor conv2d_bwd_data_tc(const Conv2dShape& s, const at::Tensor& grad_output, const at::Tensor& weight,
+                              at::MemoryFormat fmt) {
+  Conv2dShape t = s;
+  t.C = s.K; t.H = s.P; t.W = s.Q;
+  t.K = s.C; t.P = s.H; t.Q = s.W;
+  t.pad_h = s.dil_h * (s.R - 1) - s.pad_h;
+  t.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
+  // (C, K, R, S) flipped: one small copy here, one more into [C][R][S][K] in conv2d_fwd_tc
+  const at::Tensor wt = weight.flip({2, 3}).transpose(0, 1);
+  return conv2d_fwd_tc<T>(t, grad_output, wt, at::Tensor(), fmt, false);
+}
+
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
@@ -327,7 +350,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const at::Tensor gy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   dispatch(gy.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (output_mask[0]) conv2d_bwd_data_run<T>(s, gy, w, gx);
+    bool gx_done = false;
+    if constexpr (tc_dtype<T>) {
+      if (output_mask[0] && use_tc<T>(s) && bwd_data_as_fwd(s)) {
+        gx = conv2d_bwd_data_tc<T>(s, grad_output, weight, conv2d_memory_format(input, weight));
+        gx_done = true;
+      }
+    }
+    if (output_mask[0] && !gx_done) conv2d_bwd_data_run<T>(s, gy, w, gx);
     if (output_mask[1]) conv2d_bwd_weight_run<T>(s, x, gy, gw);
     if (output_mask[2]) conv2d_bwd_bias_run<T>(s, gy, gb);
   });

@@ -190,12 +190,8 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
     const unsigned char* Bs = As + BM * 64;
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {  // two 32-byte k steps per stage
-      uint32_t af[Tile::kMI][4], bf[Tile::kNI][2];
-#pragma unroll
-      for (int i = 0; i < Tile::kMI; ++i) {
-        ldmatrix_x4(af[i], As + tc_swz(a_lrow + i * 16, 2 * ks + a_lchunk));
-        tc_round<T>(af[i]);
-      }
+      // all B fragments of the warp tile, then one A fragment at a time (fewer live registers)
+      uint32_t bf[Tile::kNI][2];
 #pragma unroll
       for (int j = 0; j < Tile::kNI; j += 2) {
         uint32_t t4[4];
@@ -205,9 +201,13 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
         bf[j + 1][0] = t4[2]; bf[j + 1][1] = t4[3];
       }
 #pragma unroll
-      for (int i = 0; i < Tile::kMI; ++i)
+      for (int i = 0; i < Tile::kMI; ++i) {
+        uint32_t af[4];
+        ldmatrix_x4(af, As + tc_swz(a_lrow + i * 16, 2 * ks + a_lchunk));
+        tc_round<T>(af);
 #pragma unroll
-        for (int j = 0; j < Tile::kNI; ++j) tc_mma(T(), acc[i][j], af[i], bf[j]);
+        for (int j = 0; j < Tile::kNI; ++j) tc_mma(T(), acc[i][j], af, bf[j]);
+      }
     }
   }
   cp_async_wait_all();  // only empty groups remain; nothing may be in flight at exit

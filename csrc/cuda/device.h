@@ -46,8 +46,7 @@ __device__ __forceinline__ A to_acc(T v) { return static_cast<A>(v); }
 template <typename T, typename A>
 __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
 
-// NaN test that works for float and double on both compilers (x != x is true only for NaN;
-// --use_fast_math does not change comparisons).
+// NaN test that works for float and double on both compilers (x != x is true only for NaN).
 template <typename A>
 __device__ __forceinline__ bool is_nan(A v) { return v != v; }
 
