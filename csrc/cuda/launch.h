@@ -197,12 +197,21 @@ inline at::Tensor laid_out_like(const at::Tensor& t, const at::Tensor& like) {
   return out;
 }
 
+}  // namespace cuda
+}  // namespace fastconv
+
+#include "cuda/depthwise_launch.h"  // depthwise shapes: csrc/cuda/depthwise.cuh
+
+namespace fastconv {
+namespace cuda {
+
 inline at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                  bool relu) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kernel_dtypes());
   DeviceGuard guard(input);
+  if (s.N > 0 && s.depthwise()) return depthwise_forward(s, input, weight, bias, relu);  // depthwise kernels
   at::Tensor out = at::empty({s.N, s.K, s.P, s.Q}, input.options());
   if (s.N == 0) return out.contiguous(conv2d_memory_format(input, weight));
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
@@ -294,6 +303,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const Conv2dShape s =
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kernel_dtypes());
   DeviceGuard guard(input);
+  if (s.N > 0 && s.depthwise()) return depthwise_backward(s, grad_output, input, weight, output_mask);  // depthwise kernels
   const auto opts = input.options();
   at::Tensor gx = output_mask[0] ? at::empty({s.N, s.C, s.H, s.W}, opts) : at::empty({0}, opts);
   at::Tensor gw = output_mask[1] ? at::empty({s.K, s.Cg(), s.R, s.S}, opts) : at::empty({0}, opts);
