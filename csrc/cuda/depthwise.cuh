@@ -15,7 +15,9 @@
 //    (w+pw-s*dw) % sw == 0 of dy[c*m+j][(h+ph-r*dh)/sh][(w+pw-s*dw)/sw] * w[c*m+j][r][s]. The dy tile
 //    is staged; a thread owns dx rows ty + i*tr and the columns w0 + b + sw*tx of phases b, and
 //    walks only the contributing taps (first tap, then steps of sh/gcd(sh, dh)); within one phase
-//    every lane has the same taps (no divergence) and reads consecutive words.
+//    every lane has the same taps (no divergence) and reads consecutive words. With stride 2 and
+//    32-lane rows the two phases are exchanged by shuffles so that every store is 32 consecutive
+//    columns.
 //  * backward-weight: block (k, split z) walks its range of (image, output tile) items in order,
 //    staging the input tile (as the forward) and the dy tile; warp wi sums taps tg + G*u
 //    (tg = wi % G) over the pixels of pixel group wi / G in registers, then a fixed-order warp
@@ -217,6 +219,18 @@ dw_bwd_data_nchw_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __
 #pragma unroll
     for (int i = 0; i < kDwVp; ++i) {
       const int h = h0 + ty + i * a.tr;
+      if (a.sw == 2 && a.tq == 32) {  // a warp is one row: lane l stores columns l and 32 + l
+        if (i >= a.vp) break;  // (warp-uniform: h too, so every lane takes part in the shuffles)
+        const int src = tx / 2;
+        const A lo0 = __shfl_sync(0xffffffffu, acc[i][0], src), lo1 = __shfl_sync(0xffffffffu, acc[i][1], src);
+        const A hi0 = __shfl_sync(0xffffffffu, acc[i][0], 16 + src);
+        const A hi1 = __shfl_sync(0xffffffffu, acc[i][1], 16 + src);
+        if (h >= a.H) break;
+        T* row = dx + (plane * a.H + h) * a.W;
+        if (w0 + tx < a.W) st_global(row + w0 + tx, from_acc<T>(tx % 2 ? lo1 : lo0));
+        if (w0 + 32 + tx < a.W) st_global(row + w0 + 32 + tx, from_acc<T>(tx % 2 ? hi1 : hi0));
+        continue;
+      }
       if (i >= a.vp || h >= a.H) break;
 #pragma unroll
       for (int bb = 0; bb < kDwNb; ++bb) {
