@@ -100,9 +100,12 @@ __device__ __forceinline__ void dw_stage(const T* __restrict__ plane, int H, int
 
 // y (N, K, P, Q) = depthwise conv of x (N, C, H, W) with w (K, 1, R, S) (+ bias), ReLU when RELU.
 // grid.x = N*C*tiles_p*tiles_q. smem: x tile [in_rows][pitch], the weights [R*S] of one output
-// channel (acc type).
-template <typename T, bool RELU>
-__global__ void __launch_bounds__(dw_fwd_nchw_threads)
+// channel (acc type). KS = 0: any shape, a thread's rows ty + i*tr, one shared load per FMA.
+// KS = 3, 5, 7 (R = S = KS, stride 1, dilation 1): the weights in registers, a thread's rows
+// ty*vp + i consecutive, so each staged input value feeds up to KS of them: (vp+KS-1)*KS shared
+// loads per vp*KS*KS FMAs (0.5 per FMA for 3x3 at vp = 4).
+template <typename T, bool RELU, int KS>
+__global__ void __launch_bounds__(dw_fwd_nchw_threads, 2)
 dw_fwd_nchw_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                    T* __restrict__ y, const DwArgs a) {
   using A = acc_t<T>;
@@ -129,21 +132,41 @@ dw_fwd_nchw_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     A acc[kDwVp];
 #pragma unroll
     for (int i = 0; i < kDwVp; ++i) acc[i] = b;
-    for (int r = 0; r < a.R; ++r) {
-      const A* row = xs + (ty * a.sh + r * a.dh) * a.pitch + tx;
-      for (int s = 0; s < a.S; ++s) {
-        const A wv = ld_shared(ws + r * a.S + s);
-        const int sd = s * a.dw;
-        const A* src = row + (sd % a.sw) * a.phase + sd / a.sw;
+    if constexpr (KS > 0) {
+      A wr[KS][KS];
 #pragma unroll
-        for (int i = 0; i < kDwVp; ++i)
-          if (i < a.vp) acc[i] = fc_fma(ld_shared(src + i * a.tr * a.sh * a.pitch), wv, acc[i]);
+      for (int r = 0; r < KS; ++r)
+#pragma unroll
+        for (int s = 0; s < KS; ++s) wr[r][s] = ld_shared(ws + r * KS + s);
+      const A* col = xs + ty * a.vp * a.pitch + tx;
+#pragma unroll
+      for (int ir = 0; ir < kDwVp + KS - 1; ++ir) {  // input rows of the thread's outputs
+        if (ir >= a.vp + KS - 1) break;
+#pragma unroll
+        for (int s = 0; s < KS; ++s) {
+          const A xv = ld_shared(col + ir * a.pitch + s);
+#pragma unroll
+          for (int i = 0; i < kDwVp; ++i)  // output row i reads it as tap r = ir - i
+            if (ir - i >= 0 && ir - i < KS && i < a.vp) acc[i] = fc_fma(xv, wr[ir - i][s], acc[i]);
+        }
+      }
+    } else {
+      for (int r = 0; r < a.R; ++r) {
+        const A* row = xs + (ty * a.sh + r * a.dh) * a.pitch + tx;
+        for (int s = 0; s < a.S; ++s) {
+          const A wv = ld_shared(ws + r * a.S + s);
+          const int sd = s * a.dw;
+          const A* src = row + (sd % a.sw) * a.phase + sd / a.sw;
+#pragma unroll
+          for (int i = 0; i < kDwVp; ++i)
+            if (i < a.vp) acc[i] = fc_fma(ld_shared(src + i * a.tr * a.sh * a.pitch), wv, acc[i]);
+        }
       }
     }
     if (q < a.Q) {
 #pragma unroll
       for (int i = 0; i < kDwVp; ++i) {
-        const int p = p0 + ty + i * a.tr;
+        const int p = p0 + (KS > 0 ? ty * a.vp + i : ty + i * a.tr);
         if (i < a.vp && p < a.P) {
           A v = acc[i];
           if (RELU) v = v < A(0) ? A(0) : v;  // keeps NaN, as relu does
@@ -158,7 +181,7 @@ dw_fwd_nchw_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 // (tr*vp) rows x (tq*sw) columns of dx. smem: dy tile [in_rows][pitch] (rows from
 // floor((h0+ph-(R-1)*dh)/sh), columns likewise, zero outside the plane), weights [R*S] of plane k.
 template <typename T>
-__global__ void __launch_bounds__(dw_bwd_data_nchw_threads)
+__global__ void __launch_bounds__(dw_bwd_data_nchw_threads, 2)
 dw_bwd_data_nchw_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx, const DwArgs a) {
   using A = acc_t<T>;
   FC_DYNAMIC_SHARED(A, ys);
@@ -247,7 +270,7 @@ dw_bwd_data_nchw_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __
 // tq x tr threads, a multiple of 32. smem: x tile [in_rows][pitch], dy tile [tr*vp][tq],
 // warp partials [warps][kDwTpw].
 template <typename T>
-__global__ void __launch_bounds__(dw_bwd_weight_nchw_threads)
+__global__ void __launch_bounds__(dw_bwd_weight_nchw_threads, 2)
 dw_bwd_weight_nchw_kernel(const T* __restrict__ x, const T* __restrict__ dy, acc_t<T>* __restrict__ wsp,
                           const DwArgs a) {
   using A = acc_t<T>;
@@ -327,7 +350,7 @@ struct alignas(sizeof(T) * V) DwVec {
 // y (N, P, Q, K) in memory; x (N, H, W, C); wt [R*S][K]. grid (ceil(Q*K/V / threads), rows of
 // N*P from row0 = blockIdx.y + row_base). Thread: V output channels k0.. of one pixel.
 template <typename T, int V, bool RELU>
-__global__ void __launch_bounds__(dw_fwd_nhwc_threads)
+__global__ void __launch_bounds__(dw_fwd_nhwc_threads, 2)
 dw_fwd_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ wt, const T* __restrict__ bias,
                    T* __restrict__ y, const DwArgs a, int64_t row_base) {
   using A = acc_t<T>;
@@ -374,7 +397,7 @@ dw_fwd_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ wt, const T* _
 // dx (N, H, W, C) from dy (N, P, Q, K) and wt [R*S][K]. grid (ceil(W*C/V / threads), rows of N*H).
 // Thread: V input channels c0.. of one dx pixel, over the contributing taps.
 template <typename T, int V>
-__global__ void __launch_bounds__(dw_bwd_data_nhwc_threads)
+__global__ void __launch_bounds__(dw_bwd_data_nhwc_threads, 2)
 dw_bwd_data_nhwc_kernel(const T* __restrict__ dy, const T* __restrict__ wt, T* __restrict__ dx, const DwArgs a,
                         int64_t row_base) {
   using A = acc_t<T>;
@@ -425,7 +448,7 @@ dw_bwd_data_nhwc_kernel(const T* __restrict__ dy, const T* __restrict__ wt, T* _
 // [tap_begin, tap_end), vector of V output channels); tap R*S is the bias (sum of dy). Pixels
 // (n, p, q) of [z*chunk, min((z+1)*chunk, N*P*Q)) in order.
 template <typename T, int V>
-__global__ void __launch_bounds__(dw_bwd_weight_nhwc_threads)
+__global__ void __launch_bounds__(dw_bwd_weight_nhwc_threads, 2)
 dw_bwd_weight_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ dy, acc_t<T>* __restrict__ wsp,
                           const DwArgs a) {
   using A = acc_t<T>;

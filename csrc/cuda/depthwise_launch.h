@@ -65,15 +65,16 @@ inline int dw_pitch(int need, int row_step, int tq) {
   return need;
 }
 
-// The staged input tile of the forward / backward-weight tiling (output tile (tr*vp) x tq).
-inline void dw_input_tile(DwArgs& a) {
+// The staged input tile of the forward / backward-weight tiling (output tile (tr*vp) x tq); a
+// thread's output rows are vp consecutive ones when consecutive_rows, else tr apart.
+inline void dw_input_tile(DwArgs& a, bool consecutive_rows = false) {
   const int TP = a.tr * a.vp;
   a.tiles_p = int(ceil_div(a.P, TP));
   a.tiles_q = int(ceil_div(a.Q, a.tq));
   a.in_rows = (TP - 1) * a.sh + (a.R - 1) * a.dh + 1;
   a.in_cols = (a.tq - 1) * a.sw + (a.S - 1) * a.dw + 1;
   a.phase = int(ceil_div(a.in_cols, a.sw));
-  a.pitch = dw_pitch(a.sw * a.phase, a.sh, a.tq);
+  a.pitch = dw_pitch(a.sw * a.phase, a.sh * (consecutive_rows ? a.vp : 1), a.tq);
 }
 
 // Shrinks the rows per thread, then the thread rows, until bytes(a) fits without the opt-in.
@@ -109,14 +110,20 @@ template <typename T>
 void dw_forward_nchw(DwArgs a, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor& y,
                      bool relu) {
   using A = acc_t<T>;
+  // 3x3, 5x5, 7x7 at stride 1, dilation 1: the register-blocked variant (KS = R)
+  const bool unit = a.sh == 1 && a.sw == 1 && a.dh == 1 && a.dw == 1 && a.R == a.S;
+  const int ks = unit && (a.R == 3 || a.R == 5 || a.R == 7) ? a.R : 0;
   dw_block(a, a.P, a.Q, false);
-  auto bytes = [](DwArgs& t) {
-    dw_input_tile(t);
+  auto bytes = [ks](DwArgs& t) {
+    dw_input_tile(t, ks > 0);
     return int64_t(t.in_rows * t.pitch + t.R * t.S) * int64_t(sizeof(A));
   };
   dw_fit_smem("conv2d", a, 1, bytes);
   const size_t smem = size_t(bytes(a));
-  auto* k = relu ? &dw_fwd_nchw_kernel<T, true> : &dw_fwd_nchw_kernel<T, false>;
+  auto* k = relu ? &dw_fwd_nchw_kernel<T, true, 0> : &dw_fwd_nchw_kernel<T, false, 0>;
+  if (ks == 3) k = relu ? &dw_fwd_nchw_kernel<T, true, 3> : &dw_fwd_nchw_kernel<T, false, 3>;
+  if (ks == 5) k = relu ? &dw_fwd_nchw_kernel<T, true, 5> : &dw_fwd_nchw_kernel<T, false, 5>;
+  if (ks == 7) k = relu ? &dw_fwd_nchw_kernel<T, true, 7> : &dw_fwd_nchw_kernel<T, false, 7>;
   FC_LAUNCH(k, dw_plane_grid("conv2d", a), dim3(unsigned(a.tq * a.tr)), smem, FC_CURRENT_STREAM())(
       x.const_data_ptr<T>(), w.const_data_ptr<T>(), b.defined() ? b.const_data_ptr<T>() : nullptr,
       y.mutable_data_ptr<T>(), a);
