@@ -271,13 +271,22 @@ def print_counters():
 
     if not testing.simt_available():
         sys.exit("fastconv._simt (the SIMT emulator) is not built")
-    cases = [((2, 32, 16, 16), (64, 32, 3, 3)), ((2, 64, 12, 12), (64, 64, 1, 1))]
-    for xs, ws in cases:
-        x = torch.randn(xs, requires_grad=True)
+    # (input, weight, stride, groups, channels_last); groups == channels: the depthwise kernels
+    cases = [((2, 32, 16, 16), (64, 32, 3, 3), 1, 1, False), ((2, 64, 12, 12), (64, 64, 1, 1), 1, 1, False),
+             ((2, 32, 56, 56), (32, 1, 3, 3), 1, 32, False), ((2, 32, 56, 56), (32, 1, 3, 3), 2, 32, False),
+             ((2, 32, 28, 28), (32, 1, 5, 5), 1, 32, False),
+             ((2, 32, 28, 28), (32, 1, 3, 3), 1, 32, True), ((2, 32, 28, 28), (32, 1, 3, 3), 2, 32, True)]
+    for xs, ws, stride, groups, cl in cases:
+        x = torch.randn(xs)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
         w = torch.randn(ws, requires_grad=True)
+        b = torch.randn(ws[0], requires_grad=True)
         with testing.simt_backend(), testing.counters(sample_every=4) as rows:
-            FF.conv2d(x, w, None, 1, ws[2] // 2).sum().backward()
-        print("\n## counters: conv2d x%s w%s forward + backward (every 4th block)\n" % (list(xs), list(ws)))
+            FF.conv2d(x, w, b, stride, ws[2] // 2, 1, groups).sum().backward()
+        print("\n## counters: conv2d x%s w%s stride %d groups %d%s forward + backward (every 4th block)\n" % (
+            list(xs), list(ws), stride, groups, " channels_last" if cl else ""))
         print("| kernel | line | kind | requests | sectors / wavefronts | per request | bytes |")
         print("|---|---|---|---:|---:|---:|---:|")
         for r in rows:

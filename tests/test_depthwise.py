@@ -1,13 +1,16 @@
 """Depthwise conv2d (groups == in_channels, out_channels = m * in_channels) against PyTorch in
 float64: forward (bias, fused ReLU), input and weight gradients (also with the fused ReLU's gate),
-on every CPU instruction set this machine can run (the CPU has its own depthwise kernel family)."""
+on every CPU instruction set this machine can run (the CPU has its own depthwise kernel family),
+and on the other backends ('simt': the CUDA depthwise kernels in the emulator, under every thread
+order; 'cuda'), NCHW and channels_last, in every dtype their kernels take."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FC
 from conftest import cpu_backend
-from helpers import assert_close, randn
+from helpers import LOW, assert_close, randn
+from test_channels_last import MIXES, _conv_check
 from test_conv2d import _run
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups, bias), groups == C, K = m*C.
@@ -35,7 +38,17 @@ GRID = [
     (1, 3, 29, 70, 3, (7, 7), 2, 3, 1, 3, True),
     (9, 2, 6, 5, 2, (3, 3), 1, 1, 1, 2, True),  # more images than tasks: split weight-gradient sums
     (1, 17, 14, 14, 17, (3, 3), 1, 1, 1, 17, True),  # many channels, batch 1
+    # the CUDA kernels' tilings: planes over several 32x32 tiles (odd remainders), kernels 3/5/7,
+    # strides 1/2, multipliers 1/2, 16-byte NHWC vectors (C % 8 == 0) and their scalar fallback
+    (1, 8, 45, 37, 8, (3, 3), 1, 1, 1, 8, True),
+    (2, 8, 45, 37, 16, (3, 3), 2, 1, 1, 8, True),
+    (1, 16, 23, 19, 16, (5, 5), 2, 2, 1, 16, False),
+    (1, 4, 40, 9, 8, (7, 7), 1, 3, 1, 4, True),
+    (2, 3, 12, 70, 3, (3, 3), 2, 1, 2, 3, True),  # rows wider than a tile, dilation 2
+    (1, 8, 7, 7, 8, (3, 3), 2, 1, 1, 8, True),  # a 7x7 plane, stride 2
+    (1, 6, 3, 3, 12, (5, 5), 1, 2, 1, 6, True),  # kernel larger than the image
 ]
+CUDA_TILINGS = 22  # GRID[CUDA_TILINGS:] are the CUDA kernels' tilings
 
 
 def _ids(grid):
@@ -171,3 +184,106 @@ def test_depthwise_thread_count_independent(cpu_isa, stride, rng):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+# ---- the other backends ('simt': the CUDA kernels in the emulator; 'cuda') ----
+
+def _not_cpu(backend):
+    if backend.name == "cpu":
+        pytest.skip("the CPU runs these shapes in the cpu_isa tests above")
+
+
+# NCHW in every dtype the CUDA kernels take; fp16 / bf16 against their 1e-2 budget
+BACKEND_GRID = GRID[:9] + GRID[13:14] + GRID[CUDA_TILINGS:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cfg", BACKEND_GRID, ids=_ids(BACKEND_GRID))
+def test_depthwise_backends(backend, cfg, dtype, rng):
+    _not_cpu(backend)
+    if dtype in LOW and cfg not in GRID[CUDA_TILINGS:]:
+        pytest.skip("half types: the CUDA tilings only")
+    _run(backend, cfg, dtype, rng)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cfg", GRID[CUDA_TILINGS:] + GRID[:3], ids=_ids(GRID[CUDA_TILINGS:] + GRID[:3]))
+def test_depthwise_channels_last_backends(backend, cfg, dtype, rng):
+    """channels_last input and weight: the NHWC kernels; output and gradients in PyTorch's format."""
+    _not_cpu(backend)
+    backend.skip_unless_takes(dtype)
+    _conv_check(backend, cfg, dtype, rng)
+
+
+@pytest.mark.parametrize("mix", MIXES[1:], ids=["cl_input", "cl_weight"])
+@pytest.mark.parametrize("cfg", GRID[CUDA_TILINGS:CUDA_TILINGS + 3], ids=["tiles0", "tiles1", "tiles2"])
+def test_depthwise_mixed_formats_backends(backend, cfg, mix, rng):
+    _not_cpu(backend)
+    _conv_check(backend, cfg, torch.float64, rng, mix)
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_depthwise_random_backends(backend, i, rng):
+    _not_cpu(backend)
+    cfg = _random_cfg(rng)
+    _run(backend, cfg, torch.float32, rng)
+    _run(backend, cfg, torch.float32, rng, "channels_last")
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided", "misaligned"])
+@pytest.mark.parametrize("cfg", [GRID[1], GRID[CUDA_TILINGS + 1]], ids=["small", "tiles"])
+def test_depthwise_relu_fused_backends(backend, cfg, layout, rng):
+    _not_cpu(backend)
+    _run(backend, cfg, torch.float32, rng, layout, fused_relu=True)
+
+
+def test_depthwise_nhwc_scalar_paths(backend, rng):
+    """channels_last operands at storage offset 1 (no 16-byte vectors), multiplier 2."""
+    _not_cpu(backend)
+    N, C, H, W, m = 2, 8, 9, 10, 2
+    x = randn((N, C, H, W), rng, device=backend.device)
+    w = randn((m * C, 1, 3, 3), rng, device=backend.device)
+    gy = randn((N, m * C, 5, 5), rng, device=backend.device)
+
+    def misaligned_cl(t):
+        t = t.contiguous(memory_format=torch.channels_last)
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:]
+        return buf.as_strided(t.shape, t.stride()).copy_(t)
+
+    args = ([2, 2], [1, 1], [1, 1], C)
+    y, gx, gw, gb = backend.run(lambda: (
+        backend.ops.conv2d(misaligned_cl(x), w, None, *args),
+        *backend.ops.conv2d_backward(misaligned_cl(gy), misaligned_cl(x), w, *args, [True, True, True])))
+    xr, wr = x.double().cpu().requires_grad_(), w.double().cpu().requires_grad_()
+    ref = F.conv2d(xr, wr, None, *args)
+    ref.backward(gy.double().cpu())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, ref, torch.float32, "conv2d")
+    assert_close(gx, xr.grad, torch.float32, "grad_input")
+    assert_close(gw, wr.grad, torch.float32, "grad_weight")
+    assert_close(gb, gy.double().cpu().sum((0, 2, 3)), torch.float32, "grad_bias")
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_depthwise_empty_batch_and_masks_backends(backend, fmt, rng):
+    _not_cpu(backend)
+    dev = backend.device
+    x = torch.zeros(0, 4, 8, 8, device=dev).contiguous(memory_format=fmt).requires_grad_()
+    w = randn((8, 1, 3, 3), rng, device=dev).requires_grad_()
+    b = torch.zeros(8, device=dev, requires_grad=True)
+    out = FC.conv2d(x, w, b, stride=2, padding=1, groups=4)
+    assert out.shape == (0, 8, 4, 4)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    xs = randn((2, 4, 9, 9), rng, device=dev).contiguous(memory_format=fmt)
+    gy = randn((2, 8, 5, 5), rng, device=dev).contiguous(memory_format=fmt)
+    args = ([2, 2], [1, 1], [1, 1], 4)
+    refs = torch.ops.aten.convolution_backward(gy.double().cpu(), xs.double().cpu(), w.detach().double().cpu(), [8],
+                                               *args[:3], False, [0, 0], 4, [True, True, True])
+    for mask in ([True, False, False], [False, True, False], [False, False, True], [False, True, True]):
+        got = backend.run(lambda: backend.ops.conv2d_backward(gy, xs, w.detach(), *args, mask))
+        for i in range(3):
+            if mask[i]:
+                assert_close(got[i], refs[i], torch.float32, f"gradient {i} of mask {mask}")
+            else:
+                assert got[i].numel() == 0

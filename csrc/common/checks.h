@@ -30,6 +30,9 @@ struct Conv2dShape {
   int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
   int64_t Cg() const { return C / groups; }  // input channels per group
   int64_t Kg() const { return K / groups; }  // output channels per group
+  // Depthwise: one input channel per group (groups == C > 1), K = m*C (channel multiplier m >= 1).
+  // The one definition of the shapes the depthwise kernel families (CPU and CUDA) take.
+  bool depthwise() const { return groups == C && groups > 1; }
 };
 
 // Sizes of one max_pool2d call. Input (N,C,H,W), output and indices (N,C,P,Q).

@@ -759,7 +759,7 @@ std::vector<int64_t> tap_offsets(const Conv2dShape& s, const PhasePlane& g) {
 
 }  // namespace
 
-bool depthwise_supports(const Conv2dShape& s) { return s.groups == s.C && s.groups > 1; }
+bool depthwise_supports(const Conv2dShape& s) { return s.depthwise(); }
 
 namespace {
 

@@ -15,6 +15,7 @@
 #include "cuda/conv2d_bwd_weight.cuh"
 #include "cuda/conv2d_fwd.cuh"
 #include "cuda/conv2d_tc.cuh"
+#include "cuda/depthwise_launch.h"
 #include "cuda/launch_common.h"
 
 namespace fastconv {
@@ -219,6 +220,7 @@ inline at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weig
                                  bool relu) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kernel_dtypes());
   DeviceGuard guard(input);
+  if (s.N > 0 && s.depthwise()) return depthwise_forward(s, input, weight, bias, relu);  // depthwise_launch.h
   const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   if (s.N == 0) return at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
@@ -337,6 +339,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const Conv2dShape s =
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kernel_dtypes());
   DeviceGuard guard(input);
+  if (s.N > 0 && s.depthwise()) return depthwise_backward(s, grad_output, input, weight, output_mask);  // depthwise_launch.h
   const auto opts = input.options();
   at::Tensor gx = output_mask[0] ? at::empty({s.N, s.C, s.H, s.W}, opts) : at::empty({0}, opts);
   at::Tensor gw = output_mask[1] ? at::empty({s.K, s.Cg(), s.R, s.S}, opts) : at::empty({0}, opts);
