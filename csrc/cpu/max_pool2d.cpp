@@ -25,6 +25,7 @@
 #include <limits>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "common/checks.h"
 #include "cpu/avx512.h"
@@ -422,6 +423,55 @@ bool unpool_row_disjoint_nhwc(const T* dyrow, const int64_t* irow, T* dxn, int64
   return ok;
 }
 
+#if defined(__x86_64__)
+// AVX-512 float, as unpool_row_disjoint_nhwc but each dx element written exactly once: input pixel
+// (h, w) of the row's band is at window position of output q = (w + pw) / sw when it lies in that
+// window (column offset (w + pw) % sw < kw, row h in the window rows), and gets dy where the index
+// equals h*W + w, else 0; pixels no window covers get 0. hits (Q * ceil(C/16) masks) records which
+// channels found their index; each must have, else false is returned. Indices are compared as int32
+// (the caller guarantees H*W + W < 2^31; the saturating narrowing keeps larger ones from aliasing).
+FC_TARGET_AVX512 bool unpool_row_disjoint_nhwc_avx512(const float* dyrow, const int64_t* irow, float* dxn, int64_t p,
+                                                      const Pool2dShape& s, __mmask16* hits) {
+  const int64_t C = s.C, CB = ceil_div(C, 16);
+  const int64_t r0 = p == 0 ? 0 : std::min(p * s.sh - s.ph, s.H);
+  const int64_t r1 = p == s.P - 1 ? s.H : std::min((p + 1) * s.sh - s.ph, s.H);
+  const int64_t h_lo = std::max<int64_t>(p * s.sh - s.ph, 0), h_hi = std::min(p * s.sh - s.ph + s.kh, s.H);
+  const __mmask16 tail = first_lanes(C - (CB - 1) * 16);
+  std::fill(hits, hits + s.Q * CB, __mmask16(0));
+  for (int64_t h = r0; h < r1; ++h) {
+    float* row = dxn + h * s.W * C;
+    if (h < h_lo || h >= h_hi) {
+      std::fill(row, row + s.W * C, 0.f);
+      continue;
+    }
+    for (int64_t w = 0; w < s.W; ++w) {
+      float* px = row + w * C;
+      const int64_t q = (w + s.pw) / s.sw;
+      if (q >= s.Q || w + s.pw - q * s.sw >= s.kw) {
+        std::fill(px, px + C, 0.f);
+        continue;
+      }
+      const __m512i pos = _mm512_set1_epi32(int(h * s.W + w));
+      const float* g = dyrow + q * C;
+      const int64_t* ix = irow + q * C;
+      __mmask16* hq = hits + q * CB;
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        const int64_t c = cb * 16;
+        const __mmask16 m = cb == CB - 1 ? tail : __mmask16(0xFFFF);
+        const __m256i lo = _mm512_cvtsepi64_epi32(_mm512_maskz_loadu_epi64(__mmask8(m), ix + c));
+        const __m256i hi = _mm512_cvtsepi64_epi32(_mm512_maskz_loadu_epi64(__mmask8(m >> 8), ix + c + 8));
+        const __mmask16 eq = _mm512_mask_cmpeq_epi32_mask(m, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), pos);
+        hq[cb] |= eq;
+        _mm512_mask_storeu_ps(px + c, m, _mm512_maskz_loadu_ps(eq, g + c));
+      }
+    }
+  }
+  for (int64_t i = 0; i < s.Q * CB; ++i)
+    if (hits[i] != (i % CB == CB - 1 ? tail : __mmask16(0xFFFF))) return false;
+  return true;
+}
+#endif
+
 template <typename T>
 void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
   const int64_t* idx = indices.const_data_ptr<int64_t>();
@@ -430,10 +480,25 @@ void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, con
     return max_pool2d_backward_scatter_nhwc(dy, idx, dx, s);
   }
   const int64_t HWC = s.H * s.W * s.C, QC = s.Q * s.C;
+  bool fast = false;
+#if defined(__x86_64__)
+  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && s.H * s.W + s.W < (int64_t(1) << 31);
+#endif
   std::atomic<bool> all_ok{true};
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, QC * s.kh * s.kw));
   at::parallel_for(0, s.N * s.P, grain, [&](int64_t begin, int64_t end) {
     bool ok = true;
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) {
+        std::vector<__mmask16> hits(s.Q * ceil_div(s.C, 16));
+        for (int64_t r = begin; r < end; ++r)  // output row r = n*P + p
+          ok &= unpool_row_disjoint_nhwc_avx512(dy + r * QC, idx + r * QC, dx + (r / s.P) * HWC, r % s.P, s, hits.data());
+        if (!ok) all_ok = false;
+        return;
+      }
+    }
+#endif
     for (int64_t r = begin; r < end; ++r)  // output row r = n*P + p
       ok &= unpool_row_disjoint_nhwc(dy + r * QC, idx + r * QC, dx + (r / s.P) * HWC, r % s.P, s);
     if (!ok) all_ok = false;
