@@ -8,7 +8,8 @@
 
 Vendor path: on CPU PyTorch's native ops (oneDNN convolution, ATen max-pool / ReLU); on GPU cuDNN,
 reported twice (TF32 off = like-for-like fp32, and PyTorch's default), cudnn.benchmark = True.
-``--channels-last`` adds the vendor on channels_last (NHWC) inputs as one more comparison.
+``--channels-last`` adds the vendor and fastconv on channels_last (NHWC) inputs: the column
+"vs native_cl" compares fastconv_cl with native_cl (same memory format on both sides).
 
 Per case: conv forward / backward-data / backward-weight (+ fused conv+bias+ReLU when fastconv has
 ``conv2d_relu``), max-pool and ReLU forward / backward on the activation shapes of the suites.
@@ -54,10 +55,22 @@ from fcbench.timing import (build_info, ceilings, input_sets, machine_info, meas
 SCHEMA = "fastconv.conv_bench/1"
 
 
+def tested_names(impls):
+    """The implementations under test: those marked tested, else the last."""
+    return [n for n, i in impls.items() if i.tested] or [list(impls)[-1]]
+
+
+def counterpart(impls, vendor):
+    """The implementation under test that a vendor is compared with: the one on the same input
+    layout (fastconv_cl for native_cl), else the last."""
+    same = [n for n in tested_names(impls) if impls[n].layout is impls[vendor].layout]
+    return same[0] if same else list(impls)[-1]
+
+
 def run_case(case, op, impls, ref, dtype, device, modes, min_time, threads, bar):
     """Check every implementation against the reference on one input set, then time each. The case
-    fails when any implementation raises, or the one under test (the last) is off by more than the
-    tolerance (the others' errors are informative: cuDNN with TF32 differs from fp32 by design)."""
+    fails when any implementation raises, or one under test is off by more than the tolerance (the
+    others' errors are informative: cuDNN with TF32 differs from fp32 by design)."""
     row = {"suite": case.suite, "layer": case.layer, "kind": case.kind, "op": op, "shape": case.shape_str(),
            "params": dataclasses.asdict(case), "dtype": str(dtype)[6:], "flops": case.flops(),
            "bytes": case.bytes(op, torch.empty((), dtype=dtype).element_size()), "unit": OPS[op][1],
@@ -76,7 +89,8 @@ def run_case(case, op, impls, ref, dtype, device, modes, min_time, threads, bar)
             row["rel_err"][name] = rel_error(impls[name].ops[op](sets[name][0], case), reference)
         except Exception as e:  # an implementation that raises is a failed case, not a crash
             row["errors"][name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-    row["ok"] = not row["errors"] and row["rel_err"].get(names[-1], math.inf) <= row["tolerance"]
+    row["ok"] = not row["errors"] and all(row["rel_err"].get(n, math.inf) <= row["tolerance"]
+                                          for n in tested_names(impls) if n in names)
     def timed_call(name):
         impl, rotation = impls[name], itertools.cycle(sets[name])
         fn = impl.ops[op]
@@ -94,16 +108,18 @@ def run_case(case, op, impls, ref, dtype, device, modes, min_time, threads, bar)
     return row
 
 
-def derive(row, ref_names, test, ceil):
-    """Rates, % of ceiling and speedups (vendor time / tested time) from the medians."""
+def derive(row, ref_names, test, ceil, pairs=None):
+    """Rates, % of ceiling and speedups (vendor time / time of its counterpart under test: pairs[v],
+    default test) from the medians."""
+    pairs = pairs or {}
     row["rate"], row["pct_ceiling"], row["speedup"] = {}, {}, {}
     peak = ceil["gemm_gflops"] if row["unit"] == "GFLOP/s" else ceil["copy_gbs"]
     for mode, times in row["time"].items():
         amount = row["flops"] if row["unit"] == "GFLOP/s" else row["bytes"]
         row["rate"][mode] = {n: amount / (t["median_ms"] / 1e3) / 1e9 for n, t in times.items()}
         row["pct_ceiling"][mode] = {n: 100 * r / peak for n, r in row["rate"][mode].items()}
-        row["speedup"][mode] = {v: times[v]["median_ms"] / times[test]["median_ms"]
-                                for v in ref_names if v in times and test in times}
+        row["speedup"][mode] = {v: times[v]["median_ms"] / times[pairs.get(v, test)]["median_ms"]
+                                for v in ref_names if v in times and pairs.get(v, test) in times}
 
 
 def geomeans(rows, ref_names, modes):
@@ -141,7 +157,8 @@ def parse_args(argv=None):
     p.add_argument("--impl", choices=["fastconv", "native"], default="fastconv",
                    help="implementation under test; 'native' runs the vendor path against itself (noise check)")
     p.add_argument("--channels-last", action="store_true",
-                   help="also time the vendor on channels_last (NHWC) inputs (a second speedup column)")
+                   help="also time the vendor and fastconv on channels_last (NHWC) inputs (speedup column: "
+                        "native_cl / fastconv_cl)")
     p.add_argument("--json", metavar="PATH", help="write every figure + machine/build details here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of speedups here")
     p.add_argument("--roofline", action="store_true", help="print the paper GPU roofline bounds of the cases and exit")
@@ -188,7 +205,9 @@ def run(args, impls=None, cases=None):
         torch.backends.cudnn.benchmark = True
     impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last)
     names = list(impls)
-    ref, test, vendors = names[0], names[-1], names[:-1]
+    ref, test = names[0], names[-1]
+    vendors = [n for n in names[:-1] if n not in tested_names(impls)]
+    pairs = {v: counterpart(impls, v) for v in vendors}
     modes = ["kernel"] if device.type == "cuda" else (["kernel", "alloc"] if args.alloc == "both" else [args.alloc])
     cases = cases if cases is not None else select_cases(args)
     work = [(c, op) for c in cases for op in case_ops(c, impls[test].ops)]
@@ -219,7 +238,7 @@ def run(args, impls=None, cases=None):
     bar.close()
     for r in rows:
         r["time"] = {m: r["time"][m] for m in modes}
-        derive(r, vendors, test, ceil)
+        derive(r, vendors, test, ceil, pairs)
     bad = [r for r in rows if not r["ok"]]
     report = {
         "schema": SCHEMA, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -227,6 +246,7 @@ def run(args, impls=None, cases=None):
         "args": {k: v for k, v in vars(args).items()}, "device": str(device), "dtype": args.dtype,
         "threads": args.threads, "modes": modes,
         "implementations": names, "reference": ref, "vendors": vendors, "under_test": test,
+        "tested": tested_names(impls), "compared_with": pairs,
         "impl_descriptions": {n: i.description for n, i in impls.items()},
         "method": {
             "statistic": "median of torch.utils.benchmark blocked_autorange" if device.type == "cpu" else "median of CUDA-event times",
@@ -235,7 +255,7 @@ def run(args, impls=None, cases=None):
             "inputs": "fresh torch.randn per set; sets rotated so they stream ~2x the last-level cache",
             "kernel": "glibc malloc keeps freed memory (M_MMAP_MAX=0): outputs land on mapped pages",
             "alloc": "process allocator as is: large outputs are fresh pages (first-touch faults included)",
-            "speedup": "vendor median / under-test median (>1: under test faster)",
+            "speedup": "vendor median / median of its counterpart under test, same input layout (>1: under test faster)",
             "flops": "direct-convolution 2*N*K*P*Q*C/g*R*S for each of fwd, bwd-data, bwd-weight",
             "bytes": "compulsory traffic: each tensor read or written once (indices int64)",
             "correctness": "rel. error ||out-ref||/||ref|| vs the reference implementation on the first set",

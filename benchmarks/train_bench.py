@@ -2,9 +2,9 @@
 """End-to-end training step (forward + backward + SGD step), fastconv layers vs PyTorch's own.
 
     python benchmarks/train_bench.py --quick --json train_quick.json
-    python benchmarks/train_bench.py --json train.json        # cat/dog 150x150 b32, VGG16 224x224 b8
+    python benchmarks/train_bench.py --json train.json        # cat/dog 150x150 b32, small 32x32 b32, VGG16 224x224 b8
 
-Models come from fastconv.models (CatDogCNN, VGG16), built under the same seed for both backends,
+Models come from fastconv.models (CatDogCNN, SmallCNN at 32x32 b32, VGG16), built under the same seed for both backends,
 so both sides train identical weights on identical random batches. Each (model, backend) runs in a
 fresh subprocess so that peak memory does not mix: on CPU the peak is the process's RSS high-water
 mark (VmHWM, which includes the ~0.3-0.5 GB of the imported libraries; the table also shows the
@@ -26,15 +26,18 @@ SCHEMA = "fastconv.train_bench/1"
 # name -> (description, batch, image size, quick batch, quick image size)
 MODELS = {
     "catdog": ("CatDogCNN (3 conv), flatten head", 32, 150, 8, 150),
+    "small": ("SmallCNN (4 conv, MNIST/CIFAR style), dense head", 32, 32, 8, 32),
     "vgg16": ("VGG16, torchvision head (4096-4096)", 8, 224, 2, 64),
 }
 BACKENDS = ["torch", "fastconv"]  # the first is the baseline
 
 
 def build_model(name, backend, size):
-    from fastconv.models import VGG16, CatDogCNN
+    from fastconv.models import VGG16, CatDogCNN, SmallCNN
     if name == "catdog":
         return CatDogCNN(backend=backend, image_size=size)
+    if name == "small":
+        return SmallCNN(num_classes=2, backend=backend, image_size=size)
     if size >= 224:
         return VGG16(num_classes=2, backend=backend)
     return VGG16(num_classes=2, backend=backend, head="small", image_size=size)

@@ -1,4 +1,5 @@
-"""Example models built from fastconv layers: the classic cat/dog CNN and VGG16.
+"""Example models built from fastconv layers: the classic cat/dog CNN, a small-image (MNIST/CIFAR
+style) CNN and VGG16.
 
 Every conv / max-pool / ReLU comes from one small factory, ``layers(backend)``, so the same model
 can be built on fastconv's kernels (``backend="fastconv"``) or on PyTorch's (``backend="torch"``)
@@ -12,7 +13,7 @@ import types
 import torch
 from torch import nn
 
-__all__ = ["layers", "CatDogCNN", "VGG16", "vgg16_small_head", "load_torchvision_vgg16",
+__all__ = ["layers", "CatDogCNN", "SmallCNN", "VGG16", "vgg16_small_head", "load_torchvision_vgg16",
            "VGG16_CFG", "VGG16_BLOCK_STARTS"]
 
 BACKENDS = ("fastconv", "torch")
@@ -70,6 +71,29 @@ class CatDogCNN(nn.Module):
             nn.Dropout(0.5),
             nn.Linear(64, num_classes),
         )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class SmallCNN(nn.Module):
+    """The small-image CNN of the MNIST/CIFAR-10 recipes, for 32x32 inputs (28x28 MNIST padded):
+
+    conv3x3 'same' in->32, ReLU | 32->32, ReLU, pool | 32->64, ReLU | 64->64, ReLU, pool |
+    flatten, dense num_classes.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, backend: str = "fastconv", image_size: int = 32):
+        super().__init__()
+        L = layers(backend)
+        self.backend = backend
+        self.features = nn.Sequential(
+            L.Conv2d(in_channels, 32, 3, padding=1), L.ReLU(), L.Conv2d(32, 32, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
+            L.Conv2d(32, 64, 3, padding=1), L.ReLU(), L.Conv2d(64, 64, 3, padding=1), L.ReLU(), L.MaxPool2d(2))
+        L.fuse(self.features)
+        if image_size < 4:
+            raise ValueError(f"image_size {image_size} too small for 2 pools")
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -156,6 +156,27 @@ def test_conv_bench_quick(tmp_path):
     assert "speedup" in p.stdout
 
 
+def test_conv_bench_channels_last_pairs_fastconv_cl():
+    """--channels-last: fastconv_cl (fastconv on NHWC inputs) is checked like fastconv and compared
+    with native_cl; memory-bound rows carry GB/s and % of the copy bandwidth of the same run."""
+    cb = load("conv_bench")
+    args = cb.parse_args(["--min-time", "0.003", "--alloc", "kernel", "--no-progress", "--channels-last"])
+    tiny = cases.cnn_cases("tiny", [8, "M"], N=2, HW=9, names=["conv1"]) + cases.suite_cases("kinds", 1)[5:6]
+    compared = impls.default_impls(torch.device("cpu"), "fastconv", channels_last=True)
+    assert list(compared) == ["native", "native_cl", "fastconv_cl", "fastconv"]
+    report, code = cb.run(args, compared, tiny)
+    assert code == 0 and report["ok"], [(r["layer"], r["op"], r["rel_err"], r["errors"]) for r in report["rows"]]
+    assert report["vendors"] == ["native", "native_cl"] and report["tested"] == ["fastconv_cl", "fastconv"]
+    assert report["compared_with"] == {"native": "fastconv", "native_cl": "fastconv_cl"}
+    for row in report["rows"]:
+        t = row["time"]["kernel"]
+        assert math.isclose(row["speedup"]["kernel"]["native_cl"], t["native_cl"]["median_ms"] / t["fastconv_cl"]["median_ms"])
+        assert math.isclose(row["speedup"]["kernel"]["native"], t["native"]["median_ms"] / t["fastconv"]["median_ms"])
+        if row["unit"] == "GB/s":
+            assert row["pct_ceiling"]["kernel"]["fastconv_cl"] > 0 and row["rate"]["kernel"]["fastconv"] > 0
+    assert {r["layer"] for r in report["rows"]} >= {"pool3x3s2", "pool1", "relu1"}
+
+
 def test_roofline_prints(capsys):
     roofline.roofline(cases.suite_cases("catdog"))
     out = capsys.readouterr().out

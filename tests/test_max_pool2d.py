@@ -9,12 +9,13 @@ from conftest import cpu_backend
 from helpers import POOL_CASES, POOL_MORE_DTYPES, POOL_RANDOM, assert_close, case_id, randn, same_bits
 
 
-def _check(backend, x64, cfg, dtype, rng):
-    """x64 rounded to dtype through fastconv.functional (autograd) on the backend (Backend.run: every
-    thread order on 'simt'): indices equal to PyTorch's, values bit-identical, input gradient
-    against float64."""
+def _check(backend, x64, cfg, dtype, rng, fmt=torch.contiguous_format):
+    """x64 rounded to dtype, in memory format fmt, through fastconv.functional (autograd) on the
+    backend (Backend.run: every thread order on 'simt'): indices equal to PyTorch's, values
+    bit-identical, input gradient against float64; outputs and gradient in PyTorch's memory formats."""
     kernel, stride, padding, dilation, ceil_mode = cfg
     backend.skip_unless_takes(dtype)
+    x64 = x64.contiguous(memory_format=fmt)
     xr = x64.detach().to(dtype).double().requires_grad_()
     ref, ref_idx = F.max_pool2d(xr, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
     gy = randn(ref.shape, rng, torch.float64).to(dtype)
@@ -31,6 +32,9 @@ def _check(backend, x64, cfg, dtype, rng):
     assert idx.dtype == torch.int64 and torch.equal(idx.cpu(), ref_idx), "indices differ from PyTorch's"
     assert same_bits(out, ref.detach().to(dtype)), "values differ from PyTorch's"
     assert_close(gx, ref_grad, dtype, "grad_input")
+    if fmt != torch.contiguous_format and ref.numel() > 0:  # layouts agree (NCHW ones: test_layouts)
+        assert out.stride() == ref.stride() and idx.stride() == ref_idx.stride(), "output memory format"
+        assert gx.stride() == ref_grad.stride(), "grad_input memory format"
 
 
 def _ties(x64):
@@ -167,11 +171,15 @@ SHAPES_2X2 = [
 ]
 
 
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES_2X2, ids=lambda s: "x".join(map(str, s[:4])) + ("c" if s[4] else ""))
-def test_max_pool2d_2x2_every_cpu_isa(cpu_isa, shape, dtype, rng):
+def test_max_pool2d_2x2_every_cpu_isa(cpu_isa, shape, dtype, fmt, rng):
     N, C, H, W, ceil = shape
-    _check(cpu_backend(), randn((N, C, H, W), rng, torch.float64), (2, 2, 0, 1, ceil), dtype, rng)
+    _check(cpu_backend(), randn((N, C, H, W), rng, torch.float64), (2, 2, 0, 1, ceil), dtype, rng, fmt)
 
 
 def _specials(shape, rng, nan_rate):
@@ -185,13 +193,14 @@ def _specials(shape, rng, nan_rate):
     return x
 
 
+@pytest.mark.parametrize("fmt", FORMATS, ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ceil", [False, True])
 @pytest.mark.parametrize("nan_rate", [0.0, 0.1, 0.4])
-def test_max_pool2d_2x2_ties_nan_inf_every_cpu_isa(cpu_isa, ceil, nan_rate, dtype, rng):
+def test_max_pool2d_2x2_ties_nan_inf_every_cpu_isa(cpu_isa, ceil, nan_rate, dtype, fmt, rng):
     """Indices equal PyTorch's: first of equal maxima, the window's last NaN, -inf windows."""
-    for shape in [(2, 3, 9, 37), (1, 2, 33, 75), (1, 1, 4, 32)]:
-        _check(cpu_backend(), _specials(shape, rng, nan_rate), (2, 2, 0, 1, ceil), dtype, rng)
+    for shape in [(2, 3, 9, 37), (1, 2, 33, 75), (1, 1, 4, 32), (1, 19, 6, 7)]:
+        _check(cpu_backend(), _specials(shape, rng, nan_rate), (2, 2, 0, 1, ceil), dtype, rng, fmt)
 
 
 # Other disjoint windows (stride >= kernel, dilation 1): the generic one-pass backward, including
@@ -200,11 +209,12 @@ DISJOINT = [(3, 3, 0, 1, False), (3, 3, 1, 1, True), ((2, 3), (3, 4), (1, 1), 1,
             (1, 2, 0, 1, False), ((4, 1), (4, 1), (2, 0), 1, True), (2, 2, 1, 1, False)]
 
 
+@pytest.mark.parametrize("fmt", FORMATS, ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("cfg", DISJOINT, ids=[f"disjoint{i}" for i in range(len(DISJOINT))])
-def test_max_pool2d_disjoint_windows_every_cpu_isa(cpu_isa, cfg, rng):
-    for shape in [(2, 3, 13, 17), (1, 2, 8, 9), (1, 1, 5, 40)]:
-        _check(cpu_backend(), randn(shape, rng, torch.float64), cfg, torch.float32, rng)
-        _check(cpu_backend(), _specials(shape, rng, 0.2), cfg, torch.float64, rng)
+def test_max_pool2d_disjoint_windows_every_cpu_isa(cpu_isa, cfg, fmt, rng):
+    for shape in [(2, 3, 13, 17), (1, 2, 8, 9), (1, 1, 5, 40), (1, 33, 7, 9)]:
+        _check(cpu_backend(), randn(shape, rng, torch.float64), cfg, torch.float32, rng, fmt)
+        _check(cpu_backend(), _specials(shape, rng, 0.2), cfg, torch.float64, rng, fmt)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
@@ -222,18 +232,23 @@ def test_max_pool2d_2x2_layouts_every_cpu_isa(cpu_isa, layout, rng):
     assert torch.equal(xin.grad, ref.grad)
 
 
+@pytest.mark.parametrize("fmt", FORMATS, ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("cfg", [(2, 2, 0, 1, False), (2, 2, 0, 1, True), (3, 3, 1, 1, False)])
-def test_max_pool2d_backward_foreign_indices_every_cpu_isa(cpu_isa, cfg, rng):
+def test_max_pool2d_backward_foreign_indices_every_cpu_isa(cpu_isa, cfg, fmt, rng):
     """Indices that are not the forward pass's (outside their window, repeated) still scatter
     exactly like PyTorch's backward: the one-pass path must notice and fall back."""
     k, s, p, d, ceil = cfg
-    x = randn((2, 3, 11, 37), rng, torch.float64)
+    x = randn((2, 19, 11, 37), rng, torch.float64).contiguous(memory_format=fmt)
     _, idx = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil, return_indices=True)
     gy = randn(idx.shape, rng, torch.float64)
-    for foreign in [idx.flip(-1), torch.zeros_like(idx), idx.clone().index_fill_(3, torch.tensor([0]), 5)]:
-        got = torch.ops.fastconv.max_pool2d_backward(gy, foreign, [11, 37], [k, k], [s, s], [p, p], [d, d], ceil)
-        ref = torch.ops.aten.max_pool2d_with_indices_backward(gy, x, [k, k], [s, s], [p, p], [d, d], ceil, foreign)
-        assert torch.allclose(got, ref, rtol=0, atol=1e-12)
+    for foreign in [idx.flip(-1), torch.zeros_like(idx), idx.clone().index_fill_(3, torch.tensor([0]), 5),
+                    idx.clone().index_fill_(1, torch.tensor([18]), 1)]:  # one channel, NHWC's last lanes
+        for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5)]:  # float32: the fast paths
+            g = gy.to(dtype)
+            got = torch.ops.fastconv.max_pool2d_backward(g, foreign, [11, 37], [k, k], [s, s], [p, p], [d, d], ceil)
+            ref = torch.ops.aten.max_pool2d_with_indices_backward(g, x.to(dtype), [k, k], [s, s], [p, p], [d, d],
+                                                                  ceil, foreign)
+            assert torch.allclose(got, ref, rtol=0, atol=tol)
     with pytest.raises(RuntimeError, match="outside the input plane"):
         torch.ops.fastconv.max_pool2d_backward(gy, idx + 11 * 37, [11, 37], [k, k], [s, s], [p, p], [d, d], ceil)
 

@@ -152,3 +152,26 @@ def test_info():
     assert info["backends"][0] == "cpu"
     assert info["cpu_isa"] in {"avx512", "avx2", "generic"}
     assert isinstance(info["cuda_available"], bool)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_small_cnn_training_step_float64(fmt):
+    """train_bench's small-image CNN (fastconv.models.SmallCNN) at a tiny size in float64: the
+    loss and every parameter's gradient equal the torch-built twin's (same seed, same weights)."""
+    from fastconv.models import SmallCNN
+    nets = []
+    for backend in ["torch", "fastconv"]:
+        torch.manual_seed(0)
+        nets.append(SmallCNN(in_channels=3, num_classes=4, backend=backend, image_size=12).double()
+                    .to(memory_format=fmt))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 12, 12, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    y = torch.randint(0, 4, (3,), generator=g)
+    losses = []
+    for net in nets:
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-12)
+    for (name, p_ref), (_, p) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-9, atol=1e-12, msg=name)

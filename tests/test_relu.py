@@ -1,4 +1,6 @@
 """relu forward, in-place and backward against PyTorch, on every backend (helpers.RELU_SHAPES)."""
+import glob
+
 import pytest
 import torch
 
@@ -102,28 +104,42 @@ def test_relu_gradcheck(backend, rng):
     assert torch.autograd.gradcheck(FC.relu, (x,))
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_relu_every_cpu_isa(isa, dtype, rng):
-    """Every ISA's loops, with tails of every length below a vector and chunks split across threads."""
-    import fastconv
+def _bits_equal(a, b):
+    """Equal including NaN positions and the sign of zeros (relu keeps -0.0, as PyTorch's)."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()) and \
+        torch.equal(a.signbit(), b.signbit())
 
-    try:
-        fastconv.set_cpu_isa(isa)
-    except RuntimeError:
-        pytest.skip(f"this CPU cannot run {isa}")
-    try:
-        for n in list(range(1, 34)) + [(1 << 16) + 5, 3 * (1 << 15) + 17]:
-            x = _input(rng, (n,), "cpu", dtype)
-            x[torch.rand(n, generator=rng) < 0.1] = float("nan")
+
+def _llc_elems(dtype):
+    """Elements of dtype just past the last-level cache (the largest size Linux reports for cpu0, as
+    the library reads it): the size from which outputs are streamed."""
+    sizes = []
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        with open(d) as f:
+            v = f.read().strip()
+        sizes.append(int(v[:-1]) * {"K": 1 << 10, "M": 1 << 20}[v[-1]] if v[-1] in "KM" else int(v))
+    llc = max(sizes, default=0) or 32 << 20
+    return llc // torch.empty((), dtype=dtype).element_size() + 1001
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_every_cpu_isa(cpu_isa, dtype, rng):
+    """Every ISA's loops: ends of every length below a vector, misaligned starts (views at an
+    offset), chunks split across threads, outputs past the last-level cache (streamed stores);
+    NaN, -0.0 and zeros in the input."""
+    for n in list(range(1, 34)) + [(1 << 16) + 5, 3 * (1 << 15) + 17, _llc_elems(dtype)]:
+        for offset in [0, 1, 3] if n < (1 << 20) else [0, 1]:
+            base = _input(rng, (n + offset,), "cpu", dtype)
+            u = torch.rand(n + offset, generator=rng)
+            base[u < 0.1] = float("nan")
+            base[(u >= 0.1) & (u < 0.15)] = -0.0
+            base[(u >= 0.15) & (u < 0.2)] = 0.0
+            x = base[offset:]  # a dense view whose start is not vector-aligned when offset > 0
             ref = torch.relu(x)
-            out = FC.relu(x)
-            assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(), ref.nan_to_num())
+            assert _bits_equal(FC.relu(x), ref)
             y = x.clone()
             torch.ops.fastconv.relu_(y)
-            assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(), ref.nan_to_num())
-            gy = randn((n,), rng, dtype)
+            assert _bits_equal(y, ref)
+            gy = randn((n + offset,), rng, dtype)[offset:]
             got = torch.ops.fastconv.relu_backward(gy, ref)
-            assert torch.equal(got, torch.ops.aten.threshold_backward(gy, ref, 0))
-    finally:
-        fastconv.set_cpu_isa("auto")
+            assert _bits_equal(got, torch.ops.aten.threshold_backward(gy, ref, 0))

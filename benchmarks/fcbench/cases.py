@@ -116,6 +116,21 @@ def cnn_cases(suite, cfg, N, HW, names):
 VGG_NAMES = [f"conv{b}_{i}" for b, n in enumerate([2, 2, 3, 3, 3], 1) for i in range(1, n + 1)]
 
 
+def kinds_cases(N):
+    """One layer of each kind outside the two CNNs (ResNet/MobileNet-style shapes): strided, 1x1,
+    grouped, 5x5 and odd-sized convs, the overlapping 3x3/2 stem pool, a ceil_mode pool of an odd
+    size, and their ReLU."""
+    k = "kinds"
+    return [Case(k, "conv3x3s2", "conv", N, 64, 56, 56, 128, 3, 3, 2, 1),
+            Case(k, "conv1x1", "conv", N, 256, 28, 28, 256, 1, 1),
+            Case(k, "conv3x3g4", "conv", N, 128, 28, 28, 128, 3, 3, 1, 1, groups=4),
+            Case(k, "conv5x5", "conv", N, 32, 56, 56, 64, 5, 5, 1, 2),
+            Case(k, "conv3x3odd", "conv", N, 48, 37, 37, 80, 3, 3, 1, 1),
+            Case(k, "pool3x3s2", "pool", N, 64, 112, 112, R=3, S=3, stride=2, pad=1),
+            Case(k, "pool2x2ceil", "pool", N, 64, 75, 75, R=2, S=2, stride=2, ceil_mode=True),
+            Case(k, "relu", "relu", N, 64, 112, 112)]
+
+
 def suite_cases(name, batch=None):
     if name == "catdog":
         return cnn_cases("catdog", CATDOG_CFG, batch or 32, 150, ["conv1", "conv2", "conv3", "conv4"])
@@ -123,6 +138,8 @@ def suite_cases(name, batch=None):
         return cnn_cases("vgg16", VGG16_CFG, batch or 8, 224, VGG_NAMES)
     if name == "vgg16-150":
         return cnn_cases("vgg16-150", VGG16_CFG, batch or 8, 150, VGG_NAMES)
+    if name == "kinds":
+        return kinds_cases(batch or 8)
     if name == "quick":  # a few layers of each kind, small batch: under a minute on 2 cores
         catdog = [c for c in suite_cases("catdog", batch or 4) if c.layer in ("conv1", "relu1", "pool1", "conv2", "pool2")]
         vgg = [c for c in suite_cases("vgg16", batch or 1) if c.layer in ("conv3_1", "conv5_1")]
@@ -130,7 +147,7 @@ def suite_cases(name, batch=None):
     raise ValueError(f"unknown suite {name!r}")
 
 
-SUITES = ["catdog", "vgg16", "vgg16-150", "quick"]
+SUITES = ["catdog", "vgg16", "vgg16-150", "kinds", "quick"]
 
 
 def parse_shape(text, batch=None):

@@ -18,6 +18,7 @@ class Impl:
     prepare: Callable[[], None] = lambda: None  # called before each of its runs (e.g. TF32 flags)
     description: str = ""
     layout: Callable[[dict], dict] | None = None  # converts an input set once, outside the timing
+    tested: bool = False  # an implementation under test (compared with the vendors of its layout)
 
 
 def native_ops():
@@ -71,7 +72,8 @@ def cudnn_flags(tf32):
 
 def default_impls(device, under_test="fastconv", channels_last=False):
     """Vendor implementation(s) first (the first is the reference), the one under test last;
-    channels_last adds the vendor on channels_last (NHWC) inputs as one more comparison."""
+    channels_last adds the vendor on channels_last (NHWC) inputs as one more comparison, and (for
+    fastconv) fastconv on the same channels_last inputs, compared with that vendor."""
     if device.type == "cuda":
         impls = {"cudnn": Impl("cudnn", native_ops(), cudnn_flags(False), "cuDNN, TF32 off (like-for-like fp32)"),
                  "cudnn_tf32": Impl("cudnn_tf32", native_ops(), cudnn_flags(True), "cuDNN, PyTorch default (TF32 on)")}
@@ -83,8 +85,11 @@ def default_impls(device, under_test="fastconv", channels_last=False):
         impls[name] = Impl(name, native_ops(), first.prepare, first.description + ", channels_last inputs",
                            to_channels_last)
     if under_test == "fastconv":
-        impls["fastconv"] = Impl("fastconv", fastconv_ops(), cudnn_flags(False) if device.type == "cuda" else (lambda: None),
-                                 "fastconv (torch.ops.fastconv)")
+        prepare = cudnn_flags(False) if device.type == "cuda" else (lambda: None)
+        if channels_last:
+            impls["fastconv_cl"] = Impl("fastconv_cl", fastconv_ops(), prepare,
+                                        "fastconv (torch.ops.fastconv), channels_last inputs", to_channels_last, True)
+        impls["fastconv"] = Impl("fastconv", fastconv_ops(), prepare, "fastconv (torch.ops.fastconv)", tested=True)
     else:  # A/A run: the vendor against itself shows the noise floor of the measurement
         impls["native_again"] = Impl("native_again", native_ops(), description="vendor path again (A/A noise check)")
     return impls

@@ -16,6 +16,7 @@ def print_table(report, out=sys.stdout, markdown=False):
     """One table per suite (aligned text, or markdown), geometric means at the bottom."""
     impls, ref_names, test, modes = report["implementations"], report["vendors"], report["under_test"], report["modes"]
     first = modes[0]
+    tested = report.get("tested", [test])  # older reports: the last implementation only
     label = {"kernel": "", "alloc": "+a "}
     cols = [("layer", lambda r: r["layer"]), ("op", lambda r: r["op"]), ("shape", lambda r: r["shape"])]
     for mode in modes:
@@ -27,8 +28,12 @@ def print_table(report, out=sys.stdout, markdown=False):
         if mode == first:
             for n in impls:
                 cols.append((f"{n} rate", lambda r, m=mode, n=n: fmt(r["rate"][m].get(n)) + (" GF/s" if r["unit"] == "GFLOP/s" else " GB/s")))
-            cols.append(("%ceil", lambda r, m=mode: fmt(r["pct_ceiling"][m].get(test), 2)))
-    cols.append(("rel.err", lambda r: fmt(r["rel_err"].get(test), 2)))
+            for n in tested:  # % of the measured ceiling (GEMM GFLOP/s or copy GB/s)
+                cols.append(("%ceil" + (f" {n}" if len(tested) > 1 else ""),
+                             lambda r, m=mode, n=n: fmt(r["pct_ceiling"][m].get(n), 2)))
+    for n in tested:
+        cols.append(("rel.err" + (f" {n}" if len(tested) > 1 else ""),
+                     lambda r, n=n: fmt(r["rel_err"].get(n), 2)))
     cols.append(("check", lambda r: "ok" if r["ok"] else "!!! MISMATCH !!!" if not r["errors"] else "!!! ERROR !!!"))
 
     for suite in dict.fromkeys(r["suite"] for r in report["rows"]):
@@ -39,8 +44,8 @@ def print_table(report, out=sys.stdout, markdown=False):
                 line = ["geomean", g["op"], f"{g['cases']} cases"]
                 for mode in modes:
                     line += [""] * len(impls) + [fmt(g["speedup"][mode].get(v), 2) + "x" for v in ref_names]
-                    line += [""] * (len(impls) + 1) if mode == first else []
-                cells.append(line + ["", ""])
+                    line += [""] * (len(impls) + len(tested)) if mode == first else []
+                cells.append(line + [""] * (len(tested) + 1))
         if markdown:
             print(f"\n**{suite}**\n", file=out)
             print("| " + " | ".join(h for h, _ in cols) + " |\n|" + "---|" * len(cols), file=out)

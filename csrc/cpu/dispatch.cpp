@@ -4,8 +4,12 @@
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "common/info.h"
@@ -136,6 +140,25 @@ ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
 }  // namespace
 
 Isa current_isa() { return g_isa.get(); }
+
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t best = 0;
+    for (int i = 0; i < 8; ++i) {  // Linux's view of cpu0's caches: "32K", "1024K", "32768K"
+      std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size");
+      std::string v;
+      if (!(f >> v) || v.empty()) continue;
+      const int64_t unit = v.back() == 'K' ? 1 << 10 : v.back() == 'M' ? 1 << 20 : 1;
+      best = std::max<int64_t>(best, std::atoll(v.c_str()) * unit);
+    }
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    if (best <= 0)  // glibc's CPUID reading (on some AMD parts the whole socket's L3)
+      for (int name : {_SC_LEVEL2_CACHE_SIZE, _SC_LEVEL3_CACHE_SIZE}) best = std::max<int64_t>(best, sysconf(name));
+#endif
+    return best > 0 ? best : int64_t(32) << 20;
+  }();
+  return bytes;
+}
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {

@@ -34,6 +34,11 @@ constexpr DTypes kCpuTypes = kCpuDtypes;
 enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 Isa current_isa();
 
+// The machine's largest cache in bytes (the last level, as Linux reports it for cpu0 in /sys; else
+// glibc's sysconf; else 32 MiB), read once. Memory-bound kernels stream (non-temporal stores) outputs larger than this: they would not
+// stay in cache anyway, and streaming skips the read-for-ownership of every output line.
+int64_t last_level_cache_bytes();
+
 // What conv2d may use: kAuto Winograd where it is faster, else the exact paths; kExact never
 // Winograd; kWinograd Winograd wherever it can run (tests and benchmarks).
 enum class ConvAlgo : int { kAuto = 0, kExact = 1, kWinograd = 2 };

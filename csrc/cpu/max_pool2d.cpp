@@ -3,11 +3,13 @@
 // (so ties keep the first maximum and the window's last NaN wins), starting from -inf with the
 // index of the window's first element inside the input; indices are offsets h*W + w into the
 // input plane.
-//   forward:  2x2 stride 2 (float, AVX-512) vectorised; any other configuration a scalar loop.
-//   backward: disjoint windows (stride >= kernel, dilation 1) are done one output row at a time
-//             (its input rows zeroed and the gradients stored while in cache; 2x2/2 float with
-//             AVX-512 writes each dx element exactly once); overlapping windows zero-fill and
-//             scatter-add per plane.
+//   forward:  2x2 stride 2 (float, AVX-512) one output row at a time, full-width loads of its two
+//             input rows split into even/odd columns by permutes; any other configuration a scalar
+//             loop.
+//   backward: disjoint windows (stride >= kernel, dilation 1) are done one output row at a time,
+//             each dx element written once (no zeroing pass): 2x2/2 float with AVX-512 selects dy
+//             or 0 per window position; other disjoint windows zero the row's input rows and store
+//             the gradients while in cache. Overlapping windows zero-fill and scatter-add per plane.
 //   channels_last: NHWC kernels (below), vectorised along C (AVX-512 float with masked tails, a
 //             portable loop otherwise); outputs and indices channels_last, indices the same in-plane
 //             offsets as NCHW.
@@ -23,6 +25,7 @@
 #include <limits>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "common/checks.h"
 #include "cpu/avx512.h"
@@ -105,77 +108,32 @@ bool unpool_row_disjoint(const T* dyrow, const int64_t* irow, T* dxp, int64_t p,
 
 #if defined(__x86_64__)
 
-// The 2x2 stride-2 kernels below (float, no padding, floor or ceil mode) work on *pieces*: up to
-// 8 consecutive outputs j..j+n-1 of one output row p, whose windows cover input columns
-// [2j, 2j+16) of rows 2p and 2p+1 (the second missing when a ceil_mode window is cut by the
-// bottom edge; the last columns cut by the right edge). Two pieces fill the 16 lanes of a vector:
-// lanes 0-7 the first, lanes 8-15 the second, from the same row or the next (so that rows of 7 or
-// 9 outputs waste few lanes).
-struct Piece {
-  int64_t x_off;  // offset of input element (2p, 2j) from the tensor's start (x or dx)
-  int64_t y_off;  // offset of output j of row p (y, dy, indices)
-  int64_t base;   // 2p*W + 2j: in-plane index of (2p, 2j)
-  int n;          // outputs, 0..8 (0: an empty filler)
-  __mmask16 cols;   // input columns 2j.. that exist, at most 16
-  __mmask16 bcols;  // the same for row 2p+1, 0 if it does not exist
-  __mmask16 odd;    // windows (of the n) whose odd column 2j+1 exists
-};
+// The 2x2 stride-2 kernels below (float, no padding, floor or ceil mode) work on one output row p
+// of one plane at a time: its outputs j..j+15 come from input columns [2j, 2j+32) of rows a = 2p
+// and b = 2p+1 (b missing when a ceil_mode window is cut by the bottom edge), read as two full
+// 16-float vectors per row and split into even and odd columns with permutes. Columns past the
+// right edge (the last block, or the odd column of a ceil_mode window cut by the edge) are masked.
+// In-plane indices are kept as int32 lanes (the caller guarantees H*W + W < 2^31).
 
-// Calls fn(piece, piece) for the output rows [r0, r1) (row r = plane * P + p), pairing the pieces
-// in order; an odd last one is paired with an empty filler. row_done(r, plane, p) runs after
-// the pieces of row r were handed on (they may still be pending).
-template <typename PairFn, typename RowFn>
-FC_TARGET_AVX512 inline void for_piece_pairs(int64_t r0, int64_t r1, const Pool2dShape& s, PairFn&& fn, RowFn&& row_done) {
-  Piece pending{};
-  bool have = false;
-  int64_t plane = r0 / s.P, p = r0 % s.P;
-  for (int64_t r = r0; r < r1; ++r, p = p + 1 == s.P ? (++plane, 0) : p + 1) {
-    const bool has_b = 2 * p + 1 < s.H;
-    for (int64_t j = 0; j < s.Q; j += 8) {
-      const int64_t cols = std::min<int64_t>(16, s.W - 2 * j);
-      Piece c;
-      c.x_off = plane * s.H * s.W + 2 * p * s.W + 2 * j;
-      c.y_off = r * s.Q + j;
-      c.base = 2 * p * s.W + 2 * j;
-      c.n = int(std::min<int64_t>(8, s.Q - j));
-      c.cols = __mmask16((1u << cols) - 1);
-      c.bcols = has_b ? c.cols : __mmask16(0);
-      c.odd = __mmask16((1u << (cols / 2)) - 1);
-      if (have) fn(pending, c);
-      else pending = c;
-      have = !have;
-    }
-    row_done(r, plane, p);
-  }
-  if (have) {
-    Piece filler = pending;
-    filler.n = 0;
-    filler.cols = filler.bcols = filler.odd = 0;
-    fn(pending, filler);
-  }
+// The columns [c, c+16) that exist when the row has `cols` columns from c on (cols may be <= 0).
+FC_TARGET_AVX512 inline __mmask16 first_lanes(int64_t cols) {
+  return cols >= 16 ? __mmask16(0xFFFF) : cols <= 0 ? __mmask16(0) : __mmask16((1u << cols) - 1);
 }
 
-FC_TARGET_AVX512 inline __mmask16 pair_lanes(int n0, int n1) {
-  return __mmask16(((1u << n0) - 1) | (((1u << n1) - 1) << 8));
-}
-
-// Forward for output rows [r0, r1). Missing columns/rows read as -inf, which never wins. The four
-// candidates are visited in PyTorch's scan order (2p,2j) (2p,2j+1) (2p+1,2j) (2p+1,2j+1) and
-// replace the maximum when greater or NaN, exactly as pool_row_general.
-FC_TARGET_AVX512 void pool_rows_2x2_avx512(const float* x, float* y, int64_t* idx, int64_t r0, int64_t r1,
-                                           const Pool2dShape& s) {
+// Forward, output row p: a, b the input rows 2p, 2p+1 (b null when missing), y / idx the Q outputs.
+// Missing columns read as -inf, which never wins. The four candidates are visited in PyTorch's scan
+// order (2p,2j) (2p,2j+1) (2p+1,2j) (2p+1,2j+1) and replace the maximum when greater or NaN,
+// exactly as pool_row_general.
+FC_TARGET_AVX512 void pool_row_2x2_avx512(const float* a, const float* b, float* y, int64_t* idx, int64_t p,
+                                          const Pool2dShape& s) {
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);  // 2j - 2j_first
-  const __m512i one = _mm512_set1_epi64(1), wv = _mm512_set1_epi64(s.W);
-  auto pair = [&](const Piece& c0, const Piece& c1) FC_TARGET_AVX512 {
-    const float* a0 = x + c0.x_off;
-    const float* a1 = x + c1.x_off;
-    const __m512 ra0 = _mm512_mask_loadu_ps(ninf, c0.cols, a0), ra1 = _mm512_mask_loadu_ps(ninf, c1.cols, a1);
-    const __m512 rb0 = _mm512_mask_loadu_ps(ninf, c0.bcols, a0 + s.W);
-    const __m512 rb1 = _mm512_mask_loadu_ps(ninf, c1.bcols, a1 + s.W);
-    __m512 best = _mm512_permutex2var_ps(ra0, even, ra1);
+  const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32(int(s.W));
+  for (int64_t j = 0; j < s.Q; j += 16) {
+    const __mmask16 n = first_lanes(s.Q - j), m0 = first_lanes(s.W - 2 * j), m1 = first_lanes(s.W - 2 * j - 16);
+    const __m512 a0 = _mm512_mask_loadu_ps(ninf, m0, a + 2 * j), a1 = _mm512_mask_loadu_ps(ninf, m1, a + 2 * j + 16);
+    __m512 best = _mm512_permutex2var_ps(a0, even, a1);
     __mmask16 col = 0, row = 0;  // which of the four the maximum is
     auto visit = [&](__m512 v, bool odd_col, bool b_row) FC_TARGET_AVX512 {
       const __mmask16 m = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -183,92 +141,88 @@ FC_TARGET_AVX512 void pool_rows_2x2_avx512(const float* x, float* y, int64_t* id
       col = odd_col ? __mmask16(col | m) : __mmask16(col & ~m);
       row = b_row ? __mmask16(row | m) : __mmask16(row & ~m);
     };
-    visit(_mm512_permutex2var_ps(ra0, odd, ra1), true, false);
-    visit(_mm512_permutex2var_ps(rb0, even, rb1), false, true);
-    visit(_mm512_permutex2var_ps(rb0, odd, rb1), true, true);
-    const __mmask16 n = pair_lanes(c0.n, c1.n);
-    _mm512_mask_storeu_ps(y + c0.y_off, __mmask16(n & 0xFF), best);
-    _mm512_mask_storeu_ps(y + c1.y_off, __mmask16(n >> 8), _mm512_shuffle_f32x4(best, best, 0xEE));
-    // index = base + 2(j - j_first) + col + row*W, 8 int64 per piece
-    __m512i i0 = _mm512_add_epi64(_mm512_set1_epi64(c0.base), lane2);
-    i0 = _mm512_mask_add_epi64(i0, __mmask8(col), i0, one);
-    i0 = _mm512_mask_add_epi64(i0, __mmask8(row), i0, wv);
-    __m512i i1 = _mm512_add_epi64(_mm512_set1_epi64(c1.base), lane2);
-    i1 = _mm512_mask_add_epi64(i1, __mmask8(col >> 8), i1, one);
-    i1 = _mm512_mask_add_epi64(i1, __mmask8(row >> 8), i1, wv);
-    _mm512_mask_storeu_epi64(idx + c0.y_off, __mmask8(n), i0);
-    _mm512_mask_storeu_epi64(idx + c1.y_off, __mmask8(n >> 8), i1);
-  };
-  for_piece_pairs(r0, r1, s, pair, [](int64_t, int64_t, int64_t) {});
+    visit(_mm512_permutex2var_ps(a0, odd, a1), true, false);
+    if (b) {
+      const __m512 b0 = _mm512_mask_loadu_ps(ninf, m0, b + 2 * j), b1 = _mm512_mask_loadu_ps(ninf, m1, b + 2 * j + 16);
+      visit(_mm512_permutex2var_ps(b0, even, b1), false, true);
+      visit(_mm512_permutex2var_ps(b0, odd, b1), true, true);
+    }
+    _mm512_mask_storeu_ps(y + j, n, best);
+    // index = 2p*W + 2j + 2*lane + col + row*W
+    __m512i i = _mm512_add_epi32(_mm512_set1_epi32(int(2 * p * s.W + 2 * j)), _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1));
+    i = _mm512_mask_add_epi32(i, col, i, one);
+    i = _mm512_mask_add_epi32(i, row, i, wv);
+    _mm512_mask_storeu_epi64(idx + j, __mmask8(n), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)));
+    _mm512_mask_storeu_epi64(idx + j + 8, __mmask8(n >> 8), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1)));
+  }
 }
 
-// Backward for output rows [r0, r1), as unpool_row_disjoint but each element written once:
-// compare each index with its window's four positions, select dy or 0 per position, interleave
-// even/odd columns back; then zero what no window covers (the last column in floor mode with odd W, rows below the last
-// window). Returns false if some index is not in its window.
-FC_TARGET_AVX512 bool unpool_rows_2x2_avx512(const float* dy, const int64_t* idx, float* dx, int64_t r0,
-                                             int64_t r1, const Pool2dShape& s) {
-  const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-  const __m512i lo8 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+// Backward, output row p: each element of the input rows 2p, 2p+1 (da, db; db null when missing)
+// written exactly once: each index is compared with its window's four positions, dy or 0 selected
+// per position, even and odd columns interleaved back; the columns no window covers (the last one
+// in floor mode with odd W) are zeroed. Returns false if some index is not in its window.
+FC_TARGET_AVX512 bool unpool_row_2x2_avx512(const float* dy, const int64_t* idx, float* da, float* db, int64_t p,
+                                            const Pool2dShape& s) {
+  const __m512i lane2 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
   const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
-  const __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_set1_epi64(1);
-  const __m512i kw = _mm512_set1_epi64(s.W), kw1 = _mm512_set1_epi64(s.W + 1);
-  bool ok = true;
-  auto pair = [&](const Piece& c0, const Piece& c1) FC_TARGET_AVX512 {
-    const __mmask16 n = pair_lanes(c0.n, c1.n);
-    const __m512 g = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(__mmask16(n & 0xFF), dy + c0.y_off), lo8,
-                                            _mm512_maskz_loadu_ps(__mmask16(n >> 8), dy + c1.y_off));
-    const __m512i off0 = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(n), idx + c0.y_off),
-                                          _mm512_add_epi64(_mm512_set1_epi64(c0.base), lane2));
-    const __m512i off1 = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(n >> 8), idx + c1.y_off),
-                                          _mm512_add_epi64(_mm512_set1_epi64(c1.base), lane2));
-    auto eq = [&](__m512i k) FC_TARGET_AVX512 {
-      return __mmask16(_mm512_cmpeq_epi64_mask(off0, k) | (unsigned(_mm512_cmpeq_epi64_mask(off1, k)) << 8));
-    };
-    // Window lane l has an odd column if input column 2l+1 exists, a second row if bcols != 0.
-    const __mmask16 odd_ok = __mmask16(c0.odd | (unsigned(c1.odd) << 8));
-    const __mmask16 b_ok = __mmask16((c0.bcols ? 0xFF : 0) | (c1.bcols ? 0xFF00 : 0));
-    const __mmask16 a_e = eq(k0), a_o = eq(k1) & odd_ok, b_e = eq(kw) & b_ok, b_o = eq(kw1) & odd_ok & b_ok;
-    ok &= ((a_e | a_o | b_e | b_o) & n) == n;
-    // Columns written: those of the windows (2n), cut by the right edge.
-    const __mmask16 w0 = __mmask16(c0.cols & ((1u << (2 * c0.n)) - 1)), w1 = __mmask16(c1.cols & ((1u << (2 * c1.n)) - 1));
-    float* d0 = dx + c0.x_off;
-    float* d1 = dx + c1.x_off;
+  const __m512i k1 = _mm512_set1_epi32(1), kw = _mm512_set1_epi32(int(s.W)), kw1 = _mm512_set1_epi32(int(s.W + 1));
+  const int64_t ncols = std::min(2 * s.Q, s.W);  // the columns the windows cover
+  __mmask16 bad = 0;
+  for (int64_t j = 0; j < s.Q; j += 16) {
+    const __mmask16 n = first_lanes(s.Q - j);
+    const __mmask16 odd_ok = first_lanes(s.W / 2 - j);  // windows whose odd column exists
+    const __m512 g = _mm512_maskz_loadu_ps(n, dy + j);
+    // Saturating narrowing: an index outside int32 cannot alias a position of its window.
+    const __m256i lo = _mm512_cvtsepi64_epi32(_mm512_maskz_loadu_epi64(__mmask8(n), idx + j));
+    const __m256i hi = _mm512_cvtsepi64_epi32(_mm512_maskz_loadu_epi64(__mmask8(n >> 8), idx + j + 8));
+    const __m512i off = _mm512_sub_epi32(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                                         _mm512_add_epi32(_mm512_set1_epi32(int(2 * p * s.W + 2 * j)), lane2));
+    const __mmask16 a_e = _mm512_cmpeq_epi32_mask(off, _mm512_setzero_si512());
+    const __mmask16 a_o = _mm512_cmpeq_epi32_mask(off, k1) & odd_ok;
+    const __mmask16 b_e = db ? _mm512_cmpeq_epi32_mask(off, kw) : __mmask16(0);
+    const __mmask16 b_o = db ? __mmask16(_mm512_cmpeq_epi32_mask(off, kw1) & odd_ok) : __mmask16(0);
+    bad |= n & ~(a_e | a_o | b_e | b_o);
+    const __mmask16 w0 = first_lanes(ncols - 2 * j), w1 = first_lanes(ncols - 2 * j - 16);
     const __m512 ae = _mm512_maskz_mov_ps(a_e, g), ao = _mm512_maskz_mov_ps(a_o, g);
-    _mm512_mask_storeu_ps(d0, w0, _mm512_permutex2var_ps(ae, ilo, ao));
-    _mm512_mask_storeu_ps(d1, w1, _mm512_permutex2var_ps(ae, ihi, ao));
-    const __m512 be = _mm512_maskz_mov_ps(b_e, g), bo = _mm512_maskz_mov_ps(b_o, g);
-    _mm512_mask_storeu_ps(d0 + s.W, c0.bcols ? w0 : __mmask16(0), _mm512_permutex2var_ps(be, ilo, bo));
-    _mm512_mask_storeu_ps(d1 + s.W, c1.bcols ? w1 : __mmask16(0), _mm512_permutex2var_ps(be, ihi, bo));
-  };
-  auto row_done = [&](int64_t, int64_t plane, int64_t p) {
-    float* dxp = dx + plane * s.H * s.W;
-    const int64_t h1 = std::min(2 * p + 2, s.H);
-    for (int64_t h = 2 * p; h < h1; ++h)
-      for (int64_t w = 2 * s.Q; w < s.W; ++w) dxp[h * s.W + w] = 0.f;
-    if (p == s.P - 1 && 2 * s.P < s.H) std::fill(dxp + 2 * s.P * s.W, dxp + s.H * s.W, 0.f);
-  };
-  for_piece_pairs(r0, r1, s, pair, row_done);
-  return ok;
+    _mm512_mask_storeu_ps(da + 2 * j, w0, _mm512_permutex2var_ps(ae, ilo, ao));
+    _mm512_mask_storeu_ps(da + 2 * j + 16, w1, _mm512_permutex2var_ps(ae, ihi, ao));
+    if (db) {
+      const __m512 be = _mm512_maskz_mov_ps(b_e, g), bo = _mm512_maskz_mov_ps(b_o, g);
+      _mm512_mask_storeu_ps(db + 2 * j, w0, _mm512_permutex2var_ps(be, ilo, bo));
+      _mm512_mask_storeu_ps(db + 2 * j + 16, w1, _mm512_permutex2var_ps(be, ihi, bo));
+    }
+  }
+  for (int64_t w = ncols; w < s.W; ++w) {
+    da[w] = 0.f;
+    if (db) db[w] = 0.f;
+  }
+  return bad == 0;
 }
 #endif  // __x86_64__
+
+// Whether the AVX-512 2x2 stride-2 row kernels run s on T (their int32 in-plane indices fit).
+template <typename T>
+bool fast_2x2(const Pool2dShape& s) {
+  return std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s) && s.H * s.W + s.W < (int64_t(1) << 31);
+}
 
 template <typename T>
 void max_pool2d_forward(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W;
-  bool fast = false;
-#if defined(__x86_64__)
-  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s);
-#endif
+  const bool fast = fast_2x2<T>(s);
   at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
-#if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (fast) return pool_rows_2x2_avx512(x, y, idx, begin, end, s);
-    }
-#endif
-    for (int64_t r = begin; r < end; ++r) {
+    for (int64_t r = begin; r < end; ++r) {  // output row r = plane * P + p
       const int64_t plane = r / s.P, p = r % s.P;
+#if defined(__x86_64__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (fast) {
+          const float* a = x + plane * HW + 2 * p * s.W;
+          pool_row_2x2_avx512(a, 2 * p + 1 < s.H ? a + s.W : nullptr, y + r * s.Q, idx + r * s.Q, p, s);
+          continue;
+        }
+      }
+#endif
       pool_row_general(x + plane * HW, y + r * s.Q, idx + r * s.Q, p, s);
     }
   });
@@ -302,23 +256,23 @@ void max_pool2d_backward(const T* dy, const at::Tensor& indices, T* dx, const Po
     return max_pool2d_backward_scatter(dy, idx, dx, s);
   }
   const int64_t HW = s.H * s.W;
-  bool fast = false;
-#if defined(__x86_64__)
-  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s);
-#endif
+  const bool fast = fast_2x2<T>(s);
   std::atomic<bool> all_ok{true};
   at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
     bool ok = true;
+    for (int64_t r = begin; r < end; ++r) {  // output row r = plane * P + p
+      const int64_t plane = r / s.P, p = r % s.P;
 #if defined(__x86_64__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (fast) ok = unpool_rows_2x2_avx512(dy, idx, dx, begin, end, s);
-    }
-#endif
-    if (!fast) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t plane = r / s.P, p = r % s.P;
-        ok &= unpool_row_disjoint(dy + r * s.Q, idx + r * s.Q, dx + plane * HW, p, s);
+      if constexpr (std::is_same_v<T, float>) {
+        if (fast) {
+          float* da = dx + plane * HW + 2 * p * s.W;
+          ok &= unpool_row_2x2_avx512(dy + r * s.Q, idx + r * s.Q, da, 2 * p + 1 < s.H ? da + s.W : nullptr, p, s);
+          if (p == s.P - 1) std::fill(dx + plane * HW + std::min(2 * s.P, s.H) * s.W, dx + (plane + 1) * HW, 0.f);
+          continue;
+        }
       }
+#endif
+      ok &= unpool_row_disjoint(dy + r * s.Q, idx + r * s.Q, dx + plane * HW, p, s);
     }
     if (!ok) all_ok = false;
   });
@@ -469,6 +423,55 @@ bool unpool_row_disjoint_nhwc(const T* dyrow, const int64_t* irow, T* dxn, int64
   return ok;
 }
 
+#if defined(__x86_64__)
+// AVX-512 float, as unpool_row_disjoint_nhwc but each dx element written exactly once: input pixel
+// (h, w) of the row's band is at window position of output q = (w + pw) / sw when it lies in that
+// window (column offset (w + pw) % sw < kw, row h in the window rows), and gets dy where the index
+// equals h*W + w, else 0; pixels no window covers get 0. hits (Q * ceil(C/16) masks) records which
+// channels found their index; each must have, else false is returned. Indices are compared as int32
+// (the caller guarantees H*W + W < 2^31; the saturating narrowing keeps larger ones from aliasing).
+FC_TARGET_AVX512 bool unpool_row_disjoint_nhwc_avx512(const float* dyrow, const int64_t* irow, float* dxn, int64_t p,
+                                                      const Pool2dShape& s, __mmask16* hits) {
+  const int64_t C = s.C, CB = ceil_div(C, 16);
+  const int64_t r0 = p == 0 ? 0 : std::min(p * s.sh - s.ph, s.H);
+  const int64_t r1 = p == s.P - 1 ? s.H : std::min((p + 1) * s.sh - s.ph, s.H);
+  const int64_t h_lo = std::max<int64_t>(p * s.sh - s.ph, 0), h_hi = std::min(p * s.sh - s.ph + s.kh, s.H);
+  const __mmask16 tail = first_lanes(C - (CB - 1) * 16);
+  std::fill(hits, hits + s.Q * CB, __mmask16(0));
+  for (int64_t h = r0; h < r1; ++h) {
+    float* row = dxn + h * s.W * C;
+    if (h < h_lo || h >= h_hi) {
+      std::fill(row, row + s.W * C, 0.f);
+      continue;
+    }
+    for (int64_t w = 0; w < s.W; ++w) {
+      float* px = row + w * C;
+      const int64_t q = (w + s.pw) / s.sw;
+      if (q >= s.Q || w + s.pw - q * s.sw >= s.kw) {
+        std::fill(px, px + C, 0.f);
+        continue;
+      }
+      const __m512i pos = _mm512_set1_epi32(int(h * s.W + w));
+      const float* g = dyrow + q * C;
+      const int64_t* ix = irow + q * C;
+      __mmask16* hq = hits + q * CB;
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        const int64_t c = cb * 16;
+        const __mmask16 m = cb == CB - 1 ? tail : __mmask16(0xFFFF);
+        const __m256i lo = _mm512_cvtsepi64_epi32(_mm512_maskz_loadu_epi64(__mmask8(m), ix + c));
+        const __m256i hi = _mm512_cvtsepi64_epi32(_mm512_maskz_loadu_epi64(__mmask8(m >> 8), ix + c + 8));
+        const __mmask16 eq = _mm512_mask_cmpeq_epi32_mask(m, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), pos);
+        hq[cb] |= eq;
+        _mm512_mask_storeu_ps(px + c, m, _mm512_maskz_loadu_ps(eq, g + c));
+      }
+    }
+  }
+  for (int64_t i = 0; i < s.Q * CB; ++i)
+    if (hits[i] != (i % CB == CB - 1 ? tail : __mmask16(0xFFFF))) return false;
+  return true;
+}
+#endif
+
 template <typename T>
 void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
   const int64_t* idx = indices.const_data_ptr<int64_t>();
@@ -477,10 +480,25 @@ void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, con
     return max_pool2d_backward_scatter_nhwc(dy, idx, dx, s);
   }
   const int64_t HWC = s.H * s.W * s.C, QC = s.Q * s.C;
+  bool fast = false;
+#if defined(__x86_64__)
+  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && s.H * s.W + s.W < (int64_t(1) << 31);
+#endif
   std::atomic<bool> all_ok{true};
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, QC * s.kh * s.kw));
   at::parallel_for(0, s.N * s.P, grain, [&](int64_t begin, int64_t end) {
     bool ok = true;
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) {
+        std::vector<__mmask16> hits(s.Q * ceil_div(s.C, 16));
+        for (int64_t r = begin; r < end; ++r)  // output row r = n*P + p
+          ok &= unpool_row_disjoint_nhwc_avx512(dy + r * QC, idx + r * QC, dx + (r / s.P) * HWC, r % s.P, s, hits.data());
+        if (!ok) all_ok = false;
+        return;
+      }
+    }
+#endif
     for (int64_t r = begin; r < end; ++r)  // output row r = n*P + p
       ok &= unpool_row_disjoint_nhwc(dy + r * QC, idx + r * QC, dx + (r / s.P) * HWC, r % s.P, s);
     if (!ok) all_ok = false;

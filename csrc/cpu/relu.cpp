@@ -1,5 +1,7 @@
 // ReLU forward (out of place and in place) and backward on the CPU: single passes over memory,
-// in the input's memory format (see "Layouts" below).
+// in the input's memory format (see "Layouts" below): full-width vector loops (AVX-512 or AVX2,
+// chosen at run time; a portable loop otherwise and for the ends), outputs larger than the
+// last-level cache written with streaming stores.
 // relu(x) = x < 0 ? 0 : x, so NaN propagates; grad = result <= 0 ? 0 : grad_output, as
 // PyTorch's threshold_backward (a NaN result passes the gradient through).
 #include <ATen/Dispatch.h>
@@ -8,6 +10,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
 
 #include "common/checks.h"
 #include "cpu/avx512.h"
@@ -37,70 +42,150 @@ void relu_backward_range(const T* __restrict__ dy, const T* __restrict__ out, T*
 
 #if defined(__x86_64__)
 
-// AVX-512, 16 floats / 8 doubles a step, the tail with masks. max(0, x) returns x when x is NaN
-// (it returns its second operand unless the first is greater), so it is exactly x < 0 ? 0 : x.
-FC_TARGET_AVX512 void relu_forward_range_avx512(const float* x, float* y, int64_t b, int64_t e) {
-  const __m512 zero = _mm512_setzero_ps();
-  int64_t i = b;
-  for (; i + 16 <= e; i += 16) _mm512_storeu_ps(y + i, _mm512_max_ps(zero, _mm512_loadu_ps(x + i)));
-  const __mmask16 m = __mmask16((1u << (e - i)) - 1);
-  _mm512_mask_storeu_ps(y + i, m, _mm512_max_ps(zero, _mm512_maskz_loadu_ps(m, x + i)));
-}
+#define FC_TARGET_AVX2 __attribute__((target("avx2")))
+// The loops below are force-inlined into their ISA-specific callers; their stand-alone copies
+// (never called) would pass vectors by value without the ISA enabled.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
-FC_TARGET_AVX512 void relu_forward_range_avx512(const double* x, double* y, int64_t b, int64_t e) {
-  const __m512d zero = _mm512_setzero_pd();
-  int64_t i = b;
-  for (; i + 8 <= e; i += 8) _mm512_storeu_pd(y + i, _mm512_max_pd(zero, _mm512_loadu_pd(x + i)));
-  const __mmask8 m = __mmask8((1u << (e - i)) - 1);
-  _mm512_mask_storeu_pd(y + i, m, _mm512_max_pd(zero, _mm512_maskz_loadu_pd(m, x + i)));
-}
-
-// dx = dy where out > 0 or out is NaN (not "<= 0", ordered compare), else 0.
-FC_TARGET_AVX512 void relu_backward_range_avx512(const float* dy, const float* out, float* dx, int64_t b,
-                                                 int64_t e) {
-  const __m512 zero = _mm512_setzero_ps();
-  int64_t i = b;
-  for (; i + 16 <= e; i += 16) {
-    const __mmask16 pass = _mm512_cmp_ps_mask(_mm512_loadu_ps(out + i), zero, _CMP_NLE_UQ);
-    _mm512_storeu_ps(dx + i, _mm512_maskz_loadu_ps(pass, dy + i));
+// One vector register of T per ISA: relu(v) = max(0, v) (maxps returns its second operand when
+// either is NaN, so NaN and -0.0 pass as in x < 0 ? 0 : x); gate(out, g) = g where out > 0 or out
+// is NaN (not "<= 0", an unordered compare), else 0.
+template <typename T> struct Avx512;
+template <> struct Avx512<float> {
+  static constexpr int kLanes = 16;
+  FC_TARGET_AVX512 static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  FC_TARGET_AVX512 static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+  FC_TARGET_AVX512 static void stream(float* p, __m512 v) { _mm512_stream_ps(p, v); }
+  FC_TARGET_AVX512 static __m512 relu(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
+  FC_TARGET_AVX512 static __m512 gate(__m512 out, __m512 g) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(out, _mm512_setzero_ps(), _CMP_NLE_UQ), g);
   }
-  const __mmask16 m = __mmask16((1u << (e - i)) - 1);
-  const __mmask16 pass = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, out + i), zero, _CMP_NLE_UQ);
-  _mm512_mask_storeu_ps(dx + i, m, _mm512_maskz_loadu_ps(pass, dy + i));
-}
-
-FC_TARGET_AVX512 void relu_backward_range_avx512(const double* dy, const double* out, double* dx, int64_t b,
-                                                 int64_t e) {
-  const __m512d zero = _mm512_setzero_pd();
-  int64_t i = b;
-  for (; i + 8 <= e; i += 8) {
-    const __mmask8 pass = _mm512_cmp_pd_mask(_mm512_loadu_pd(out + i), zero, _CMP_NLE_UQ);
-    _mm512_storeu_pd(dx + i, _mm512_maskz_loadu_pd(pass, dy + i));
+};
+template <> struct Avx512<double> {
+  static constexpr int kLanes = 8;
+  FC_TARGET_AVX512 static __m512d load(const double* p) { return _mm512_loadu_pd(p); }
+  FC_TARGET_AVX512 static void store(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+  FC_TARGET_AVX512 static void stream(double* p, __m512d v) { _mm512_stream_pd(p, v); }
+  FC_TARGET_AVX512 static __m512d relu(__m512d v) { return _mm512_max_pd(_mm512_setzero_pd(), v); }
+  FC_TARGET_AVX512 static __m512d gate(__m512d out, __m512d g) {
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(out, _mm512_setzero_pd(), _CMP_NLE_UQ), g);
   }
-  const __mmask8 m = __mmask8((1u << (e - i)) - 1);
-  const __mmask8 pass = _mm512_mask_cmp_pd_mask(m, _mm512_maskz_loadu_pd(m, out + i), zero, _CMP_NLE_UQ);
-  _mm512_mask_storeu_pd(dx + i, m, _mm512_maskz_loadu_pd(pass, dy + i));
+};
+template <typename T> struct Avx2;
+template <> struct Avx2<float> {
+  static constexpr int kLanes = 8;
+  FC_TARGET_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  FC_TARGET_AVX2 static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+  FC_TARGET_AVX2 static void stream(float* p, __m256 v) { _mm256_stream_ps(p, v); }
+  FC_TARGET_AVX2 static __m256 relu(__m256 v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
+  FC_TARGET_AVX2 static __m256 gate(__m256 out, __m256 g) {
+    return _mm256_and_ps(_mm256_cmp_ps(out, _mm256_setzero_ps(), _CMP_NLE_UQ), g);
+  }
+};
+template <> struct Avx2<double> {
+  static constexpr int kLanes = 4;
+  FC_TARGET_AVX2 static __m256d load(const double* p) { return _mm256_loadu_pd(p); }
+  FC_TARGET_AVX2 static void store(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+  FC_TARGET_AVX2 static void stream(double* p, __m256d v) { _mm256_stream_pd(p, v); }
+  FC_TARGET_AVX2 static __m256d relu(__m256d v) { return _mm256_max_pd(_mm256_setzero_pd(), v); }
+  FC_TARGET_AVX2 static __m256d gate(__m256d out, __m256d g) {
+    return _mm256_and_pd(_mm256_cmp_pd(out, _mm256_setzero_pd(), _CMP_NLE_UQ), g);
+  }
+};
+
+// [b, e) in whole vectors of V (the caller does the ends). stream: non-temporal stores, which
+// need y + b aligned to the vector (the caller aligns b), then a store fence so that the results
+// are visible to other threads in order once the range is done.
+template <class V, typename T>
+__attribute__((always_inline)) inline void relu_forward_vec(const T* x, T* y, int64_t b, int64_t e, bool stream) {
+  if (stream) {
+    for (int64_t i = b; i < e; i += V::kLanes) V::stream(y + i, V::relu(V::load(x + i)));
+    _mm_sfence();
+  } else {
+    for (int64_t i = b; i < e; i += V::kLanes) V::store(y + i, V::relu(V::load(x + i)));
+  }
+}
+template <class V, typename T>
+__attribute__((always_inline)) inline void relu_backward_vec(const T* dy, const T* out, T* dx, int64_t b, int64_t e, bool stream) {
+  if (stream) {
+    for (int64_t i = b; i < e; i += V::kLanes) V::stream(dx + i, V::gate(V::load(out + i), V::load(dy + i)));
+    _mm_sfence();
+  } else {
+    for (int64_t i = b; i < e; i += V::kLanes) V::store(dx + i, V::gate(V::load(out + i), V::load(dy + i)));
+  }
+}
+// The ISA-specific instantiations (the target attribute must be on the function the loop is in).
+template <typename T>
+FC_TARGET_AVX512 void relu_forward_avx512(const T* x, T* y, int64_t b, int64_t e, bool s) {
+  relu_forward_vec<Avx512<T>>(x, y, b, e, s);
+}
+template <typename T>
+FC_TARGET_AVX2 void relu_forward_avx2(const T* x, T* y, int64_t b, int64_t e, bool s) {
+  relu_forward_vec<Avx2<T>>(x, y, b, e, s);
+}
+template <typename T>
+FC_TARGET_AVX512 void relu_backward_avx512(const T* dy, const T* out, T* dx, int64_t b, int64_t e, bool s) {
+  relu_backward_vec<Avx512<T>>(dy, out, dx, b, e, s);
+}
+template <typename T>
+FC_TARGET_AVX2 void relu_backward_avx2(const T* dy, const T* out, T* dx, int64_t b, int64_t e, bool s) {
+  relu_backward_vec<Avx2<T>>(dy, out, dx, b, e, s);
 }
 #endif  // __x86_64__
 
+// The vector width of the current ISA's kernels in elements of T (0: the portable loops only), and
+// the split of [b, e) for them: [m0, m1) whole vectors, m0 the first element whose address in
+// `out` is vector-aligned (streamed stores must be), the ends [b, m0) and [m1, e) portable.
+template <typename T>
+int vector_split(const T* out, int64_t b, int64_t e, int64_t& m0, int64_t& m1) {
+  m0 = m1 = b;
+#if defined(__x86_64__)
+  const Isa isa = current_isa();
+  const int64_t bytes = isa == Isa::kAvx512 ? 64 : isa == Isa::kAvx2 ? 32 : 0;
+  const int64_t mis = int64_t(reinterpret_cast<uintptr_t>(out + b) % uintptr_t(bytes ? bytes : 1));
+  if (bytes == 0 || mis % int64_t(sizeof(T))) return 0;  // no vectors, or out not even T-aligned
+  const int64_t lanes = bytes / int64_t(sizeof(T));
+  m0 = std::min(e, b + (bytes - mis) % bytes / int64_t(sizeof(T)));
+  m1 = m0 + (e - m0) / lanes * lanes;
+  return int(lanes);
+#else
+  (void)out, (void)e;
+  return 0;
+#endif
+}
+
+// Whether a pass writing `bytes` of output streams it (non-temporal stores): when they exceed the
+// last-level cache, they would not stay there anyway.
+bool streams(int64_t bytes) { return bytes > last_level_cache_bytes(); }
+
 template <typename T>
 void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
-  const bool avx512 = current_isa() == Isa::kAvx512;
+  const bool stream = streams(n * int64_t(sizeof(T)));
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    int64_t m0, m1;
+    if (vector_split(y, b, e, m0, m1)) {
 #if defined(__x86_64__)
-    if (avx512) return relu_forward_range_avx512(x, y, b, e);
+      (current_isa() == Isa::kAvx512 ? relu_forward_avx512<T> : relu_forward_avx2<T>)(x, y, m0, m1, stream);
 #endif
+      relu_forward_range(x, y, b, m0);
+      b = m1;
+    }
     relu_forward_range(x, y, b, e);
   });
 }
 
 template <typename T>
 void relu_backward(const T* dy, const T* out, T* dx, int64_t n) {
-  const bool avx512 = current_isa() == Isa::kAvx512;
+  const bool stream = streams(n * int64_t(sizeof(T)));
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    int64_t m0, m1;
+    if (vector_split(dx, b, e, m0, m1)) {
 #if defined(__x86_64__)
-    if (avx512) return relu_backward_range_avx512(dy, out, dx, b, e);
+      (current_isa() == Isa::kAvx512 ? relu_backward_avx512<T> : relu_backward_avx2<T>)(dy, out, dx, m0, m1, stream);
 #endif
+      relu_backward_range(dy, out, dx, b, m0);
+      b = m1;
+    }
     relu_backward_range(dy, out, dx, b, e);
   });
 }
