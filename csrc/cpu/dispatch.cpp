@@ -4,8 +4,11 @@
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "common/info.h"
@@ -133,29 +136,50 @@ ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
   return ConvKernel::kGemm;
 }
 
+// The choice made before any per-pass heuristic, the same in every pass: a depthwise convolution
+// takes its family in either layout, any other channels_last call the NHWC GEMMs.
+std::optional<ConvKernel> layout_choice(const Conv2dShape& s, bool channels_last) {
+  if (depthwise_supports(s)) return channels_last ? ConvKernel::kDepthwiseNhwc : ConvKernel::kDepthwise;
+  if (channels_last) return ConvKernel::kNhwcGemm;
+  return std::nullopt;
+}
+
 }  // namespace
 
 Isa current_isa() { return g_isa.get(); }
+
+const CacheSizes& cache_sizes() {
+  static const CacheSizes c = [] {
+    auto get = [](int name, int64_t fallback) {
+      const long v = sysconf(name);
+      return v > 0 ? int64_t(v) : fallback;
+    };
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    return CacheSizes{get(_SC_LEVEL1_DCACHE_SIZE, 32 << 10), get(_SC_LEVEL2_CACHE_SIZE, 1 << 20),
+                      get(_SC_LEVEL3_CACHE_SIZE, 8 << 20)};
+#else
+    return CacheSizes{32 << 10, 1 << 20, 8 << 20};
+#endif
+  }();
+  return c;
+}
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
-  if (channels_last) return ConvKernel::kNhwcGemm;
-  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
+  if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   return convolution_kernel(s, t);
 }
 
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
-  if (channels_last) return ConvKernel::kNhwcGemm;
-  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
+  if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(input_grad_dual(s)) && small_m_chosen(s)) return ConvKernel::kSmallM;
   return convolution_kernel(input_grad_dual(s), t);
 }
 
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
-  if (channels_last) return ConvKernel::kNhwcGemm;
-  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
+  if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
@@ -170,6 +194,7 @@ bool reads_gate(ConvKernel k) {
     case ConvKernel::kSmallM:
     case ConvKernel::kStridedDirect: return true;
     case ConvKernel::kGemm:
+    case ConvKernel::kDepthwiseNhwc:
     case ConvKernel::kNhwcGemm: return false;
   }
   return false;
