@@ -8,7 +8,8 @@
 
 Vendor path: on CPU PyTorch's native ops (oneDNN convolution, ATen max-pool / ReLU); on GPU cuDNN,
 reported twice (TF32 off = like-for-like fp32, and PyTorch's default), cudnn.benchmark = True.
-``--channels-last`` adds the vendor on channels_last (NHWC) inputs as one more comparison.
+``--channels-last`` adds the vendor on channels_last (NHWC) inputs as one more comparison;
+``--layout channels_last`` runs every implementation on channels_last inputs (fastconv's NHWC kernels).
 
 Per case: conv forward / backward-data / backward-weight (+ fused conv+bias+ReLU when fastconv has
 ``conv2d_relu``), max-pool and ReLU forward / backward on the activation shapes of the suites.
@@ -142,6 +143,8 @@ def parse_args(argv=None):
                    help="implementation under test; 'native' runs the vendor path against itself (noise check)")
     p.add_argument("--channels-last", action="store_true",
                    help="also time the vendor on channels_last (NHWC) inputs (a second speedup column)")
+    p.add_argument("--layout", choices=["nchw", "channels_last"], default="nchw",
+                   help="memory format of every implementation's inputs (default nchw)")
     p.add_argument("--json", metavar="PATH", help="write every figure + machine/build details here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of speedups here")
     p.add_argument("--roofline", action="store_true", help="print the paper GPU roofline bounds of the cases and exit")
@@ -186,7 +189,7 @@ def run(args, impls=None, cases=None):
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last)
+    impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last, args.layout)
     names = list(impls)
     ref, test, vendors = names[0], names[-1], names[:-1]
     modes = ["kernel"] if device.type == "cuda" else (["kernel", "alloc"] if args.alloc == "both" else [args.alloc])
@@ -262,7 +265,7 @@ def main(argv=None):
         print_table(report, markdown=args.markdown)
         return 0 if report["ok"] else 1
     try:
-        impls = default_impls(torch.device(args.device), args.impl, args.channels_last)
+        impls = default_impls(torch.device(args.device), args.impl, args.channels_last, args.layout)
     except Exception as e:
         print(f"conv_bench: cannot load the implementation under test ({type(e).__name__}: {e}).\n"
               "Build fastconv first (pip install --no-build-isolation . from the repo root), or run with --impl native "

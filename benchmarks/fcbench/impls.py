@@ -69,9 +69,10 @@ def cudnn_flags(tf32):
     return prepare
 
 
-def default_impls(device, under_test="fastconv", channels_last=False):
+def default_impls(device, under_test="fastconv", channels_last=False, layout="nchw"):
     """Vendor implementation(s) first (the first is the reference), the one under test last;
-    channels_last adds the vendor on channels_last (NHWC) inputs as one more comparison."""
+    channels_last adds the vendor on channels_last (NHWC) inputs as one more comparison;
+    layout="channels_last" gives every implementation channels_last inputs."""
     if device.type == "cuda":
         impls = {"cudnn": Impl("cudnn", native_ops(), cudnn_flags(False), "cuDNN, TF32 off (like-for-like fp32)"),
                  "cudnn_tf32": Impl("cudnn_tf32", native_ops(), cudnn_flags(True), "cuDNN, PyTorch default (TF32 on)")}
@@ -87,4 +88,7 @@ def default_impls(device, under_test="fastconv", channels_last=False):
                                  "fastconv (torch.ops.fastconv)")
     else:  # A/A run: the vendor against itself shows the noise floor of the measurement
         impls["native_again"] = Impl("native_again", native_ops(), description="vendor path again (A/A noise check)")
+    if layout == "channels_last":
+        for i in impls.values():
+            i.layout, i.description = to_channels_last, i.description + ", channels_last inputs"
     return impls

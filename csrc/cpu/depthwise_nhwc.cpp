@@ -136,6 +136,21 @@ FC_INLINE void wgrad_row(const T* const* src, T* const* accs, int64_t taps, cons
     }
 }
 
+// d[i*pitch + k] = src[i*pstride + k] for i < n, k < cb: whole vectors, then single elements.
+template <typename T, int VB>
+FC_INLINE void copy_pixels(const T* src, int64_t pstride, int64_t n, int64_t cb, T* d, int64_t pitch) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int L = Vec<T, VB>::kLanes;
+  const int64_t full = cb / L * L;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* s = src + i * pstride;
+    T* o = d + i * pitch;
+    int64_t k = 0;
+    for (; k < full; k += L) store(o + k, load<V>(s + k), L);
+    for (; k < cb; ++k) o[k] = s[k];
+  }
+}
+
 // The row kernels of one ISA, and their channel vector in elements (the buffers' channel pitch
 // is a multiple of it).
 template <typename T>
@@ -143,6 +158,7 @@ struct RowKernels {
   int lanes;
   void (*conv)(const T* const*, const T* const*, int64_t, int64_t, const T*, bool, int64_t, int64_t, T*, int64_t);
   void (*wgrad)(const T* const*, T* const*, int64_t, const T*, int64_t, int64_t, int64_t, int64_t);
+  void (*copy)(const T*, int64_t, int64_t, int64_t, T*, int64_t);
 };
 
 #define FC_ROW_KERNELS(NAME, TARGET, T, VB)                                                                   \
@@ -154,7 +170,10 @@ struct RowKernels {
                            int64_t istride, int64_t n, int64_t cb) {                                           \
     wgrad_row<T, VB>(src, accs, taps, dy, pitch, istride, n, cb);                                              \
   }                                                                                                            \
-  constexpr RowKernels<T> NAME = {Vec<T, VB>::kLanes, &NAME##_conv, &NAME##_wgrad};
+  TARGET void NAME##_copy(const T* src, int64_t pstride, int64_t n, int64_t cb, T* d, int64_t pitch) {          \
+    copy_pixels<T, VB>(src, pstride, n, cb, d, pitch);                                                         \
+  }                                                                                                            \
+  constexpr RowKernels<T> NAME = {Vec<T, VB>::kLanes, &NAME##_conv, &NAME##_wgrad, &NAME##_copy};
 
 FC_ROW_KERNELS(generic_f32, , float, 16)
 FC_ROW_KERNELS(generic_f64, , double, 16)
@@ -209,15 +228,12 @@ struct Ring {
   }
 };
 
-// d[(col0 + i)*CB + k] = src[i*pstride + (first + k*num)/den], i < n, k < cb: a row of n source
-// pixels into staged columns; channel k of the block reads source channel (first + k*num)/den.
+// d[i*CB + k] = src[i*pstride + (first + k*num)/den], i < n, k < cb: a row of n source pixels
+// into staged columns; channel k of the block reads source channel (first + k*num)/den.
 template <typename T>
-void stage_row(const T* src, int64_t pstride, int64_t n, int64_t first, int64_t num, int64_t den, int64_t cb,
-               T* d, int64_t CB) {
-  if (num == 1 && den == 1) {
-    for (int64_t i = 0; i < n; ++i) std::memcpy(d + i * CB, src + i * pstride + first, size_t(cb) * sizeof(T));
-    return;
-  }
+void stage_row(const RowKernels<T>& kern, const T* src, int64_t pstride, int64_t n, int64_t first, int64_t num,
+               int64_t den, int64_t cb, T* d, int64_t CB) {
+  if (num == 1 && den == 1) return kern.copy(src + first, pstride, n, cb, d, CB);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t k = 0; k < cb; ++k) d[i * CB + k] = src[i * pstride + (first + k * num) / den];
 }
@@ -284,7 +300,7 @@ void depthwise_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* b
           if (h < 0 || h >= s.H) continue;
           T* row = ring.slot(h);
           if (ring.missing(h))
-            stage_row(x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + s.pad_w) * CB, CB);
+            stage_row(kern, x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + s.pad_w) * CB, CB);
           for (int64_t c = 0; c < s.S; ++c, ++taps) {
             src[taps] = row + c * s.dil_w * CB;
             wt[taps] = wp.data() + (r * s.S + c) * Kp + k0;
@@ -347,7 +363,7 @@ void depthwise_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T*
             for (int64_t j = 0; j < m; ++j) {
               T* row = ring.slot(m * p + j);
               if (ring.missing(m * p + j))
-                stage_row(dy + (n * s.P + p) * s.Q * s.K, s.K, s.Q, c0 * m + j, m, 1, cb, row + left * CB, CB);
+                stage_row(kern, dy + (n * s.P + p) * s.Q * s.K, s.K, s.Q, c0 * m + j, m, 1, cb, row + left * CB, CB);
               for (int64_t c = 0; c < s.S; ++c) {
                 const int64_t f = pb + s.pad_w - c * s.dil_w;
                 if (((f % sw) + sw) % sw != 0) continue;
@@ -410,13 +426,13 @@ void depthwise_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2d
           if (h < 0 || h >= s.H) continue;
           T* row = ring.slot(n * s.H + h);
           if (ring.missing(n * s.H + h))
-            stage_row(x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + s.pad_w) * CB, CB);
+            stage_row(kern, x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + s.pad_w) * CB, CB);
           for (int64_t c = 0; c < s.S; ++c, ++taps) {
             src[taps] = row + c * s.dil_w * CB;
             accs[taps] = acc + (r * s.S + c) * CB;
           }
         }
-        stage_row(dy + g * s.Q * s.K, s.K, s.Q, k0, 1, 1, cb, dyrow, CB);
+        stage_row(kern, dy + g * s.Q * s.K, s.K, s.Q, k0, 1, 1, cb, dyrow, CB);
         kern.wgrad(src, accs, taps, dyrow, CB, s.stride_w * CB, s.Q, cb);
         if ((g - g0 + 1) % flush == 0) move_sums();
       }
