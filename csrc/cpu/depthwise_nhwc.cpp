@@ -51,50 +51,68 @@ FC_INLINE void store(T* p, const V& v, int lanes) {
 constexpr int kMaxPixels = 8;  // pixels per forward tile (accumulators in registers)
 constexpr int kMaxTaps = 12;   // taps per weight-gradient group (accumulators in registers)
 
-// One channel vector of NP pixels i:
-//   dst[i*dstride + l] = bias[l] + sum over taps t of w[t][woff + l] * src[t][soff + i*istride + l]
-// then ReLU when `relu` (max(0, v), NaN kept); only lanes l < `lanes` are stored.
-template <typename T, int VB, int NP>
+// NV channel vectors (u < NV, lanes l < L) of NP pixels i:
+//   dst[i*dstride + u*L + l] = bias[u*L + l]
+//                              + sum over taps t of w[t][woff + u*L + l] * src[t][soff + i*istride + u*L + l]
+// then ReLU when `relu` (max(0, v), NaN kept); of the last vector only lanes l < `lanes` are stored.
+template <typename T, int VB, int NP, int NV>
 FC_INLINE void conv_tile(const T* const* src, const T* const* w, int64_t taps, int64_t soff, int64_t woff,
                          int64_t istride, const T* bias, bool relu, int lanes, T* dst, int64_t dstride) {
   using V = typename Vec<T, VB>::type;
-  V acc[NP];
-  const V b = load<V>(bias);
+  constexpr int L = Vec<T, VB>::kLanes;
+  V acc[NV][NP];
+#pragma GCC unroll 2
+  for (int u = 0; u < NV; ++u) {
+    const V b = load<V>(bias + u * L);
 #pragma GCC unroll 8
-  for (int i = 0; i < NP; ++i) acc[i] = b;
+    for (int i = 0; i < NP; ++i) acc[u][i] = b;
+  }
   for (int64_t t = 0; t < taps; ++t) {
-    const V wt = load<V>(w[t] + woff);
     const T* s = src[t] + soff;
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) {
+      const V wt = load<V>(w[t] + woff + u * L);
 #pragma GCC unroll 8
-    for (int i = 0; i < NP; ++i) acc[i] += wt * load<V>(s + i * istride);
+      for (int i = 0; i < NP; ++i) acc[u][i] += wt * load<V>(s + i * istride + u * L);
+    }
   }
   const V zero = V{};
+#pragma GCC unroll 2
+  for (int u = 0; u < NV; ++u)
 #pragma GCC unroll 8
-  for (int i = 0; i < NP; ++i) store(dst + i * dstride, relu ? (acc[i] < zero ? zero : acc[i]) : acc[i], lanes);
+    for (int i = 0; i < NP; ++i)
+      store(dst + i * dstride + u * L, relu ? (acc[u][i] < zero ? zero : acc[u][i]) : acc[u][i], u + 1 < NV ? L : lanes);
 }
 
 // A row of n pixels x cb channels (cb <= the buffers' channel pitch, which is a multiple of the
 // vector): pixel i, channel k reads src[t][i*istride + k] and w[t][k], writes dst[i*dstride + k];
 // bias[k] is added (cb rounded up to whole vectors must be readable in w and bias). Tiles of <= 8
-// pixels, sized evenly (a 7-pixel row is one tile of 7 independent sums per tap).
+// pixels, sized evenly (a 7-pixel row is one tile of 7 independent sums per tap), x two vectors
+// with AVX-512 (32 registers), else one.
 template <typename T, int VB>
 FC_INLINE void conv_row(const T* const* src, const T* const* w, int64_t taps, int64_t istride, const T* bias,
                         bool relu, int64_t n, int64_t cb, T* dst, int64_t dstride) {
   constexpr int L = Vec<T, VB>::kLanes;
-  const int64_t tiles = ceil_div(n, kMaxPixels);
-  for (int64_t v = 0; v < cb; v += L) {
-    const int lanes = int(std::min<int64_t>(L, cb - v));
+  constexpr int64_t NV = VB == 64 ? 2 : 1;
+  const int64_t tiles = ceil_div(n, kMaxPixels), vectors = ceil_div(cb, L);
+  for (int64_t vi = 0; vi < vectors;) {
+    const int64_t nv = std::min(NV, vectors - vi), v = vi * L;
+    const int lanes = int(std::min<int64_t>(L, cb - (vi + nv - 1) * L));
     for (int64_t tl = 0; tl < tiles; ++tl) {
       const int64_t i0 = tl * n / tiles, np = (tl + 1) * n / tiles - i0;
       const int64_t soff = v + i0 * istride;
       T* d = dst + i0 * dstride + v;
-      switch (np) {
-#define FC_CASE(K) \
-  case K: conv_tile<T, VB, K>(src, w, taps, soff, v, istride, bias + v, relu, lanes, d, dstride); break;
+      switch (np * 2 + nv - 1) {
+#define FC_CASE(K)                                                                                       \
+  case 2 * K: conv_tile<T, VB, K, 1>(src, w, taps, soff, v, istride, bias + v, relu, lanes, d, dstride); break; \
+  case 2 * K + 1:                                                                                        \
+    if constexpr (NV == 2) conv_tile<T, VB, K, 2>(src, w, taps, soff, v, istride, bias + v, relu, lanes, d, dstride); \
+    break;
         FC_CASE(1) FC_CASE(2) FC_CASE(3) FC_CASE(4) FC_CASE(5) FC_CASE(6) FC_CASE(7) FC_CASE(8)
 #undef FC_CASE
       }
     }
+    vi += nv;
   }
 }
 
