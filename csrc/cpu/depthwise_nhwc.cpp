@@ -264,9 +264,9 @@ int64_t channel_block(int64_t channels, int64_t bytes, int64_t lanes) {
   return round_up(ceil_div(channels, blocks), lanes);
 }
 
-// Row chunks per (image, channel block) so that a call has >= 4 tasks per thread.
+// Row chunks per (image, channel block) so that a call has >= 8 tasks per thread (balance).
 int64_t row_chunks(int64_t rows, int64_t other_tasks) {
-  const int64_t want = 4 * int64_t(at::get_num_threads());
+  const int64_t want = 8 * int64_t(at::get_num_threads());
   return std::clamp<int64_t>(ceil_div(want, std::max<int64_t>(1, other_tasks)), 1, std::max<int64_t>(1, rows));
 }
 
@@ -293,14 +293,22 @@ void depthwise_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* b
   if (s.N == 0) return;
   const RowKernels<T>& kern = row_kernels<T>();
   const int64_t m = s.Kg(), RS = s.R * s.S, L = kern.lanes, Kp = round_up(s.K, L);
-  const int64_t cols = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1, slots = (s.R - 1) * s.dil_h + 1;
-  const int64_t CB = channel_block(s.K, slots * cols * int64_t(sizeof(T)), L), blocks = ceil_div(s.K, CB);
-  const int64_t chunks = row_chunks(s.P, s.N * blocks);
+  const int64_t sw = s.stride_w, pw = s.pad_w, dw = s.dil_w;
+  const int64_t cols = (s.Q - 1) * sw + (s.S - 1) * dw + 1, slots = (s.R - 1) * s.dil_h + 1;
+  // With m == 1 and whole vectors the input rows are read in place, not staged: output columns
+  // [qa, qb), whose taps all lie in the row, as one run per tap; the few others (in the padding's
+  // reach) pixel by pixel with their in-row taps. Channel blocks of <= 256 then.
+  const bool direct = m == 1 && s.K % L == 0;
+  const int64_t qa = std::min(s.Q, ceil_div(pw, sw));
+  const int64_t qb = std::clamp<int64_t>(floor_div(s.W - 1 + pw - (s.S - 1) * dw, sw) + 1, qa, s.Q);
+  const int64_t CB = direct ? round_up(ceil_div(s.K, ceil_div(s.K, 256)), L)
+                            : channel_block(s.K, slots * cols * int64_t(sizeof(T)), L);
+  const int64_t blocks = ceil_div(s.K, CB), chunks = row_chunks(s.P, s.N * blocks);
   const std::vector<T> wp = pack_taps(w, ws, s, Kp);
   std::vector<T> bp(size_t(Kp), T(0));
   if (bias) std::copy(bias, bias + s.K, bp.begin());
   // input columns [w0, w1) land in staged columns [w0 + pw, w1 + pw) < cols
-  const int64_t w0 = std::max<int64_t>(0, -s.pad_w), w1 = std::clamp<int64_t>(cols - s.pad_w, w0, s.W);
+  const int64_t w0 = std::max<int64_t>(0, -pw), w1 = std::clamp<int64_t>(cols - pw, w0, s.W);
   at::parallel_for(0, s.N * blocks * chunks, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<T> ring_scratch;
     static thread_local Scratch<const T*> ptr_scratch;
@@ -310,6 +318,30 @@ void depthwise_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* b
       const int64_t chunk = task % chunks, b = (task / chunks) % blocks, n = task / (chunks * blocks);
       const int64_t k0 = b * CB, cb = std::min(CB, s.K - k0);
       const int64_t p0 = chunk * s.P / chunks, p1 = (chunk + 1) * s.P / chunks;
+      if (direct) {
+        for (int64_t p = p0; p < p1; ++p) {
+          T* yrow = y + (n * s.P + p) * s.Q * s.K + k0;
+          // taps of output columns [q0, q1) (q1 - q0 == 1 at the edges, taps in the row only)
+          auto run = [&](int64_t q0, int64_t q1) {
+            int64_t taps = 0;
+            for (int64_t r = 0; r < s.R; ++r) {
+              const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+              if (h < 0 || h >= s.H) continue;
+              for (int64_t c = 0; c < s.S; ++c) {
+                const int64_t wc = q0 * sw - pw + c * dw;
+                if (wc < 0 || wc >= s.W) continue;
+                src[taps] = x + ((n * s.H + h) * s.W + wc) * s.C + k0;
+                wt[taps++] = wp.data() + (r * s.S + c) * Kp + k0;
+              }
+            }
+            kern.conv(src, wt, taps, sw * s.C, bp.data() + k0, relu, q1 - q0, cb, yrow + q0 * s.K, s.K);
+          };
+          for (int64_t q = 0; q < qa; ++q) run(q, q + 1);
+          if (qa < qb) run(qa, qb);
+          for (int64_t q = qb; q < s.Q; ++q) run(q, q + 1);
+        }
+        continue;
+      }
       Ring<T> ring(ring_scratch.get(slots * cols * CB), slots, cols, CB);
       for (int64_t p = p0; p < p1; ++p) {
         int64_t taps = 0;
@@ -318,13 +350,13 @@ void depthwise_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* b
           if (h < 0 || h >= s.H) continue;
           T* row = ring.slot(h);
           if (ring.missing(h))
-            stage_row(kern, x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + s.pad_w) * CB, CB);
+            stage_row(kern, x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + pw) * CB, CB);
           for (int64_t c = 0; c < s.S; ++c, ++taps) {
-            src[taps] = row + c * s.dil_w * CB;
+            src[taps] = row + c * dw * CB;
             wt[taps] = wp.data() + (r * s.S + c) * Kp + k0;
           }
         }
-        kern.conv(src, wt, taps, s.stride_w * CB, bp.data() + k0, relu, s.Q, cb, y + (n * s.P + p) * s.Q * s.K + k0,
+        kern.conv(src, wt, taps, sw * CB, bp.data() + k0, relu, s.Q, cb, y + (n * s.P + p) * s.Q * s.K + k0,
                   s.K);
       }
     }
