@@ -382,8 +382,11 @@ void depthwise_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T*
   for (int64_t b = 0; b < std::min(sw, s.W); ++b) cols = std::max(cols, ceil_div(s.W - b, sw) + floor_div(b + s.pad_w, sw));
   cols += left;
   const int64_t slots = (s.R - 1) * s.dil_h / sh + 1;
-  const int64_t CB = channel_block(s.C, slots * m * cols * int64_t(sizeof(T)), L), blocks = ceil_div(s.C, CB);
-  const int64_t chunks = row_chunks(s.H, s.N * blocks);
+  // With m == 1 and whole vectors dy is read in place, as the forward reads x.
+  const bool direct = m == 1 && s.C % L == 0;
+  const int64_t CB = direct ? round_up(ceil_div(s.C, ceil_div(s.C, 256)), L)
+                            : channel_block(s.C, slots * m * cols * int64_t(sizeof(T)), L);
+  const int64_t blocks = ceil_div(s.C, CB), chunks = row_chunks(s.H, s.N * blocks);
   // wp[(j*RS + t)*Cp + c] = w[c*m + j][t]; zero bias
   const int64_t Cp = round_up(s.C, L);
   std::vector<T> wp(size_t(m * RS * Cp), T(0)), zero(size_t(Cp), T(0));
@@ -401,6 +404,46 @@ void depthwise_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T*
       const int64_t chunk = task % chunks, b = (task / chunks) % blocks, n = task / (chunks * blocks);
       const int64_t c0 = b * CB, cb = std::min(CB, s.C - c0);
       const int64_t h0 = chunk * s.H / chunks, h1 = (chunk + 1) * s.H / chunks;
+      if (direct) {
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t pb = 0; pb < std::min(sw, s.W); ++pb) {
+            // columns i of this phase read dy columns i + o, o = (pb + pw - c*dw) / sw over its
+            // taps c: [ia, ib) has every tap in the row, the others go pixel by pixel
+            const int64_t nb = ceil_div(s.W - pb, sw);
+            int64_t olo = 0, ohi = 0;
+            bool any = false;
+            for (int64_t c = 0; c < s.S; ++c) {
+              const int64_t f = pb + s.pad_w - c * s.dil_w;
+              if (((f % sw) + sw) % sw != 0) continue;
+              olo = any ? std::min(olo, floor_div(f, sw)) : floor_div(f, sw);
+              ohi = any ? std::max(ohi, floor_div(f, sw)) : floor_div(f, sw);
+              any = true;
+            }
+            const int64_t ia = std::min(nb, std::max<int64_t>(0, -olo));
+            const int64_t ib = std::clamp<int64_t>(s.Q - ohi, ia, nb);
+            T* dxrow = dx + ((n * s.H + h) * s.W + pb) * s.C + c0;
+            auto run = [&](int64_t i0, int64_t i1) {
+              int64_t taps = 0;
+              for (int64_t r = 0; r < s.R; ++r) {
+                const int64_t e = h + s.pad_h - r * s.dil_h;
+                if (e < 0 || e % sh != 0 || e / sh >= s.P) continue;
+                for (int64_t c = 0; c < s.S; ++c) {
+                  const int64_t f = pb + s.pad_w - c * s.dil_w;
+                  if (((f % sw) + sw) % sw != 0) continue;
+                  const int64_t q = i0 + floor_div(f, sw);
+                  if (q < 0 || q >= s.Q) continue;
+                  src[taps] = dy + ((n * s.P + e / sh) * s.Q + q) * s.K + c0;
+                  wt[taps++] = wp.data() + (r * s.S + c) * Cp + c0;
+                }
+              }
+              kern.conv(src, wt, taps, s.K, zero.data() + c0, false, i1 - i0, cb, dxrow + i0 * sw * s.C, sw * s.C);
+            };
+            for (int64_t i = 0; i < ia; ++i) run(i, i + 1);
+            if (ia < ib) run(ia, ib);
+            for (int64_t i = ib; i < nb; ++i) run(i, i + 1);
+          }
+        continue;
+      }
       // ring row u = m*p + j: output row p, channel c*m + j
       Ring<T> ring(ring_scratch.get(slots * m * cols * CB), slots * m, cols, CB);
       for (int64_t h = h0; h < h1; ++h) {
