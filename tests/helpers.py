@@ -156,6 +156,57 @@ CONV_FUSED_RELU = CONV_CASES[:6] + [CONV_CASES[CUDA_TILINGS + i] for i in (0, 2,
 
 
 # ------------------------------------------------------------------------------------------------
+# depthwise conv2d (groups == C, K = m*C), conv2d's tuple; the CPU's own kernel family, both layouts
+
+DEPTHWISE_CASES = [
+    (2, 3, 9, 11, 3, (3, 3), 1, 1, 1, 3, True),
+    (2, 3, 9, 11, 3, (3, 3), 2, 1, 1, 3, True),
+    (1, 5, 12, 12, 10, (3, 3), 2, 1, 1, 5, False),  # multiplier 2, even size, stride 2
+    (1, 4, 13, 10, 12, (5, 5), 2, 2, 2, 4, True),  # multiplier 3, dilation 2
+    (2, 2, 7, 7, 2, (7, 7), 1, 3, 1, 2, True),  # kernel as large as the image (convnext-like)
+    (1, 6, 15, 14, 6, (5, 5), 1, 2, 1, 6, True),
+    (1, 6, 15, 14, 6, (5, 5), 2, 2, 1, 6, True),
+    (3, 2, 8, 9, 2, (1, 1), 1, 0, 1, 2, True),  # 1x1
+    (1, 2, 9, 9, 2, (1, 1), 3, 0, 1, 2, False),  # 1x1 stride 3: input-gradient phases without taps
+    (1, 3, 11, 13, 3, (2, 3), (2, 1), (0, 1), 1, 3, True),  # even kernel, mixed strides
+    (2, 3, 10, 17, 6, (3, 3), (1, 3), (1, 2), (2, 1), 3, True),
+    (1, 2, 5, 5, 2, (3, 3), 1, 3, 1, 2, True),  # padding beyond the kernel's reach
+    (1, 2, 6, 6, 4, (3, 3), 3, 4, 1, 2, True),  # padding beyond the kernel's reach, stride 3
+    (1, 3, 1, 1, 3, (3, 3), 1, 1, 1, 3, True),  # 1x1 image
+    (1, 2, 20, 21, 2, (4, 2), 1, "same", 1, 2, True),  # even kernel: asymmetric 'same' padding
+    (1, 2, 20, 20, 4, (3, 3), 1, "same", 2, 2, False),
+    (2, 2, 9, 9, 2, (3, 3), 1, "valid", 1, 2, True),
+    # several gather tiles per plane and rows longer than a vector, both strides
+    (2, 4, 37, 83, 4, (3, 3), 1, 1, 1, 4, True),
+    (2, 4, 37, 83, 4, (3, 3), 2, 1, 1, 4, True),
+    (1, 3, 29, 70, 3, (7, 7), 2, 3, 1, 3, True),
+    (9, 2, 6, 5, 2, (3, 3), 1, 1, 1, 2, True),  # more images than tasks: split weight-gradient sums
+    (1, 17, 14, 14, 17, (3, 3), 1, 1, 1, 17, True),  # many channels, batch 1
+    # the layer kinds of mobile networks at small size (both layouts): 7x7 and 3x3 planes with
+    # channel counts past one vector (NHWC tails), 5x5 and 7x7 kernels, stride 2, multiplier 2
+    (2, 70, 7, 7, 70, (3, 3), 1, 1, 1, 70, True),
+    (1, 33, 3, 3, 33, (3, 3), 1, 1, 1, 33, False),
+    (2, 24, 14, 13, 24, (5, 5), 2, 2, 1, 24, True),
+    (1, 16, 12, 12, 16, (7, 7), 1, 3, 1, 16, True),
+    (1, 19, 11, 11, 38, (3, 3), 2, 1, 1, 19, True),
+    (1, 40, 9, 56, 40, (3, 3), 1, 1, 1, 40, True),  # wide rows: channels in several NHWC blocks
+]
+
+# The CUDA depthwise kernels' tilings (same tuple layout): planes over several 32x32 tiles (odd
+# remainders), kernels 3/5/7, strides 1/2, multipliers 1/2, 16-byte NHWC vectors (C % 8 == 0) and
+# their scalar fallback.
+DEPTHWISE_CUDA_CASES = [
+    (1, 8, 45, 37, 8, (3, 3), 1, 1, 1, 8, True),
+    (2, 8, 45, 37, 16, (3, 3), 2, 1, 1, 8, True),
+    (1, 16, 23, 19, 16, (5, 5), 2, 2, 1, 16, False),
+    (1, 4, 40, 9, 8, (7, 7), 1, 3, 1, 4, True),
+    (2, 3, 12, 70, 3, (3, 3), 2, 1, 2, 3, True),  # rows wider than a tile, dilation 2
+    (1, 8, 7, 7, 8, (3, 3), 2, 1, 1, 8, True),  # a 7x7 plane, stride 2
+    (1, 6, 3, 3, 12, (5, 5), 1, 2, 1, 6, True),  # kernel larger than the image
+]
+
+
+# ------------------------------------------------------------------------------------------------
 # max_pool2d: (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
 
 POOL_CASES = [

@@ -1,54 +1,21 @@
 """Depthwise conv2d (groups == in_channels, out_channels = m * in_channels) against PyTorch in
 float64: forward (bias, fused ReLU), input and weight gradients (also with the fused ReLU's gate),
 on every CPU instruction set this machine can run (the CPU has its own depthwise kernel family),
-and on the other backends ('simt': the CUDA depthwise kernels in the emulator, under every thread
-order; 'cuda'), NCHW and channels_last, in every dtype their kernels take."""
+in NCHW and channels_last (NHWC kernels; outputs and gradients in PyTorch's memory format), and on
+the other backends ('simt': the CUDA depthwise kernels in the emulator, under every thread order;
+'cuda'), NCHW and channels_last, in every dtype their kernels take."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FC
 from conftest import cpu_backend
-from helpers import LOW, assert_close, randn
+from helpers import DEPTHWISE_CASES, DEPTHWISE_CUDA_CASES, LOW, assert_close, randn
 from test_channels_last import MIXES, _conv_check
 from test_conv2d import _run
 
-# (N, C, H, W, K, (R, S), stride, padding, dilation, groups, bias), groups == C, K = m*C.
-GRID = [
-    (2, 3, 9, 11, 3, (3, 3), 1, 1, 1, 3, True),
-    (2, 3, 9, 11, 3, (3, 3), 2, 1, 1, 3, True),
-    (1, 5, 12, 12, 10, (3, 3), 2, 1, 1, 5, False),  # multiplier 2, even size, stride 2
-    (1, 4, 13, 10, 12, (5, 5), 2, 2, 2, 4, True),  # multiplier 3, dilation 2
-    (2, 2, 7, 7, 2, (7, 7), 1, 3, 1, 2, True),  # kernel as large as the image (convnext-like)
-    (1, 6, 15, 14, 6, (5, 5), 1, 2, 1, 6, True),
-    (1, 6, 15, 14, 6, (5, 5), 2, 2, 1, 6, True),
-    (3, 2, 8, 9, 2, (1, 1), 1, 0, 1, 2, True),  # 1x1
-    (1, 2, 9, 9, 2, (1, 1), 3, 0, 1, 2, False),  # 1x1 stride 3: input-gradient phases without taps
-    (1, 3, 11, 13, 3, (2, 3), (2, 1), (0, 1), 1, 3, True),  # even kernel, mixed strides
-    (2, 3, 10, 17, 6, (3, 3), (1, 3), (1, 2), (2, 1), 3, True),
-    (1, 2, 5, 5, 2, (3, 3), 1, 3, 1, 2, True),  # padding beyond the kernel's reach
-    (1, 2, 6, 6, 4, (3, 3), 3, 4, 1, 2, True),  # padding beyond the kernel's reach, stride 3
-    (1, 3, 1, 1, 3, (3, 3), 1, 1, 1, 3, True),  # 1x1 image
-    (1, 2, 20, 21, 2, (4, 2), 1, "same", 1, 2, True),  # even kernel: asymmetric 'same' padding
-    (1, 2, 20, 20, 4, (3, 3), 1, "same", 2, 2, False),
-    (2, 2, 9, 9, 2, (3, 3), 1, "valid", 1, 2, True),
-    # several gather tiles per plane and rows longer than a vector, both strides
-    (2, 4, 37, 83, 4, (3, 3), 1, 1, 1, 4, True),
-    (2, 4, 37, 83, 4, (3, 3), 2, 1, 1, 4, True),
-    (1, 3, 29, 70, 3, (7, 7), 2, 3, 1, 3, True),
-    (9, 2, 6, 5, 2, (3, 3), 1, 1, 1, 2, True),  # more images than tasks: split weight-gradient sums
-    (1, 17, 14, 14, 17, (3, 3), 1, 1, 1, 17, True),  # many channels, batch 1
-    # the CUDA kernels' tilings: planes over several 32x32 tiles (odd remainders), kernels 3/5/7,
-    # strides 1/2, multipliers 1/2, 16-byte NHWC vectors (C % 8 == 0) and their scalar fallback
-    (1, 8, 45, 37, 8, (3, 3), 1, 1, 1, 8, True),
-    (2, 8, 45, 37, 16, (3, 3), 2, 1, 1, 8, True),
-    (1, 16, 23, 19, 16, (5, 5), 2, 2, 1, 16, False),
-    (1, 4, 40, 9, 8, (7, 7), 1, 3, 1, 4, True),
-    (2, 3, 12, 70, 3, (3, 3), 2, 1, 2, 3, True),  # rows wider than a tile, dilation 2
-    (1, 8, 7, 7, 8, (3, 3), 2, 1, 1, 8, True),  # a 7x7 plane, stride 2
-    (1, 6, 3, 3, 12, (5, 5), 1, 2, 1, 6, True),  # kernel larger than the image
-]
-CUDA_TILINGS = 22  # GRID[CUDA_TILINGS:] are the CUDA kernels' tilings
+GRID = DEPTHWISE_CASES
+CUDA_TILES = DEPTHWISE_CUDA_CASES
 
 
 def _ids(grid):
@@ -61,6 +28,25 @@ def _ids(grid):
 @pytest.mark.parametrize("cfg", GRID, ids=_ids(GRID))
 def test_depthwise_grid(cpu_isa, cfg, dtype, rng):
     _run(cpu_backend(), cfg, dtype, rng)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", GRID, ids=_ids(GRID))
+def test_depthwise_grid_channels_last(cpu_isa, cfg, dtype, rng):
+    """The NHWC kernels: values, and the formats of the output and gradients, as PyTorch's."""
+    _conv_check(cpu_backend(), cfg, dtype, rng)
+
+
+@pytest.mark.parametrize("mix", MIXES[1:], ids=["cl_input", "cl_weight"])
+@pytest.mark.parametrize("cfg", GRID[:4], ids=_ids(GRID[:4]))
+def test_depthwise_mixed_formats(cpu_isa, cfg, mix, rng):
+    _conv_check(cpu_backend(), cfg, torch.float64, rng, mix)
+
+
+def test_depthwise_channels_last_long_rows(rng):
+    """Enough output rows per weight-gradient range that its float lane sums are moved into the
+    double sums mid-range (every 2^14 products)."""
+    _conv_check(cpu_backend(), (1, 2, 400, 400, 2, (3, 3), 1, 1, 1, 2, False), torch.float32, rng)
 
 
 def _random_cfg(g):
@@ -87,20 +73,24 @@ def _random_cfg(g):
         return (pick(1, 3), C, H, W, m * C, (R, S), stride, padding, d, C, bool(pick(0, 1)))
 
 
+@pytest.mark.parametrize("layout", [None, "channels_last"])
 @pytest.mark.parametrize("i", range(16))
-def test_depthwise_random(cpu_isa, i, rng):
-    _run(cpu_backend(), _random_cfg(rng), torch.float32, rng)
+def test_depthwise_random(cpu_isa, i, layout, rng):
+    _run(cpu_backend(), _random_cfg(rng), torch.float32, rng, layout)
 
 
+@pytest.mark.parametrize("layout", [None, "channels_last"])
 @pytest.mark.parametrize("i", range(4))
-def test_depthwise_random_float64(cpu_isa, i, rng):
-    _run(cpu_backend(), _random_cfg(rng), torch.float64, rng)
+def test_depthwise_random_float64(cpu_isa, i, layout, rng):
+    _run(cpu_backend(), _random_cfg(rng), torch.float64, rng, layout)
 
 
+@pytest.mark.parametrize("layout", [None, "channels_last"])
 @pytest.mark.parametrize("cfg", GRID[:7] + GRID[17:19], ids=_ids(GRID[:7] + GRID[17:19]))
-def test_depthwise_relu_fused(cpu_isa, cfg, rng):
-    """conv2d_relu forward, and its backward through conv2d_relu_backward (the gated kernels)."""
-    _run(cpu_backend(), cfg, torch.float32, rng, fused_relu=True)
+def test_depthwise_relu_fused(cpu_isa, cfg, layout, rng):
+    """conv2d_relu forward, and its backward through conv2d_relu_backward (NCHW: the gated kernels;
+    channels_last: relu_backward first)."""
+    _run(cpu_backend(), cfg, torch.float32, rng, layout, fused_relu=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -128,8 +118,9 @@ def test_depthwise_input_layouts(layout, rng):
     _run(cpu_backend(), (2, 6, 11, 10, 6, (3, 3), 2, 1, 1, 6, True), torch.float32, rng, layout)
 
 
-def test_depthwise_empty_batch(cpu_isa, rng):
-    x = torch.zeros(0, 4, 8, 8, requires_grad=True)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_depthwise_empty_batch(cpu_isa, fmt, rng):
+    x = torch.zeros(0, 4, 8, 8).contiguous(memory_format=fmt).requires_grad_()
     w = randn((8, 1, 3, 3), rng).requires_grad_()
     b = torch.zeros(8, requires_grad=True)
     out = FC.conv2d(x, w, b, stride=2, padding=1, groups=4)
@@ -156,18 +147,20 @@ def test_depthwise_output_mask(rng):
                 assert got[i].numel() == 0
 
 
-def test_depthwise_gradcheck(cpu_isa, rng):
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_depthwise_gradcheck(cpu_isa, fmt, rng):
     for stride, padding, dilation, m in [(1, 1, 1, 1), (2, 1, 1, 2), (2, 2, 2, 1), ((1, 2), (0, 1), 1, 3)]:
-        x = randn((2, 3, 7, 6), rng, torch.float64).requires_grad_()
+        x = randn((2, 3, 7, 6), rng, torch.float64).contiguous(memory_format=fmt).requires_grad_()
         w = randn((3 * m, 1, 3, 3), rng, torch.float64).requires_grad_()
         b = randn((3 * m,), rng, torch.float64).requires_grad_()
         assert torch.autograd.gradcheck(lambda x, w, b: FC.conv2d(x, w, b, stride, padding, dilation, 3), (x, w, b))
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_thread_count_independent(cpu_isa, stride, rng):
+def test_depthwise_thread_count_independent(cpu_isa, stride, fmt, rng):
     """Every result is bit-identical whatever the number of threads (fixed-order reductions)."""
-    x = randn((5, 3, 21, 19), rng)
+    x = randn((5, 3, 21, 19), rng).contiguous(memory_format=fmt)
     w = randn((6, 1, 5, 5), rng)
     b = randn((6,), rng)
     gy = randn((5, 6, 21 // stride + (21 % stride > 0), 19 // stride + (19 % stride > 0)), rng)
@@ -194,20 +187,20 @@ def _not_cpu(backend):
 
 
 # NCHW in every dtype the CUDA kernels take; fp16 / bf16 against their 1e-2 budget
-BACKEND_GRID = GRID[:9] + GRID[13:14] + GRID[CUDA_TILINGS:]
+BACKEND_GRID = GRID[:9] + GRID[13:14] + CUDA_TILES
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cfg", BACKEND_GRID, ids=_ids(BACKEND_GRID))
 def test_depthwise_backends(backend, cfg, dtype, rng):
     _not_cpu(backend)
-    if dtype in LOW and cfg not in GRID[CUDA_TILINGS:]:
+    if dtype in LOW and cfg not in CUDA_TILES:
         pytest.skip("half types: the CUDA tilings only")
     _run(backend, cfg, dtype, rng)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("cfg", GRID[CUDA_TILINGS:] + GRID[:3], ids=_ids(GRID[CUDA_TILINGS:] + GRID[:3]))
+@pytest.mark.parametrize("cfg", CUDA_TILES + GRID[:3], ids=_ids(CUDA_TILES + GRID[:3]))
 def test_depthwise_channels_last_backends(backend, cfg, dtype, rng):
     """channels_last input and weight: the NHWC kernels; output and gradients in PyTorch's format."""
     _not_cpu(backend)
@@ -216,7 +209,7 @@ def test_depthwise_channels_last_backends(backend, cfg, dtype, rng):
 
 
 @pytest.mark.parametrize("mix", MIXES[1:], ids=["cl_input", "cl_weight"])
-@pytest.mark.parametrize("cfg", GRID[CUDA_TILINGS:CUDA_TILINGS + 3], ids=["tiles0", "tiles1", "tiles2"])
+@pytest.mark.parametrize("cfg", CUDA_TILES[:3], ids=["tiles0", "tiles1", "tiles2"])
 def test_depthwise_mixed_formats_backends(backend, cfg, mix, rng):
     _not_cpu(backend)
     _conv_check(backend, cfg, torch.float64, rng, mix)
@@ -231,7 +224,7 @@ def test_depthwise_random_backends(backend, i, rng):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided", "misaligned"])
-@pytest.mark.parametrize("cfg", [GRID[1], GRID[CUDA_TILINGS + 1]], ids=["small", "tiles"])
+@pytest.mark.parametrize("cfg", [GRID[1], CUDA_TILES[1]], ids=["small", "tiles"])
 def test_depthwise_relu_fused_backends(backend, cfg, layout, rng):
     _not_cpu(backend)
     _run(backend, cfg, torch.float32, rng, layout, fused_relu=True)

@@ -7,7 +7,7 @@
 //   kNhwcGemm  channels_last calls (conv2d_memory_format): every pass as GEMMs reading NHWC memory
 //              (cpu/conv2d_nhwc.h); outputs and gradients channels_last;
 //   kDepthwise the depthwise kernels (cpu/depthwise.h): every pass of groups == C convolutions, in
-//              every dtype;
+//              every dtype; kDepthwiseNhwc the same for channels_last calls;
 //   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
 //   kStridedDirect  the phase-decomposed strided direct kernels (cpu/strided_direct.h): forward
 //              and weight gradient of strided few-channel layers (RGB stems);
@@ -234,6 +234,12 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
                                       data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
       });
       break;
+    case ConvKernel::kDepthwiseNhwc:
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_depthwise_nhwc_cpu", [&] {
+        depthwise_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
+                                         data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+      });
+      break;
     case ConvKernel::kDepthwise:
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_depthwise_cpu", [&] {
         depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -305,6 +311,12 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
                                                strides_of(w), dx.mutable_data_ptr<scalar_t>(), s);
         });
         break;
+      case ConvKernel::kDepthwiseNhwc:
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_input_nhwc_cpu", [&] {
+          depthwise_backward_input_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                                  strides_of(w), dx.mutable_data_ptr<scalar_t>(), s);
+        });
+        break;
       case ConvKernel::kDepthwise:
         AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
           depthwise_backward_input<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -341,6 +353,12 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
         AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
           conv2d_backward_weight_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                                 dw.mutable_data_ptr<scalar_t>(), s);
+        });
+        break;
+      case ConvKernel::kDepthwiseNhwc:  // dw (K, 1, R, S): the same memory in both formats
+        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_weight_nhwc_cpu", [&] {
+          depthwise_backward_weight_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                                   dw.mutable_data_ptr<scalar_t>(), s);
         });
         break;
       case ConvKernel::kDepthwise:

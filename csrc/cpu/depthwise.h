@@ -31,11 +31,26 @@
 // sum runs in a fixed order, so results do not depend on the thread count. float32 runs AVX-512
 // kernels when cpu::current_isa() is kAvx512; every other case (float64, other ISAs) runs the
 // portable path of the same algorithm.
+//
+// Channels_last (NHWC: x (N, H, W, C), y (N, P, Q, K)) has its own passes, vectorised along C
+// (cpu/depthwise_nhwc.cpp), so a channels_last layer never changes layout. A task owns a block of
+// channels (as many as keep its rows in L1) and a range of rows, and stages the rows it reads,
+// zero-padded, in a ring (channel k of an output reads input channel k / m):
+// * Forward: output row p = sum over taps (r, s) of w[:, r, s] * staged input row
+//   p*sh - ph + r*dh from column q*sw + s*dw: a stride is only a pixel step, no de-interleaving.
+// * Input gradient: a gather per input pixel, by column phase b = w % sw: input (h, w) takes the
+//   taps whose output ((h + ph - r*dh)/sh, (w + pw - s*dw)/sw) divides exactly, over the m staged
+//   dy rows of its channel; no scatter, every stride, multiplier and padding.
+// * Weight gradient: per output row, lane sums dy * staged input for up to 12 taps in registers,
+//   moved into double sums every 2^14 products; a shape-fixed number of row ranges, added in order.
+// Tiles of up to 8 pixels x one vector of channels, whose size and instructions follow the ISA
+// (AVX-512, AVX2, baseline), for float32 and float64 alike.
 #pragma once
 
 #include <cstdint>
 
 #include "common/checks.h"
+#include "cpu/conv2d_nhwc.h"  // WeightStrides
 
 namespace fastconv {
 namespace cpu {
@@ -56,6 +71,16 @@ void depthwise_backward_input(const T* dy, const T* w, T* dx, const Conv2dShape&
 // dw (K, 1, R, S) from dy and x, summed over images; gate as above.
 template <typename T>
 void depthwise_backward_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s, const T* gate = nullptr);
+
+// The channels_last passes: x, y, dy, dx dense NHWC; w (K, 1, R, S) read through its strides; dw
+// written as (K, 1, R, S) dense (the same memory in both formats).
+template <typename T>
+void depthwise_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, T* y, const Conv2dShape& s,
+                            bool relu);
+template <typename T>
+void depthwise_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx, const Conv2dShape& s);
+template <typename T>
+void depthwise_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dShape& s);
 
 }  // namespace cpu
 }  // namespace fastconv

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "common/info.h"
@@ -137,48 +138,69 @@ ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
   return ConvKernel::kGemm;
 }
 
+// The choice made before any per-pass heuristic, the same in every pass: a depthwise convolution
+// takes its family in either layout, any other channels_last call the NHWC GEMMs.
+std::optional<ConvKernel> layout_choice(const Conv2dShape& s, bool channels_last) {
+  if (depthwise_supports(s)) return channels_last ? ConvKernel::kDepthwiseNhwc : ConvKernel::kDepthwise;
+  if (channels_last) return ConvKernel::kNhwcGemm;
+  return std::nullopt;
+}
+
 }  // namespace
 
 Isa current_isa() { return g_isa.get(); }
 
-int64_t last_level_cache_bytes() {
-  static const int64_t bytes = [] {
-    int64_t best = 0;
-    for (int i = 0; i < 8; ++i) {  // Linux's view of cpu0's caches: "32K", "1024K", "32768K"
-      std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size");
-      std::string v;
-      if (!(f >> v) || v.empty()) continue;
-      const int64_t unit = v.back() == 'K' ? 1 << 10 : v.back() == 'M' ? 1 << 20 : 1;
-      best = std::max<int64_t>(best, std::atoll(v.c_str()) * unit);
+const CacheSizes& cache_sizes() {
+  static const CacheSizes c = [] {
+    CacheSizes r{0, 0, 0};
+    // Linux's view of cpu0's caches: index<i>/{level,type,size}, e.g. 1 Data 48K, 2 Unified 1024K.
+    for (int i = 0; i < 8; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+      std::ifstream fl(dir + "level"), ft(dir + "type"), fs(dir + "size");
+      int level = 0;
+      std::string type, size;
+      if (!(fl >> level) || !(ft >> type) || !(fs >> size) || size.empty() || type == "Instruction") continue;
+      const int64_t unit = size.back() == 'K' ? 1 << 10 : size.back() == 'M' ? 1 << 20 : 1;
+      const int64_t bytes = std::atoll(size.c_str()) * unit;
+      if (level == 1) r.l1 = bytes;
+      else if (level == 2) r.l2 = bytes;
+      else if (level >= 3) r.l3 = std::max(r.l3, bytes);
     }
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-    if (best <= 0)  // glibc's CPUID reading (on some AMD parts the whole socket's L3)
-      for (int name : {_SC_LEVEL2_CACHE_SIZE, _SC_LEVEL3_CACHE_SIZE}) best = std::max<int64_t>(best, sysconf(name));
+    auto fill = [](int64_t& v, int name, int64_t fallback) {  // glibc's CPUID reading, else a typical size
+      if (v > 0) return;
+      const long s = name ? sysconf(name) : 0;
+      v = s > 0 ? int64_t(s) : fallback;
+    };
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    fill(r.l1, _SC_LEVEL1_DCACHE_SIZE, 32 << 10);
+    fill(r.l2, _SC_LEVEL2_CACHE_SIZE, 1 << 20);
+    fill(r.l3, _SC_LEVEL3_CACHE_SIZE, r.l2);
+#else
+    fill(r.l1, 0, 32 << 10);
+    fill(r.l2, 0, 1 << 20);
+    fill(r.l3, 0, r.l2);
 #endif
-    return best > 0 ? best : int64_t(32) << 20;
+    return r;
   }();
-  return bytes;
+  return c;
 }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
-  if (channels_last) return ConvKernel::kNhwcGemm;
-  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
+  if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   return convolution_kernel(s, t);
 }
 
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
-  if (channels_last) return ConvKernel::kNhwcGemm;
-  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
+  if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(input_grad_dual(s)) && small_m_chosen(s)) return ConvKernel::kSmallM;
   return convolution_kernel(input_grad_dual(s), t);
 }
 
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
-  if (channels_last) return ConvKernel::kNhwcGemm;
-  if (depthwise_supports(s)) return ConvKernel::kDepthwise;
+  if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
@@ -193,6 +215,7 @@ bool reads_gate(ConvKernel k) {
     case ConvKernel::kSmallM:
     case ConvKernel::kStridedDirect: return true;
     case ConvKernel::kGemm:
+    case ConvKernel::kDepthwiseNhwc:
     case ConvKernel::kNhwcGemm: return false;
   }
   return false;

@@ -34,10 +34,14 @@ constexpr DTypes kCpuTypes = kCpuDtypes;
 enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 Isa current_isa();
 
-// The machine's largest cache in bytes (the last level, as Linux reports it for cpu0 in /sys; else
-// glibc's sysconf; else 32 MiB), read once. Memory-bound kernels stream (non-temporal stores) outputs larger than this: they would not
-// stay in cache anyway, and streaming skips the read-for-ownership of every output line.
-int64_t last_level_cache_bytes();
+// This machine's data-cache sizes in bytes, read once: Linux's /sys view of cpu0, else glibc's
+// sysconf, else typical values (l3 = l2 on parts without a third level). Memory-bound kernels stream
+// (non-temporal stores) outputs larger than l3: they would not stay in cache anyway, and streaming
+// skips the read-for-ownership of every output line.
+struct CacheSizes {
+  int64_t l1, l2, l3;
+};
+const CacheSizes& cache_sizes();
 
 // What conv2d may use: kAuto Winograd where it is faster, else the exact paths; kExact never
 // Winograd; kWinograd Winograd wherever it can run (tests and benchmarks).
@@ -50,6 +54,7 @@ enum class ConvKernel {
   kDirect,    // direct stride-1 kernel (cpu/direct_conv.h)
   kWinograd,  // Winograd F(4x4, 3x3) (cpu/winograd.h)
   kDepthwise, // groups == C (cpu/depthwise.h): every pass and dtype, on s itself
+  kDepthwiseNhwc,  // the same for channels_last calls (cpu/depthwise.h): every pass and dtype
   kSmallM,    // few output pixels for a large weight (cpu/small_m.h): every pass, on s itself
   kStridedDirect,  // phase-decomposed strided direct, few input channels (cpu/strided_direct.h): forward, weight grad
   kNhwcGemm,  // GEMMs reading NHWC memory (cpu/conv2d_nhwc.h): every pass of channels_last convs
@@ -57,8 +62,8 @@ enum class ConvKernel {
 
 // The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
 // the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise, kSmallM or
-// kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kNhwcGemm: the
-// other kernels read and write NCHW.
+// kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kDepthwiseNhwc
+// when depthwise, else kNhwcGemm: the other kernels read and write NCHW.
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);

@@ -156,7 +156,7 @@ int vector_split(const T* out, int64_t b, int64_t e, int64_t& m0, int64_t& m1) {
 
 // Whether a pass writing `bytes` of output streams it (non-temporal stores): when they exceed the
 // last-level cache, they would not stay there anyway.
-bool streams(int64_t bytes) { return bytes > last_level_cache_bytes(); }
+bool streams(int64_t bytes) { return bytes > cache_sizes().l3; }
 
 template <typename T>
 void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
