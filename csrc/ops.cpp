@@ -13,6 +13,7 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_info() -> str", &fastconv::info_json);
   m.def("_set_cpu_isa(str isa) -> str", &fastconv::set_cpu_isa);
   m.def("_set_cpu_conv_algo(str algo) -> str", &fastconv::set_cpu_conv_algo);
+  m.def("_clear_cpu_packed_weights() -> ()", &fastconv::clear_cpu_packed_weights);
 }
 
 // The extension is imported as a Python module only so that the op registrations above run.
