@@ -64,7 +64,9 @@ def set_cpu_conv_algo(algo):
     - 'auto' (default): Winograd F(4x4, 3x3) where it measured faster than the direct kernel:
       at least 16 input and 16 output channels (not 3-channel first layers, where the transforms
       dominate) and at least 40 output tiles of 4x4 in the batch (not e.g. batch-1 14x14 layers,
-      where transforming the weights costs more than the GEMMs save). Its float32 relative error
+      where transforming the weights costs more than the GEMMs save) -- or, in inference, where the
+      transformed weights are kept across calls (see clear_packed_weights), at least 16 tiles and
+      64 channels in and out. Its float32 relative error
       is ~1e-6 (64 channels) to ~4e-6 (512 channels), budget 1e-4, against ~2.5e-7 for the
       exact paths.
     - 'exact': never Winograd; the direct / GEMM paths (error ~1e-7).

@@ -257,7 +257,7 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
   if (y.numel() == 0) return y;
-  switch (forward_kernel(s, x.scalar_type(), cl)) {
+  switch (forward_kernel(s, x.scalar_type(), cl, packed_weights_cacheable(weight))) {
     case ConvKernel::kNhwcGemm:
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_nhwc_cpu", [&] {
         conv2d_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
