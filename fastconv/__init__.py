@@ -23,7 +23,7 @@ except ImportError as e:  # pragma: no cover - depends on how fastconv was insta
 from . import functional  # noqa: E402
 from .convert import convert, fuse_conv_relu  # noqa: E402
 from .inference import optimize_for_inference  # noqa: E402
-from .modules import Conv2d, Conv2dReLU, MaxPool2d, ReLU  # noqa: E402
+from .modules import Conv2d, Conv2dAdd, Conv2dReLU, MaxPool2d, ReLU  # noqa: E402
 from .ops import register_namespace  # noqa: E402
 from .onnx_export import onnx_translation_table, register_torchscript_symbolics  # noqa: E402
 
@@ -31,7 +31,8 @@ register_namespace("fastconv")
 register_torchscript_symbolics()
 
 __version__ = "0.1.0"
-__all__ = ["Conv2d", "Conv2dReLU", "MaxPool2d", "ReLU", "convert", "fuse_conv_relu", "functional", "info",
+__all__ = ["Conv2d", "Conv2dAdd", "Conv2dReLU", "MaxPool2d", "ReLU", "clear_packed_weights", "convert", "fuse_conv_relu",
+           "functional", "info",
            "onnx_translation_table", "optimize_for_inference",
            "set_cpu_conv_algo", "set_cpu_isa"]
 
@@ -40,7 +41,8 @@ def info():
     """What this build of fastconv contains and what will run: a dict with ``version``,
     ``backends`` (compiled: 'cpu', and 'cuda' when built with CUDA), ``cuda_archs``, ``cpu_isa``
     (the CPU micro-kernels in use: avx512, avx2 or generic), ``cpu_conv_algo`` (see
-    set_cpu_conv_algo), ``cpu_threads``, ``dtypes`` (per backend, the dtypes its kernels take:
+    set_cpu_conv_algo), ``cpu_threads``, ``cpu_packed_weights`` (the packed-weight cache:
+    ``entries``, ``bytes``, ``limit_bytes``; see clear_packed_weights), ``dtypes`` (per backend, the dtypes its kernels take:
     {'cpu': [...], 'cuda': [...]}, as names of torch dtypes), and ``cuda_available`` (a GPU is
     visible now)."""
     d = {"version": __version__, **json.loads(torch.ops.fastconv._info())}
@@ -62,7 +64,9 @@ def set_cpu_conv_algo(algo):
     - 'auto' (default): Winograd F(4x4, 3x3) where it measured faster than the direct kernel:
       at least 16 input and 16 output channels (not 3-channel first layers, where the transforms
       dominate) and at least 40 output tiles of 4x4 in the batch (not e.g. batch-1 14x14 layers,
-      where transforming the weights costs more than the GEMMs save). Its float32 relative error
+      where transforming the weights costs more than the GEMMs save) -- or, in inference, where the
+      transformed weights are kept across calls (see clear_packed_weights), at least 16 tiles and
+      64 channels in and out. Its float32 relative error
       is ~1e-6 (64 channels) to ~4e-6 (512 channels), budget 1e-4, against ~2.5e-7 for the
       exact paths.
     - 'exact': never Winograd; the direct / GEMM paths (error ~1e-7).
@@ -70,3 +74,19 @@ def set_cpu_conv_algo(algo):
 
     The environment variable FASTCONV_CPU_CONV_ALGO sets the initial choice."""
     return torch.ops.fastconv._set_cpu_conv_algo(algo)
+
+
+def clear_packed_weights():
+    """Forget the CPU kernels' packed weights.
+
+    In inference (a weight that needs no gradient: under ``torch.no_grad()``,
+    ``torch.inference_mode()`` or with ``requires_grad=False``) the CPU convolution keeps the
+    packed or transformed form of each weight (GEMM panels, direct-kernel blocks, Winograd
+    transforms) and reuses it while the weight is unchanged: same storage, shape and strides, and
+    the same version counter, which PyTorch bumps on every in-place change (``w.add_(1)``,
+    ``w.copy_(...)``, ``load_state_dict``, optimizer steps). Training forwards never use it.
+    A change PyTorch does not version (writes through ``w.data``, a NumPy view, a raw pointer) is
+    not seen: call this function after one. The cache holds at most FASTCONV_PACKED_WEIGHTS_MB
+    MiB (default 1024; 0 turns it off), least recently used entries evicted first; entries of
+    freed weights are dropped."""
+    torch.ops.fastconv._clear_cpu_packed_weights()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from . import _backend
 from .onnx_export import exporting as _onnx_exporting
 
-__all__ = ["conv2d", "conv2d_relu", "max_pool2d", "relu", "relu_"]
+__all__ = ["conv2d", "conv2d_add", "conv2d_relu", "max_pool2d", "relu", "relu_"]
 
 
 def _pair(name, v):
@@ -48,8 +48,17 @@ def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, group
     return _conv("conv2d_relu", input, weight, bias, stride, padding, dilation, groups)
 
 
-def _conv(op, input, weight, bias, stride, padding, dilation, groups):
+def conv2d_add(input, weight, bias, residual, stride=1, padding=0, dilation=1, groups=1, relu=False):
+    """conv2d(input, weight, bias, ...) + residual, then relu when ``relu``, as one op: the end of a
+    residual block (``out += identity; out = relu(out)``). ``residual`` must have the output's
+    shape, dtype and device (no broadcasting)."""
+    return _conv("conv2d_add", input, weight, bias, stride, padding, dilation, groups, residual, relu)
+
+
+def _conv(op, input, weight, bias, stride, padding, dilation, groups, residual=None, relu=False):
     x, unbatched = _batched(input, op)
+    if residual is not None and unbatched and isinstance(residual, torch.Tensor) and residual.dim() == 3:
+        residual = residual.unsqueeze(0)
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -76,11 +85,19 @@ def _conv(op, input, weight, bias, stride, padding, dilation, groups):
         dt = torch.get_autocast_dtype("cuda")
         x, weight = x.to(dt), weight.to(dt)
         bias = bias.to(dt) if bias is not None else None
-    if _onnx_exporting():  # torch.onnx.export: the torch operators the exporters translate (Conv, Relu)
+    if _onnx_exporting():  # torch.onnx.export: the torch operators the exporters translate (Conv, Add, Relu)
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        out = torch.relu(out) if op == "conv2d_relu" else out
+        out = out + residual if op == "conv2d_add" else out
+        out = torch.relu(out) if op == "conv2d_relu" or relu else out
     else:
-        out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
+        if not torch.is_grad_enabled() and weight.requires_grad:
+            # No gradient can be recorded: the kernels see a weight that needs none, so the CPU
+            # path may keep its packed form across calls (fastconv.clear_packed_weights).
+            weight = weight.detach()
+        if op == "conv2d_add":
+            out = _backend.ops().conv2d_add(x, weight, bias, residual, stride, padding, dilation, groups, bool(relu))
+        else:
+            out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 

@@ -8,6 +8,7 @@ switch to fastconv's (``fastconv.convert``). Everything else (shortcut adds, con
 activations, pooling, linear layers) is left as it is.
 """
 import copy
+import operator
 import warnings
 
 import torch
@@ -149,11 +150,16 @@ def _fold_and_fuse(gm, shared):
             bn.replace_all_uses_with(node)
             gm.graph.erase_node(bn)
             changed = True
-        relu = _only_user(node)
-        if relu is not None and _is_relu(gm, relu, node) and _unsupported_reason(conv) is None:
+        if _unsupported_reason(conv) is not None:
+            continue
+        user = _only_user(node)
+        if user is not None and _is_relu(gm, user, node):
             conv.__class__ = modules.Conv2dReLU
-            relu.replace_all_uses_with(node)
-            gm.graph.erase_node(relu)
+            user.replace_all_uses_with(node)
+            gm.graph.erase_node(user)
+            changed = True
+        elif user is not None and _residual_of(user, node) is not None:
+            _fuse_add(gm, conv, node, user)
             changed = True
     if not changed:
         return []
@@ -167,6 +173,46 @@ def _fold_and_fuse(gm, shared):
         except AttributeError:  # no longer used by the graph
             removed.append(target)
     return removed
+
+
+# The additions a conv's output may absorb: out-of-place (either operand: IEEE addition commutes)
+# or in place on the conv's output (``out += identity``).
+_ADD_FUNCTIONS = (operator.add, torch.add)
+_IADD = (operator.iadd,)
+_ADD_METHODS = ("add", "add_")
+
+
+def _residual_of(add, src):
+    """The other operand when node ``add`` is ``src + other`` with a tensor-valued node ``other``
+    (that the result is exactly the conv's output shape is checked at run time by Conv2dAdd)."""
+    if add.kwargs or len(add.args) != 2 or add.args[0] is add.args[1]:
+        return None
+    a, b = add.args
+    if add.op == "call_function" and add.target in _ADD_FUNCTIONS:
+        other = b if a is src else a if b is src else None
+    elif (add.op == "call_function" and add.target in _IADD) or (add.op == "call_method" and add.target in _ADD_METHODS):
+        other = b if a is src else None  # in place: only on the conv's own output
+    else:
+        return None
+    return other if isinstance(other, fx.Node) else None
+
+
+def _fuse_add(gm, conv, node, add):
+    """conv (node) -> add (-> ReLU) becomes one Conv2dAdd call, placed where the add was (its
+    residual may be computed after the conv, as ResNet's downsample branch is)."""
+    residual = _residual_of(add, node)
+    relu = _only_user(add)
+    fuse_relu = relu is not None and _is_relu(gm, relu, add)
+    conv.__class__ = modules.Conv2dAdd
+    conv.relu = fuse_relu
+    with gm.graph.inserting_before(add):
+        fused = gm.graph.call_module(node.target, (node.args[0], residual))
+    last = relu if fuse_relu else add
+    last.replace_all_uses_with(fused)
+    if fuse_relu:
+        gm.graph.erase_node(relu)
+    gm.graph.erase_node(add)
+    gm.graph.erase_node(node)
 
 
 def _only_user(node):

@@ -3,13 +3,15 @@
 Each is a subclass of its torch.nn twin: same constructor, initialisation, state_dict keys, repr
 and isinstance behaviour; only the computation goes through fastconv's kernels.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from . import functional as FC
+from .ops import conv_out_size
 
-__all__ = ["Conv2d", "Conv2dReLU", "MaxPool2d", "ReLU"]
+__all__ = ["Conv2d", "Conv2dAdd", "Conv2dReLU", "MaxPool2d", "ReLU"]
 
 
 class Conv2d(nn.Conv2d):
@@ -31,6 +33,44 @@ class Conv2dReLU(Conv2d):
     ``fastconv.convert`` and ``fastconv.fuse_conv_relu`` make these from Conv2d + ReLU pairs."""
 
     _op = staticmethod(FC.conv2d_relu)
+
+
+class Conv2dAdd(Conv2d):
+    """``Conv2d(x) + residual``, then ReLU when ``relu=True``: the end of a residual block as one op
+    (``forward(input, residual)``). Same constructor (plus ``relu``), parameters and state_dict keys
+    as Conv2d. ``fastconv.optimize_for_inference`` makes these from conv -> add (-> ReLU) patterns.
+    A residual that is not exactly the output's shape, dtype and device is added as ``+`` would
+    (broadcasting, type promotion) after a plain convolution."""
+
+    def __init__(self, *args, relu=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+
+    def extra_repr(self):
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+    def forward(self, input, residual):
+        x = input
+        if self.padding_mode != "zeros":
+            x, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), _pair(0)
+        else:
+            padding = self.padding
+        if not _matches_output(self, x, padding, residual):
+            out = self._conv_forward(input, self.weight, self.bias) + residual
+            return F.relu(out) if self.relu else out
+        return FC.conv2d_add(x, self.weight, self.bias, residual, self.stride, padding, self.dilation, self.groups,
+                             relu=self.relu)
+
+
+def _matches_output(conv, x, padding, residual):
+    """Whether residual has exactly the shape, dtype and device of conv's output on x."""
+    if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device:
+        return False
+    if isinstance(padding, str) or residual.dim() != x.dim() or x.dim() not in (3, 4):
+        return False
+    size = [conv_out_size(x.shape[-2 + i], conv.kernel_size[i], conv.stride[i], padding[i], conv.dilation[i])
+            for i in range(2)]
+    return list(residual.shape) == list(x.shape[:-3]) + [conv.out_channels] + size
 
 
 class MaxPool2d(nn.MaxPool2d):

@@ -1,8 +1,9 @@
 """ONNX export of models that use fastconv: the ops' translations to standard ONNX nodes.
 
 fastconv's ops become the standard nodes a runtime knows: ``conv2d`` -> ``Conv``, ``conv2d_relu``
--> ``Conv`` followed by ``Relu``, ``max_pool2d`` -> ``MaxPool`` (its indices, PyTorch's h*W+w per
-plane, from MaxPool's second output modulo H*W), ``relu`` -> ``Relu``. No custom-domain node is
+-> ``Conv`` followed by ``Relu``, ``conv2d_add`` -> ``Conv`` and ``Add`` (then ``Relu`` when
+fused), ``max_pool2d`` -> ``MaxPool`` (its indices, PyTorch's h*W+w per plane, from MaxPool's
+second output modulo H*W), ``relu`` -> ``Relu``. No custom-domain node is
 produced, so ONNX Runtime, OpenVINO or TensorRT run the exported model as they would the torch.nn
 one.
 
@@ -67,7 +68,7 @@ def onnx_translation_table():
     ``torch.export.export``, code calling ``torch.ops.fastconv.*`` directly, strict-mode capture);
     fastconv's modules and functions export without it. Keys are ``torch.ops.fastconv.<op>.default``,
     values functions that build the nodes with ONNX Script (opset 18): Conv, Conv + Relu,
-    MaxPool (+ the index conversion), Relu. Requires onnxscript (installed with torch's ONNX
+    Conv + Add (+ Relu), MaxPool (+ the index conversion), Relu. Requires onnxscript (installed with torch's ONNX
     exporter)."""
     from typing import Optional, Sequence, TypeVar
 
@@ -88,6 +89,11 @@ def onnx_translation_table():
                              padding: Sequence[int], dilation: Sequence[int], groups: int) -> T:
         return op.Relu(_conv(input, weight, bias, stride, padding, dilation, groups))
 
+    def fastconv_conv2d_add(input: T, weight: T, bias: Optional[T], residual: T, stride: Sequence[int],
+                            padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool) -> T:
+        out = op.Add(_conv(input, weight, bias, stride, padding, dilation, groups), residual)
+        return op.Relu(out) if relu else out
+
     def fastconv_max_pool2d(input: T, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                             dilation: Sequence[int], ceil_mode: bool):
         out, flat = op.MaxPool(input, kernel_shape=list(kernel_size), strides=list(stride),
@@ -103,7 +109,8 @@ def onnx_translation_table():
 
     ops = torch.ops.fastconv
     return {ops.conv2d.default: fastconv_conv2d, ops.conv2d_relu.default: fastconv_conv2d_relu,
-            ops.max_pool2d.default: fastconv_max_pool2d, ops.relu.default: fastconv_relu}
+            ops.conv2d_add.default: fastconv_conv2d_add, ops.max_pool2d.default: fastconv_max_pool2d,
+            ops.relu.default: fastconv_relu}
 
 
 # ---- TorchScript exporter (torch.onnx.export(..., dynamo=False)) ------------------------------------
@@ -119,6 +126,13 @@ def _ts_conv(g, input, weight, bias, stride, padding, dilation, groups, relu=Fal
     inputs = [input, weight] + ([] if sh._is_none(bias) else [bias])
     out = g.op("Conv", *inputs, strides_i=stride, pads_i=list(padding) * 2, dilations_i=dilation, group_i=groups)
     return g.op("Relu", out) if relu else out
+
+
+def _ts_conv2d_add(g, input, weight, bias, residual, stride, padding, dilation, groups, relu):
+    from torch.onnx import symbolic_helper as sh
+
+    out = g.op("Add", _ts_conv(g, input, weight, bias, stride, padding, dilation, groups), residual)
+    return g.op("Relu", out) if sh._get_const(relu, "b", "relu") else out
 
 
 def _ts_max_pool2d(g, input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -146,5 +160,6 @@ def register_torchscript_symbolics():
         return
     register_custom_op_symbolic("fastconv::conv2d", _ts_conv, _TS_OPSET)
     register_custom_op_symbolic("fastconv::conv2d_relu", lambda g, *a: _ts_conv(g, *a, relu=True), _TS_OPSET)
+    register_custom_op_symbolic("fastconv::conv2d_add", _ts_conv2d_add, _TS_OPSET)
     register_custom_op_symbolic("fastconv::max_pool2d", _ts_max_pool2d, _TS_OPSET)
     register_custom_op_symbolic("fastconv::relu", lambda g, input: g.op("Relu", input), _TS_OPSET)

@@ -63,6 +63,24 @@ def register_namespace(ns):
     def _(input, weight, bias, stride, padding, dilation, groups):
         return conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
 
+    @lib.register_fake(f"{ns}::conv2d_add")
+    def _(input, weight, bias, residual, stride, padding, dilation, groups, relu):
+        return conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
+
+    # The composition for backends without a fused conv2d_add kernel (CUDA, the emulator): the
+    # backend's conv2d, then the add and the ReLU in place on its output.
+    @lib.impl(f"{ns}::conv2d_add", "CompositeExplicitAutograd")
+    def _(input, weight, bias, residual, stride, padding, dilation, groups, relu):
+        out = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        if residual.shape != out.shape or residual.dtype != out.dtype or residual.device != out.device:
+            raise RuntimeError(
+                f"fastconv.conv2d_add: residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) must "
+                f"match the convolution's output ({tuple(out.shape)}, {out.dtype}, {out.device})")
+        out.add_(residual)
+        if relu:
+            ops.relu_(out)
+        return out
+
     @lib.register_fake(f"{ns}::conv2d_backward")
     def conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
         fmt = conv2d_memory_format(input, weight)
@@ -137,6 +155,25 @@ def register_namespace(ns):
     lib.register_autograd(f"{ns}::conv2d", conv2d_backward, setup_context=conv2d_setup)
     lib.register_autograd(f"{ns}::conv2d_relu", conv2d_backward,
                           setup_context=lambda ctx, inputs, output: conv2d_setup(ctx, inputs, output, True))
+
+    # conv2d_add: the gradient reaching the convolution (through the ReLU when fused) is also the
+    # residual's.
+    def conv2d_add_setup(ctx, inputs, output):
+        input, weight, bias, residual, stride, padding, dilation, groups, relu = inputs
+        conv2d_setup(ctx, (input, weight, bias, stride, padding, dilation, groups), output, relu)
+
+    def conv2d_add_backward(ctx, grad_output):
+        input, weight, *result = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g = ops.relu_backward(grad_output, result[0]) if result else grad_output
+        mask = [need[0], need[1], ctx.has_bias and need[2]]
+        gi = gw = gb = None
+        if any(mask):
+            gi, gw, gb = ops.conv2d_backward(g, input, weight, *ctx.params, mask)
+        return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+                g if need[3] else None, None, None, None, None, None)
+
+    lib.register_autograd(f"{ns}::conv2d_add", conv2d_add_backward, setup_context=conv2d_add_setup)
 
     def max_pool2d_setup(ctx, inputs, output):
         input, *params = inputs

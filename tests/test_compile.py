@@ -32,6 +32,10 @@ def _samples(ops, dev, rng, fmt=torch.contiguous_format):
                                     [True, True, True])),
         (ops.conv2d_relu_backward, (gy1, ops.relu(gy1), x.detach(), w.detach(), [1, 1], [1, 1], [1, 1], 2,
                                     [True, True, True])),
+        (ops.conv2d_add, (x, w, b, randn(gy.shape, rng, device=dev).requires_grad_(), [2, 1], [1, 1], [1, 1], 2,
+                          True)),
+        (ops.conv2d_add, (x, w, None, randn(gy1.shape, rng, device=dev).contiguous(memory_format=fmt), [1, 1],
+                          [1, 1], [1, 1], 2, False)),
         (ops.relu, (x,)),
         (ops.relu_, (x.detach().clone(),)),
         (ops.relu_backward, (randn(r.shape, rng, device=dev).contiguous(memory_format=fmt), r)),
@@ -103,7 +107,7 @@ class _ResBlock(torch.nn.Module):
 
 
 def test_compile_optimized_model(backend, rng):
-    """An optimize_for_inference model compiles fullgraph, and inductor keeps fastconv's fused op."""
+    """An optimize_for_inference model compiles fullgraph, and inductor keeps fastconv's fused ops."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
@@ -120,4 +124,4 @@ def test_compile_optimized_model(backend, rng):
         out, code = run_and_get_code(torch.compile(opt, fullgraph=True), x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     code, ns = "\n".join(code), backend.ops.name  # fastconv, or fastconv_simt on the emulator
-    assert f"{ns}.conv2d_relu" in code and f"{ns}.conv2d." in code and f"{ns}.max_pool2d" in code
+    assert f"{ns}.conv2d_relu" in code and f"{ns}.conv2d_add" in code and f"{ns}.max_pool2d" in code

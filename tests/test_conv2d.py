@@ -11,11 +11,13 @@ from helpers import (CONV_CASES, CONV_FUSED_RELU, CONV_LOW, CONV_RANDOM, CONV_TC
                      assert_close, case_id, pair, randn)
 
 
-def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False, tf32=False):
+def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False, add=None, tf32=False):
     """cfg through fastconv.functional (autograd) on the backend (Backend.run: every thread order on
     'simt'), against float64 PyTorch on the same inputs rounded to dtype: the output and every
-    gradient (grad_bias also without a bias, through the op). tf32: float32 output and grad_input
-    (the passes on tensor cores) are held to TOL_TF32 instead of the exact budget."""
+    gradient (grad_bias also without a bias, through the op). add=False / True: conv2d_add with a
+    random residual, without / with its ReLU (the residual's gradient checked too). tf32: float32
+    output and grad_input (the passes on tensor cores) are held to TOL_TF32 instead of the exact
+    budget."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, has_bias = cfg
     backend.skip_unless_takes(dtype)
     fan_in = max(1, C // groups * R * S)
@@ -23,7 +25,11 @@ def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False, tf32=False):
     w64 = (randn((K, C // groups, R, S), rng, torch.float64) / fan_in ** 0.5).to(dtype).double().requires_grad_()
     b64 = randn((K,), rng, torch.float64).to(dtype).double().requires_grad_() if has_bias else None
     ref = F.conv2d(x64, w64, b64, stride, padding, dilation, groups)
-    if fused_relu:
+    r64 = None
+    if add is not None:
+        r64 = randn(ref.shape, rng, torch.float64).to(dtype).double().requires_grad_()
+        ref = ref + r64
+    if fused_relu or add:
         ref = F.relu(ref)
     gy = randn(ref.shape, rng, torch.float64).to(dtype)
     ref.backward(gy.double())
@@ -45,11 +51,17 @@ def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False, tf32=False):
         x.requires_grad_()
         w = w64.detach().to(dev, dtype).requires_grad_()
         b = b64.detach().to(dev, dtype).requires_grad_() if has_bias else None
-        out = (FC.conv2d_relu if fused_relu else FC.conv2d)(x, w, b, stride, padding, dilation, groups)
+        r = r64.detach().to(dev, dtype).requires_grad_() if add is not None else None
+        if add is not None:
+            out = FC.conv2d_add(x, w, b, r, stride, padding, dilation, groups, relu=add)
+        else:
+            out = (FC.conv2d_relu if fused_relu else FC.conv2d)(x, w, b, stride, padding, dilation, groups)
         out.backward(gy.to(dev))
         gb = b.grad if has_bias else None
+        if add is not None:
+            assert_close(r.grad, r64.grad, dtype, "grad_residual")
         # The op computes grad_bias with or without a bias (it takes numeric padding only).
-        if not has_bias and not fused_relu and not isinstance(padding, str):
+        if not has_bias and not fused_relu and add is None and not isinstance(padding, str):
             gb = backend.ops.conv2d_backward(gy.to(dev), x.detach(), w.detach(), list(pair(stride)),
                                              list(pair(padding)), list(pair(dilation)), groups, [False, False, True])[2]
         return out.detach(), x.grad, w.grad, gb
@@ -141,6 +153,28 @@ def test_conv2d_relu_tensor_cores(backend, cfg, rng):
     if backend.name == "cpu":
         pytest.skip("configurations of the CUDA kernels")
     _run(backend, cfg, torch.bfloat16, rng, "channels_last", fused_relu=True)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", CONV_FUSED_RELU, ids=[f"add{i}" for i in range(len(CONV_FUSED_RELU))])
+def test_conv2d_add(backend, cfg, dtype, relu, rng):
+    _run(backend, cfg, dtype, rng, add=relu)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_conv2d_add_layouts(backend, layout, rng):
+    _run(backend, (2, 6, 11, 10, 4, (3, 3), 1, 1, 1, 2, True), torch.float32, rng, layout, add=True)
+
+
+def test_conv2d_add_residual_checked(backend, rng):
+    dev = backend.device
+    x, w = randn((2, 3, 8, 8), rng, device=dev), randn((4, 3, 3, 3), rng, device=dev)
+    args = ([1, 1], [1, 1], [1, 1], 1, True)
+    for bad, what in [(randn((2, 4, 8, 1), rng, device=dev), "size|match"),
+                      (randn((2, 4, 8, 8), rng, torch.float64, device=dev), "dtype|match")]:
+        with pytest.raises(RuntimeError, match=what):
+            backend.ops.conv2d_add(x, w, None, bad, *args)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided", "misaligned"])

@@ -89,6 +89,7 @@ FLOAT64 = {
         M.vgg.make_layers([8, "M", 16, "M", 16, 16, "M"], batch_norm=True), nn.Flatten(),
         nn.Linear(16 * 4 * 4, num_classes)), 32),
     "resnet18": (M.resnet18, 32),
+    "resnet50": (M.resnet50, 32),
     "resnext_bottleneck": (_small(M.ResNet, block=M.resnet.Bottleneck, layers=[1, 1, 1, 1], groups=4,
                                   width_per_group=8), 32),
     "densenet_small": (_small(M.DenseNet, growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16,
@@ -145,17 +146,22 @@ def test_full_zoo_float64(name):
     check(builder(num_classes=10), size, torch.float64)
 
 
-def test_resnet18_structure():
-    """Every conv+BN pair is folded; conv+BN+ReLU fused; the shortcut adds stay."""
+def _adds(gm):
+    return [n for n in gm.graph.nodes if n.op in ("call_function", "call_method") and "add" in str(n.target)]
+
+
+@pytest.mark.parametrize("name,blocks,relus,downsamples", [("resnet18", 8, 9, 3), ("resnet50", 16, 33, 4)])
+def test_resnet_structure(name, blocks, relus, downsamples):
+    """Every conv+BN pair is folded; conv+BN+ReLU fused; each block's last conv absorbs the
+    shortcut add and the ReLU after it (the downsample branch, computed after that conv in the
+    graph, becomes its residual); no add is left."""
     torch.manual_seed(0)
-    opt = check(M.resnet18(num_classes=10), 32, torch.float64)
+    opt = check(getattr(M, name)(num_classes=10), 32, torch.float64)
     k = kinds(opt)
     assert k.get(nn.BatchNorm2d, 0) == 0
-    # stem + the first conv of each of the 8 blocks end in a ReLU; the second convs and the 3
-    # downsample convs feed an add.
-    assert k[fastconv.Conv2dReLU] == 9 and k[fastconv.Conv2d] == 8 + 3
-    adds = [n for n in opt.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
-    assert len(adds) == 8
+    assert k[fastconv.Conv2dReLU] == relus and k[fastconv.Conv2dAdd] == blocks and k[fastconv.Conv2d] == downsamples
+    assert all(m.relu for m in opt.modules() if type(m) is fastconv.Conv2dAdd)
+    assert not _adds(opt)
 
 
 class Block(nn.Module):
@@ -368,3 +374,76 @@ def test_original_model_untouched_and_state_dict():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), opt(x), rtol=1e-5, atol=1e-6)
+
+
+def test_add_forms_fused():
+    """conv + other in every spelling (either operand out of place; in place on the conv's output),
+    with and without a following ReLU; the residual may be computed after the conv."""
+    class Forms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(7))
+            self.late = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            x = F.relu(self.c[0](x) + x)
+            x = torch.relu(x + self.c[1](x))
+            y = self.c[2](x)
+            y += x
+            x = torch.add(self.c[3](y), x).relu_()
+            x = self.c[4](x).add(x)
+            x = self.c[5](x).add_(x)
+            main = self.c[6](x)
+            return F.relu(main + self.late(x), inplace=True)  # residual after the conv in graph order
+
+    ref, opt, out = _run(Forms(), X)
+    assert_close(out, ref, torch.float64)
+    relu = [True, True, False, True, False, False, True]
+    convs = [opt.get_submodule(f"c.{i}") for i in range(7)]
+    assert [type(c) for c in convs] == [fastconv.Conv2dAdd] * 7 and [c.relu for c in convs] == relu
+    assert not _adds(opt)
+
+
+def test_add_not_fused_where_others_see_it():
+    """The conv's output used twice, an in-place add into the other operand (z.add_(conv(x))
+    changes z, which another user reads), an add with alpha: left as they are."""
+    class Cases(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+
+        def forward(self, x):
+            y = self.c[0](x)
+            x = y + x + y
+            z = x * 1
+            z.add_(self.c[1](x))  # (fx traces `z += ...` as an out-of-place add: fusable)
+            x = torch.add(self.c[2](z), x, alpha=0.5)
+            return x + z
+
+    ref, opt, out = _run(Cases(), X)
+    assert_close(out, ref, torch.float64)
+    assert [type(opt.get_submodule(f"c.{i}")) for i in range(3)] == [fastconv.Conv2d] * 3
+
+
+def test_add_residual_not_of_the_output_shape():
+    """A fused add whose residual broadcasts (or promotes the dtype) still gives what + gives."""
+    class Bcast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x, r):
+            return F.relu(self.c(x) + r)
+
+    model = Bcast().double().eval()
+    opt = fastconv.optimize_for_inference(model)
+    assert type(opt.c) is fastconv.Conv2dAdd
+    with torch.no_grad():
+        for r in (torch.randn(1, 4, 1, 1, dtype=torch.float64), torch.randn(6, dtype=torch.float64),
+                  torch.randn(2, 4, 7, 6, dtype=torch.float64)):
+            assert_close(opt(X, r), model(X, r), torch.float64)
+        x32 = X.float()
+        model32, opt32 = model.float(), fastconv.optimize_for_inference(model.float())
+        r64 = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+        got = opt32(x32, r64)
+        assert got.dtype == torch.float64 and torch.allclose(got, model32(x32, r64), rtol=1e-6, atol=1e-6)

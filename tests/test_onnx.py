@@ -71,6 +71,22 @@ def test_small_cnn(exporter, tmp_path):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
+def test_resnet50_optimized(exporter, tmp_path):
+    """Bottleneck blocks: each ends in one Conv2dAdd (conv3 + shortcut + ReLU), exported as Conv,
+    Add, Relu."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = fastconv.optimize_for_inference(tv.models.resnet50(num_classes=10).eval())
+    assert sum(type(m) is fastconv.Conv2dAdd for m in model.modules()) == 16
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    ops = op_types(export(model, x, exporter, tmp_path / "r50.onnx"))
+    assert ops.count("Conv") == 53 and ops.count("Add") == 16 and "BatchNormalization" not in ops
+    assert_close(run_ort(tmp_path / "r50.onnx", x)[0], ref, torch.float32, exporter)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("form", ["convert", "optimize_for_inference"])
 def test_resnet18(exporter, form, tmp_path):
     tv = pytest.importorskip("torchvision")
@@ -116,10 +132,12 @@ class RawOps(nn.Module):
         self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3)
         self.b1 = nn.Parameter(torch.randn(8))
         self.w2 = nn.Parameter(torch.randn(8, 2, 3, 3) * 0.3)
+        self.w3 = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.2)
 
     def forward(self, x):
         ops = torch.ops.fastconv
         y = ops.conv2d_relu(x, self.w1, self.b1, [1, 1], [1, 1], [1, 1], 1)
+        y = ops.conv2d_add(y, self.w3, self.b1, y, [1, 1], [1, 1], [1, 1], 1, True)
         y = ops.conv2d(y, self.w2, None, [2, 1], [0, 1], [1, 2], 4)
         y, idx = ops.max_pool2d(y, [3, 3], [2, 2], [1, 1], [1, 1], True)
         return ops.relu(y), idx
@@ -139,7 +157,8 @@ def test_raw_ops(exporter, tmp_path):
         # translates them with fastconv's table.
         ep = torch.export.export(model, (x,))
         assert {n.target for n in ep.graph.nodes if "fastconv" in str(n.target)} == {
-            torch.ops.fastconv.conv2d_relu.default, torch.ops.fastconv.conv2d.default,
+            torch.ops.fastconv.conv2d_relu.default, torch.ops.fastconv.conv2d_add.default,
+            torch.ops.fastconv.conv2d.default,
             torch.ops.fastconv.max_pool2d.default, torch.ops.fastconv.relu.default}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -149,7 +168,8 @@ def test_raw_ops(exporter, tmp_path):
     else:
         proto = export(model, x, exporter, path)  # symbolics registered on import
     ops = op_types(proto)
-    assert [o for o in ops if o in ("Conv", "Relu", "MaxPool")] == ["Conv", "Relu", "Conv", "MaxPool", "Relu"]
+    assert [o for o in ops if o in ("Conv", "Add", "Relu", "MaxPool")] == [
+        "Conv", "Relu", "Conv", "Add", "Relu", "Conv", "MaxPool", "Relu"]
     out, oidx = run_ort(path, x)
     assert_close(out, ref, torch.float32, exporter)
     assert torch.equal(oidx, idx)

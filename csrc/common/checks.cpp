@@ -259,6 +259,19 @@ void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result
               grad_output.sizes(), " does not match result of size ", result.sizes());
 }
 
+Conv2dShape check_conv2d_add(const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, const at::Tensor& residual,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             int64_t groups, DTypes dtypes) {
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, dtypes);
+  TORCH_CHECK(residual.defined(), "fastconv.conv2d_add: residual must be a tensor");
+  check_same("conv2d_add", input, "input", residual, "residual");
+  TORCH_CHECK(residual.sizes() == at::IntArrayRef({s.N, s.K, s.P, s.Q}), "fastconv.conv2d_add: residual of size ",
+              residual.sizes(), " does not match the convolution's output size [", s.N, ", ", s.K, ", ", s.P, ", ",
+              s.Q, "]");
+  return s;
+}
+
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
   const bool cl = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                   weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;

@@ -67,6 +67,12 @@ Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tenso
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups, DTypes dtypes);
 
+// check_conv2d plus: residual (conv2d_add) has the output's shape (N, K, P, Q), dtype and device.
+Conv2dShape check_conv2d_add(const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, const at::Tensor& residual,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             int64_t groups, DTypes dtypes);
+
 Pool2dShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, bool ceil_mode, DTypes dtypes);

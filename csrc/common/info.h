@@ -16,4 +16,8 @@ const char* cpu_isa_name();
 std::string set_cpu_conv_algo(std::string algo);
 // The CPU conv2d algorithm choice ("auto", "exact" or "winograd").
 const char* cpu_conv_algo_name();
+// The CPU packed-weight cache (cpu/packed_weights.h): {"entries", "bytes", "limit_bytes"} as JSON,
+// and a call that drops every entry.
+std::string cpu_packed_weights_json();
+void clear_cpu_packed_weights();
 }  // namespace fastconv

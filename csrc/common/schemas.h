@@ -14,6 +14,10 @@ inline void define_ops(torch::Library& m) {
   // relu(conv2d(...)) in one pass: the ReLU is applied in the convolution's epilogue.
   m.def("conv2d_relu(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups) -> Tensor");
+  // conv2d(...) + residual, then ReLU when `relu`: the end of a residual block (ResNet's
+  // `out += identity; out = relu(out)`) as one op; residual has the output's shape.
+  m.def("conv2d_add(Tensor input, Tensor weight, Tensor? bias, Tensor residual, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, bool relu) -> Tensor");
   // Gradients of conv2d. output_mask = (grad_input, grad_weight, grad_bias); a gradient that is
   // not requested comes back as an empty tensor of shape (0,).
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "

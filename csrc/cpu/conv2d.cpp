@@ -37,9 +37,10 @@
 #include "cpu/depthwise.h"
 #include "cpu/direct_conv.h"
 #include "cpu/dispatch.h"
-#include "cpu/partial_sums.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
+#include "cpu/packed_weights.h"
+#include "cpu/partial_sums.h"
 #include "cpu/small_m.h"
 #include "cpu/strided_direct.h"
 #include "cpu/winograd.h"
@@ -51,16 +52,15 @@ namespace {
 constexpr int64_t kColumnTile = kNC;  // output pixels per forward / input-grad task
 
 
-// The weights of every group packed once as GEMM A operands, shared by all images and tiles:
-// W_g (Kg x CRS) for the forward pass, or W_g^T (CRS x Kg) for the input gradient.
+// The weights of every group packed once as GEMM A operands into buf (s.groups *
+// PackedA<T>::size(rows, depth, mr) elements), shared by all images and tiles: W_g (Kg x CRS) for
+// the forward pass, or W_g^T (CRS x Kg) for the input gradient.
 template <typename T>
-std::vector<PackedA<T>> pack_weights(const T* w, const Conv2dShape& s, bool transposed) {
+std::vector<PackedA<T>> pack_weights_into(const T* w, const Conv2dShape& s, bool transposed, T* buf) {
   const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S;
   const int64_t rows = transposed ? CRS : Kg, depth = transposed ? Kg : CRS;
   const int mr = micro_kernel<T>().mr;
   const int64_t size = PackedA<T>::size(rows, depth, mr);
-  static thread_local Scratch<T> scratch;  // reused across calls
-  T* buf = scratch.get(size * s.groups);
   std::vector<PackedA<T>> packed;
   for (int64_t g = 0; g < s.groups; ++g) {
     const T* wg = w + g * Kg * CRS;  // row-major Kg x CRS
@@ -70,20 +70,31 @@ std::vector<PackedA<T>> pack_weights(const T* w, const Conv2dShape& s, bool tran
   return packed;
 }
 
-// ---- direct kernels (cpu/direct_conv.h): weights packed in the calling thread's reused buffer ----
+// The same in the calling thread's reused buffer.
+template <typename T>
+std::vector<PackedA<T>> pack_weights(const T* w, const Conv2dShape& s, bool transposed) {
+  const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S;
+  static thread_local Scratch<T> scratch;  // reused across calls
+  T* buf = scratch.get(PackedA<T>::size(transposed ? CRS : Kg, transposed ? Kg : CRS, micro_kernel<T>().mr) * s.groups);
+  return pack_weights_into(w, s, transposed, buf);
+}
 
-// Forward: w (K, Cg, R, S).
-void conv2d_forward_direct(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
-                           bool relu) {
+// ---- direct kernels (cpu/direct_conv.h) ----
+
+// Forward: weight (K, Cg, R, S) and w its contiguous data; the packed weights come from
+// packed_weight (cpu/packed_weights.h).
+void conv2d_forward_direct(const float* x, const at::Tensor& weight, const float* w, const float* bias, float* y,
+                           const Conv2dShape& s, bool relu) {
   const DirectConvShape d = direct_shape(s);
   static thread_local Scratch<float> scratch;
-  float* wp = scratch.get(direct_weights_size(d));
-  pack_direct_weights(w, d, wp);
-  direct_conv(x, wp, bias, y, d, relu);
+  const PackTag tag{PackTag::kDirect, {d.groups, d.Ci, d.Co, d.R, d.S, 0}};
+  const Packed<float> wp = packed_weight<float>(weight, tag, direct_weights_size(d), scratch,
+                                                [&](float* dst) { pack_direct_weights(w, d, dst); });
+  direct_conv(x, wp.data, bias, y, d, relu);
 }
 
 // Input gradient: the forward of the dual convolution; with a gate, dy is read as
-// relu_backward(dy, gate).
+// relu_backward(dy, gate). Weights packed in the calling thread's reused buffer.
 void conv2d_backward_input_direct(const float* dy, const float* w, float* dx, const Conv2dShape& s,
                                   const float* gate) {
   const DirectConvShape d = direct_shape(input_grad_dual(s));
@@ -93,22 +104,41 @@ void conv2d_backward_input_direct(const float* dy, const float* w, float* dx, co
   direct_conv(dy, wp, nullptr, dx, d, false, gate);
 }
 
+// Forward through Winograd, the transformed weights from packed_weight.
+void conv2d_forward_winograd(const float* x, const at::Tensor& weight, const float* w, const float* bias, float* y,
+                             const Conv2dShape& s, bool relu) {
+  static thread_local Scratch<float> scratch;
+  const PackTag tag{PackTag::kWinograd, {s.K, s.C, 0, 0, 0, 0}};
+  const Packed<float> u = packed_weight<float>(weight, tag, winograd_weights_size(s), scratch,
+                                               [&](float* dst) { winograd_transform_weights(w, s, dst); });
+  winograd_conv3x3(x, u.data, bias, y, s, relu);
+}
+
 // ---- GEMM kernels (any dtype) ----
 
 // y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
+// weight is w's tensor (the packed weights come from packed_weight, cpu/packed_weights.h).
 template <typename T>
-void conv2d_forward_gemm(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+void conv2d_forward_gemm(const T* x, const at::Tensor& weight, const T* w, const T* bias, T* y, const Conv2dShape& s,
+                         bool relu) {
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
-  const std::vector<PackedA<T>> wpacked = pack_weights(w, s, /*transposed=*/false);
+  const int mr = micro_kernel<T>().mr;
+  const int64_t size = PackedA<T>::size(Kg, CRS, mr);
+  static thread_local Scratch<T> scratch;
+  const PackTag tag{PackTag::kGemmA, {s.groups, Kg, CRS, mr, 0, 0}};
+  const Packed<T> wp = packed_weight<T>(weight, tag, size * s.groups, scratch,
+                                        [&](T* dst) { pack_weights_into(w, s, /*transposed=*/false, dst); });
+  std::vector<typename PackedA<T>::View> wpacked;  // per group: W_g as packed A panels
+  for (int64_t g = 0; g < s.groups; ++g) wpacked.push_back({wp.data + g * size, round_up(Kg, mr), 0});
   at::parallel_for(0, s.N * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task % tiles, ng = task / tiles, g = ng % s.groups, n = ng / s.groups;
       const int64_t j0 = t * kColumnTile, nc = std::min(kColumnTile, PQ - j0);
       const T* xg = x + (n * s.C + g * Cg) * HW;
       T* yg = y + (n * s.K + g * Kg) * PQ + j0;
-      gemm<T>(Kg, nc, CRS, wpacked[g].rows_from(0), Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1, false);
+      gemm<T>(Kg, nc, CRS, wpacked[g], Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1, false);
       if (bias || relu)
         for (int64_t k = 0; k < Kg; ++k) {
           const T b = bias ? bias[g * Kg + k] : T(0);
@@ -227,7 +257,7 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
   if (y.numel() == 0) return y;
-  switch (forward_kernel(s, x.scalar_type(), cl)) {
+  switch (forward_kernel(s, x.scalar_type(), cl, packed_weights_cacheable(weight))) {
     case ConvKernel::kNhwcGemm:
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_nhwc_cpu", [&] {
         conv2d_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
@@ -255,16 +285,16 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
                              y.mutable_data_ptr<float>(), s, relu);
       break;
     case ConvKernel::kWinograd:
-      winograd_conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
-                       y.mutable_data_ptr<float>(), s, relu);
+      conv2d_forward_winograd(x.const_data_ptr<float>(), weight, w.const_data_ptr<float>(), data_or_null<float>(b),
+                              y.mutable_data_ptr<float>(), s, relu);
       break;
     case ConvKernel::kDirect:
-      conv2d_forward_direct(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
+      conv2d_forward_direct(x.const_data_ptr<float>(), weight, w.const_data_ptr<float>(), data_or_null<float>(b),
                             y.mutable_data_ptr<float>(), s, relu);
       break;
     case ConvKernel::kGemm:
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_cpu", [&] {
-        conv2d_forward_gemm<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        conv2d_forward_gemm<scalar_t>(x.const_data_ptr<scalar_t>(), weight, w.const_data_ptr<scalar_t>(),
                                       data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
       });
       break;
@@ -280,6 +310,28 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 at::Tensor conv2d_relu_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   return conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, true);
+}
+
+// conv2d_add: the convolution with its bias (any kernel above), then one pass over the output
+// adding the residual and applying the ReLU (instead of the two passes and the extra tensor of a
+// separate add and relu).
+at::Tensor conv2d_add_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const at::Tensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, int64_t groups, bool relu) {
+  check_conv2d_add(input, weight, bias, residual, stride, padding, dilation, groups, kCpuTypes);
+  at::Tensor y = conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, false);
+  const at::Tensor r = residual.contiguous(conv2d_memory_format(input, weight));  // y's element order
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastconv_conv2d_add_cpu", [&] {
+    scalar_t* out = y.mutable_data_ptr<scalar_t>();
+    const scalar_t* add = r.const_data_ptr<scalar_t>();
+    at::parallel_for(0, y.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t v = out[i] + add[i];
+        out[i] = relu && v < scalar_t(0) ? scalar_t(0) : v;  // NaN stays NaN, as in relu
+      }
+    });
+  });
+  return y;
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
@@ -435,6 +487,7 @@ Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv2d", &fastconv::cpu::conv2d_cpu);
   m.impl("conv2d_relu", &fastconv::cpu::conv2d_relu_cpu);
+  m.impl("conv2d_add", &fastconv::cpu::conv2d_add_cpu);
   m.impl("conv2d_backward", &fastconv::cpu::conv2d_backward_cpu);
   m.impl("conv2d_relu_backward", &fastconv::cpu::conv2d_relu_backward_cpu);
 }

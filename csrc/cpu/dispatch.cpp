@@ -109,21 +109,25 @@ ConvAlgo parse_algo(const std::string& a) {
 Setting<Isa> g_isa("FASTCONV_CPU_ISA", parse_isa);
 Setting<ConvAlgo> g_algo("FASTCONV_CPU_CONV_ALGO", parse_algo);
 
-// kAuto's choice, from single-thread timings against the direct kernel: Winograd needs >= 16
-// input and output channels (with 3 the transforms cost more than the GEMMs save: first layers
-// stay direct) and >= 40 tiles in the batch (the weight transform writes 36*K*C floats per call,
-// as much time as the GEMMs of ~20-40 tiles: batch-1 14x14 layers stay direct).
-bool winograd_faster(const Conv2dShape& s) {
+// kAuto's choice, from single-thread timings against the direct and small-M kernels: Winograd
+// needs >= 16 input and output channels (with 3 the transforms cost more than the GEMMs save:
+// first layers stay direct) and >= 40 tiles in the batch (the weight transform writes 36*K*C
+// floats per call, as much time as the GEMMs of ~20-40 tiles). With the transformed weights kept
+// across calls (`kept`: inference, cpu/packed_weights.h) that cost is gone, and from 16 tiles (one
+// 14x14 image) at >= 64 channels Winograd wins (1.1-1.5x at 64-512 channels; 7x7 images, 4 tiles
+// padded to the GEMM's 32 columns, stay on small-M).
+bool winograd_faster(const Conv2dShape& s, bool kept) {
   const int64_t tiles = s.N * ceil_div(s.P, 4) * ceil_div(s.Q, 4);
+  if (kept && tiles >= 16 && s.C >= 64 && s.K >= 64) return true;
   return s.C >= 16 && s.K >= 16 && tiles >= 40;
 }
 
 // Whether the forward convolution s (float32) runs through Winograd: it can, and the algorithm
 // setting (for kAuto, the heuristic) says so.
-bool winograd_chosen(const Conv2dShape& s) {
+bool winograd_chosen(const Conv2dShape& s, bool kept = false) {
   const ConvAlgo a = current_conv_algo();
   if (a == ConvAlgo::kExact || !winograd_supports(s)) return false;
-  return a == ConvAlgo::kWinograd || winograd_faster(s);
+  return a == ConvAlgo::kWinograd || winograd_faster(s, kept);
 }
 
 // Whether the pass of s (float32) runs the small-M kernels: they can, and the heuristic says so.
@@ -131,9 +135,9 @@ bool winograd_chosen(const Conv2dShape& s) {
 bool small_m_chosen(const Conv2dShape& s) { return small_m_supports(s) && small_m_faster(s); }
 
 // The forward choice, also made for the input gradient's dual convolution.
-ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
+ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t, bool kept = false) {
   if (t != at::kFloat) return ConvKernel::kGemm;  // the fast kernels are float32 only
-  if (winograd_chosen(s)) return ConvKernel::kWinograd;
+  if (winograd_chosen(s, kept)) return ConvKernel::kWinograd;
   if (direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
 }
@@ -186,11 +190,11 @@ const CacheSizes& cache_sizes() {
 }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
-ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last, bool weights_kept) {
   if (const auto k = layout_choice(s, channels_last)) return *k;
-  if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
+  if (t == at::kFloat && !winograd_chosen(s, weights_kept) && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
-  return convolution_kernel(s, t);
+  return convolution_kernel(s, t, weights_kept);
 }
 
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {

@@ -63,8 +63,11 @@ enum class ConvKernel {
 // The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
 // the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise, kSmallM or
 // kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kDepthwiseNhwc
-// when depthwise, else kNhwcGemm: the other kernels read and write NCHW.
-ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
+// when depthwise, else kNhwcGemm: the other kernels read and write NCHW. weights_kept: the
+// forward's packed weights are kept across calls (packed_weights_cacheable, cpu/packed_weights.h),
+// which makes Winograd pay off sooner.
+ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false,
+                          bool weights_kept = false);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 

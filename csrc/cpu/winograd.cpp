@@ -32,6 +32,9 @@ namespace fastconv {
 namespace cpu {
 namespace {
 
+// U's size in floats for K output and C input channels.
+int64_t u_size(int64_t K, int64_t C) { return 36 * (round_up(K, 16) * C + 16); }
+
 #if defined(__x86_64__)  // the kernels; elsewhere current_isa() is never kAvx512, so none applies
 constexpr int64_t kPanel = 32;  // GEMM B panel width: the AVX-512 micro-kernel's NR (8 x 32)
 
@@ -282,14 +285,12 @@ int64_t tiles_per_block(const WinoShape& s, int64_t Kpad) {
   return std::clamp<int64_t>((fit + kPanel / 2) / kPanel * kPanel, kPanel, 2 * kPanel);
 }
 
-void winograd_run(const float* x, const float* gate, const WeightView& wv, const float* bias, float* y,
-                  const WinoShape& s, bool relu) {
+// y = the convolution s of x with the transformed weights U (weight_transform).
+void winograd_run(const float* x, const float* gate, const float* U, const float* bias, float* y, const WinoShape& s,
+                  bool relu) {
   const MicroKernel<float> uk = micro_kernel<float>();
   TORCH_INTERNAL_ASSERT(uk.mr == 8 && uk.nr == kPanel, "fastconv: Winograd needs the AVX-512 8x32 micro-kernel");
   const int64_t C = s.C, K = s.K, Kpad = round_up(K, 16);
-  static thread_local Scratch<float> u_scratch;  // the calling thread's, reused across calls
-  float* U = u_scratch.get(36 * (Kpad * C + 16));
-  weight_transform(wv, K, C, Kpad, U);
 
   const int64_t G = s.N * s.T();
   int64_t nb = tiles_per_block(s, Kpad);
@@ -338,11 +339,21 @@ bool winograd_supports(const Conv2dShape& s) {
          s.C > 0 && s.K > 0;
 }
 
-void winograd_conv3x3(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
+int64_t winograd_weights_size(const Conv2dShape& s) { return u_size(s.K, s.C); }
+
+void winograd_transform_weights(const float* w, const Conv2dShape& s, float* U) {
+#if defined(__x86_64__)
+  weight_transform(WeightView{w, s.C * 9, 9, false}, s.K, s.C, round_up(s.K, 16), U);
+#else
+  std::abort();  // the dispatch checks winograd_supports, which is false here
+#endif
+}
+
+void winograd_conv3x3(const float* x, const float* U, const float* bias, float* y, const Conv2dShape& s,
                       bool relu) {
 #if defined(__x86_64__)
   const WinoShape ws{s.N, s.C, s.H, s.W, s.K, s.pad_h, s.pad_w};
-  winograd_run(x, nullptr, WeightView{w, s.C * 9, 9, false}, bias, y, ws, relu);
+  winograd_run(x, nullptr, U, bias, y, ws, relu);
 #else
   std::abort();  // the dispatch checks winograd_supports, which is false here
 #endif
@@ -353,7 +364,10 @@ void winograd_backward_input(const float* dy, const float* w, float* dx, const C
   // The dual convolution: dy (N, K, P, Q) -> dx (N, C, H, W), weight w'[c][k] = flip(w[k][c]).
   const Conv2dShape d = input_grad_dual(s);
   const WinoShape ws{d.N, d.C, d.H, d.W, d.K, d.pad_h, d.pad_w};
-  winograd_run(dy, gate, WeightView{w, 9, s.C * 9, true}, nullptr, dx, ws, false);
+  static thread_local Scratch<float> u_scratch;  // the calling thread's, reused across calls
+  float* U = u_scratch.get(u_size(d.K, d.C));
+  weight_transform(WeightView{w, 9, s.C * 9, true}, d.K, d.C, round_up(d.K, 16), U);
+  winograd_run(dy, gate, U, nullptr, dx, ws, false);
 #else
   std::abort();  // the dispatch checks winograd_supports, which is false here
 #endif
