@@ -93,11 +93,12 @@ void conv2d_backward_input_direct(const float* dy, const float* w, float* dx, co
   direct_conv(dy, wp, nullptr, dx, d, false, gate);
 }
 
-// ---- GEMM kernels (any dtype) ----
+// ---- GEMM kernels (any dtype; outputs in acc_t<T>: float32 for bfloat16 operands) ----
 
 // y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
 template <typename T>
-void conv2d_forward_gemm(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+void conv2d_forward_gemm(const T* x, const T* w, const T* bias, acc_t<T>* y, const Conv2dShape& s, bool relu) {
+  using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
@@ -107,15 +108,15 @@ void conv2d_forward_gemm(const T* x, const T* w, const T* bias, T* y, const Conv
       const int64_t t = task % tiles, ng = task / tiles, g = ng % s.groups, n = ng / s.groups;
       const int64_t j0 = t * kColumnTile, nc = std::min(kColumnTile, PQ - j0);
       const T* xg = x + (n * s.C + g * Cg) * HW;
-      T* yg = y + (n * s.K + g * Kg) * PQ + j0;
+      Acc* yg = y + (n * s.K + g * Kg) * PQ + j0;
       gemm<T>(Kg, nc, CRS, wpacked[g].rows_from(0), Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1, false);
       if (bias || relu)
         for (int64_t k = 0; k < Kg; ++k) {
-          const T b = bias ? bias[g * Kg + k] : T(0);
-          T* row = yg + k * PQ;
+          const Acc b = bias ? Acc(bias[g * Kg + k]) : Acc(0);
+          Acc* row = yg + k * PQ;
           for (int64_t j = 0; j < nc; ++j) {
-            const T v = row[j] + b;
-            row[j] = relu && v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+            const Acc v = row[j] + b;
+            row[j] = relu && v < Acc(0) ? Acc(0) : v;  // NaN stays NaN, as in relu
           }
         }
     }
@@ -125,7 +126,8 @@ void conv2d_forward_gemm(const T* x, const T* w, const T* bias, T* y, const Conv
 // Input gradient. Tasks own disjoint channel blocks of dx (col2im of rows of channel c only
 // touches input plane c), so no two tasks write the same element.
 template <typename T>
-void conv2d_backward_input_gemm(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+void conv2d_backward_input_gemm(const T* dy, const T* w, acc_t<T>* dx, const Conv2dShape& s) {
+  using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   // Channels per task: a multiple of 24 (so that the block's first row, cb*RS*b, is a multiple of
@@ -134,13 +136,13 @@ void conv2d_backward_input_gemm(const T* dy, const T* w, T* dx, const Conv2dShap
   const int64_t cblocks = ceil_div(Cg, cb);
   const std::vector<PackedA<T>> wpacked = pack_weights(w, s, /*transposed=*/true);
   at::parallel_for(0, s.N * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
-    static thread_local Scratch<T> col_scratch;
-    T* col = col_scratch.get(cb * RS * kColumnTile);
+    static thread_local Scratch<Acc> col_scratch;
+    Acc* col = col_scratch.get(cb * RS * kColumnTile);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task % cblocks, ng = task / cblocks, g = ng % s.groups, n = ng / s.groups;
       const int64_t c0 = b * cb, cn = std::min(cb, Cg - c0), rows = cn * RS;
-      T* dxg = dx + (n * s.C + g * Cg) * HW;
-      std::fill(dxg + c0 * HW, dxg + (c0 + cn) * HW, T(0));
+      Acc* dxg = dx + (n * s.C + g * Cg) * HW;
+      std::fill(dxg + c0 * HW, dxg + (c0 + cn) * HW, Acc(0));
       const T* dyg = dy + (n * s.K + g * Kg) * PQ;
       for (int64_t j0 = 0; j0 < PQ; j0 += kColumnTile) {
         const int64_t nc = std::min(kColumnTile, PQ - j0);
@@ -155,7 +157,8 @@ void conv2d_backward_input_gemm(const T* dy, const T* w, T* dx, const Conv2dShap
 // Weight gradient. Tasks own disjoint row blocks of dW^T; the sum over images is split into a
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
-void conv2d_backward_weight_gemm(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+void conv2d_backward_weight_gemm(const T* dy, const T* x, acc_t<T>* dw, const Conv2dShape& s) {
+  using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // rows per task
@@ -163,15 +166,15 @@ void conv2d_backward_weight_gemm(const T* dy, const T* x, T* dw, const Conv2dSha
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * rblocks)));
   const int64_t wsize = s.K * CRS;
   // Partial sum 0 is dw itself; others live in a scratch tensor.
-  std::vector<T> partial(size_t((splits - 1) * wsize));
+  std::vector<Acc> partial(size_t((splits - 1) * wsize));
   at::parallel_for(0, splits * s.groups * rblocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task % rblocks, rest = task / rblocks, g = rest % s.groups, sp = rest / s.groups;
       const int64_t r0 = b * rb, rows = std::min(rb, CRS - r0);
       const int64_t n0 = sp * s.N / splits, n1 = (sp + 1) * s.N / splits;
-      T* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + r0;
+      Acc* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + r0;
       if (n0 == n1) {
-        for (int64_t k = 0; k < Kg; ++k) std::fill(out + k * CRS, out + k * CRS + rows, T(0));
+        for (int64_t k = 0; k < Kg; ++k) std::fill(out + k * CRS, out + k * CRS + rows, Acc(0));
         continue;
       }
       for (int64_t n = n0; n < n1; ++n) {
@@ -217,21 +220,39 @@ const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
+// ---- bfloat16: the bf16 GEMMs write float32 outputs (acc_t), rounded to bfloat16 once at the end;
+// calls bf16_native declines run the float32 kernels on float32 copies, rounded the same way ----
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kBFloat16 ? at::kFloat : t; }
+
+at::Tensor to_float(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+Grads to_dtype(const Grads& g, at::ScalarType t) {
+  return {std::get<0>(g).to(t), std::get<1>(g).to(t), std::get<2>(g).to(t)};  // .to keeps each layout
+}
+
 at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            bool relu) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kCpuTypes);
   const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  const at::ScalarType t = input.scalar_type();
+  if (t == at::kBFloat16 && !bf16_native(s, cl)) {
+    const std::optional<at::Tensor> b32 = bias.has_value() ? std::optional<at::Tensor>(to_float(*bias)) : bias;
+    return conv2d_cpu_impl(to_float(input), to_float(weight), b32, stride, padding, dilation, groups, relu).to(t);
+  }
   at::Tensor x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();  // NHWC reads w by strides
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
-  if (y.numel() == 0) return y;
-  switch (forward_kernel(s, x.scalar_type(), cl)) {
+  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().dtype(acc_dtype(t)).memory_format(fmt));
+  if (y.numel() == 0) return y.to(t);
+  switch (forward_kernel(s, t, cl)) {
     case ConvKernel::kNhwcGemm:
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_nhwc_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_nhwc_cpu", [&] {
         conv2d_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
-                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
       });
       break;
     case ConvKernel::kDepthwise:
@@ -257,13 +278,13 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
                             y.mutable_data_ptr<float>(), s, relu);
       break;
     case ConvKernel::kGemm:
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_cpu", [&] {
         conv2d_forward_gemm<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
       });
       break;
   }
-  return y;
+  return y.to(t);  // bfloat16: the one rounding
 }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -276,8 +297,6 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, true);
 }
 
-using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
 // The requested gradients from dy, or with a gate from relu_backward(dy, gate) read on the fly;
 // a gate needs gate_fusable (every kernel it reaches reads it).
 Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate, const at::Tensor& input,
@@ -286,23 +305,24 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   at::Tensor dy = grad_output.contiguous(fmt), x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();
-  // An unrequested gradient is a fresh empty tensor (outputs must not alias each other).
+  // An unrequested gradient is a fresh empty tensor (outputs must not alias each other). dx and dw
+  // in the accumulator dtype (float32 for bfloat16, rounded once on return).
+  const at::ScalarType t = x.scalar_type();
   at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0},
-                            input.options().memory_format(output_mask[0] ? fmt : at::MemoryFormat::Contiguous));
+                            input.options().dtype(acc_dtype(t)).memory_format(output_mask[0] ? fmt : at::MemoryFormat::Contiguous));
   at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0},
-                            weight.options().memory_format(output_mask[1] ? fmt : at::MemoryFormat::Contiguous));
+                            weight.options().dtype(acc_dtype(t)).memory_format(output_mask[1] ? fmt : at::MemoryFormat::Contiguous));
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
   TORCH_INTERNAL_ASSERT(!r.defined() || !cl, "fastconv: the NHWC kernels cannot read a gate");
-  const at::ScalarType t = x.scalar_type();
   if (output_mask[0] && dx.numel() > 0) {
     const ConvKernel k = backward_input_kernel(s, t, cl);
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
           conv2d_backward_input_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                               strides_of(w), dx.mutable_data_ptr<scalar_t>(), s);
+                                               strides_of(w), dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
       case ConvKernel::kDepthwise:
@@ -326,9 +346,9 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
                                      dx.mutable_data_ptr<float>(), s, data_or_null<float>(r));
         break;
       case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_input_cpu", [&] {
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_input_cpu", [&] {
           conv2d_backward_input_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                               dx.mutable_data_ptr<scalar_t>(), s);
+                                               dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
     }
@@ -338,9 +358,9 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:  // dw is channels_last: (K, R, S, Cg) in memory
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
           conv2d_backward_weight_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                                dw.mutable_data_ptr<scalar_t>(), s);
+                                                dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
       case ConvKernel::kDepthwise:
@@ -364,24 +384,24 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
       case ConvKernel::kWinograd:
         TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
       case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_cpu", [&] {
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_weight_cpu", [&] {
           conv2d_backward_weight_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                                dw.mutable_data_ptr<scalar_t>(), s);
+                                                dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
     }
   }
   if (output_mask[2] && cl) {
-    AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_bias_nhwc_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_bias_nhwc_cpu", [&] {
       conv2d_backward_bias_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), db.mutable_data_ptr<scalar_t>(), s);
     });
   } else if (output_mask[2]) {
-    AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_bias_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_bias_cpu", [&] {
       conv2d_backward_bias<scalar_t>(dy.const_data_ptr<scalar_t>(), db.mutable_data_ptr<scalar_t>(), s,
                                      data_or_null<scalar_t>(r));
     });
   }
-  return {dx, dw, db};
+  return {dx.to(t), dw.to(t), db};  // bfloat16: the one rounding (db's sum is rounded once by its kernel)
 }
 
 Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
@@ -389,6 +409,11 @@ Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input
                           std::array<bool, 3> output_mask) {
   const Conv2dShape s =
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
+  const at::ScalarType t = input.scalar_type();
+  if (t == at::kBFloat16 && !bf16_native(s, conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast))
+    return to_dtype(conv2d_backward_cpu(to_float(grad_output), to_float(input), to_float(weight), stride, padding,
+                                        dilation, groups, output_mask),
+                    t);
   return conv2d_backward_impl(grad_output, at::Tensor(), input, weight, s, output_mask);
 }
 
@@ -402,6 +427,11 @@ Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
   check_relu_backward(grad_output, result, kCpuTypes);
   const bool cl = conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast;
+  const at::ScalarType t = input.scalar_type();
+  if (t == at::kBFloat16 && !bf16_native(s, cl))
+    return to_dtype(conv2d_relu_backward_cpu(to_float(grad_output), to_float(result), to_float(input), to_float(weight),
+                                             stride, padding, dilation, groups, output_mask),
+                    t);
   if (gate_fusable(s, grad_output.scalar_type(), output_mask, cl))
     return conv2d_backward_impl(grad_output, result, input, weight, s, output_mask);
   static const auto relu_backward = c10::Dispatcher::singleton()

@@ -48,6 +48,9 @@ bool machine_has(Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   switch (isa) {
+    case Isa::kAvx512Bf16:  // vdpbf16ps; the pair packing uses AVX512BW's 16-bit permutes
+      return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512f");
     case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
     case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::kGeneric: return true;
@@ -59,6 +62,7 @@ bool machine_has(Isa isa) {
 }
 
 Isa best_isa() {
+  if (machine_has(Isa::kAvx512Bf16)) return Isa::kAvx512Bf16;
   if (machine_has(Isa::kAvx512)) return Isa::kAvx512;
   if (machine_has(Isa::kAvx2)) return Isa::kAvx2;
   return Isa::kGeneric;
@@ -66,6 +70,7 @@ Isa best_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     case Isa::kGeneric: return "generic";
@@ -75,13 +80,13 @@ const char* isa_name(Isa isa) {
 
 Isa parse_isa(const std::string& s) {
   if (s == "auto" || s.empty()) return best_isa();
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
+  for (Isa isa : {Isa::kAvx512Bf16, Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
     if (s == isa_name(isa)) {
       TORCH_CHECK(machine_has(isa), "fastconv: this CPU cannot run the '", s, "' kernels");
       return isa;
     }
   }
-  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU ISA '", s, "' (expected auto, avx512, avx2 or generic)");
+  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU ISA '", s, "' (expected auto, avx512_bf16, avx512, avx2 or generic)");
 }
 
 // ---- conv2d algorithm ----
@@ -160,6 +165,12 @@ ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool c
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
+}
+
+bool bf16_native(const Conv2dShape& s, bool channels_last) {
+  // Every pass of a bfloat16 call chooses kDepthwise or a GEMM (the other kernels are float32 only).
+  const ConvKernel k = forward_kernel(s, at::kBFloat16, channels_last);
+  return current_isa() == Isa::kAvx512Bf16 && (k == ConvKernel::kGemm || k == ConvKernel::kNhwcGemm);
 }
 
 bool reads_gate(ConvKernel k) {

@@ -10,8 +10,9 @@
 //
 // Settings (each read from its environment variable once, at load; a bad value falls back to
 // "auto" rather than stop the library loading; changed at run time through fastconv.set_cpu_*):
-//   FASTCONV_CPU_ISA        "auto" (the best this machine has), "avx512", "avx2", "generic":
-//                           fastconv.set_cpu_isa; tests run every ISA's path on one machine.
+//   FASTCONV_CPU_ISA        "auto" (the best this machine has), "avx512_bf16", "avx512", "avx2",
+//                           "generic": fastconv.set_cpu_isa; tests run every ISA's path on one
+//                           machine ("avx512" on an AVX512_BF16 CPU: bfloat16 by its float32 path).
 //   FASTCONV_CPU_CONV_ALGO  "auto" (Winograd where faster), "exact" (never Winograd),
 //                           "winograd" (wherever it can run): fastconv.set_cpu_conv_algo.
 #pragma once
@@ -25,13 +26,15 @@
 namespace fastconv {
 namespace cpu {
 
-// The dtypes every CPU op takes (the kernels are instantiated for these through
-// AT_DISPATCH_FLOATING_TYPES); the fast paths are float32 only.
+// The dtypes every CPU op takes. float32 and float64 run every kernel; bfloat16 runs the bf16
+// GEMMs where bf16_native() says so, and elsewhere the float32 kernels on float32 copies of its
+// operands (every result rounded to bfloat16 once, at the end).
 constexpr DTypes kCpuTypes = kCpuDtypes;
 
-// The instruction set the CPU kernels use. Code compiled for AVX-512 (cpu/avx512.h) runs only when
-// current_isa() is kAvx512, so one binary serves every x86-64 CPU.
-enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+// The instruction set the CPU kernels use; each level includes the ones below it. Code compiled
+// for AVX-512 (cpu/avx512.h) runs only when current_isa() >= kAvx512, the bf16 dot-product GEMM
+// (vdpbf16ps) only at kAvx512Bf16, so one binary serves every x86-64 CPU.
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 Isa current_isa();
 
 // What conv2d may use: kAuto Winograd where it is faster, else the exact paths; kExact never
@@ -57,6 +60,11 @@ enum class ConvKernel {
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
+
+// Whether the bfloat16 convolution s runs the bf16 GEMMs itself (kGemm / kNhwcGemm: operands in
+// bf16, float32 accumulators, kAvx512Bf16 selected); when false its passes run the float32 kernels
+// on float32 copies. The same answer for every pass.
+bool bf16_native(const Conv2dShape& s, bool channels_last);
 
 // Whether kernel k can read dy as relu_backward(dy, gate) on the fly (conv2d_relu_backward's gate).
 bool reads_gate(ConvKernel k);

@@ -9,6 +9,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "common/checks.h"
 #include "cpu/avx512.h"
 #include "cpu/dispatch.h"
@@ -85,10 +87,11 @@ FC_TARGET_AVX512 void relu_backward_range_avx512(const double* dy, const double*
 
 template <typename T>
 void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
-  const bool avx512 = current_isa() == Isa::kAvx512;
+  const bool avx512 = current_isa() >= Isa::kAvx512;
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
 #if defined(__x86_64__)
-    if (avx512) return relu_forward_range_avx512(x, y, b, e);
+    if constexpr (!std::is_same_v<T, c10::BFloat16>)  // float32 and float64
+      if (avx512) return relu_forward_range_avx512(x, y, b, e);
 #endif
     relu_forward_range(x, y, b, e);
   });
@@ -96,10 +99,11 @@ void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
 
 template <typename T>
 void relu_backward(const T* dy, const T* out, T* dx, int64_t n) {
-  const bool avx512 = current_isa() == Isa::kAvx512;
+  const bool avx512 = current_isa() >= Isa::kAvx512;
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
 #if defined(__x86_64__)
-    if (avx512) return relu_backward_range_avx512(dy, out, dx, b, e);
+    if constexpr (!std::is_same_v<T, c10::BFloat16>)
+      if (avx512) return relu_backward_range_avx512(dy, out, dx, b, e);
 #endif
     relu_backward_range(dy, out, dx, b, e);
   });
@@ -127,7 +131,7 @@ at::Tensor relu_cpu(const at::Tensor& input) {
   check_relu("relu", input, kCpuTypes, false);
   at::Tensor x = dense(input);
   at::Tensor y = at::empty_like(x);  // x's strides
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastconv_relu_cpu", [&] {
     relu_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.numel());
   });
   return y;
@@ -136,7 +140,7 @@ at::Tensor relu_cpu(const at::Tensor& input) {
 void relu_inplace_cpu(at::Tensor& input) {
   check_relu("relu_", input, kCpuTypes, true);
   at::Tensor x = dense(input);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu_inplace_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastconv_relu_inplace_cpu", [&] {
     relu_forward<scalar_t>(x.const_data_ptr<scalar_t>(), x.mutable_data_ptr<scalar_t>(), x.numel());
   });
   if (!x.is_same(input)) input.copy_(x);
@@ -148,7 +152,7 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
   at::Tensor out = dense(result);
   at::Tensor dy = same_layout(grad_output, out);
   at::Tensor dx = at::empty_like(out);
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_relu_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastconv_relu_backward_cpu", [&] {
     relu_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
                             dx.mutable_data_ptr<scalar_t>(), dy.numel());
   });
