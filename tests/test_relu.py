@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import fastconv.functional as FC
+from conftest import CPU_ISAS
 from helpers import RELU_SHAPES, randn, same_bits
 
 SPECIAL = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-38, -1e-38]
@@ -102,8 +103,8 @@ def test_relu_gradcheck(backend, rng):
     assert torch.autograd.gradcheck(FC.relu, (x,))
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_relu_every_cpu_isa(isa, dtype, rng):
     """Every ISA's loops, with tails of every length below a vector and chunks split across threads."""
     import fastconv

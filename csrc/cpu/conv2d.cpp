@@ -26,6 +26,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -227,10 +228,16 @@ at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kBFloat16 ? at::kFl
 
 at::Tensor to_float(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
 
+// y in dtype t with y's exact strides (Tensor::to re-derives them for an empty tensor).
+at::Tensor cast(const at::Tensor& y, at::ScalarType t) {
+  if (y.scalar_type() == t) return y;
+  return at::empty_strided(y.sizes(), y.strides(), y.options().dtype(t)).copy_(y);
+}
+
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-Grads to_dtype(const Grads& g, at::ScalarType t) {
-  return {std::get<0>(g).to(t), std::get<1>(g).to(t), std::get<2>(g).to(t)};  // .to keeps each layout
+Grads cast(const Grads& g, at::ScalarType t) {
+  return {cast(std::get<0>(g), t), cast(std::get<1>(g), t), cast(std::get<2>(g), t)};
 }
 
 at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -242,12 +249,12 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   const at::ScalarType t = input.scalar_type();
   if (t == at::kBFloat16 && !bf16_native(s, cl)) {
     const std::optional<at::Tensor> b32 = bias.has_value() ? std::optional<at::Tensor>(to_float(*bias)) : bias;
-    return conv2d_cpu_impl(to_float(input), to_float(weight), b32, stride, padding, dilation, groups, relu).to(t);
+    return cast(conv2d_cpu_impl(to_float(input), to_float(weight), b32, stride, padding, dilation, groups, relu), t);
   }
   at::Tensor x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();  // NHWC reads w by strides
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().dtype(acc_dtype(t)).memory_format(fmt));
-  if (y.numel() == 0) return y.to(t);
+  if (y.numel() == 0) return cast(y, t);
   switch (forward_kernel(s, t, cl)) {
     case ConvKernel::kNhwcGemm:
       AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_nhwc_cpu", [&] {
@@ -284,7 +291,7 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
       });
       break;
   }
-  return y.to(t);  // bfloat16: the one rounding
+  return cast(y, t);  // bfloat16: the one rounding
 }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -401,7 +408,7 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
                                      data_or_null<scalar_t>(r));
     });
   }
-  return {dx.to(t), dw.to(t), db};  // bfloat16: the one rounding (db's sum is rounded once by its kernel)
+  return {cast(dx, t), cast(dw, t), db};  // bfloat16: the one rounding (db's sum is rounded once by its kernel)
 }
 
 Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
@@ -411,7 +418,7 @@ Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
   const at::ScalarType t = input.scalar_type();
   if (t == at::kBFloat16 && !bf16_native(s, conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast))
-    return to_dtype(conv2d_backward_cpu(to_float(grad_output), to_float(input), to_float(weight), stride, padding,
+    return cast(conv2d_backward_cpu(to_float(grad_output), to_float(input), to_float(weight), stride, padding,
                                         dilation, groups, output_mask),
                     t);
   return conv2d_backward_impl(grad_output, at::Tensor(), input, weight, s, output_mask);
@@ -429,7 +436,7 @@ Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
   const bool cl = conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast;
   const at::ScalarType t = input.scalar_type();
   if (t == at::kBFloat16 && !bf16_native(s, cl))
-    return to_dtype(conv2d_relu_backward_cpu(to_float(grad_output), to_float(result), to_float(input), to_float(weight),
+    return cast(conv2d_relu_backward_cpu(to_float(grad_output), to_float(result), to_float(input), to_float(weight),
                                              stride, padding, dilation, groups, output_mask),
                     t);
   if (gate_fusable(s, grad_output.scalar_type(), output_mask, cl))
