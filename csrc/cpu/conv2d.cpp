@@ -221,8 +221,8 @@ const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
-// ---- bfloat16: the bf16 GEMMs write float32 outputs (acc_t), rounded to bfloat16 once at the end;
-// calls bf16_native declines run the float32 kernels on float32 copies, rounded the same way ----
+// ---- bfloat16: every pass writes float32 (acc_t), rounded to bfloat16 once at the end; a pass whose
+// kernel does not take bfloat16 operands (dispatch's takes_bf16) runs on float32 copies of them ----
 
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kBFloat16 ? at::kFloat : t; }
 
@@ -236,10 +236,6 @@ at::Tensor cast(const at::Tensor& y, at::ScalarType t) {
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-Grads cast(const Grads& g, at::ScalarType t) {
-  return {cast(std::get<0>(g), t), cast(std::get<1>(g), t), cast(std::get<2>(g), t)};
-}
-
 at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            bool relu) {
@@ -247,23 +243,22 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const at::ScalarType t = input.scalar_type();
-  if (t == at::kBFloat16 && !bf16_native(s, cl)) {
-    const std::optional<at::Tensor> b32 = bias.has_value() ? std::optional<at::Tensor>(to_float(*bias)) : bias;
-    return cast(conv2d_cpu_impl(to_float(input), to_float(weight), b32, stride, padding, dilation, groups, relu), t);
-  }
   at::Tensor x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();  // NHWC reads w by strides
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().dtype(acc_dtype(t)).memory_format(fmt));
   if (y.numel() == 0) return cast(y, t);
-  switch (forward_kernel(s, t, cl)) {
+  const ConvKernel k = forward_kernel(s, t, cl);
+  if (t == at::kBFloat16 && !takes_bf16(k)) x = to_float(x), w = to_float(w), b = to_float(b);
+  const at::ScalarType ot = x.scalar_type();  // the operands' dtype
+  switch (k) {
     case ConvKernel::kNhwcGemm:
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_nhwc_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_nhwc_cpu", [&] {
         conv2d_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
                                       data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
       });
       break;
     case ConvKernel::kDepthwise:
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_depthwise_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_cpu", [&] {
         depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                     data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
       });
@@ -285,7 +280,7 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
                             y.mutable_data_ptr<float>(), s, relu);
       break;
     case ConvKernel::kGemm:
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_cpu", [&] {
         conv2d_forward_gemm<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                       data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
       });
@@ -322,39 +317,53 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
   TORCH_INTERNAL_ASSERT(!r.defined() || !cl, "fastconv: the NHWC kernels cannot read a gate");
+  // The operands of a pass: the call's, or for a bfloat16 pass on a float32 kernel float32 copies
+  // (made once, shared by both passes).
+  struct Operands {
+    at::Tensor dy, x, w, r;
+  };
+  const Operands call{dy, x, w, r};
+  std::optional<Operands> copies;
+  auto operands = [&](ConvKernel k) -> const Operands& {
+    if (t != at::kBFloat16 || takes_bf16(k)) return call;
+    if (!copies) copies = Operands{to_float(dy), to_float(x), to_float(w), to_float(r)};
+    return *copies;
+  };
   if (output_mask[0] && dx.numel() > 0) {
     const ConvKernel k = backward_input_kernel(s, t, cl);
-    TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
+    const Operands& o = operands(k);
+    const at::ScalarType ot = o.dy.scalar_type();
+    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
-          conv2d_backward_input_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                               strides_of(w), dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
+          conv2d_backward_input_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                               strides_of(o.w), dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
       case ConvKernel::kDepthwise:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
-          depthwise_backward_input<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                             dx.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(r));
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
+          depthwise_backward_input<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                             dx.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
         });
         break;
       case ConvKernel::kSmallM:
-        small_m_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
-                               data_or_null<float>(r));
+        small_m_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
+                               data_or_null<float>(o.r));
         break;
       case ConvKernel::kStridedDirect:
         TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no input-gradient pass");
       case ConvKernel::kWinograd:
-        winograd_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
-                                s, data_or_null<float>(r));
+        winograd_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
+                                s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kDirect:
-        conv2d_backward_input_direct(dy.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                                     dx.mutable_data_ptr<float>(), s, data_or_null<float>(r));
+        conv2d_backward_input_direct(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
+                                     dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_input_cpu", [&] {
-          conv2d_backward_input_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_cpu", [&] {
+          conv2d_backward_input_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
                                                dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
@@ -362,37 +371,39 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   }
   if (output_mask[1]) {
     const ConvKernel k = backward_weight_kernel(s, t, cl);
-    TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
+    const Operands& o = operands(k);
+    const at::ScalarType ot = o.dy.scalar_type();
+    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:  // dw is channels_last: (K, R, S, Cg) in memory
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
-          conv2d_backward_weight_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
+          conv2d_backward_weight_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
                                                 dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
       case ConvKernel::kDepthwise:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
-          depthwise_backward_weight<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                              dw.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(r));
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
+          depthwise_backward_weight<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                              dw.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
         });
         break;
       case ConvKernel::kSmallM:
-        small_m_backward_weight(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
-                                data_or_null<float>(r));
+        small_m_backward_weight(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
+                                data_or_null<float>(o.r));
         break;
       case ConvKernel::kDirect:
-        direct_conv_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
-                                direct_shape(s), data_or_null<float>(r));
+        direct_conv_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
+                                direct_shape(s), data_or_null<float>(o.r));
         break;
       case ConvKernel::kStridedDirect:
-        strided_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
-                                   dw.mutable_data_ptr<float>(), s, data_or_null<float>(r));
+        strided_direct_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
+                                   dw.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kWinograd:
         TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
       case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_weight_cpu", [&] {
-          conv2d_backward_weight_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_cpu", [&] {
+          conv2d_backward_weight_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
                                                 dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
@@ -416,11 +427,6 @@ Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input
                           std::array<bool, 3> output_mask) {
   const Conv2dShape s =
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
-  const at::ScalarType t = input.scalar_type();
-  if (t == at::kBFloat16 && !bf16_native(s, conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast))
-    return cast(conv2d_backward_cpu(to_float(grad_output), to_float(input), to_float(weight), stride, padding,
-                                        dilation, groups, output_mask),
-                    t);
   return conv2d_backward_impl(grad_output, at::Tensor(), input, weight, s, output_mask);
 }
 
@@ -434,11 +440,6 @@ Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
       check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kCpuTypes);
   check_relu_backward(grad_output, result, kCpuTypes);
   const bool cl = conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast;
-  const at::ScalarType t = input.scalar_type();
-  if (t == at::kBFloat16 && !bf16_native(s, cl))
-    return cast(conv2d_relu_backward_cpu(to_float(grad_output), to_float(result), to_float(input), to_float(weight),
-                                             stride, padding, dilation, groups, output_mask),
-                    t);
   if (gate_fusable(s, grad_output.scalar_type(), output_mask, cl))
     return conv2d_backward_impl(grad_output, result, input, weight, s, output_mask);
   static const auto relu_backward = c10::Dispatcher::singleton()

@@ -143,7 +143,14 @@ ConvKernel convolution_kernel(const Conv2dShape& s, at::ScalarType t) {
 Isa current_isa() { return g_isa.get(); }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
+// bfloat16's kernel for a pass whose float32 kernel is k.
+ConvKernel bf16_kernel(ConvKernel k) {
+  if (current_isa() != Isa::kAvx512Bf16 || k == ConvKernel::kWinograd || k == ConvKernel::kDepthwise) return k;
+  return k == ConvKernel::kNhwcGemm ? k : ConvKernel::kGemm;
+}
+
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (t == at::kBFloat16) return bf16_kernel(forward_kernel(s, at::kFloat, channels_last));
   if (channels_last) return ConvKernel::kNhwcGemm;
   if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && !winograd_chosen(s) && small_m_chosen(s)) return ConvKernel::kSmallM;
@@ -152,6 +159,7 @@ ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_
 }
 
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (t == at::kBFloat16) return bf16_kernel(backward_input_kernel(s, at::kFloat, channels_last));
   if (channels_last) return ConvKernel::kNhwcGemm;
   if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && !winograd_chosen(input_grad_dual(s)) && small_m_chosen(s)) return ConvKernel::kSmallM;
@@ -159,6 +167,7 @@ ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool ch
 }
 
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (t == at::kBFloat16) return bf16_kernel(backward_weight_kernel(s, at::kFloat, channels_last));
   if (channels_last) return ConvKernel::kNhwcGemm;
   if (depthwise_supports(s)) return ConvKernel::kDepthwise;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
@@ -167,9 +176,7 @@ ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool c
   return ConvKernel::kGemm;
 }
 
-bool bf16_native(const Conv2dShape& s, bool channels_last) {
-  // Every pass of a bfloat16 call chooses kDepthwise or a GEMM (the other kernels are float32 only).
-  const ConvKernel k = forward_kernel(s, at::kBFloat16, channels_last);
+bool takes_bf16(ConvKernel k) {
   return current_isa() == Isa::kAvx512Bf16 && (k == ConvKernel::kGemm || k == ConvKernel::kNhwcGemm);
 }
 

@@ -26,9 +26,9 @@
 namespace fastconv {
 namespace cpu {
 
-// The dtypes every CPU op takes. float32 and float64 run every kernel; bfloat16 runs the bf16
-// GEMMs where bf16_native() says so, and elsewhere the float32 kernels on float32 copies of its
-// operands (every result rounded to bfloat16 once, at the end).
+// The dtypes every CPU op takes. float32 and float64 run every kernel; a bfloat16 pass runs the
+// bf16 GEMMs where takes_bf16() says so, and elsewhere the float32 kernels on float32 copies of its
+// operands (every result accumulated in float32 and rounded to bfloat16 once, at the end).
 constexpr DTypes kCpuTypes = kCpuDtypes;
 
 // The instruction set the CPU kernels use; each level includes the ones below it. Code compiled
@@ -53,7 +53,9 @@ enum class ConvKernel {
   kNhwcGemm,  // GEMMs reading NHWC memory (cpu/conv2d_nhwc.h): every pass of channels_last convs
 };
 
-// The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
+// The kernel for each pass of the convolution s on tensors of dtype t. For bfloat16: float32's
+// choice, except that with kAvx512Bf16 the bf16 GEMMs replace the exact float32 kernels other than
+// kDepthwise (twice the multiplies per instruction); Winograd stays (4x fewer multiplies). The input gradient runs on
 // the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise, kSmallM or
 // kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kNhwcGemm: the
 // other kernels read and write NCHW.
@@ -61,10 +63,9 @@ ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 
-// Whether the bfloat16 convolution s runs the bf16 GEMMs itself (kGemm / kNhwcGemm: operands in
-// bf16, float32 accumulators, kAvx512Bf16 selected); when false its passes run the float32 kernels
-// on float32 copies. The same answer for every pass.
-bool bf16_native(const Conv2dShape& s, bool channels_last);
+// Whether kernel k takes bfloat16 operands itself: the GEMMs (kGemm, kNhwcGemm) with kAvx512Bf16
+// selected. A bfloat16 pass on any other kernel runs it on float32 copies of its operands.
+bool takes_bf16(ConvKernel k);
 
 // Whether kernel k can read dy as relu_backward(dy, gate) on the fly (conv2d_relu_backward's gate).
 bool reads_gate(ConvKernel k);

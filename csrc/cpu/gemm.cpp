@@ -217,7 +217,7 @@ MicroKernel<c10::BFloat16> micro_kernel<c10::BFloat16>() {
 #if defined(__x86_64__)
   if (current_isa() == Isa::kAvx512Bf16) return {8, 32, &uk_avx512_bf16};
 #endif
-  TORCH_INTERNAL_ASSERT(false, "fastconv: the bfloat16 GEMM needs AVX512_BF16 (cpu::bf16_native)");
+  TORCH_INTERNAL_ASSERT(false, "fastconv: the bfloat16 GEMM needs AVX512_BF16 (cpu::takes_bf16)");
 }
 
 template <>

@@ -58,7 +58,7 @@ struct MicroKernel {
 };
 
 // The micro-kernel for the ISA in use (cpu::current_isa(), cpu/dispatch.h). bfloat16's needs
-// Isa::kAvx512Bf16 (dispatch's bf16_native); its a and b are to_pairs panels.
+// Isa::kAvx512Bf16 (dispatch's takes_bf16); its a and b are to_pairs panels.
 template <typename T>
 MicroKernel<T> micro_kernel();
 
