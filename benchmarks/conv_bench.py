@@ -9,6 +9,8 @@
 Vendor path: on CPU PyTorch's native ops (oneDNN convolution, ATen max-pool / ReLU); on GPU cuDNN,
 reported twice (TF32 off = like-for-like fp32, and PyTorch's default), cudnn.benchmark = True.
 ``--channels-last`` adds the vendor on channels_last (NHWC) inputs as one more comparison.
+``--dtype bfloat16`` on CPU times native bf16 (the reference), fastconv on float32 copies of the
+same inputs (column fastconv_fp32: fastconv's float32 time / its bfloat16 time) and fastconv bf16.
 
 Per case: conv forward / backward-data / backward-weight (+ fused conv+bias+ReLU when fastconv has
 ``conv2d_relu``), max-pool and ReLU forward / backward on the activation shapes of the suites.
@@ -186,7 +188,7 @@ def run(args, impls=None, cases=None):
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last)
+    impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last, dtype)
     names = list(impls)
     ref, test, vendors = names[0], names[-1], names[:-1]
     modes = ["kernel"] if device.type == "cuda" else (["kernel", "alloc"] if args.alloc == "both" else [args.alloc])
@@ -262,7 +264,7 @@ def main(argv=None):
         print_table(report, markdown=args.markdown)
         return 0 if report["ok"] else 1
     try:
-        impls = default_impls(torch.device(args.device), args.impl, args.channels_last)
+        impls = default_impls(torch.device(args.device), args.impl, args.channels_last, DTYPES[args.dtype])
     except Exception as e:
         print(f"conv_bench: cannot load the implementation under test ({type(e).__name__}: {e}).\n"
               "Build fastconv first (pip install --no-build-isolation . from the repo root), or run with --impl native "
