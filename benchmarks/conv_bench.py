@@ -10,6 +10,8 @@ Vendor path: on CPU PyTorch's native ops (oneDNN convolution, ATen max-pool / Re
 reported twice (TF32 off = like-for-like fp32, and PyTorch's default), cudnn.benchmark = True.
 ``--channels-last`` adds the vendor and fastconv on channels_last (NHWC) inputs: the column
 "vs native_cl" compares fastconv_cl with native_cl (same memory format on both sides).
+``--dtype bfloat16`` on CPU times native bf16 (the reference), fastconv on float32 copies of the
+same inputs (column fastconv_fp32: fastconv's float32 time / its bfloat16 time) and fastconv bf16.
 
 Per case: conv forward / backward-data / backward-weight (+ fused conv+bias+ReLU when fastconv has
 ``conv2d_relu``), max-pool and ReLU forward / backward on the activation shapes of the suites.
@@ -203,7 +205,7 @@ def run(args, impls=None, cases=None):
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last)
+    impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last, dtype)
     names = list(impls)
     ref, test = names[0], names[-1]
     vendors = [n for n in names[:-1] if n not in tested_names(impls)]
@@ -282,7 +284,7 @@ def main(argv=None):
         print_table(report, markdown=args.markdown)
         return 0 if report["ok"] else 1
     try:
-        impls = default_impls(torch.device(args.device), args.impl, args.channels_last)
+        impls = default_impls(torch.device(args.device), args.impl, args.channels_last, DTYPES[args.dtype])
     except Exception as e:
         print(f"conv_bench: cannot load the implementation under test ({type(e).__name__}: {e}).\n"
               "Build fastconv first (pip install --no-build-isolation . from the repo root), or run with --impl native "

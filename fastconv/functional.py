@@ -80,11 +80,14 @@ def _conv(op, input, weight, bias, stride, padding, dilation, groups, residual=N
         padding = _pair("padding", padding)
     if not isinstance(groups, int) or isinstance(groups, bool):
         raise TypeError(f"fastconv.{op}: groups must be an int, got {groups!r}")
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        # Under autocast a convolution runs in the autocast dtype, as torch.nn.functional.conv2d does.
-        dt = torch.get_autocast_dtype("cuda")
-        x, weight = x.to(dt), weight.to(dt)
-        bias = bias.to(dt) if bias is not None else None
+    if torch.is_autocast_enabled(x.device.type):
+        # Under autocast (CPU or CUDA) a convolution runs in the autocast dtype, as
+        # torch.nn.functional.conv2d does (it is on both lower-precision lists); like autocast,
+        # float64 tensors are left as they are. The casts are differentiable: parameters get
+        # their gradients in their own dtype.
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = (t.to(dt) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+                           for t in (x, weight, bias))
     if _onnx_exporting():  # torch.onnx.export: the torch operators the exporters translate (Conv, Add, Relu)
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
         out = out + residual if op == "conv2d_add" else out

@@ -155,7 +155,12 @@ def cpu_backend():
     return Backend("cpu")
 
 
-@pytest.fixture(params=["avx512", "avx2", "generic"])
+# The CPU instruction sets fastconv.set_cpu_isa takes, best first; "avx512_bf16" adds the bfloat16
+# GEMMs (vdpbf16ps) to "avx512", where bfloat16 runs the float32 kernels on float32 copies.
+CPU_ISAS = ["avx512_bf16", "avx512", "avx2", "generic"]
+
+
+@pytest.fixture(params=CPU_ISAS)
 def cpu_isa(request):
     """Runs the test with the CPU kernels of one instruction set (skipped where the CPU lacks it)."""
     try:

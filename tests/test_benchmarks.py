@@ -177,6 +177,18 @@ def test_conv_bench_channels_last_pairs_fastconv_cl():
     assert {r["layer"] for r in report["rows"]} >= {"pool3x3s2", "pool1", "relu1"}
 
 
+def test_conv_bench_bfloat16(tmp_path):
+    """--dtype bfloat16 on CPU: native bf16 (reference), fastconv on float32 copies, fastconv bf16."""
+    js = tmp_path / "bf16.json"
+    p = run_script("conv_bench", "--dtype", "bfloat16", "--device", "cpu", "--shape", "2,16,10,10,24,3,3,1,1",
+                   "--min-time", "0.01", "--alloc", "kernel", "--json", str(js), "--no-progress")
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(js.read_text())
+    check_conv_report(r)
+    assert r["dtype"] == "bfloat16" and r["implementations"] == ["native", "fastconv_fp32", "fastconv"]
+    assert all(row["ok"] and "fastconv_fp32" in row["speedup"]["kernel"] for row in r["rows"])
+
+
 def test_roofline_prints(capsys):
     roofline.roofline(cases.suite_cases("catdog"))
     out = capsys.readouterr().out

@@ -27,7 +27,7 @@ def same_format(out, ref, what=""):
 
 # ---- relu ----
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("gy_format", FORMATS)
 @pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 1, 4, 4), (0, 3, 2, 2), (2, 17, 3, 1)])
 def test_relu(backend, shape, gy_format, dtype, rng):
@@ -76,7 +76,7 @@ def _pool_check(backend, x64, params, dtype, rng, gy_format=CL):
     same_format(x.grad, ref_x.grad, "grad_input")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cfg", POOL_GRID, ids=[f"grid{i}" for i in range(len(POOL_GRID))])
 def test_max_pool2d(backend, cfg, dtype, rng):
     N, C, H, W, *params = cfg
@@ -185,7 +185,7 @@ ISA_CONVS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cfg", ISA_CONVS, ids=[f"c{i}" for i in range(len(ISA_CONVS))])
 def test_conv2d_every_cpu_isa(cpu_isa, cfg, dtype, rng):
     _conv_check(cpu_backend(), cfg, dtype, rng)

@@ -122,7 +122,7 @@ def _llc_elems(dtype):
     return llc // torch.empty((), dtype=dtype).element_size() + 1001
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_relu_every_cpu_isa(cpu_isa, dtype, rng):
     """Every ISA's loops: ends of every length below a vector, misaligned starts (views at an
     offset), chunks split across threads, outputs past the last-level cache (streamed stores);

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from helpers import rel_err, randn
+from helpers import TOL, rel_err, randn
 
 CPU_CONV_ALGO = "auto"  # conftest.cpu_conv_algo: this module picks per test
 WINO_TOL = 1e-4
 
-pytestmark = pytest.mark.skipif(fastconv.info()["cpu_isa"] != "avx512",
+pytestmark = pytest.mark.skipif(not fastconv.info()["cpu_isa"].startswith("avx512"),
                                 reason="Winograd runs only with the AVX-512 kernels")
 
 # (N, C, H, W, K, padding, bias)
@@ -88,6 +88,25 @@ def test_input_gradient(winograd, shape, rng):
                                                     [True, False, False])
     assert dw.numel() == 0 and db.numel() == 0
     _check(dx, xr.grad, "grad_input")
+
+
+@pytest.mark.parametrize("shape", SHAPES[::2], ids=IDS[::2])
+def test_bfloat16(winograd, shape, rng):
+    """bfloat16 passes whose float32 kernel is Winograd run it on float32 copies (forward, input
+    gradient; the weight gradient runs the bf16 GEMM or a float32 kernel): bf16's budget against
+    float64 on the bf16-rounded inputs, one rounding at the end."""
+    x, w, b, p = _data(shape, rng)
+    x, w, b = (None if t is None else t.bfloat16() for t in (x, w, b))
+    x64, w64, b64 = (None if t is None else t.double().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(x64, w64, b64, 1, p)
+    gy = randn(ref.shape, rng, torch.float64).bfloat16()
+    ref.backward(gy.double())
+    out = torch.ops.fastconv.conv2d(x, w, b, [1, 1], [p, p], [1, 1], 1)
+    dx, dw, _ = torch.ops.fastconv.conv2d_backward(gy, x, w, [1, 1], [p, p], [1, 1], 1, [True, True, False])
+    for got, want, what in [(out, ref, "forward"), (dx, x64.grad, "grad_input"), (dw, w64.grad, "grad_weight")]:
+        assert got.dtype == torch.bfloat16 and torch.isfinite(got).all(), what
+        err = rel_err(got, want)
+        assert err <= TOL[torch.bfloat16], f"{what}: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("shape", SHAPES[::3], ids=IDS[::3])

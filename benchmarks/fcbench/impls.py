@@ -59,6 +59,10 @@ def fastconv_ops():
     return ops
 
 
+def to_float32(t):
+    return {k: v.float() if v.is_floating_point() else v for k, v in t.items()}
+
+
 def to_channels_last(t):
     return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in t.items()}
 
@@ -70,10 +74,12 @@ def cudnn_flags(tf32):
     return prepare
 
 
-def default_impls(device, under_test="fastconv", channels_last=False):
+def default_impls(device, under_test="fastconv", channels_last=False, dtype=torch.float32):
     """Vendor implementation(s) first (the first is the reference), the one under test last;
     channels_last adds the vendor on channels_last (NHWC) inputs as one more comparison, and (for
-    fastconv) fastconv on the same channels_last inputs, compared with that vendor."""
+    fastconv) fastconv on the same channels_last inputs, compared with that vendor; a bfloat16 run
+    on the CPU adds fastconv on float32 copies of the inputs (its speedup column: fastconv float32
+    time / fastconv bfloat16 time)."""
     if device.type == "cuda":
         impls = {"cudnn": Impl("cudnn", native_ops(), cudnn_flags(False), "cuDNN, TF32 off (like-for-like fp32)"),
                  "cudnn_tf32": Impl("cudnn_tf32", native_ops(), cudnn_flags(True), "cuDNN, PyTorch default (TF32 on)")}
@@ -84,6 +90,9 @@ def default_impls(device, under_test="fastconv", channels_last=False):
         name = first.name + "_cl"
         impls[name] = Impl(name, native_ops(), first.prepare, first.description + ", channels_last inputs",
                            to_channels_last)
+    if under_test == "fastconv" and dtype == torch.bfloat16 and device.type == "cpu":
+        impls["fastconv_fp32"] = Impl("fastconv_fp32", fastconv_ops(), description="fastconv on float32 copies",
+                                      layout=to_float32)
     if under_test == "fastconv":
         prepare = cudnn_flags(False) if device.type == "cuda" else (lambda: None)
         if channels_last:

@@ -18,7 +18,7 @@ using DTypes = std::initializer_list<c10::ScalarType>;
 
 // The dtypes each backend's kernels take, written once (fastconv.info()["dtypes"] reports them;
 // the SIMT emulator runs the CUDA kernels, so it takes the CUDA list).
-constexpr DTypes kCpuDtypes = {at::kFloat, at::kDouble};
+constexpr DTypes kCpuDtypes = {at::kFloat, at::kDouble, at::kBFloat16};
 constexpr DTypes kCudaDtypes = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
 
 // All sizes of one conv2d call. Input (N,C,H,W), weight (K,C/groups,R,S), output (N,K,P,Q).

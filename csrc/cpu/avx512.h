@@ -1,6 +1,6 @@
 // AVX-512 code paths of the CPU kernels. The extension is compiled for baseline x86-64; functions
 // marked FC_TARGET_AVX512 are compiled for AVX-512F and may only run when
-// cpu::current_isa() == Isa::kAvx512 (cpu/dispatch.h), so one binary serves every x86-64 CPU and tests
+// cpu::current_isa() >= Isa::kAvx512 (cpu/dispatch.h), so one binary serves every x86-64 CPU and tests
 // can run each path.
 #pragma once
 

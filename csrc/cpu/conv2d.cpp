@@ -26,6 +26,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -114,13 +115,14 @@ void conv2d_forward_winograd(const float* x, const at::Tensor& weight, const flo
   winograd_conv3x3(x, u.data, bias, y, s, relu);
 }
 
-// ---- GEMM kernels (any dtype) ----
+// ---- GEMM kernels (any dtype; outputs in acc_t<T>: float32 for bfloat16 operands) ----
 
 // y = conv2d(x) (+ bias), then relu(y) when `relu` (the fused epilogue of conv2d_relu).
 // weight is w's tensor (the packed weights come from packed_weight, cpu/packed_weights.h).
 template <typename T>
-void conv2d_forward_gemm(const T* x, const at::Tensor& weight, const T* w, const T* bias, T* y, const Conv2dShape& s,
-                         bool relu) {
+void conv2d_forward_gemm(const T* x, const at::Tensor& weight, const T* w, const T* bias, acc_t<T>* y,
+                         const Conv2dShape& s, bool relu) {
+  using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t tiles = ceil_div(PQ, kColumnTile);
@@ -137,15 +139,15 @@ void conv2d_forward_gemm(const T* x, const at::Tensor& weight, const T* w, const
       const int64_t t = task % tiles, ng = task / tiles, g = ng % s.groups, n = ng / s.groups;
       const int64_t j0 = t * kColumnTile, nc = std::min(kColumnTile, PQ - j0);
       const T* xg = x + (n * s.C + g * Cg) * HW;
-      T* yg = y + (n * s.K + g * Kg) * PQ + j0;
+      Acc* yg = y + (n * s.K + g * Kg) * PQ + j0;
       gemm<T>(Kg, nc, CRS, wpacked[g], Im2colAsB<T>{geo, xg, j0}, yg, PQ, 1, false);
       if (bias || relu)
         for (int64_t k = 0; k < Kg; ++k) {
-          const T b = bias ? bias[g * Kg + k] : T(0);
-          T* row = yg + k * PQ;
+          const Acc b = bias ? Acc(bias[g * Kg + k]) : Acc(0);
+          Acc* row = yg + k * PQ;
           for (int64_t j = 0; j < nc; ++j) {
-            const T v = row[j] + b;
-            row[j] = relu && v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+            const Acc v = row[j] + b;
+            row[j] = relu && v < Acc(0) ? Acc(0) : v;  // NaN stays NaN, as in relu
           }
         }
     }
@@ -155,7 +157,8 @@ void conv2d_forward_gemm(const T* x, const at::Tensor& weight, const T* w, const
 // Input gradient. Tasks own disjoint channel blocks of dx (col2im of rows of channel c only
 // touches input plane c), so no two tasks write the same element.
 template <typename T>
-void conv2d_backward_input_gemm(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+void conv2d_backward_input_gemm(const T* dy, const T* w, acc_t<T>* dx, const Conv2dShape& s) {
+  using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   // Channels per task: a multiple of 24 (so that the block's first row, cb*RS*b, is a multiple of
@@ -164,13 +167,13 @@ void conv2d_backward_input_gemm(const T* dy, const T* w, T* dx, const Conv2dShap
   const int64_t cblocks = ceil_div(Cg, cb);
   const std::vector<PackedA<T>> wpacked = pack_weights(w, s, /*transposed=*/true);
   at::parallel_for(0, s.N * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
-    static thread_local Scratch<T> col_scratch;
-    T* col = col_scratch.get(cb * RS * kColumnTile);
+    static thread_local Scratch<Acc> col_scratch;
+    Acc* col = col_scratch.get(cb * RS * kColumnTile);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task % cblocks, ng = task / cblocks, g = ng % s.groups, n = ng / s.groups;
       const int64_t c0 = b * cb, cn = std::min(cb, Cg - c0), rows = cn * RS;
-      T* dxg = dx + (n * s.C + g * Cg) * HW;
-      std::fill(dxg + c0 * HW, dxg + (c0 + cn) * HW, T(0));
+      Acc* dxg = dx + (n * s.C + g * Cg) * HW;
+      std::fill(dxg + c0 * HW, dxg + (c0 + cn) * HW, Acc(0));
       const T* dyg = dy + (n * s.K + g * Kg) * PQ;
       for (int64_t j0 = 0; j0 < PQ; j0 += kColumnTile) {
         const int64_t nc = std::min(kColumnTile, PQ - j0);
@@ -185,7 +188,8 @@ void conv2d_backward_input_gemm(const T* dy, const T* w, T* dx, const Conv2dShap
 // Weight gradient. Tasks own disjoint row blocks of dW^T; the sum over images is split into a
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
-void conv2d_backward_weight_gemm(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+void conv2d_backward_weight_gemm(const T* dy, const T* x, acc_t<T>* dw, const Conv2dShape& s) {
+  using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // rows per task
@@ -193,15 +197,15 @@ void conv2d_backward_weight_gemm(const T* dy, const T* x, T* dw, const Conv2dSha
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * rblocks)));
   const int64_t wsize = s.K * CRS;
   // Partial sum 0 is dw itself; others live in a scratch tensor.
-  std::vector<T> partial(size_t((splits - 1) * wsize));
+  std::vector<Acc> partial(size_t((splits - 1) * wsize));
   at::parallel_for(0, splits * s.groups * rblocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task % rblocks, rest = task / rblocks, g = rest % s.groups, sp = rest / s.groups;
       const int64_t r0 = b * rb, rows = std::min(rb, CRS - r0);
       const int64_t n0 = sp * s.N / splits, n1 = (sp + 1) * s.N / splits;
-      T* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + r0;
+      Acc* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + r0;
       if (n0 == n1) {
-        for (int64_t k = 0; k < Kg; ++k) std::fill(out + k * CRS, out + k * CRS + rows, T(0));
+        for (int64_t k = 0; k < Kg; ++k) std::fill(out + k * CRS, out + k * CRS + rows, Acc(0));
         continue;
       }
       for (int64_t n = n0; n < n1; ++n) {
@@ -247,31 +251,50 @@ const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
+// ---- bfloat16: every pass writes float32 (acc_t), rounded to bfloat16 once at the end; a pass whose
+// kernel does not take bfloat16 operands (dispatch's takes_bf16) runs on float32 copies of them ----
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kBFloat16 ? at::kFloat : t; }
+
+at::Tensor to_float(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+
+// y in dtype t with y's exact strides (Tensor::to re-derives them for an empty tensor).
+at::Tensor cast(const at::Tensor& y, at::ScalarType t) {
+  if (y.scalar_type() == t) return y;
+  return at::empty_strided(y.sizes(), y.strides(), y.options().dtype(t)).copy_(y);
+}
+
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
 at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            bool relu) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, kCpuTypes);
   const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  const at::ScalarType t = input.scalar_type();
   at::Tensor x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();  // NHWC reads w by strides
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
-  if (y.numel() == 0) return y;
-  switch (forward_kernel(s, x.scalar_type(), cl, packed_weights_cacheable(weight))) {
+  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().dtype(acc_dtype(t)).memory_format(fmt));
+  if (y.numel() == 0) return cast(y, t);
+  const ConvKernel k = forward_kernel(s, t, cl, packed_weights_cacheable(weight));
+  if (t == at::kBFloat16 && !takes_bf16(k)) x = to_float(x), w = to_float(w), b = to_float(b);
+  const at::ScalarType ot = x.scalar_type();  // the operands' dtype
+  switch (k) {
     case ConvKernel::kNhwcGemm:
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_nhwc_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_nhwc_cpu", [&] {
         conv2d_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
-                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
       });
       break;
     case ConvKernel::kDepthwiseNhwc:
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_depthwise_nhwc_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_nhwc_cpu", [&] {
         depthwise_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
                                          data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
       });
       break;
     case ConvKernel::kDepthwise:
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_depthwise_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_cpu", [&] {
         depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                     data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
       });
@@ -293,13 +316,13 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
                             y.mutable_data_ptr<float>(), s, relu);
       break;
     case ConvKernel::kGemm:
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_cpu", [&] {
         conv2d_forward_gemm<scalar_t>(x.const_data_ptr<scalar_t>(), weight, w.const_data_ptr<scalar_t>(),
-                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
+                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
       });
       break;
   }
-  return y;
+  return cast(y, t);  // bfloat16: the one rounding
 }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -321,7 +344,7 @@ at::Tensor conv2d_add_cpu(const at::Tensor& input, const at::Tensor& weight, con
   check_conv2d_add(input, weight, bias, residual, stride, padding, dilation, groups, kCpuTypes);
   at::Tensor y = conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, false);
   const at::Tensor r = residual.contiguous(conv2d_memory_format(input, weight));  // y's element order
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastconv_conv2d_add_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "fastconv_conv2d_add_cpu", [&] {
     scalar_t* out = y.mutable_data_ptr<scalar_t>();
     const scalar_t* add = r.const_data_ptr<scalar_t>();
     at::parallel_for(0, y.numel(), 16384, [&](int64_t begin, int64_t end) {
@@ -334,8 +357,6 @@ at::Tensor conv2d_add_cpu(const at::Tensor& input, const at::Tensor& weight, con
   return y;
 }
 
-using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
 // The requested gradients from dy, or with a gate from relu_backward(dy, gate) read on the fly;
 // a gate needs gate_fusable (every kernel it reaches reads it).
 Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate, const at::Tensor& input,
@@ -344,114 +365,131 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   at::Tensor dy = grad_output.contiguous(fmt), x = input.contiguous(fmt), w = cl ? weight : weight.contiguous();
-  // An unrequested gradient is a fresh empty tensor (outputs must not alias each other).
+  // An unrequested gradient is a fresh empty tensor (outputs must not alias each other). dx and dw
+  // in the accumulator dtype (float32 for bfloat16, rounded once on return).
+  const at::ScalarType t = x.scalar_type();
   at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0},
-                            input.options().memory_format(output_mask[0] ? fmt : at::MemoryFormat::Contiguous));
+                            input.options().dtype(acc_dtype(t)).memory_format(output_mask[0] ? fmt : at::MemoryFormat::Contiguous));
   at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0},
-                            weight.options().memory_format(output_mask[1] ? fmt : at::MemoryFormat::Contiguous));
+                            weight.options().dtype(acc_dtype(t)).memory_format(output_mask[1] ? fmt : at::MemoryFormat::Contiguous));
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
   TORCH_INTERNAL_ASSERT(!r.defined() || !cl, "fastconv: the NHWC kernels cannot read a gate");
-  const at::ScalarType t = x.scalar_type();
+  // The operands of a pass: the call's, or for a bfloat16 pass on a float32 kernel float32 copies
+  // (made once, shared by both passes).
+  struct Operands {
+    at::Tensor dy, x, w, r;
+  };
+  const Operands call{dy, x, w, r};
+  std::optional<Operands> copies;
+  auto operands = [&](ConvKernel k) -> const Operands& {
+    if (t != at::kBFloat16 || takes_bf16(k)) return call;
+    if (!copies) copies = Operands{to_float(dy), to_float(x), to_float(w), to_float(r)};
+    return *copies;
+  };
   if (output_mask[0] && dx.numel() > 0) {
     const ConvKernel k = backward_input_kernel(s, t, cl);
-    TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
+    const Operands& o = operands(k);
+    const at::ScalarType ot = o.dy.scalar_type();
+    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
-          conv2d_backward_input_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                               strides_of(w), dx.mutable_data_ptr<scalar_t>(), s);
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
+          conv2d_backward_input_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                               strides_of(o.w), dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
       case ConvKernel::kDepthwiseNhwc:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_input_nhwc_cpu", [&] {
-          depthwise_backward_input_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                                  strides_of(w), dx.mutable_data_ptr<scalar_t>(), s);
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_input_nhwc_cpu", [&] {
+          depthwise_backward_input_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                                  strides_of(o.w), dx.mutable_data_ptr<scalar_t>(), s);
         });
         break;
       case ConvKernel::kDepthwise:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
-          depthwise_backward_input<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                             dx.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(r));
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
+          depthwise_backward_input<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                             dx.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
         });
         break;
       case ConvKernel::kSmallM:
-        small_m_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
-                               data_or_null<float>(r));
+        small_m_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
+                               data_or_null<float>(o.r));
         break;
       case ConvKernel::kStridedDirect:
         TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no input-gradient pass");
       case ConvKernel::kWinograd:
-        winograd_backward_input(dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
-                                s, data_or_null<float>(r));
+        winograd_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
+                                s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kDirect:
-        conv2d_backward_input_direct(dy.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                                     dx.mutable_data_ptr<float>(), s, data_or_null<float>(r));
+        conv2d_backward_input_direct(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
+                                     dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_input_cpu", [&] {
-          conv2d_backward_input_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                               dx.mutable_data_ptr<scalar_t>(), s);
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_cpu", [&] {
+          conv2d_backward_input_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                               dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
     }
   }
   if (output_mask[1]) {
     const ConvKernel k = backward_weight_kernel(s, t, cl);
-    TORCH_INTERNAL_ASSERT(!r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
+    const Operands& o = operands(k);
+    const at::ScalarType ot = o.dy.scalar_type();
+    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:  // dw is channels_last: (K, R, S, Cg) in memory
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
-          conv2d_backward_weight_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                                dw.mutable_data_ptr<scalar_t>(), s);
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
+          conv2d_backward_weight_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                                dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
       case ConvKernel::kDepthwiseNhwc:  // dw (K, 1, R, S): the same memory in both formats
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_weight_nhwc_cpu", [&] {
-          depthwise_backward_weight_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_weight_nhwc_cpu", [&] {
+          depthwise_backward_weight_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
                                                    dw.mutable_data_ptr<scalar_t>(), s);
         });
         break;
       case ConvKernel::kDepthwise:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
-          depthwise_backward_weight<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                              dw.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(r));
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
+          depthwise_backward_weight<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                              dw.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
         });
         break;
       case ConvKernel::kSmallM:
-        small_m_backward_weight(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
-                                data_or_null<float>(r));
+        small_m_backward_weight(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
+                                data_or_null<float>(o.r));
         break;
       case ConvKernel::kDirect:
-        direct_conv_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
-                                direct_shape(s), data_or_null<float>(r));
+        direct_conv_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
+                                direct_shape(s), data_or_null<float>(o.r));
         break;
       case ConvKernel::kStridedDirect:
-        strided_direct_weight_grad(dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
-                                   dw.mutable_data_ptr<float>(), s, data_or_null<float>(r));
+        strided_direct_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
+                                   dw.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kWinograd:
         TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
       case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_weight_cpu", [&] {
-          conv2d_backward_weight_gemm<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                                dw.mutable_data_ptr<scalar_t>(), s);
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_cpu", [&] {
+          conv2d_backward_weight_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                                dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
         });
         break;
     }
   }
   if (output_mask[2] && cl) {
-    AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_bias_nhwc_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_bias_nhwc_cpu", [&] {
       conv2d_backward_bias_nhwc<scalar_t>(dy.const_data_ptr<scalar_t>(), db.mutable_data_ptr<scalar_t>(), s);
     });
   } else if (output_mask[2]) {
-    AT_DISPATCH_FLOATING_TYPES(t, "fastconv_conv2d_backward_bias_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_bias_cpu", [&] {
       conv2d_backward_bias<scalar_t>(dy.const_data_ptr<scalar_t>(), db.mutable_data_ptr<scalar_t>(), s,
                                      data_or_null<scalar_t>(r));
     });
   }
-  return {dx, dw, db};
+  return {cast(dx, t), cast(dw, t), db};  // bfloat16: the one rounding (db's sum is rounded once by its kernel)
 }
 
 Grads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,

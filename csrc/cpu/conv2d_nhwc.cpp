@@ -143,7 +143,7 @@ struct NhwcColAsA {
   const T* operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
     const T* zero = zeros<T>(g.S * g.Cg);
     const bool adjacent = g.taps_adjacent();
-    const bool avx512 = current_isa() == Isa::kAvx512;
+    const bool avx512 = current_isa() >= Isa::kAvx512;
     // small_taps_avx512's case: groups 1, unit horizontal stride and dilation, the 8 rows' span of
     // (7 + S) pixels fits one 32-float register pair.
     const bool small = avx512 && adjacent && g.sw == 1 && (7 + g.S) * g.Cg <= 32;
@@ -270,7 +270,8 @@ struct FnMatrix {
 // wt(g, j, k) = Wt_g[k][j] (k = (r*S + s)*Cg + c): y (N, P, Q, K) = col * Wt (+ bias, ReLU).
 // Serves the forward pass and, on the dual convolution, the stride-1 input gradient.
 template <typename T, typename WtFn>
-void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, T* y, const Conv2dShape& s, bool relu) {
+void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, acc_t<T>* y, const Conv2dShape& s, bool relu) {
+  using Acc = acc_t<T>;
   const NhwcGeometry geo(s);
   const int64_t Kg = s.Kg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
   const int64_t tiles = ceil_div(M, kPixelTile);
@@ -295,21 +296,21 @@ void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, T* y, const Conv2dShape&
       const int64_t b = task % cblocks, g = (task / cblocks) % s.groups, t = task / (cblocks * s.groups);
       const int64_t m0 = t * kPixelTile, mt = std::min(kPixelTile, M - m0);
       const int64_t j0 = b * kColBlock, nc = std::min(kColBlock, Kg - j0);
-      T* yt = y + m0 * s.K + g * Kg + j0;  // Y rows m0.., this block's columns; row stride K
+      Acc* yt = y + m0 * s.K + g * Kg + j0;  // Y rows m0.., this block's columns; row stride K
       gemm<T>(mt, nc, CRS, NhwcColAsA<T>{geo, x + g * geo.Cg, m0, M}, packed[g].rows_from(j0), yt, s.K, 1, false);
       // Epilogue on contiguous output rows, one loop per case so that each vectorises.
       const T* bb = bias ? bias + g * Kg + j0 : nullptr;
       for (int64_t i = 0; i < mt && (bb || relu); ++i) {
-        T* __restrict__ row = yt + i * s.K;
+        Acc* __restrict__ row = yt + i * s.K;
         if (bb && relu) {
           for (int64_t j = 0; j < nc; ++j) {
-            const T v = row[j] + bb[j];
-            row[j] = v < T(0) ? T(0) : v;  // NaN stays NaN, as in relu
+            const Acc v = row[j] + Acc(bb[j]);
+            row[j] = v < Acc(0) ? Acc(0) : v;  // NaN stays NaN, as in relu
           }
         } else if (bb) {
-          for (int64_t j = 0; j < nc; ++j) row[j] += bb[j];
+          for (int64_t j = 0; j < nc; ++j) row[j] += Acc(bb[j]);
         } else {
-          for (int64_t j = 0; j < nc; ++j) row[j] = row[j] < T(0) ? T(0) : row[j];
+          for (int64_t j = 0; j < nc; ++j) row[j] = row[j] < Acc(0) ? Acc(0) : row[j];
         }
       }
     }
@@ -319,8 +320,8 @@ void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, T* y, const Conv2dShape&
 }  // namespace
 
 template <typename T>
-void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, T* y, const Conv2dShape& s,
-                         bool relu) {
+void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, acc_t<T>* y,
+                         const Conv2dShape& s, bool relu) {
   const int64_t Kg = s.Kg(), Cg = s.Cg(), S = s.S;
   // Wt_g[k = (r*S + s)*Cg + c][j] = w[g*Kg + j][c][r][s]
   auto wt = [=](int64_t g, int64_t j, int64_t k) {
@@ -331,7 +332,8 @@ void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias
 }
 
 template <typename T>
-void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx, const Conv2dShape& s) {
+void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, acc_t<T>* dx, const Conv2dShape& s) {
+  using Acc = acc_t<T>;
   const int64_t Kg = s.Kg(), Cg = s.Cg(), R = s.R, S = s.S;
   const bool dual = s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= s.dil_h * (R - 1) &&
                     s.pad_w <= s.dil_w * (S - 1);
@@ -363,12 +365,12 @@ void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx
   }
   constexpr int64_t kTile = 96;
   at::parallel_for(0, s.N * s.groups, 1, [&](int64_t begin, int64_t end) {
-    static thread_local Scratch<T> col_scratch;
-    T* col = col_scratch.get(kTile * CRS);
+    static thread_local Scratch<Acc> col_scratch;
+    Acc* col = col_scratch.get(kTile * CRS);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task % s.groups, n = task / s.groups;
-      T* dxn = dx + n * HWC + g * Cg;
-      for (int64_t i = 0; i < s.H * s.W; ++i) std::fill(dxn + i * s.C, dxn + i * s.C + Cg, T(0));
+      Acc* dxn = dx + n * HWC + g * Cg;
+      for (int64_t i = 0; i < s.H * s.W; ++i) std::fill(dxn + i * s.C, dxn + i * s.C + Cg, Acc(0));
       for (int64_t m0 = 0; m0 < PQ; m0 += kTile) {
         const int64_t mt = std::min(kTile, PQ - m0);
         gemm<T>(mt, CRS, Kg, StridedMatrix<T>{dy + (n * PQ + m0) * s.K + g * Kg, s.K, 1}, packed[g].rows_from(0),
@@ -378,8 +380,8 @@ void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx
           for (int64_t rs = 0; rs < R * S; ++rs) {
             const int64_t off = geo.tap(o, rs / S, rs % S);
             if (off < 0) continue;
-            T* d = dx + off + g * Cg;
-            const T* src = col + i * CRS + rs * Cg;
+            Acc* d = dx + off + g * Cg;
+            const Acc* src = col + i * CRS + rs * Cg;
             for (int64_t c = 0; c < Cg; ++c) d[c] += src[c];
           }
         }
@@ -389,7 +391,8 @@ void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx
 }
 
 template <typename T>
-void conv2d_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+void conv2d_backward_weight_nhwc(const T* dy, const T* x, acc_t<T>* dw, const Conv2dShape& s) {
+  using Acc = acc_t<T>;
   const NhwcGeometry geo(s);
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
   const int64_t cb = std::max<int64_t>(64, ceil_div(ceil_div(CRS, 2), 32) * 32);  // dW columns per task
@@ -397,13 +400,13 @@ void conv2d_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dSha
   // Partial sums over pixel ranges: a count fixed by the shape (never by the thread count).
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(M / 1024, 8 / (s.groups * cblocks)));
   const int64_t wsize = s.K * CRS;
-  std::vector<T> partial(size_t((splits - 1) * wsize));
+  std::vector<Acc> partial(size_t((splits - 1) * wsize));
   at::parallel_for(0, splits * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task % cblocks, rest = task / cblocks, g = rest % s.groups, sp = rest / s.groups;
       const int64_t j0 = b * cb, cols = std::min(cb, CRS - j0);
       const int64_t m0 = sp * M / splits, m1 = (sp + 1) * M / splits;
-      T* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + j0;
+      Acc* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS + j0;
       // dW_g[kout][j0 + j] = sum_m dy[m][g*Kg + kout] * col[m][j0 + j]; A = dY^T (rows kout, depth m).
       NhwcColAsB<T> colb{geo, x + g * Cg, m0};
       auto shifted = [&](T* dst, int64_t jj, int64_t nc, int64_t k0, int64_t kc, int nr) {
@@ -431,13 +434,14 @@ void conv2d_backward_bias_nhwc(const T* dy, T* db, const Conv2dShape& s) {
 }
 
 #define FC_INSTANTIATE(T)                                                                                   \
-  template void conv2d_forward_nhwc<T>(const T*, const T*, WeightStrides, const T*, T*, const Conv2dShape&, \
-                                       bool);                                                               \
-  template void conv2d_backward_input_nhwc<T>(const T*, const T*, WeightStrides, T*, const Conv2dShape&);   \
-  template void conv2d_backward_weight_nhwc<T>(const T*, const T*, T*, const Conv2dShape&);                 \
+  template void conv2d_forward_nhwc<T>(const T*, const T*, WeightStrides, const T*, acc_t<T>*,            \
+                                       const Conv2dShape&, bool);                                           \
+  template void conv2d_backward_input_nhwc<T>(const T*, const T*, WeightStrides, acc_t<T>*, const Conv2dShape&); \
+  template void conv2d_backward_weight_nhwc<T>(const T*, const T*, acc_t<T>*, const Conv2dShape&);          \
   template void conv2d_backward_bias_nhwc<T>(const T*, T*, const Conv2dShape&);
 FC_INSTANTIATE(float)
 FC_INSTANTIATE(double)
+FC_INSTANTIATE(c10::BFloat16)
 
 }  // namespace cpu
 }  // namespace fastconv

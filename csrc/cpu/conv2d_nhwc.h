@@ -11,12 +11,14 @@
 //   bias grad:    db[K] = column sums of dY[M x K] (float64 accumulation, fixed order)
 // col[m][(r, s, c)] = x[n][h][w][g*Cg + c] with h = p*sh - ph + r*dh, w = q*sw - pw + s*dw (0 in the
 // padding) is never stored. x, y, dy, dx are dense NHWC (strides H*W*C, 1, W*C, C); the weight is
-// read through its strides (any layout).
+// read through its strides (any layout). y, dx and dw are acc_t<T> (cpu/gemm.h): float32 for
+// bfloat16 operands, which the caller rounds once.
 #pragma once
 
 #include <cstdint>
 
 #include "common/checks.h"
+#include "cpu/gemm.h"
 
 namespace fastconv {
 namespace cpu {
@@ -27,12 +29,12 @@ struct WeightStrides {
 };
 
 template <typename T>
-void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, T* y, const Conv2dShape& s,
-                         bool relu);
+void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias, acc_t<T>* y,
+                         const Conv2dShape& s, bool relu);
 template <typename T>
-void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, T* dx, const Conv2dShape& s);
+void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, acc_t<T>* dx, const Conv2dShape& s);
 template <typename T>
-void conv2d_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2dShape& s);
+void conv2d_backward_weight_nhwc(const T* dy, const T* x, acc_t<T>* dw, const Conv2dShape& s);
 template <typename T>
 void conv2d_backward_bias_nhwc(const T* dy, T* db, const Conv2dShape& s);
 

@@ -443,7 +443,7 @@ FC_INLINE void store_rows(const T* out, int64_t L, T bias, bool relu, T* y, int6
 // Whether the float32 AVX-512 kernels run.
 template <typename T>
 bool use_avx512() {
-  return std::is_same_v<T, float> && current_isa() == Isa::kAvx512;
+  return std::is_same_v<T, float> && current_isa() >= Isa::kAvx512;
 }
 
 // ---------------------------------------------------------------------------------------------

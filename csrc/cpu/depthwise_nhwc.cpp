@@ -209,13 +209,13 @@ template <typename T>
 const RowKernels<T>& row_kernels() {
   if constexpr (std::is_same_v<T, float>) {
 #if defined(__x86_64__)
-    if (current_isa() == Isa::kAvx512) return avx512_f32;
+    if (current_isa() >= Isa::kAvx512) return avx512_f32;
     if (current_isa() == Isa::kAvx2) return avx2_f32;
 #endif
     return generic_f32;
   } else {
 #if defined(__x86_64__)
-    if (current_isa() == Isa::kAvx512) return avx512_f64;
+    if (current_isa() >= Isa::kAvx512) return avx512_f64;
     if (current_isa() == Isa::kAvx2) return avx2_f64;
 #endif
     return generic_f64;

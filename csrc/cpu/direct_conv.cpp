@@ -250,7 +250,7 @@ void copy_padded_rows(const float* x, const float* gate, int64_t channels, const
 }  // namespace
 
 bool direct_conv_supports(const Conv2dShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && s.pad_h >= 0 && s.pad_w >= 0 && current_isa() == Isa::kAvx512;
+  return s.stride_h == 1 && s.stride_w == 1 && s.pad_h >= 0 && s.pad_w >= 0 && current_isa() >= Isa::kAvx512;
 }
 
 void direct_conv(const float* x, const float* wpacked, const float* bias, float* y, const DirectConvShape& d,

@@ -53,6 +53,9 @@ bool machine_has(Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   switch (isa) {
+    case Isa::kAvx512Bf16:  // vdpbf16ps; the pair packing uses AVX512BW's 16-bit permutes
+      return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512f");
     case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
     case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::kGeneric: return true;
@@ -64,6 +67,7 @@ bool machine_has(Isa isa) {
 }
 
 Isa best_isa() {
+  if (machine_has(Isa::kAvx512Bf16)) return Isa::kAvx512Bf16;
   if (machine_has(Isa::kAvx512)) return Isa::kAvx512;
   if (machine_has(Isa::kAvx2)) return Isa::kAvx2;
   return Isa::kGeneric;
@@ -71,6 +75,7 @@ Isa best_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     case Isa::kGeneric: return "generic";
@@ -80,13 +85,13 @@ const char* isa_name(Isa isa) {
 
 Isa parse_isa(const std::string& s) {
   if (s == "auto" || s.empty()) return best_isa();
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
+  for (Isa isa : {Isa::kAvx512Bf16, Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
     if (s == isa_name(isa)) {
       TORCH_CHECK(machine_has(isa), "fastconv: this CPU cannot run the '", s, "' kernels");
       return isa;
     }
   }
-  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU ISA '", s, "' (expected auto, avx512, avx2 or generic)");
+  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU ISA '", s, "' (expected auto, avx512_bf16, avx512, avx2 or generic)");
 }
 
 // ---- conv2d algorithm ----
@@ -190,7 +195,17 @@ const CacheSizes& cache_sizes() {
 }
 ConvAlgo current_conv_algo() { return g_algo.get(); }
 
+// bfloat16's kernel for a pass whose float32 kernel is k: with AVX512_BF16 the bf16 GEMMs replace
+// the exact layout-neutral kernels; Winograd, depthwise and the NHWC kernels keep their own.
+ConvKernel bf16_kernel(ConvKernel k) {
+  if (current_isa() != Isa::kAvx512Bf16 || k == ConvKernel::kWinograd || k == ConvKernel::kDepthwise ||
+      k == ConvKernel::kDepthwiseNhwc || k == ConvKernel::kNhwcGemm)
+    return k;
+  return ConvKernel::kGemm;
+}
+
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last, bool weights_kept) {
+  if (t == at::kBFloat16) return bf16_kernel(forward_kernel(s, at::kFloat, channels_last, weights_kept));
   if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(s, weights_kept) && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
@@ -198,17 +213,23 @@ ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_
 }
 
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (t == at::kBFloat16) return bf16_kernel(backward_input_kernel(s, at::kFloat, channels_last));
   if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(input_grad_dual(s)) && small_m_chosen(s)) return ConvKernel::kSmallM;
   return convolution_kernel(input_grad_dual(s), t);
 }
 
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last) {
+  if (t == at::kBFloat16) return bf16_kernel(backward_weight_kernel(s, at::kFloat, channels_last));
   if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
   if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
+}
+
+bool takes_bf16(ConvKernel k) {
+  return current_isa() == Isa::kAvx512Bf16 && (k == ConvKernel::kGemm || k == ConvKernel::kNhwcGemm);
 }
 
 bool reads_gate(ConvKernel k) {

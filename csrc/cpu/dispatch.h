@@ -10,8 +10,9 @@
 //
 // Settings (each read from its environment variable once, at load; a bad value falls back to
 // "auto" rather than stop the library loading; changed at run time through fastconv.set_cpu_*):
-//   FASTCONV_CPU_ISA        "auto" (the best this machine has), "avx512", "avx2", "generic":
-//                           fastconv.set_cpu_isa; tests run every ISA's path on one machine.
+//   FASTCONV_CPU_ISA        "auto" (the best this machine has), "avx512_bf16", "avx512", "avx2",
+//                           "generic": fastconv.set_cpu_isa; tests run every ISA's path on one
+//                           machine ("avx512" on an AVX512_BF16 CPU: bfloat16 by its float32 path).
 //   FASTCONV_CPU_CONV_ALGO  "auto" (Winograd where faster), "exact" (never Winograd),
 //                           "winograd" (wherever it can run): fastconv.set_cpu_conv_algo.
 #pragma once
@@ -25,13 +26,15 @@
 namespace fastconv {
 namespace cpu {
 
-// The dtypes every CPU op takes (the kernels are instantiated for these through
-// AT_DISPATCH_FLOATING_TYPES); the fast paths are float32 only.
+// The dtypes every CPU op takes. float32 and float64 run every kernel; a bfloat16 pass runs the
+// bf16 GEMMs where takes_bf16() says so, and elsewhere the float32 kernels on float32 copies of its
+// operands (every result accumulated in float32 and rounded to bfloat16 once, at the end).
 constexpr DTypes kCpuTypes = kCpuDtypes;
 
-// The instruction set the CPU kernels use. Code compiled for AVX-512 (cpu/avx512.h) runs only when
-// current_isa() is kAvx512, so one binary serves every x86-64 CPU.
-enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+// The instruction set the CPU kernels use; each level includes the ones below it. Code compiled
+// for AVX-512 (cpu/avx512.h) runs only when current_isa() >= kAvx512, the bf16 dot-product GEMM
+// (vdpbf16ps) only at kAvx512Bf16, so one binary serves every x86-64 CPU.
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 Isa current_isa();
 
 // This machine's data-cache sizes in bytes, read once: Linux's /sys view of cpu0, else glibc's
@@ -60,7 +63,9 @@ enum class ConvKernel {
   kNhwcGemm,  // GEMMs reading NHWC memory (cpu/conv2d_nhwc.h): every pass of channels_last convs
 };
 
-// The kernel for each pass of the convolution s on tensors of dtype t. The input gradient runs on
+// The kernel for each pass of the convolution s on tensors of dtype t. For bfloat16: float32's
+// choice, except that with kAvx512Bf16 the bf16 GEMMs replace the exact float32 kernels other than
+// kDepthwise (twice the multiplies per instruction); Winograd stays (4x fewer multiplies). The input gradient runs on
 // the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise, kSmallM or
 // kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kDepthwiseNhwc
 // when depthwise, else kNhwcGemm: the other kernels read and write NCHW. weights_kept: the
@@ -70,6 +75,10 @@ ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_
                           bool weights_kept = false);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
+
+// Whether kernel k takes bfloat16 operands itself: the GEMMs (kGemm, kNhwcGemm) with kAvx512Bf16
+// selected. A bfloat16 pass on any other kernel runs it on float32 copies of its operands.
+bool takes_bf16(ConvKernel k);
 
 // Whether kernel k can read dy as relu_backward(dy, gate) on the fly (conv2d_relu_backward's gate).
 bool reads_gate(ConvKernel k);

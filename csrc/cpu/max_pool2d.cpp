@@ -204,7 +204,7 @@ FC_TARGET_AVX512 bool unpool_row_2x2_avx512(const float* dy, const int64_t* idx,
 // Whether the AVX-512 2x2 stride-2 row kernels run s on T (their int32 in-plane indices fit).
 template <typename T>
 bool fast_2x2(const Pool2dShape& s) {
-  return std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && is_2x2_s2(s) && s.H * s.W + s.W < (int64_t(1) << 31);
+  return std::is_same_v<T, float> && current_isa() >= Isa::kAvx512 && is_2x2_s2(s) && s.H * s.W + s.W < (int64_t(1) << 31);
 }
 
 template <typename T>
@@ -355,7 +355,7 @@ void max_pool2d_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& 
   const int64_t HWC = s.H * s.W * s.C, PQ = s.P * s.Q;
   bool fast = false;
 #if defined(__x86_64__)
-  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && s.H * s.W + s.W < (int64_t(1) << 31);
+  fast = std::is_same_v<T, float> && current_isa() >= Isa::kAvx512 && s.H * s.W + s.W < (int64_t(1) << 31);
 #endif
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, s.C * s.kh * s.kw));
   at::parallel_for(0, s.N * PQ, grain, [&](int64_t begin, int64_t end) {
@@ -482,7 +482,7 @@ void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, con
   const int64_t HWC = s.H * s.W * s.C, QC = s.Q * s.C;
   bool fast = false;
 #if defined(__x86_64__)
-  fast = std::is_same_v<T, float> && current_isa() == Isa::kAvx512 && s.H * s.W + s.W < (int64_t(1) << 31);
+  fast = std::is_same_v<T, float> && current_isa() >= Isa::kAvx512 && s.H * s.W + s.W < (int64_t(1) << 31);
 #endif
   std::atomic<bool> all_ok{true};
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, QC * s.kh * s.kw));
@@ -520,7 +520,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
   at::Tensor y = at::empty({s.N, s.C, s.P, s.Q}, input.options().memory_format(fmt));
   at::Tensor idx = at::empty({s.N, s.C, s.P, s.Q}, input.options().dtype(at::kLong).memory_format(fmt));
   if (y.numel() == 0) return {y, idx};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_max_pool2d_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastconv_max_pool2d_cpu", [&] {
     (nhwc ? max_pool2d_forward_nhwc<scalar_t> : max_pool2d_forward<scalar_t>)(
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>(), s);
   });
@@ -543,7 +543,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   at::Tensor dy = grad_output.contiguous(fmt), idx = indices.contiguous(fmt);
   at::Tensor dx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options().memory_format(fmt));
   if (dx.numel() == 0) return dx;
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_max_pool2d_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastconv_max_pool2d_backward_cpu", [&] {
     (nhwc ? max_pool2d_backward_nhwc<scalar_t> : max_pool2d_backward<scalar_t>)(
         dy.const_data_ptr<scalar_t>(), idx, dx.mutable_data_ptr<scalar_t>(), s);
   });

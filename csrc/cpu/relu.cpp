@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/checks.h"
 #include "cpu/avx512.h"
@@ -141,7 +142,7 @@ int vector_split(const T* out, int64_t b, int64_t e, int64_t& m0, int64_t& m1) {
   m0 = m1 = b;
 #if defined(__x86_64__)
   const Isa isa = current_isa();
-  const int64_t bytes = isa == Isa::kAvx512 ? 64 : isa == Isa::kAvx2 ? 32 : 0;
+  const int64_t bytes = isa >= Isa::kAvx512 ? 64 : isa == Isa::kAvx2 ? 32 : 0;
   const int64_t mis = int64_t(reinterpret_cast<uintptr_t>(out + b) % uintptr_t(bytes ? bytes : 1));
   if (bytes == 0 || mis % int64_t(sizeof(T))) return 0;  // no vectors, or out not even T-aligned
   const int64_t lanes = bytes / int64_t(sizeof(T));
@@ -165,7 +166,8 @@ void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
     int64_t m0, m1;
     if (vector_split(y, b, e, m0, m1)) {
 #if defined(__x86_64__)
-      (current_isa() == Isa::kAvx512 ? relu_forward_avx512<T> : relu_forward_avx2<T>)(x, y, m0, m1, stream);
+      if constexpr (!std::is_same_v<T, c10::BFloat16>)  // float32 and float64 (bfloat16: the loop below)
+        (current_isa() >= Isa::kAvx512 ? relu_forward_avx512<T> : relu_forward_avx2<T>)(x, y, m0, m1, stream);
 #endif
       relu_forward_range(x, y, b, m0);
       b = m1;
@@ -181,7 +183,8 @@ void relu_backward(const T* dy, const T* out, T* dx, int64_t n) {
     int64_t m0, m1;
     if (vector_split(dx, b, e, m0, m1)) {
 #if defined(__x86_64__)
-      (current_isa() == Isa::kAvx512 ? relu_backward_avx512<T> : relu_backward_avx2<T>)(dy, out, dx, m0, m1, stream);
+      if constexpr (!std::is_same_v<T, c10::BFloat16>)
+        (current_isa() >= Isa::kAvx512 ? relu_backward_avx512<T> : relu_backward_avx2<T>)(dy, out, dx, m0, m1, stream);
 #endif
       relu_backward_range(dy, out, dx, b, m0);
       b = m1;
@@ -212,7 +215,7 @@ at::Tensor relu_cpu(const at::Tensor& input) {
   check_relu("relu", input, kCpuTypes, false);
   at::Tensor x = dense(input);
   at::Tensor y = at::empty_like(x);  // x's strides
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastconv_relu_cpu", [&] {
     relu_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.numel());
   });
   return y;
@@ -221,7 +224,7 @@ at::Tensor relu_cpu(const at::Tensor& input) {
 void relu_inplace_cpu(at::Tensor& input) {
   check_relu("relu_", input, kCpuTypes, true);
   at::Tensor x = dense(input);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_relu_inplace_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastconv_relu_inplace_cpu", [&] {
     relu_forward<scalar_t>(x.const_data_ptr<scalar_t>(), x.mutable_data_ptr<scalar_t>(), x.numel());
   });
   if (!x.is_same(input)) input.copy_(x);
@@ -233,7 +236,7 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
   at::Tensor out = dense(result);
   at::Tensor dy = same_layout(grad_output, out);
   at::Tensor dx = at::empty_like(out);
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastconv_relu_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastconv_relu_backward_cpu", [&] {
     relu_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
                             dx.mutable_data_ptr<scalar_t>(), dy.numel());
   });

@@ -204,7 +204,7 @@ int64_t broadcast_chunk() { return std::max<int64_t>(16, caches().l1 / 2 / (kBwd
 }  // namespace
 
 bool small_m_supports(const Conv2dShape& s) {
-  return current_isa() == Isa::kAvx512 && s.N > 0 && s.P > 0 && s.Q > 0 && s.Cg() > 0 && s.Kg() > 0;
+  return current_isa() >= Isa::kAvx512 && s.N > 0 && s.P > 0 && s.Q > 0 && s.Cg() > 0 && s.Kg() > 0;
 }
 
 bool small_m_faster(const Conv2dShape& s) {

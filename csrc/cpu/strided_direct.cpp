@@ -170,7 +170,7 @@ FC_TARGET_AVX512 void wgrad_tile(const float* const* rows, const float* dyT, int
 
 bool strided_direct_supports(const Conv2dShape& s) {
   const int64_t Wv = ceil_div(s.W + 2 * s.pad_w, s.stride_w);
-  return current_isa() == Isa::kAvx512 && s.groups == 1 && s.pad_h >= 0 && s.pad_w >= 0 &&
+  return current_isa() >= Isa::kAvx512 && s.groups == 1 && s.pad_h >= 0 && s.pad_w >= 0 &&
          s.C * s.R * s.S <= kMaxDepth && Wv >= 16 && s.N > 0 && s.K > 0 && s.P > 0 && s.Q > 0;
 }
 

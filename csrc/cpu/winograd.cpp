@@ -335,7 +335,7 @@ void winograd_run(const float* x, const float* gate, const float* U, const float
 bool winograd_supports(const Conv2dShape& s) {
   if (s.R != 3 || s.S != 3 || s.stride_h != 1 || s.stride_w != 1 || s.dil_h != 1 || s.dil_w != 1 || s.groups != 1)
     return false;
-  return current_isa() == Isa::kAvx512 && s.pad_h >= 0 && s.pad_w >= 0 && s.N > 0 && s.P > 0 && s.Q > 0 &&
+  return current_isa() >= Isa::kAvx512 && s.pad_h >= 0 && s.pad_w >= 0 && s.N > 0 && s.P > 0 && s.Q > 0 &&
          s.C > 0 && s.K > 0;
 }
 
