@@ -137,10 +137,12 @@ FC_TARGET_AVX2 void relu_backward_avx2(const T* dy, const T* out, T* dx, int64_t
 // The vector width of the current ISA's kernels in elements of T (0: the portable loops only), and
 // the split of [b, e) for them: [m0, m1) whole vectors, m0 the first element whose address in
 // `out` is vector-aligned (streamed stores must be), the ends [b, m0) and [m1, e) portable.
+// bfloat16 has the portable loops only.
 template <typename T>
 int vector_split(const T* out, int64_t b, int64_t e, int64_t& m0, int64_t& m1) {
   m0 = m1 = b;
 #if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return 0;
   const Isa isa = current_isa();
   const int64_t bytes = isa >= Isa::kAvx512 ? 64 : isa == Isa::kAvx2 ? 32 : 0;
   const int64_t mis = int64_t(reinterpret_cast<uintptr_t>(out + b) % uintptr_t(bytes ? bytes : 1));
@@ -166,7 +168,7 @@ void relu_forward(const T* x, T* y, int64_t n) {  // y may be x (relu_)
     int64_t m0, m1;
     if (vector_split(y, b, e, m0, m1)) {
 #if defined(__x86_64__)
-      if constexpr (!std::is_same_v<T, c10::BFloat16>)  // float32 and float64 (bfloat16: the loop below)
+      if constexpr (!std::is_same_v<T, c10::BFloat16>)  // (vector_split gives bfloat16 no vectors)
         (current_isa() >= Isa::kAvx512 ? relu_forward_avx512<T> : relu_forward_avx2<T>)(x, y, m0, m1, stream);
 #endif
       relu_forward_range(x, y, b, m0);
