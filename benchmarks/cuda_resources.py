@@ -203,18 +203,31 @@ SASS_CLASSES = [
 ]
 
 
-LOOP_DIV = ("IDIV32", "DIV64", "CALL")
-
-
 def loop_divisions(insts):
-    """Division markers (IDIV32, DIV64, CALL) inside the main loops: the address ranges
-    [target, branch] of backward branches whose body holds an HMMA or FFMA."""
+    """Integer divisions inside the main loops: IDIV32 / DIV64 markers, and CALLs into a subroutine
+    that holds one (the 64-bit division slow path; a CALL.REL.NOINC to just past the loop is the
+    compiler's loop-exit idiom, not a division), within the address ranges [target, branch] of
+    backward branches whose body issues HMMA or FFMA."""
+    addr_index = {a: i for i, (a, _, _) in enumerate(insts)}
+    first_exit = next((a for a, o, _ in insts if o.startswith("EXIT")), None)
+
+    def calls_division(target):  # subroutines sit after the kernel body's first EXIT
+        if first_exit is None or target is None or target < first_exit:
+            return False
+        for _, o, _ in insts[addr_index.get(target, len(insts)):]:
+            if o.startswith(("RET", "EXIT")):
+                return False
+            if re.match(r"^I2F\.U(32|64)\.RP\b", o):
+                return True
+        return False
+
     n = 0
     for a, op, target in insts:
         if op.startswith("BRA") and target is not None and target < a:
-            body = [(b, o) for b, o, _ in insts if target <= b <= a]
-            if any(re.match(r"^(HMMA|FFMA)\b", o) for _, o in body):
-                n += sum(1 for _, o in body for name, pat in SASS_CLASSES if name in LOOP_DIV and re.match(pat, o))
+            body = [(o, t) for b, o, t in insts if target <= b <= a]
+            if any(re.match(r"^(HMMA|FFMA)\b", o) for o, _ in body):
+                n += sum(1 for o, t in body if re.match(r"^I2F\.U(32|64)\.RP\b", o)
+                         or (o.startswith("CALL") and calls_division(t)))
     return n
 
 
@@ -239,7 +252,7 @@ def sass_census(obj):
         if not m or cur is None:
             continue
         op = m.group(3)
-        t = re.search(r"0x([0-9a-f]+)", m.group(4)) if op.startswith("BRA") else None
+        t = re.search(r"0x([0-9a-f]+)", m.group(4)) if op.startswith(("BRA", "CALL")) else None
         insts[cur].append((int(m.group(1), 16), op, int(t.group(1), 16) if t else None))
         for name, pat in SASS_CLASSES:
             if re.match(pat, op):

@@ -127,9 +127,16 @@ void conv2d_fwd_run(const Conv2dShape& s, const at::Tensor& x, const at::Tensor&
 template <typename T>
 constexpr bool tc_dtype = std::is_same<T, at::Half>::value || std::is_same<T, at::BFloat16>::value ||
                           std::is_same<T, float>::value;
+// The kernel indexes pixels (N*H*W, N*P*Q) and weight elements (K*R*S*C, channels padded to 8)
+// in 32 bits; larger problems take the exact path.
+inline bool tc_fits(const Conv2dShape& s) {
+  const int64_t lim = INT32_MAX;
+  return s.N * s.H * s.W < lim && s.N * s.P * s.Q < lim && s.K * s.R * s.S * round_up(s.C, 8) < lim &&
+         s.C * s.R * s.S * round_up(s.K, 8) < lim;
+}
 template <typename T>
 bool use_tc(const Conv2dShape& s) {
-  if (!tc_dtype<T> || s.groups != 1 || forced_conv_config() == -1) return false;
+  if (!tc_dtype<T> || s.groups != 1 || forced_conv_config() == -1 || !tc_fits(s)) return false;
   return !std::is_same<T, float>::value || at::globalContext().allowTF32CuDNN();
 }
 
@@ -201,6 +208,7 @@ at::Tensor conv2d_fwd_tc(const Conv2dShape& s, const at::Tensor& input, const at
   a.cblocks = int(ceil_div(cp, BK));
   a.relu = relu;
   a.out_nchw = fmt != at::MemoryFormat::ChannelsLast;
+  a.pair_store = !a.out_nchw && s.K % 2 == 0 && reinterpret_cast<uintptr_t>(a.out) % (2 * sizeof(T)) == 0;
   cudaStream_t stream = FC_CURRENT_STREAM();
   switch (pick_tc_config(a.M, s.K)) {
     case 0: launch_tc<T, 0>(a, stream); break;

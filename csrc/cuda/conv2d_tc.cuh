@@ -25,8 +25,8 @@
 // (rows 8-15, chunk 0), (rows 0-7, chunk 1), (rows 8-15, chunk 1) gives the A fragment, and over
 // (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1) two B fragments.
 //
-// Epilogue from the accumulators: + bias, ReLU, converted to T, stored NHWC (out[m][n]) or NCHW
-// (out[img][n][p][q]).
+// Epilogue from the accumulators: + bias, ReLU, converted to T, stored NHWC (out[m][n], the lane's
+// two adjacent channels in one store when K is even) or NCHW (out[img][n][p][q]).
 #pragma once
 
 #include <cstring>
@@ -50,6 +50,13 @@ struct TcConvArgs {
   int Q;
   int cblocks;     // ceil(C / BK)
   bool relu, out_nchw;
+  bool pair_store; // NHWC output with K even: one 2-element store per lane and channel pair
+};
+
+// Two adjacent output elements stored at once (4 bytes for half types, 8 for float).
+template <typename T>
+struct alignas(2 * sizeof(T)) TcPair {
+  T v[2];
 };
 
 // The mma for T over 32 bytes of k.
@@ -105,27 +112,28 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
 
   // This thread's 16-byte chunks: rows tid/4 + i*NT/4 of A and B, chunk tid%4 of each row.
   const int chunk = tid % 4;
-  int64_t a_img[Tile::kARows];  // img * H*W*C
+  const int st_off = tc_swz(tid / 4, chunk);  // + i*(NT/4) rows: a multiple of 16, same swizzle
+  int a_pix[Tile::kARows];  // img * H*W: the image's first pixel (N*H*W < 2^31: the launcher checks)
   int a_ih0[Tile::kARows], a_iw0[Tile::kARows];  // window origin; a_ih0 = -2^30 for rows >= M
 #pragma unroll
   for (int i = 0; i < Tile::kARows; ++i) {
     const int64_t m = m0 + tid / 4 + i * (NT / 4);
     const int64_t img = m / a.PQ, pq = m - img * a.PQ;
     const int p = int(pq / a.Q), q = int(pq - int64_t(p) * a.Q);
-    a_img[i] = img * a.H * a.W * a.C;
+    a_pix[i] = int(img) * a.H * a.W;
     a_ih0[i] = m < a.M ? p * a.sh - a.ph : -(1 << 30);
     a_iw0[i] = q * a.sw - a.pw;
   }
-  int64_t b_row[Tile::kBRows];  // n * R*S*C, or -1 for n >= K
+  // B rows n0 + tid/4 + i*NT/4: offset b_row0 + i*b_step (< 2^31: the launcher checks), valid
+  // where bit i of b_ok is set (n < K)
+  const int b_step = (NT / 4) * a.R * a.S * a.C;
+  const int b_row0 = (n0 + tid / 4) * a.R * a.S * a.C;
+  unsigned b_ok = 0;
 #pragma unroll
-  for (int i = 0; i < Tile::kBRows; ++i) {
-    const int n = n0 + tid / 4 + i * (NT / 4);
-    b_row[i] = n < a.K ? int64_t(n) * a.R * a.S * a.C : -1;
-  }
+  for (int i = 0; i < Tile::kBRows; ++i) b_ok |= unsigned(n0 + tid / 4 + i * (NT / 4) < a.K) << i;
 
   // The K iterator: tap (r, s), its offsets r*dh, s*dw, (r*S + s)*C, and the channel block.
-  int r = 0, s = 0, rdh = 0, sdw = 0, cb = 0;
-  int64_t tap_c = 0;
+  int r = 0, s = 0, rdh = 0, sdw = 0, cb = 0, tap_c = 0;
   const int ktiles = a.R * a.S * a.cblocks;
 
   auto load_stage = [&](int stage) {
@@ -137,14 +145,14 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
     for (int i = 0; i < Tile::kARows; ++i) {
       const int ih = a_ih0[i] + rdh, iw = a_iw0[i] + sdw;
       const bool ok = cin && unsigned(ih) < unsigned(a.H) && unsigned(iw) < unsigned(a.W);
-      const T* src = ok ? a.x + a_img[i] + (int64_t(ih) * a.W + iw) * a.C + c : a.x;
-      cp_async_cg(As + tc_swz(tid / 4 + i * (NT / 4), chunk), src, ok ? 16 : 0);
+      const T* src = ok ? a.x + int64_t(a_pix[i] + ih * a.W + iw) * a.C + c : a.x;
+      cp_async_cg(As + st_off + i * (NT / 4) * 64, src, ok ? 16 : 0);
     }
 #pragma unroll
     for (int i = 0; i < Tile::kBRows; ++i) {
-      const bool ok = cin && b_row[i] >= 0;
-      const T* src = ok ? a.w + b_row[i] + tap_c + c : a.w;
-      cp_async_cg(Bs + tc_swz(tid / 4 + i * (NT / 4), chunk), src, ok ? 16 : 0);
+      const bool ok = cin && (b_ok >> i & 1u);
+      const T* src = ok ? a.w + (b_row0 + i * b_step + tap_c + c) : a.w;
+      cp_async_cg(Bs + st_off + i * (NT / 4) * 64, src, ok ? 16 : 0);
     }
     // next K tile
     if (++cb == a.cblocks) {
@@ -178,8 +186,12 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
   const int wm = warp % WM, wn = warp / WM;
   // ldmatrix row addresses of this lane: A rows (lane%8) + 8*((lane/8)%2), chunk +lane/16;
   // B rows (lane%8) + 8*(lane/16), chunk +(lane/8)%2.
+  // Rows 16 apart have the same swizzle, so the lane's byte offsets for k step ks are computed
+  // once; fragment i / j adds i*16 (j*8) rows.
   const int a_lrow = wm * Tile::kWarpM + lane % 8 + 8 * ((lane / 8) % 2), a_lchunk = lane / 16;
   const int b_lrow = wn * Tile::kWarpN + lane % 8 + 8 * (lane / 16), b_lchunk = (lane / 8) % 2;
+  const int a_off[2] = {tc_swz(a_lrow, a_lchunk), tc_swz(a_lrow, 2 + a_lchunk)};
+  const int b_off[2] = {tc_swz(b_lrow, b_lchunk), tc_swz(b_lrow, 2 + b_lchunk)};
 
   for (int kt = 0; kt < ktiles; ++kt) {
     cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt have landed
@@ -195,7 +207,7 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
 #pragma unroll
       for (int j = 0; j < Tile::kNI; j += 2) {
         uint32_t t4[4];
-        ldmatrix_x4(t4, Bs + tc_swz(b_lrow + j * 8, 2 * ks + b_lchunk));
+        ldmatrix_x4(t4, Bs + b_off[ks] + j * 8 * 64);
         tc_round<T>(t4);
         bf[j][0] = t4[0]; bf[j][1] = t4[1];
         bf[j + 1][0] = t4[2]; bf[j + 1][1] = t4[3];
@@ -203,7 +215,7 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
 #pragma unroll
       for (int i = 0; i < Tile::kMI; ++i) {
         uint32_t af[4];
-        ldmatrix_x4(af, As + tc_swz(a_lrow + i * 16, 2 * ks + a_lchunk));
+        ldmatrix_x4(af, As + a_off[ks] + i * 16 * 64);
         tc_round<T>(af);
 #pragma unroll
         for (int j = 0; j < Tile::kNI; ++j) tc_mma(T(), acc[i][j], af, bf[j]);
@@ -231,15 +243,22 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
       }
 #pragma unroll
       for (int j = 0; j < Tile::kNI; ++j) {
+        const int n = n0 + wn * Tile::kWarpN + j * 8 + 2 * t;  // this lane's two channels n, n+1
+        T y[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int n = n0 + wn * Tile::kWarpN + j * 8 + 2 * t + e;
-          if (n >= a.K) continue;
           float v = acc[i][j][2 * h + e];
-          if (a.bias != nullptr) v += static_cast<float>(a.bias[n]);
+          if (a.bias != nullptr && n + e < a.K) v += static_cast<float>(a.bias[n + e]);
           if (a.relu) v = v < 0.f ? 0.f : v;  // keeps NaN and -0.0, as relu does
-          st_global(a.out + base + n * step, from_acc<T>(v));
+          y[e] = from_acc<T>(v);
         }
+        if (a.pair_store) {  // NHWC, K even: n, n+1 adjacent and 2-element aligned
+          if (n < a.K) st_global(reinterpret_cast<TcPair<T>*>(a.out + base + n), TcPair<T>{{y[0], y[1]}});
+          continue;
+        }
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (n + e < a.K) st_global(a.out + base + (n + e) * step, y[e]);
       }
     }
   }
