@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 #include <tuple>
 
 #include "common/checks.h"
@@ -50,10 +51,15 @@ inline DwArgs dw_args(const char* op, const Conv2dShape& s) {
 // NCHW block shape for a plane of `rows` x `cols` thread positions: tq threads along W (a power of
 // two, 4..32, covering cols when it can), tr thread rows (tq*tr <= 256; a multiple of 32 threads
 // when full_warps), vp <= kDwVp rows per thread.
+// Small planes (fewer than 4*256/tq rows) get fewer thread rows with kDwVp rows each when the grid
+// still has >= 1024 threads per SM: more reuse per thread (weights, input rows) at full occupancy.
 inline void dw_block(DwArgs& a, int rows, int cols, bool full_warps) {
   a.tq = 4;
   while (a.tq < cols && a.tq < 32) a.tq *= 2;
   a.tr = std::max(1, std::min(256 / a.tq, rows));
+  const int deep = int(ceil_div(rows, kDwVp));
+  const int64_t planes = a.N * a.C, tiles_q = ceil_div(cols, a.tq);
+  if (!full_warps && deep < a.tr && planes * tiles_q * a.tq * deep >= int64_t(sm_count()) * 1024) a.tr = deep;
   if (full_warps) a.tr = int(round_up(a.tr, 32 / a.tq));
   a.vp = int(std::min<int64_t>(kDwVp, ceil_div(rows, a.tr)));
 }
@@ -112,9 +118,11 @@ template <typename T>
 void dw_forward_nchw(DwArgs a, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor& y,
                      bool relu) {
   using A = acc_t<T>;
-  // 3x3, 5x5, 7x7 at stride 1, dilation 1: the register-blocked variant (KS = R)
+  // 3x3, 5x5, 7x7 at stride 1, dilation 1: the register-blocked variant (KS = R); not 7x7 in
+  // double (49 double weights would spill under the 128-register bound)
+  constexpr bool f64 = std::is_same<A, double>::value;
   const bool unit = a.sh == 1 && a.sw == 1 && a.dh == 1 && a.dw == 1 && a.R == a.S;
-  const int ks = unit && (a.R == 3 || a.R == 5 || a.R == 7) ? a.R : 0;
+  const int ks = unit && (a.R == 3 || a.R == 5 || (a.R == 7 && !f64)) ? a.R : 0;
   dw_block(a, a.P, a.Q, false);
   auto bytes = [ks](DwArgs& t) {
     dw_input_tile(t, ks > 0);
@@ -125,7 +133,9 @@ void dw_forward_nchw(DwArgs a, const at::Tensor& x, const at::Tensor& w, const a
   auto* k = relu ? &dw_fwd_nchw_kernel<T, true, 0> : &dw_fwd_nchw_kernel<T, false, 0>;
   if (ks == 3) k = relu ? &dw_fwd_nchw_kernel<T, true, 3> : &dw_fwd_nchw_kernel<T, false, 3>;
   if (ks == 5) k = relu ? &dw_fwd_nchw_kernel<T, true, 5> : &dw_fwd_nchw_kernel<T, false, 5>;
-  if (ks == 7) k = relu ? &dw_fwd_nchw_kernel<T, true, 7> : &dw_fwd_nchw_kernel<T, false, 7>;
+  if constexpr (!f64) {
+    if (ks == 7) k = relu ? &dw_fwd_nchw_kernel<T, true, 7> : &dw_fwd_nchw_kernel<T, false, 7>;
+  }
   FC_LAUNCH(k, dw_plane_grid("conv2d", a), dim3(unsigned(a.tq * a.tr)), smem, FC_CURRENT_STREAM())(
       x.const_data_ptr<T>(), w.const_data_ptr<T>(), b.defined() ? b.const_data_ptr<T>() : nullptr,
       y.mutable_data_ptr<T>(), a);
@@ -287,6 +297,18 @@ void dw_backward_weight_nhwc(DwArgs a, const at::Tensor& x, const at::Tensor& gy
   dw_reduce_splits<T>(ws, gwb, total, splits);
 }
 
+// Stride 1, multiplier 1, padding <= dilation*(kernel-1): dx is the forward convolution of dy with
+// the kernel flipped, padding dil*(k-1) - pad (so it takes the forward's tiling and its
+// register-blocked 3x3/5x5/7x7 variant). The shape of that forward call, or nullopt.
+inline std::optional<Conv2dShape> dw_backward_data_as_forward(const Conv2dShape& s) {
+  const int64_t ph = s.dil_h * (s.R - 1) - s.pad_h, pw = s.dil_w * (s.S - 1) - s.pad_w;
+  if (s.stride_h != 1 || s.stride_w != 1 || s.K != s.C || ph < 0 || pw < 0) return std::nullopt;
+  Conv2dShape f = s;
+  f.H = s.P; f.W = s.Q; f.P = s.H; f.Q = s.W;
+  f.pad_h = ph; f.pad_w = pw;
+  return f;
+}
+
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const Conv2dShape& s,
                                                                          const at::Tensor& grad_output,
                                                                          const at::Tensor& input,
@@ -300,11 +322,17 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const C
   const at::Tensor x = mask[1] ? input.contiguous(fmt) : at::Tensor();
   at::Tensor gx = mask[0] ? at::empty({s.N, s.C, s.H, s.W}, opts.memory_format(fmt)) : at::empty({0}, opts);
   at::Tensor gw = at::empty({0}, opts), gb = at::empty({0}, opts);
+  const std::optional<Conv2dShape> fwd = mask[0] ? dw_backward_data_as_forward(s) : std::nullopt;
+  const at::Tensor wflip = fwd ? w.flip({2, 3}) : at::Tensor();
   dispatch(gy.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (fwd) {
+      const DwArgs f = dw_args("conv2d_backward", *fwd);
+      if (nhwc) dw_forward_nhwc<T>(f, gy, dw_weight_rs_k(wflip, s), at::Tensor(), gx, false);
+      else dw_forward_nchw<T>(f, gy, wflip, at::Tensor(), gx, false);
+    }
     if (nhwc) {
-      const at::Tensor wt = mask[0] ? dw_weight_rs_k(w, s) : at::Tensor();
-      if (mask[0]) dw_backward_data_nhwc<T>(a, gy, wt, gx);
+      if (mask[0] && !fwd) dw_backward_data_nhwc<T>(a, gy, dw_weight_rs_k(w, s), gx);
       if (mask[1] || mask[2]) {  // weight and bias gradients in one pass over dy
         const int64_t RS = s.R * s.S;
         at::Tensor gwb = at::empty({s.K * (RS + 1)}, opts);
@@ -315,7 +343,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const C
         if (mask[2]) gb = gwb.narrow(0, s.K * RS, s.K);
       }
     } else {
-      if (mask[0]) dw_backward_data_nchw<T>(a, gy, w, gx);
+      if (mask[0] && !fwd) dw_backward_data_nchw<T>(a, gy, w, gx);
       if (mask[1]) {
         gw = at::empty({s.K, 1, s.R, s.S}, opts);
         dw_backward_weight_nchw<T>(a, x, gy, gw);
