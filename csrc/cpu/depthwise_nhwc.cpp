@@ -60,28 +60,51 @@ FC_INLINE void conv_tile(const T* const* src, const T* const* w, int64_t taps, i
                          int64_t istride, const T* bias, bool relu, int lanes, T* dst, int64_t dstride) {
   using V = typename Vec<T, VB>::type;
   constexpr int L = Vec<T, VB>::kLanes;
-  V acc[NV][NP];
-#pragma GCC unroll 2
-  for (int u = 0; u < NV; ++u) {
-    const V b = load<V>(bias + u * L);
-#pragma GCC unroll 8
-    for (int i = 0; i < NP; ++i) acc[u][i] = b;
-  }
-  for (int64_t t = 0; t < taps; ++t) {
-    const T* s = src[t] + soff;
+  // Tiles of fewer than 4 pixels (edge pixels, short rows) sum their taps in SP interleaved partial
+  // sums, so that enough independent FMA chains are in flight; added in a fixed order at the end.
+  constexpr int SP = NP >= 4 ? 1 : NP == 1 ? 4 : 2;
+  V acc[SP][NV][NP];
+#pragma GCC unroll 4
+  for (int j = 0; j < SP; ++j)
 #pragma GCC unroll 2
     for (int u = 0; u < NV; ++u) {
-      const V wt = load<V>(w[t] + woff + u * L);
+      const V b = j == 0 ? load<V>(bias + u * L) : V{};
 #pragma GCC unroll 8
-      for (int i = 0; i < NP; ++i) acc[u][i] += wt * load<V>(s + i * istride + u * L);
+      for (int i = 0; i < NP; ++i) acc[j][u][i] = b;
+    }
+  int64_t t = 0;
+  for (; t + SP <= taps; t += SP)
+#pragma GCC unroll 4
+    for (int j = 0; j < SP; ++j) {
+      const T* s = src[t + j] + soff;
+#pragma GCC unroll 2
+      for (int u = 0; u < NV; ++u) {
+        const V wt = load<V>(w[t + j] + woff + u * L);
+#pragma GCC unroll 8
+        for (int i = 0; i < NP; ++i) acc[j][u][i] += wt * load<V>(s + i * istride + u * L);
+      }
+    }
+#pragma GCC unroll 4
+  for (int j = 0; j + 1 < SP; ++j) {  // the last taps % SP, into partial sums 0, 1, ...
+    if (t + j >= taps) break;
+    const T* s = src[t + j] + soff;
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) {
+      const V wt = load<V>(w[t + j] + woff + u * L);
+#pragma GCC unroll 8
+      for (int i = 0; i < NP; ++i) acc[j][u][i] += wt * load<V>(s + i * istride + u * L);
     }
   }
   const V zero = V{};
 #pragma GCC unroll 2
   for (int u = 0; u < NV; ++u)
 #pragma GCC unroll 8
-    for (int i = 0; i < NP; ++i)
-      store(dst + i * dstride + u * L, relu ? (acc[u][i] < zero ? zero : acc[u][i]) : acc[u][i], u + 1 < NV ? L : lanes);
+    for (int i = 0; i < NP; ++i) {
+      V v = acc[0][u][i];
+#pragma GCC unroll 4
+      for (int j = 1; j < SP; ++j) v += acc[j][u][i];
+      store(dst + i * dstride + u * L, relu ? (v < zero ? zero : v) : v, u + 1 < NV ? L : lanes);
+    }
 }
 
 // A row of n pixels x cb channels (cb <= the buffers' channel pitch, which is a multiple of the
