@@ -34,8 +34,9 @@
 //
 // Channels_last (NHWC: x (N, H, W, C), y (N, P, Q, K)) has its own passes, vectorised along C
 // (cpu/depthwise_nhwc.cpp), so a channels_last layer never changes layout. A task owns a block of
-// channels (as many as keep its rows in L1) and a range of rows, and stages the rows it reads,
-// zero-padded, in a ring (channel k of an output reads input channel k / m):
+// channels and a range of rows; with multiplier 1 and whole vectors of channels it reads its
+// inputs in place (edge pixels with their in-row taps only), otherwise it stages the rows it
+// reads, zero-padded, in a ring (channel k of an output reads input channel k / m):
 // * Forward: output row p = sum over taps (r, s) of w[:, r, s] * staged input row
 //   p*sh - ph + r*dh from column q*sw + s*dw: a stride is only a pixel step, no de-interleaving.
 // * Input gradient: a gather per input pixel, by column phase b = w % sw: input (h, w) takes the

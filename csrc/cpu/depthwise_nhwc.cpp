@@ -60,28 +60,51 @@ FC_INLINE void conv_tile(const T* const* src, const T* const* w, int64_t taps, i
                          int64_t istride, const T* bias, bool relu, int lanes, T* dst, int64_t dstride) {
   using V = typename Vec<T, VB>::type;
   constexpr int L = Vec<T, VB>::kLanes;
-  V acc[NV][NP];
-#pragma GCC unroll 2
-  for (int u = 0; u < NV; ++u) {
-    const V b = load<V>(bias + u * L);
-#pragma GCC unroll 8
-    for (int i = 0; i < NP; ++i) acc[u][i] = b;
-  }
-  for (int64_t t = 0; t < taps; ++t) {
-    const T* s = src[t] + soff;
+  // Tiles of fewer than 4 pixels (edge pixels, short rows) sum their taps in SP interleaved partial
+  // sums, so that enough independent FMA chains are in flight; added in a fixed order at the end.
+  constexpr int SP = NP >= 4 ? 1 : NP == 1 ? 4 : 2;
+  V acc[SP][NV][NP];
+#pragma GCC unroll 4
+  for (int j = 0; j < SP; ++j)
 #pragma GCC unroll 2
     for (int u = 0; u < NV; ++u) {
-      const V wt = load<V>(w[t] + woff + u * L);
+      const V b = j == 0 ? load<V>(bias + u * L) : V{};
 #pragma GCC unroll 8
-      for (int i = 0; i < NP; ++i) acc[u][i] += wt * load<V>(s + i * istride + u * L);
+      for (int i = 0; i < NP; ++i) acc[j][u][i] = b;
+    }
+  int64_t t = 0;
+  for (; t + SP <= taps; t += SP)
+#pragma GCC unroll 4
+    for (int j = 0; j < SP; ++j) {
+      const T* s = src[t + j] + soff;
+#pragma GCC unroll 2
+      for (int u = 0; u < NV; ++u) {
+        const V wt = load<V>(w[t + j] + woff + u * L);
+#pragma GCC unroll 8
+        for (int i = 0; i < NP; ++i) acc[j][u][i] += wt * load<V>(s + i * istride + u * L);
+      }
+    }
+#pragma GCC unroll 4
+  for (int j = 0; j + 1 < SP; ++j) {  // the last taps % SP, into partial sums 0, 1, ...
+    if (t + j >= taps) break;
+    const T* s = src[t + j] + soff;
+#pragma GCC unroll 2
+    for (int u = 0; u < NV; ++u) {
+      const V wt = load<V>(w[t + j] + woff + u * L);
+#pragma GCC unroll 8
+      for (int i = 0; i < NP; ++i) acc[j][u][i] += wt * load<V>(s + i * istride + u * L);
     }
   }
   const V zero = V{};
 #pragma GCC unroll 2
   for (int u = 0; u < NV; ++u)
 #pragma GCC unroll 8
-    for (int i = 0; i < NP; ++i)
-      store(dst + i * dstride + u * L, relu ? (acc[u][i] < zero ? zero : acc[u][i]) : acc[u][i], u + 1 < NV ? L : lanes);
+    for (int i = 0; i < NP; ++i) {
+      V v = acc[0][u][i];
+#pragma GCC unroll 4
+      for (int j = 1; j < SP; ++j) v += acc[j][u][i];
+      store(dst + i * dstride + u * L, relu ? (v < zero ? zero : v) : v, u + 1 < NV ? L : lanes);
+    }
 }
 
 // A row of n pixels x cb channels (cb <= the buffers' channel pitch, which is a multiple of the
@@ -485,7 +508,13 @@ void depthwise_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2d
   const RowKernels<T>& kern = row_kernels<T>();
   const int64_t m = s.Kg(), RS = s.R * s.S, L = kern.lanes, NP = s.N * s.P;
   const int64_t cols = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1, slots = (s.R - 1) * s.dil_h + 1;
-  const int64_t CB = channel_block(s.K, (slots * cols + s.Q + RS) * int64_t(sizeof(T)) + RS * 8, L);
+  // With m == 1 and whole vectors x and dy are read in place, as in the forward pass.
+  const bool direct = m == 1 && s.K % L == 0;
+  const int64_t sw = s.stride_w, pw = s.pad_w, dl = s.dil_w;
+  const int64_t qa = std::min(s.Q, ceil_div(pw, sw));
+  const int64_t qb = std::clamp<int64_t>(floor_div(s.W - 1 + pw - (s.S - 1) * dl, sw) + 1, qa, s.Q);
+  const int64_t CB = channel_block(
+      s.K, (direct ? RS : slots * cols + s.Q + RS) * int64_t(sizeof(T)) + RS * 8, L);
   const int64_t blocks = ceil_div(s.K, CB);
   const int64_t splits = std::clamp<int64_t>(ceil_div(8, blocks), 1, std::max<int64_t>(1, NP));
   const int64_t flush = std::max<int64_t>(1, (int64_t(1) << 14) / s.Q);  // rows per float sum
@@ -501,7 +530,7 @@ void depthwise_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2d
       const int64_t sp = task % splits, b = task / splits;
       const int64_t k0 = b * CB, cb = std::min(CB, s.K - k0);
       const int64_t g0 = sp * NP / splits, g1 = (sp + 1) * NP / splits;
-      Ring<T> ring(ring_scratch.get(slots * cols * CB), slots, cols, CB);
+      Ring<T> ring(ring_scratch.get(direct ? 0 : slots * cols * CB), direct ? 0 : slots, cols, CB);
       T* dyrow = work_scratch.get((s.Q + RS) * CB);  // one staged dy row, then RS lane sums
       T* acc = dyrow + s.Q * CB;
       std::fill(dyrow, dyrow + (s.Q + RS) * CB, T(0));
@@ -511,7 +540,29 @@ void depthwise_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2d
           for (int64_t k = 0; k < cb; ++k) out[t * s.K + k] += double(acc[t * CB + k]);
         std::fill(acc, acc + RS * CB, T(0));
       };
-      for (int64_t g = g0; g < g1; ++g) {
+      for (int64_t g = g0; g < g1 && direct; ++g) {
+        const int64_t n = g / s.P, p = g % s.P;
+        const T* dyrow_in = dy + g * s.Q * s.K + k0;
+        auto run = [&](int64_t q0, int64_t q1) {  // output columns [q0, q1), as in the forward pass
+          int64_t taps = 0;
+          for (int64_t r = 0; r < s.R; ++r) {
+            const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+            if (h < 0 || h >= s.H) continue;
+            for (int64_t c = 0; c < s.S; ++c) {
+              const int64_t wc = q0 * sw - pw + c * dl;
+              if (wc < 0 || wc >= s.W) continue;
+              src[taps] = x + ((n * s.H + h) * s.W + wc) * s.C + k0;
+              accs[taps++] = acc + (r * s.S + c) * CB;
+            }
+          }
+          kern.wgrad(src, accs, taps, dyrow_in + q0 * s.K, s.K, sw * s.C, q1 - q0, cb);
+        };
+        for (int64_t q = 0; q < qa; ++q) run(q, q + 1);
+        if (qa < qb) run(qa, qb);
+        for (int64_t q = qb; q < s.Q; ++q) run(q, q + 1);
+        if ((g - g0 + 1) % flush == 0) move_sums();
+      }
+      for (int64_t g = g0; g < g1 && !direct; ++g) {
         const int64_t n = g / s.P, p = g % s.P;
         int64_t taps = 0;
         for (int64_t r = 0; r < s.R; ++r) {
