@@ -54,11 +54,11 @@ enum class ConvKernel {
 };
 
 // The kernel for each pass of the convolution s on tensors of dtype t. For bfloat16: float32's
-// choice, except that with kAvx512Bf16 the bf16 GEMMs replace the exact float32 kernels other than
-// kDepthwise (twice the multiplies per instruction); Winograd stays (4x fewer multiplies). The input gradient runs on
-// the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise, kSmallM or
-// kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kNhwcGemm: the
-// other kernels read and write NCHW.
+// choice, except that with kAvx512Bf16 the bf16 GEMMs (twice the multiplies per instruction)
+// replace the exact float32 kernels other than kDepthwise; Winograd (fewer multiplies) stays.
+// The input gradient runs on the dual convolution input_grad_dual(s) wherever that is not the
+// GEMM, kDepthwise, kSmallM or kNhwcGemm. A channels_last call (conv2d_memory_format,
+// common/checks.h) runs kNhwcGemm: the other kernels read and write NCHW.
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
