@@ -16,7 +16,7 @@
 //              PQ = P*Q:
 //     forward:      y[Kg x PQ]    = W[Kg x CRS] * col[CRS x PQ]                 (+ bias)
 //     input grad:   colgrad[CRS x PQ] = W^T * dy[Kg x PQ], then col2im adds it into dx
-//     weight grad:  dW^T[CRS x Kg] += col[CRS x PQ] * dy^T[PQ x Kg]   (summed over n)
+//     weight grad:  dW[Kg x CRS] += dy[Kg x PQ] * col^T[PQ x CRS]     (summed over n)
 // The bias gradient is one summing loop. conv2d_relu_backward passes the forward's output as a
 // gate into the kernels that can read dy as relu_backward(dy, gate) (dispatch's gate_fusable).
 // All reductions run in a fixed order independent of the thread count, so results are
@@ -185,14 +185,14 @@ void conv2d_backward_input_gemm(const T* dy, const T* w, acc_t<T>* dx, const Con
   });
 }
 
-// Weight gradient. Tasks own disjoint row blocks of dW^T; the sum over images is split into a
+// Weight gradient. Tasks own disjoint column blocks of dW; the sum over images is split into a
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
 void conv2d_backward_weight_gemm(const T* dy, const T* x, acc_t<T>* dw, const Conv2dShape& s) {
   using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
-  const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // rows per task
+  const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // crs columns of dW per task
   const int64_t rblocks = ceil_div(CRS, rb);
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * rblocks)));
   const int64_t wsize = s.K * CRS;
@@ -211,8 +211,9 @@ void conv2d_backward_weight_gemm(const T* dy, const T* x, acc_t<T>* dw, const Co
       for (int64_t n = n0; n < n1; ++n) {
         const T* xg = x + (n * s.C + g * Cg) * HW;
         const T* dyg = dy + (n * s.K + g * Kg) * PQ;
-        // C(i = crs - r0, j = k) at dw[k*CRS + crs].
-        gemm<T>(rows, Kg, PQ, Im2colAsA<T>{geo, xg, r0, r0 + rows}, StridedMatrix<T>{dyg, PQ, 1}, out, 1, CRS,
+        // dW_g[Kg x rows] (+)= dY[Kg x PQ] * col^T[PQ x rows]: C(i = k, j = crs - r0) at out[k*CRS + j],
+        // unit-stride rows (the transposed product dW^T = col * dY^T would store C columns CRS apart).
+        gemm<T>(Kg, rows, PQ, StridedMatrix<T>{dyg, PQ, 1}, Im2colTAsB<T>{geo, xg, r0, r0 + rows}, out, CRS, 1,
                 n > n0);
       }
     }
@@ -368,10 +369,12 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   // An unrequested gradient is a fresh empty tensor (outputs must not alias each other). dx and dw
   // in the accumulator dtype (float32 for bfloat16, rounded once on return).
   const at::ScalarType t = x.scalar_type();
+  const at::MemoryFormat dx_fmt = output_mask[0] ? fmt : at::MemoryFormat::Contiguous;
+  const at::MemoryFormat dw_fmt = output_mask[1] ? fmt : at::MemoryFormat::Contiguous;
   at::Tensor dx = at::empty(output_mask[0] ? input.sizes() : at::IntArrayRef{0},
-                            input.options().dtype(acc_dtype(t)).memory_format(output_mask[0] ? fmt : at::MemoryFormat::Contiguous));
+                            input.options().dtype(acc_dtype(t)).memory_format(dx_fmt));
   at::Tensor dw = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0},
-                            weight.options().dtype(acc_dtype(t)).memory_format(output_mask[1] ? fmt : at::MemoryFormat::Contiguous));
+                            weight.options().dtype(acc_dtype(t)).memory_format(dw_fmt));
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
   TORCH_INTERNAL_ASSERT(!r.defined() || !cl, "fastconv: the NHWC kernels cannot read a gate");
@@ -391,7 +394,8 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     const ConvKernel k = backward_input_kernel(s, t, cl);
     const Operands& o = operands(k);
     const at::ScalarType ot = o.dy.scalar_type();
-    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k), "fastconv: this input-gradient kernel cannot read a gate");
+    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k),
+                          "fastconv: this input-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:
         AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
@@ -412,14 +416,14 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
         });
         break;
       case ConvKernel::kSmallM:
-        small_m_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), s,
-                               data_or_null<float>(o.r));
+        small_m_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
+                               dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kStridedDirect:
         TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no input-gradient pass");
       case ConvKernel::kWinograd:
-        winograd_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(),
-                                s, data_or_null<float>(o.r));
+        winograd_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
+                                dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kDirect:
         conv2d_backward_input_direct(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
@@ -437,7 +441,8 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
     const ConvKernel k = backward_weight_kernel(s, t, cl);
     const Operands& o = operands(k);
     const at::ScalarType ot = o.dy.scalar_type();
-    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k), "fastconv: this weight-gradient kernel cannot read a gate");
+    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k),
+                          "fastconv: this weight-gradient kernel cannot read a gate");
     switch (k) {
       case ConvKernel::kNhwcGemm:  // dw is channels_last: (K, R, S, Cg) in memory
         AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
@@ -458,12 +463,12 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
         });
         break;
       case ConvKernel::kSmallM:
-        small_m_backward_weight(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(), s,
-                                data_or_null<float>(o.r));
+        small_m_backward_weight(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
+                                dw.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
         break;
       case ConvKernel::kDirect:
-        direct_conv_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(), dw.mutable_data_ptr<float>(),
-                                direct_shape(s), data_or_null<float>(o.r));
+        direct_conv_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
+                                dw.mutable_data_ptr<float>(), direct_shape(s), data_or_null<float>(o.r));
         break;
       case ConvKernel::kStridedDirect:
         strided_direct_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),

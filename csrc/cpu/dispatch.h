@@ -64,13 +64,13 @@ enum class ConvKernel {
 };
 
 // The kernel for each pass of the convolution s on tensors of dtype t. For bfloat16: float32's
-// choice, except that with kAvx512Bf16 the bf16 GEMMs replace the exact float32 kernels other than
-// kDepthwise (twice the multiplies per instruction); Winograd stays (4x fewer multiplies). The input gradient runs on
-// the dual convolution input_grad_dual(s) wherever that is not the GEMM, kDepthwise, kSmallM or
-// kNhwcGemm. A channels_last call (conv2d_memory_format, common/checks.h) runs kDepthwiseNhwc
-// when depthwise, else kNhwcGemm: the other kernels read and write NCHW. weights_kept: the
-// forward's packed weights are kept across calls (packed_weights_cacheable, cpu/packed_weights.h),
-// which makes Winograd pay off sooner.
+// choice, except that with kAvx512Bf16 the bf16 GEMMs (twice the multiplies per instruction)
+// replace the exact float32 kernels other than the depthwise and NHWC ones; Winograd (fewer
+// multiplies) stays. The input gradient runs on the dual convolution input_grad_dual(s) wherever
+// that is not the GEMM, kDepthwise, kSmallM or kNhwcGemm. A channels_last call
+// (conv2d_memory_format, common/checks.h) runs kDepthwiseNhwc when depthwise, else kNhwcGemm: the
+// other kernels read and write NCHW. weights_kept: the forward's packed weights are kept across
+// calls (packed_weights_cacheable, cpu/packed_weights.h), which makes Winograd pay off sooner.
 ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false,
                           bool weights_kept = false);
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);

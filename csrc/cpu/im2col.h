@@ -116,9 +116,10 @@ struct Im2colAsB {
   }
 };
 
-// As A (rows = crs, depth = pq): weight gradient, dW^T = col * dY^T.
+// col^T as B (depth = pq, panel dimension = crs): weight gradient, dW = dY * col^T. A panel of
+// width w holds crs rows [x, x + w), one depth (pq) at a time.
 template <typename T>
-struct Im2colAsA {
+struct Im2colTAsB {
   const Im2colGeometry& g;
   const T* x;
   int64_t crs_base;
