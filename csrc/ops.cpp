@@ -16,6 +16,7 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_set_cpu_conv_algo(str algo) -> str", &fastconv::set_cpu_conv_algo);
   // The CUDA conv kernels' test switch (cuda/tc_configs.h; returns the previous setting).
   m.def("_set_cuda_conv_config(str name) -> str", &fastconv::cuda::set_cuda_conv_config);
+  m.def("_cuda_conv_config_for(int M, int K, int sms) -> str", &fastconv::cuda::cuda_conv_config_for);
   m.def("_clear_cpu_packed_weights() -> ()", &fastconv::clear_cpu_packed_weights);
 }
 

@@ -140,24 +140,6 @@ bool use_tc(const Conv2dShape& s) {
   return !std::is_same<T, float>::value || at::globalContext().allowTF32CuDNN();
 }
 
-// Wave-quantisation-aware tile choice: a wave is sm_count() * blocks_per_sm blocks, and an SM
-// busy with blocks_per_sm blocks of BM x BN takes ~ blocks_per_sm * BM * BN / eff per K step, so
-// the estimate is waves * blocks_per_sm * BM * BN / eff (eff: kTcConfig). Big GEMMs get 128x128,
-// 64-channel layers 128x64, small grids 64x64. The test switch overrides it.
-inline int pick_tc_config(int64_t M, int64_t K) {
-  if (forced_conv_config() >= 0) return forced_conv_config();
-  int best = 0;
-  double best_t = 0;
-  for (int i = 0; i < kTcConfigs; ++i) {
-    const TcConfig& c = kTcConfig[i];
-    const int64_t blocks = ceil_div(M, int64_t(c.bm)) * ceil_div(K, int64_t(c.bn));
-    const int64_t waves = ceil_div(blocks, int64_t(sm_count()) * c.blocks_per_sm);
-    const double t = double(waves) * c.blocks_per_sm * c.bm * c.bn / c.eff;
-    if (i == 0 || t < best_t) best = i, best_t = t;
-  }
-  return best;
-}
-
 // t (N,C,H,W) in any layout -> [N][H][W][cp] contiguous with zero channels past C: t itself when
 // it already is channels_last, 16-byte aligned and C == cp; otherwise one transposing copy (an NCHW
 // input: one read and one write of the input; a weight KCRS -> KRSC: small).
@@ -210,7 +192,7 @@ at::Tensor conv2d_fwd_tc(const Conv2dShape& s, const at::Tensor& input, const at
   a.out_nchw = fmt != at::MemoryFormat::ChannelsLast;
   a.pair_store = !a.out_nchw && s.K % 2 == 0 && reinterpret_cast<uintptr_t>(a.out) % (2 * sizeof(T)) == 0;
   cudaStream_t stream = FC_CURRENT_STREAM();
-  switch (pick_tc_config(a.M, s.K)) {
+  switch (pick_tc_config(a.M, s.K, sm_count())) {
     case 0: launch_tc<T, 0>(a, stream); break;
     case 1: launch_tc<T, 1>(a, stream); break;
     default: launch_tc<T, 2>(a, stream); break;

@@ -3,6 +3,7 @@
 // emulator module read the same table, and Python sees it as fastconv.info()["cuda_conv_configs"].
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -56,6 +57,30 @@ inline std::string set_cuda_conv_config(std::string name) {
   const int prev = forced_conv_config();
   forced_conv_config() = v;
   return conv_config_name(prev);
+}
+
+// Wave-quantisation-aware tile choice for a GEMM of M output pixels x K output channels on `sms`
+// SMs: a wave is sms * blocks_per_sm blocks, and an SM busy with blocks_per_sm blocks of BM x BN
+// takes ~ blocks_per_sm * BM * BN / eff per K step, so the estimate is
+// waves * blocks_per_sm * BM * BN / eff. Big GEMMs get 128x128, 64-channel layers 128x64, small
+// grids 64x64. The test switch overrides it. Also torch.ops.fastconv._cuda_conv_config_for, for the
+// GPU performance model (benchmarks/gpu_model.py).
+inline int pick_tc_config(int64_t M, int64_t K, int64_t sms) {
+  if (forced_conv_config() >= 0) return forced_conv_config();
+  int best = 0;
+  double best_t = 0;
+  for (int i = 0; i < kTcConfigs; ++i) {
+    const TcConfig& c = kTcConfig[i];
+    const int64_t blocks = ((M + c.bm - 1) / c.bm) * ((K + c.bn - 1) / c.bn);
+    const int64_t slots = sms * c.blocks_per_sm;
+    const double t = double((blocks + slots - 1) / slots) * c.blocks_per_sm * c.bm * c.bn / c.eff;
+    if (i == 0 || t < best_t) best = i, best_t = t;
+  }
+  return best;
+}
+
+inline std::string cuda_conv_config_for(int64_t M, int64_t K, int64_t sms) {
+  return kTcConfig[pick_tc_config(M, K, sms)].name;
 }
 
 // The table as a JSON list (fastconv.info()["cuda_conv_configs"]).

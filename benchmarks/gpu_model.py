@@ -1,0 +1,194 @@
+"""A performance MODEL of fastconv's CUDA convolutions on A100 and H100 -- not a measurement.
+
+No GPU measured anything here. For each layer and pass (forward, backward-data, backward-weight)
+the model takes the kernel the CUDA launcher runs for it and counts its work:
+
+  tensor-core passes (forward; stride-1 input gradient; ungrouped): the NHWC implicit GEMM of
+            csrc/cuda/conv2d_tc.cuh, in the tile configuration the launcher's own heuristic picks
+            (torch.ops.fastconv._cuda_conv_config_for, csrc/cuda/tc_configs.h), with its blocks
+            per SM; per block and K step (64 bytes of channels of one filter tap) the MMAs and the
+            shared-memory bytes (cp.async stores + every warp's ldmatrix reads) it issues:
+            time = waves x resident blocks x K steps x max(MMA cycles, shared-memory cycles)
+                   + a pipeline fill per wave
+            tile efficiency = useful multiply-adds / issued ones (partial tiles, padded channels),
+            wave efficiency = blocks / the slots of the waves they occupy
+  other passes: the FP32 FFMA implicit GEMM, at an assumed share of the CUDA-core FP32 peak
+  both: max(that, L2 -> SM traffic of the tiles / L2 bandwidth, compulsory bytes / HBM bandwidth)
+  roofline: max(useful FLOPs / dense tensor-core peak, compulsory bytes / HBM bandwidth) -- the
+            bound no library (cuDNN included) can beat on that GPU
+
+and prints, per layer and pass: the kernel, its waves, the modelled time, % of the tensor-core
+peak, and model / roofline.
+
+What is assumed (GPUS and ASSUMED below, printed with the table):
+- datasheet peaks and clocks (A100-SXM4-80GB, H100-SXM5);
+- on H100, mma.sync issues only a share of the dense peak (the full rate needs wgmma, issued by a
+  warpgroup from shared memory): ASSUMED["h100_mma_sync_fraction"];
+- L2 -> SM bandwidth, the pipeline fill per wave and the FFMA kernels' share of their peak are
+  rough figures, not datasheet values;
+- blocks per SM are the configuration table's (shared memory and registers on sm_80; H100 holds
+  at least as many).
+
+    python benchmarks/gpu_model.py                       # cat/dog b32, VGG16 224 b32, TF32 and bf16
+    python benchmarks/gpu_model.py --dtype bfloat16 --gpu A100 --suite vgg16
+    python benchmarks/gpu_model.py --json model.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fcbench.cases import Case, suite_cases  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class GPU:
+    name: str
+    arch: str             # ptxas architecture, for the per-SM limits (cuda_resources.SM_LIMITS)
+    sms: int
+    clock: float          # Hz, the clock the datasheet peaks are quoted at
+    fma_per_clk: dict     # dense tensor-core multiply-adds per clock per SM, by operand kind
+    fp32_fma_per_clk: int  # CUDA-core FP32 multiply-adds per clock per SM
+    dram: float           # HBM bytes/s
+    l2: float             # L2 -> SM bytes/s (assumed)
+    smem_per_clk: int = 128  # shared-memory bytes per clock per SM (32 banks x 4 bytes)
+
+
+GPUS = {
+    # 312 TFLOP/s bf16 dense (19.5 FP32 on CUDA cores: 64 FMA/clk/SM) = 108 SMs x 1024 FMA/clk x 2 x 1.41 GHz; TF32 half of that (156)
+    "A100": GPU("A100-SXM4-80GB", "80", 108, 1.41e9, {"bf16": 1024, "tf32": 512}, 64, 2.04e12, 5.0e12),
+    # 989 TFLOP/s bf16 dense (67 FP32: 128 FMA/clk/SM) = 132 SMs x 2048 FMA/clk x 2 x 1.83 GHz; TF32 495
+    "H100": GPU("H100-SXM5", "90", 132, 1.83e9, {"bf16": 2048, "tf32": 1024}, 128, 3.35e12, 10.0e12),
+}
+
+ASSUMED = {
+    "h100_mma_sync_fraction": 0.62,  # share of H100's dense peak that mma.sync can issue (wgmma: 1.0)
+    "fill_cycles_per_wave": 1200,    # first tiles' global-memory latency + epilogue stores, per wave
+    "ffma_mainloop_eff": 0.5,        # FP32 FFMA kernels: share of CUDA-core peak (FFMA share of the loop)
+}
+
+KINDS = {"float32": "tf32", "bfloat16": "bf16", "float16": "bf16"}  # fp16 and bf16 MMAs run alike
+ELEM = {"tf32": 4, "bf16": 2}
+K_MMA = {"tf32": 8, "bf16": 16}  # m16n8k8 (TF32), m16n8k16 (fp16/bf16)
+
+
+def tensor_core_pass(case: Case, op: str):
+    """Whether the CUDA launcher runs this pass on tensor cores (the others run the FP32 FFMA
+    implicit GEMM): forward, and stride-1 input gradient, of ungrouped convolutions."""
+    return case.groups == 1 and (op == "conv_fwd" or (op == "conv_bwd_data" and case.stride == 1))
+
+
+def tc_gemm(case: Case, op: str, elem: int):
+    """(M, N, K steps per block tile of BK = 64 bytes) of the tensor-core implicit GEMM, NHWC:
+    the K loop walks the R*S taps, each over the reduced channels padded to the 16-byte vector in
+    blocks of 64 bytes (a 3-channel layer spends a whole block per tap)."""
+    P, Q = case.out_hw
+    vec, bk = 16 // elem, 64 // elem
+    if op == "conv_fwd":
+        M, N, red = case.N * P * Q, case.K, case.C
+    else:  # stride-1 input gradient: the forward of dy with the flipped, transposed weight
+        M, N, red = case.N * case.H * case.W, case.C, case.K
+    return M, N, case.R * case.S * math.ceil(math.ceil(red / vec) * vec / bk)
+
+
+def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict):
+    """Modelled seconds of one tensor-core pass, and the figures behind them."""
+    elem, kmma = ELEM[kind], K_MMA[kind]
+    bk = 64 // elem
+    M, N, ksteps = tc_gemm(case, op, elem)
+    bm, bn, warps = cfg["bm"], cfg["bn"], cfg["warps"]
+    wm, wn = bm // cfg["warps_m"], bn // cfg["warps_n"]
+    blocks = math.ceil(M / bm) * math.ceil(N / bn)
+    per_sm = cfg["blocks_per_sm"]
+    slots = gpu.sms * per_sm
+    waves = math.ceil(blocks / slots)
+    mma_per_kstep = (bm // 16) * (bn // 8) * (bk // kmma)
+    issued_fma = blocks * ksteps * mma_per_kstep * 16 * 8 * kmma
+    # one block's k-step: tensor-core cycles vs shared-memory cycles (every warp's ldmatrix reads of
+    # its A and B fragments + the cp.async writes of the stage)
+    rate = gpu.fma_per_clk[kind] * (ASSUMED["h100_mma_sync_fraction"] if gpu.name.startswith("H100") else 1.0)
+    mma_cyc = mma_per_kstep * 16 * 8 * kmma / rate
+    smem_cyc = (warps * (wm + wn) + bm + bn) * 64 / gpu.smem_per_clk
+    # the blocks resident on one SM share its tensor cores and shared memory
+    resident = min(per_sm, math.ceil(blocks / gpu.sms))
+    wave_cyc = resident * ksteps * max(mma_cyc, smem_cyc) + ASSUMED["fill_cycles_per_wave"]
+    t_sm = waves * wave_cyc / gpu.clock
+    tile_bytes = blocks * ksteps * (bm + bn) * 64  # every block loads its A and B stages from L2
+    return dict(t_sm=t_sm, tile_bytes=tile_bytes, bound_sm="smem" if smem_cyc > mma_cyc else "mma",
+                config=cfg["name"], blocks=blocks, waves=waves, wave_eff=blocks / (waves * slots),
+                tile_eff=case.flops() / 2 / issued_fma)
+
+
+def model_ffma(case: Case, op: str, gpu: GPU):
+    """The FP32 FFMA implicit GEMM (the passes not on tensor cores): its multiply-adds at the
+    assumed share of the CUDA-core FP32 peak; tiles as the 128x128x8 / 64x64x16 SIMT kernels."""
+    t = case.flops() / (gpu.sms * gpu.fp32_fma_per_clk * 2 * gpu.clock * ASSUMED["ffma_mainloop_eff"])
+    return dict(t_sm=t, tile_bytes=0, bound_sm="ffma", config="simt", blocks=0, waves=0, wave_eff=1.0, tile_eff=1.0)
+
+
+def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick):
+    """One layer, pass, dtype and GPU: the modelled time against the roofline bound."""
+    kind = KINDS[dtype]
+    elem = ELEM[kind]
+    if tensor_core_pass(case, op):
+        M, N, _ = tc_gemm(case, op, elem)
+        m = model_tc(case, op, kind, gpu, configs[pick(M, N, gpu.sms)])
+    else:
+        m = model_ffma(case, op, gpu)
+    compulsory = case.bytes(op, elem)
+    t_l2, t_dram = m["tile_bytes"] / gpu.l2, compulsory / gpu.dram
+    t = max(m["t_sm"], t_l2, t_dram)
+    bound = m["bound_sm"] if t == m["t_sm"] else "L2" if t == t_l2 else "DRAM"
+    peak = gpu.sms * gpu.fma_per_clk[kind] * gpu.clock * 2  # dense tensor FLOP/s
+    roof = max(case.flops() / peak, compulsory / gpu.dram)
+    return dict(layer=case.layer, suite=case.suite, op=op, dtype=dtype, kind=kind, gpu=gpu.name,
+                config=m["config"], blocks=m["blocks"], waves=m["waves"], wave_eff=m["wave_eff"],
+                tile_eff=m["tile_eff"], bound=bound, model_us=t * 1e6, roofline_us=roof * 1e6,
+                pct_peak=100 * case.flops() / (t * peak), vs_roofline=t / roof)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", action="append", choices=["catdog", "vgg16"], help="default both")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dtype", action="append", choices=list(KINDS), help="default float32 (TF32) and bfloat16")
+    p.add_argument("--gpu", action="append", choices=list(GPUS), help="default both")
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args(argv)
+    import torch
+    import fastconv.testing as ft
+    configs = {c["name"]: c for c in ft.cuda_conv_configs()}
+
+    def pick(M, N, sms):  # the CUDA launcher's own tile heuristic (csrc/cuda/tc_configs.h)
+        return torch.ops.fastconv._cuda_conv_config_for(M, N, sms)
+    rows = []
+    for s in args.suite or ["catdog", "vgg16"]:
+        for c in (x for x in suite_cases(s, args.batch) if x.kind == "conv"):
+            for dt in args.dtype or ["float32", "bfloat16"]:
+                for g in args.gpu or list(GPUS):
+                    for op in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight"):
+                        rows.append(model_layer(c, op, dt, GPUS[g], configs, pick))
+    print("MODEL, not a measurement (no GPU measured these figures). Assumed: " +
+          ", ".join(f"{k} = {v}" for k, v in ASSUMED.items()) + "\n")
+    print("| GPU | dtype | suite | layer | pass | kernel | blocks | waves | wave eff | tile eff | bound "
+          "| model us | roofline us | % TC peak | model / roofline |")
+    print("|" + "---|" * 15)
+    for r in rows:
+        print(f"| {r['gpu'][:4]} | {r['dtype']} | {r['suite']} | {r['layer']} | {r['op'][5:]} | {r['config']}"
+              f" | {r['blocks']} | {r['waves']} "
+              f"| {r['wave_eff']:.2f} | {r['tile_eff']:.2f} | {r['bound']} | {r['model_us']:.1f} "
+              f"| {r['roofline_us']:.1f} | {r['pct_peak']:.0f} | {r['vs_roofline']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(model=True, assumed=ASSUMED, gpus={k: dataclasses.asdict(v) for k, v in GPUS.items()},
+                           rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
