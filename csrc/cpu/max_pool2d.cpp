@@ -43,7 +43,7 @@ constexpr int64_t kGrainElems = 1 << 14;
 
 int64_t row_grain(const Pool2dShape& s) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, s.Q * s.kh * s.kw)); }
 
-// The AVX-512 2x2 stride-2 kernels handle exactly this configuration (floor or ceil mode).
+// The 2x2 stride-2 row kernels (AVX-512, AVX2) handle exactly this configuration (floor or ceil mode).
 bool is_2x2_s2(const Pool2dShape& s) {
   return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0 && s.dh == 1 && s.dw == 1;
 }
