@@ -3,9 +3,9 @@
 // (so ties keep the first maximum and the window's last NaN wins), starting from -inf with the
 // index of the window's first element inside the input; indices are offsets h*W + w into the
 // input plane.
-//   forward:  2x2 stride 2 (float, AVX-512) one output row at a time, full-width loads of its two
-//             input rows split into even/odd columns by permutes; any other configuration a scalar
-//             loop.
+//   forward:  2x2 stride 2 (float, AVX-512 or AVX2) one output row at a time, full-width loads of
+//             its two input rows split into even/odd columns by permutes; any other configuration
+//             a scalar loop.
 //   backward: disjoint windows (stride >= kernel, dilation 1) are done one output row at a time,
 //             each dx element written once (no zeroing pass): 2x2/2 float with AVX-512 selects dy
 //             or 0 per window position; other disjoint windows zero the row's input rows and store
@@ -43,7 +43,7 @@ constexpr int64_t kGrainElems = 1 << 14;
 
 int64_t row_grain(const Pool2dShape& s) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, s.Q * s.kh * s.kw)); }
 
-// The AVX-512 2x2 stride-2 kernels handle exactly this configuration (floor or ceil mode).
+// The 2x2 stride-2 row kernels (AVX-512, AVX2) handle exactly this configuration (floor or ceil mode).
 bool is_2x2_s2(const Pool2dShape& s) {
   return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0 && s.dh == 1 && s.dw == 1;
 }
@@ -157,6 +157,59 @@ FC_TARGET_AVX512 void pool_row_2x2_avx512(const float* a, const float* b, float*
   }
 }
 
+// One 2x2 window (outputs j of row p, portable): as pool_row_general for this configuration.
+inline void pool_window_2x2(const float* a, const float* b, float* y, int64_t* idx, int64_t j, int64_t p,
+                            const Pool2dShape& s) {
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t bi = 2 * p * s.W + 2 * j;
+  for (int r = 0; r < (b ? 2 : 1); ++r)
+    for (int64_t w = 2 * j; w < std::min(2 * j + 2, s.W); ++w) {
+      const float v = (r ? b : a)[w];
+      if (v > best || std::isnan(v)) best = v, bi = (2 * p + r) * s.W + w;
+    }
+  y[j] = best;
+  idx[j] = bi;
+}
+
+// AVX2: the same scan, 8 outputs a step from two 8-float loads per input row; even/odd columns by
+// an in-lane shuffle and a cross-lane 64-bit permute. Blocks cut by the right edge go through
+// pool_window_2x2.
+FC_TARGET_AVX2 void pool_row_2x2_avx2(const float* a, const float* b, float* y, int64_t* idx, int64_t p,
+                                      const Pool2dShape& s) {
+  auto split = [](__m256 v0, __m256 v1, __m256& even, __m256& odd) FC_TARGET_AVX2 {
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0x88)), 0xD8));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(v0, v1, 0xDD)), 0xD8));
+  };
+  const __m256i lane2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), one = _mm256_set1_epi32(1);
+  const __m256i wv = _mm256_set1_epi32(int(s.W));
+  int64_t j = 0;
+  for (; j + 8 <= s.Q && 2 * j + 16 <= s.W; j += 8) {
+    __m256 best, v;
+    split(_mm256_loadu_ps(a + 2 * j), _mm256_loadu_ps(a + 2 * j + 8), best, v);
+    __m256i col = _mm256_setzero_si256(), row = _mm256_setzero_si256();  // all-ones lanes: odd column / row b
+    auto visit = [&](__m256 c, bool odd_col, bool b_row) FC_TARGET_AVX2 {
+      const __m256i m = _mm256_castps_si256(
+          _mm256_or_ps(_mm256_cmp_ps(c, best, _CMP_GT_OQ), _mm256_cmp_ps(c, c, _CMP_UNORD_Q)));
+      best = _mm256_blendv_ps(best, c, _mm256_castsi256_ps(m));
+      col = odd_col ? _mm256_or_si256(col, m) : _mm256_andnot_si256(m, col);
+      row = b_row ? _mm256_or_si256(row, m) : _mm256_andnot_si256(m, row);
+    };
+    visit(v, true, false);
+    if (b) {
+      __m256 be, bo;
+      split(_mm256_loadu_ps(b + 2 * j), _mm256_loadu_ps(b + 2 * j + 8), be, bo);
+      visit(be, false, true);
+      visit(bo, true, true);
+    }
+    _mm256_storeu_ps(y + j, best);
+    __m256i i = _mm256_add_epi32(_mm256_set1_epi32(int(2 * p * s.W + 2 * j)), lane2);
+    i = _mm256_add_epi32(_mm256_add_epi32(i, _mm256_and_si256(col, one)), _mm256_and_si256(row, wv));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + j), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + j + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1)));
+  }
+  for (; j < s.Q; ++j) pool_window_2x2(a, b, y, idx, j, p, s);
+}
+
 // Backward, output row p: each element of the input rows 2p, 2p+1 (da, db; db null when missing)
 // written exactly once: each index is compared with its window's four positions, dy or 0 selected
 // per position, even and odd columns interleaved back; the columns no window covers (the last one
@@ -201,24 +254,27 @@ FC_TARGET_AVX512 bool unpool_row_2x2_avx512(const float* dy, const int64_t* idx,
 }
 #endif  // __x86_64__
 
-// Whether the AVX-512 2x2 stride-2 row kernels run s on T (their int32 in-plane indices fit).
+// The ISA of the 2x2 stride-2 row kernels that run s on T (their int32 in-plane indices must fit);
+// kGeneric: none.
 template <typename T>
-bool fast_2x2(const Pool2dShape& s) {
-  return std::is_same_v<T, float> && current_isa() >= Isa::kAvx512 && is_2x2_s2(s) && s.H * s.W + s.W < (int64_t(1) << 31);
+Isa fast_2x2(const Pool2dShape& s) {
+  const bool fits = std::is_same_v<T, float> && is_2x2_s2(s) && s.H * s.W + s.W < (int64_t(1) << 31);
+  return fits ? current_isa() : Isa::kGeneric;
 }
 
 template <typename T>
 void max_pool2d_forward(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W;
-  const bool fast = fast_2x2<T>(s);
+  const Isa fast = fast_2x2<T>(s);
   at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {  // output row r = plane * P + p
       const int64_t plane = r / s.P, p = r % s.P;
 #if defined(__x86_64__)
       if constexpr (std::is_same_v<T, float>) {
-        if (fast) {
+        if (fast != Isa::kGeneric) {
           const float* a = x + plane * HW + 2 * p * s.W;
-          pool_row_2x2_avx512(a, 2 * p + 1 < s.H ? a + s.W : nullptr, y + r * s.Q, idx + r * s.Q, p, s);
+          (fast >= Isa::kAvx512 ? pool_row_2x2_avx512 : pool_row_2x2_avx2)(
+              a, 2 * p + 1 < s.H ? a + s.W : nullptr, y + r * s.Q, idx + r * s.Q, p, s);
           continue;
         }
       }
@@ -256,7 +312,7 @@ void max_pool2d_backward(const T* dy, const at::Tensor& indices, T* dx, const Po
     return max_pool2d_backward_scatter(dy, idx, dx, s);
   }
   const int64_t HW = s.H * s.W;
-  const bool fast = fast_2x2<T>(s);
+  const bool fast = fast_2x2<T>(s) >= Isa::kAvx512;
   std::atomic<bool> all_ok{true};
   at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
     bool ok = true;

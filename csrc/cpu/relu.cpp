@@ -43,7 +43,6 @@ void relu_backward_range(const T* __restrict__ dy, const T* __restrict__ out, T*
 
 #if defined(__x86_64__)
 
-#define FC_TARGET_AVX2 __attribute__((target("avx2")))
 // The loops below are force-inlined into their ISA-specific callers; their stand-alone copies
 // (never called) would pass vectors by value without the ISA enabled.
 #pragma GCC diagnostic ignored "-Wpsabi"
