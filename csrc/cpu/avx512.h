@@ -8,7 +8,7 @@
 #include <immintrin.h>
 
 #define FC_TARGET_AVX512 __attribute__((target("avx512f")))
-// The AVX2 paths, likewise only when cpu::current_isa() == Isa::kAvx2 (or kAvx512, whose CPUs have it).
+// The AVX2 paths, likewise only when cpu::current_isa() >= Isa::kAvx2.
 #define FC_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 // GCC 12's AVX-512 intrinsics start several operations (shuffles, max, unpack) from a deliberately

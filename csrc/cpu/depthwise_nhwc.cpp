@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/avx512.h"
 #include "cpu/depthwise.h"
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"  // Scratch
@@ -219,12 +220,10 @@ struct RowKernels {
 FC_ROW_KERNELS(generic_f32, , float, 16)
 FC_ROW_KERNELS(generic_f64, , double, 16)
 #if defined(__x86_64__)
-#define FC_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
-#define FC_TARGET_AVX512F __attribute__((target("avx512f")))
-FC_ROW_KERNELS(avx2_f32, FC_TARGET_AVX2_FMA, float, 32)
-FC_ROW_KERNELS(avx2_f64, FC_TARGET_AVX2_FMA, double, 32)
-FC_ROW_KERNELS(avx512_f32, FC_TARGET_AVX512F, float, 64)
-FC_ROW_KERNELS(avx512_f64, FC_TARGET_AVX512F, double, 64)
+FC_ROW_KERNELS(avx2_f32, FC_TARGET_AVX2, float, 32)
+FC_ROW_KERNELS(avx2_f64, FC_TARGET_AVX2, double, 32)
+FC_ROW_KERNELS(avx512_f32, FC_TARGET_AVX512, float, 64)
+FC_ROW_KERNELS(avx512_f64, FC_TARGET_AVX512, double, 64)
 #endif
 #undef FC_ROW_KERNELS
 

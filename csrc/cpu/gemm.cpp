@@ -35,7 +35,6 @@ void uk_generic(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, int64_t c
 }
 
 #if defined(__x86_64__)
-#define FC_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define FC_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 // Writes the 8 x 32 float32 accumulators r (rows i: r[i][0], r[i][1]) to C.

@@ -3,7 +3,6 @@
 #include "cpu/small_m.h"
 
 #include <ATen/Parallel.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -17,27 +16,6 @@ namespace fastconv {
 namespace cpu {
 #if defined(__x86_64__)
 namespace {
-
-// Data-cache sizes in bytes (sysconf; typical values where the system does not say).
-struct Caches {
-  int64_t l1, l2, l3;
-};
-
-const Caches& caches() {
-  static const Caches c = [] {
-    auto get = [](int name, int64_t fallback) {
-      const long v = sysconf(name);
-      return v > 0 ? int64_t(v) : fallback;
-    };
-#if defined(_SC_LEVEL1_DCACHE_SIZE)
-    return Caches{get(_SC_LEVEL1_DCACHE_SIZE, 32 << 10), get(_SC_LEVEL2_CACHE_SIZE, 1 << 20),
-                  get(_SC_LEVEL3_CACHE_SIZE, 8 << 20)};
-#else
-    return Caches{32 << 10, 1 << 20, 8 << 20};
-#endif
-  }();
-  return c;
-}
 
 constexpr int kFwdRows = 6;   // weight rows per forward tile
 constexpr int kFwdCols = 4;   // pixel rows per forward tile
@@ -199,7 +177,7 @@ FC_TARGET_AVX512 void broadcast_tile(const float* a, int64_t lda, int mi, const 
 }
 
 // Depth chunk of the broadcast tiles: a 64-column chunk of the streamed operand in half of L1.
-int64_t broadcast_chunk() { return std::max<int64_t>(16, caches().l1 / 2 / (kBwdCols * 4)); }
+int64_t broadcast_chunk() { return std::max<int64_t>(16, cache_sizes().l1 / 2 / (kBwdCols * 4)); }
 
 }  // namespace
 
@@ -211,14 +189,14 @@ bool small_m_faster(const Conv2dShape& s) {
   const int64_t M = s.N * s.P * s.Q, CRS = s.Cg() * s.R * s.S;
   // colT (M x CRS floats) within a quarter of the last-level cache, so that it is still cached
   // while every weight block streams past it.
-  return M <= s.Kg() && CRS >= 128 && s.Kg() >= 32 && M * CRS * 4 <= caches().l3 / 4;
+  return M <= s.Kg() && CRS >= 128 && s.Kg() >= 32 && M * CRS * 4 <= cache_sizes().l3 / 4;
 }
 
 void small_m_forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s, bool relu) {
   const int64_t PQ = s.P * s.Q, M = s.N * PQ, Kg = s.Kg(), CRS = s.Cg() * s.R * s.S, CRSp = round_up(CRS, 16);
   // Depth chunk: the tile's 6 weight rows in half of L1; pixel block: its colT chunk in half of L2.
-  const int64_t kc = chunk_of(CRS, caches().l1 / 2 / (kFwdRows * 4));
-  const int64_t mb = round_up(ceil_div(M, ceil_div(M, std::max<int64_t>(kFwdCols, caches().l2 / 2 / (kc * 4)))), kFwdCols);
+  const int64_t kc = chunk_of(CRS, cache_sizes().l1 / 2 / (kFwdRows * 4));
+  const int64_t mb = round_up(ceil_div(M, ceil_div(M, std::max<int64_t>(kFwdCols, cache_sizes().l2 / 2 / (kc * 4)))), kFwdCols);
   const int64_t mblocks = ceil_div(M, mb);
   // Weight rows per task: enough tasks to balance the threads (the split does not change any sum).
   const int64_t want = std::max<int64_t>(1, 4 * at::get_num_threads() / mblocks);

@@ -2,7 +2,6 @@
 #include "cpu/strided_direct.h"
 
 #include <ATen/Parallel.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -70,14 +69,6 @@ FC_TARGET_AVX512 void tile_out(const float* a, const float* x, int64_t cs, int64
   }
 }
 
-// The L2 data cache in bytes (1 MiB where the system does not say).
-int64_t l2_bytes() {
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-  const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  if (v > 0) return v;
-#endif
-  return 1 << 20;
-}
 
 // The phase planes of a call: each input channel (n, c) becomes sh*sw planes of psize floats,
 // plane (a, b) holding phase rows i < prows (P + halo: every row a tile reads) of Wv floats, then
@@ -230,7 +221,7 @@ void strided_direct_weight_grad(const float* dy, const float* x, float* dw, cons
   const PhaseGeometry geo(s);
   const int64_t KW = round_up(K, 64), kblocks = KW / 64, tiles = ceil_div(CRS, 6);
   // Output rows per chunk: the chunk's dy transposed ([pixels][KW] floats) in a quarter of L2.
-  const int64_t chunk_rows = std::clamp<int64_t>(l2_bytes() / 4 / (Q * KW * 4), 1, P);
+  const int64_t chunk_rows = std::clamp<int64_t>(cache_sizes().l2 / 4 / (Q * KW * 4), 1, P);
   static thread_local Scratch<float> x_scratch, acc_scratch;
   float* xph = x_scratch.get(C * geo.cs);       // image n's phase planes
   float* acc = acc_scratch.get(tiles * 6 * KW);  // dw^T [crs][KW], rows padded to whole tiles
