@@ -70,6 +70,7 @@ GPUS = {
 ASSUMED = {
     "h100_mma_sync_fraction": 0.62,  # share of H100's dense peak that mma.sync can issue (wgmma: 1.0)
     "fill_cycles_per_wave": 1200,    # first tiles' global-memory latency + epilogue stores, per wave
+    "mma_issue_eff": 0.85,           # share of the MMA issue rate a compute-bound mma.sync mainloop keeps
     "ffma_mainloop_eff": 0.5,        # FP32 FFMA kernels: share of CUDA-core peak (FFMA share of the loop)
 }
 
@@ -113,7 +114,7 @@ def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict):
     # one block's k-step: tensor-core cycles vs shared-memory cycles (every warp's ldmatrix reads of
     # its A and B fragments + the cp.async writes of the stage)
     rate = gpu.fma_per_clk[kind] * (ASSUMED["h100_mma_sync_fraction"] if gpu.name.startswith("H100") else 1.0)
-    mma_cyc = mma_per_kstep * 16 * 8 * kmma / rate
+    mma_cyc = mma_per_kstep * 16 * 8 * kmma / (rate * ASSUMED["mma_issue_eff"])
     smem_cyc = (warps * (wm + wn) + bm + bn) * 64 / gpu.smem_per_clk
     # the blocks resident on one SM share its tensor cores and shared memory
     resident = min(per_sm, math.ceil(blocks / gpu.sms))
@@ -153,6 +154,23 @@ def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick):
                 pct_peak=100 * case.flops() / (t * peak), vs_roofline=t / roof)
 
 
+def summary(rows):
+    """The issue's goals, read off the model: on A100, % of the tensor-core peak of VGG16 conv2_x to
+    conv5_x, and model / roofline of every layer but the 3-channel ones, per pass and dtype."""
+    print()
+    for gpu in sorted({r["gpu"] for r in rows}):
+        for dt in sorted({r["dtype"] for r in rows}):
+            for op in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight"):
+                sel = [r for r in rows if r["gpu"] == gpu and r["dtype"] == dt and r["op"] == op]
+                deep = [r["pct_peak"] for r in sel if r["suite"] == "vgg16" and r["layer"][4] in "2345"]
+                rest = [r["vs_roofline"] for r in sel if r["layer"] not in ("conv1", "conv1_1")]
+                if not deep or not rest:
+                    continue
+                gm = math.exp(sum(math.log(x) for x in deep) / len(deep))
+                print(f"{gpu} {dt} {op[5:]}: VGG16 conv2_x-conv5_x {gm:.0f}% of tensor-core peak (geomean, "
+                      f"min {min(deep):.0f}%); model / roofline, 3-channel layers aside: max {max(rest):.2f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", action="append", choices=["catdog", "vgg16"], help="default both")
@@ -184,6 +202,7 @@ def main(argv=None):
               f" | {r['blocks']} | {r['waves']} "
               f"| {r['wave_eff']:.2f} | {r['tile_eff']:.2f} | {r['bound']} | {r['model_us']:.1f} "
               f"| {r['roofline_us']:.1f} | {r['pct_peak']:.0f} | {r['vs_roofline']:.2f} |")
+    summary(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(model=True, assumed=ASSUMED, gpus={k: dataclasses.asdict(v) for k, v in GPUS.items()},
