@@ -7,7 +7,9 @@
     python benchmarks/conv_bench.py --roofline                                    # GPU paper bounds
 
 Vendor path: on CPU PyTorch's native ops (oneDNN convolution, ATen max-pool / ReLU); on GPU cuDNN,
-reported twice (TF32 off = like-for-like fp32, and PyTorch's default), cudnn.benchmark = True.
+reported twice (TF32 off = like-for-like fp32, and PyTorch's default), cudnn.benchmark = True;
+fastconv likewise in float32 (fastconv: TF32 off, the exact FFMA kernels, against cudnn;
+fastconv_tf32: its tensor-core kernels, against cudnn_tf32, held to a 1e-3 error budget).
 ``--channels-last`` adds the vendor and fastconv on channels_last (NHWC) inputs: the column
 "vs native_cl" compares fastconv_cl with native_cl (same memory format on both sides).
 ``--dtype bfloat16`` on CPU times native bf16 (the reference), fastconv on float32 copies of the
@@ -63,10 +65,13 @@ def tested_names(impls):
 
 
 def counterpart(impls, vendor):
-    """The implementation under test that a vendor is compared with: the one on the same input
-    layout (fastconv_cl for native_cl), else the last."""
-    same = [n for n in tested_names(impls) if impls[n].layout is impls[vendor].layout]
-    return same[0] if same else list(impls)[-1]
+    """The implementation under test that a vendor is compared with: the one that names it
+    (fastconv_tf32 for cudnn_tf32), else the one on the same input layout (fastconv_cl for
+    native_cl), else the last."""
+    tested = tested_names(impls)
+    named = [n for n in tested if impls[n].vendor == vendor]
+    same = [n for n in tested if impls[n].vendor is None and impls[n].layout is impls[vendor].layout]
+    return (named + same + [list(impls)[-1]])[0]
 
 
 def run_case(case, op, impls, ref, dtype, device, modes, min_time, threads, bar):
@@ -91,7 +96,7 @@ def run_case(case, op, impls, ref, dtype, device, modes, min_time, threads, bar)
             row["rel_err"][name] = rel_error(impls[name].ops[op](sets[name][0], case), reference)
         except Exception as e:  # an implementation that raises is a failed case, not a crash
             row["errors"][name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-    row["ok"] = not row["errors"] and all(row["rel_err"].get(n, math.inf) <= row["tolerance"]
+    row["ok"] = not row["errors"] and all(row["rel_err"].get(n, math.inf) <= (impls[n].tolerance or row["tolerance"])
                                           for n in tested_names(impls) if n in names)
     def timed_call(name):
         impl, rotation = impls[name], itertools.cycle(sets[name])

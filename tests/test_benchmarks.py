@@ -305,3 +305,17 @@ def test_zoo_helpers():
     assert zoo.layer_kind(conv(8, 16, 3, groups=2), False) == "grouped"
     assert zoo.layer_kind(conv(8, 16, 1), False) == "1x1"
     assert zoo.layer_kind(conv(8, 16, 3, 2), False) == "3x3 s2"
+
+
+def test_conv_bench_cuda_pairs():
+    """On CUDA (float32) fastconv is timed twice like cuDNN: TF32 off against cudnn, TF32 on
+    (fastconv_tf32, the tensor-core kernels, 1e-3 budget) against cudnn_tf32. Built without a GPU:
+    only the pairing is checked."""
+    cb = load("conv_bench")
+    cuda = impls.default_impls(torch.device("cuda"), "fastconv", channels_last=True)
+    assert list(cuda) == ["cudnn", "cudnn_tf32", "cudnn_cl", "fastconv_cl", "fastconv_tf32", "fastconv"]
+    pairs = {v: cb.counterpart(cuda, v) for v in ["cudnn", "cudnn_tf32", "cudnn_cl"]}
+    assert pairs == {"cudnn": "fastconv", "cudnn_tf32": "fastconv_tf32", "cudnn_cl": "fastconv_cl"}
+    assert cuda["fastconv_tf32"].tolerance == cases.TOL_TF32
+    half = impls.default_impls(torch.device("cuda"), "fastconv", dtype=torch.bfloat16)
+    assert "fastconv_tf32" not in half

@@ -22,6 +22,7 @@ OPS = {  # op -> (case kind, rate unit)
 }
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}  # rel. error allowed (Winograd runs by default on CPU)
+TOL_TF32 = 1e-3  # float32 convolutions on tensor cores (TF32 operands: 10 mantissa bits)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

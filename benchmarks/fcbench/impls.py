@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .cases import conv_args, pool_args
+from .cases import TOL_TF32, conv_args, pool_args
 
 @dataclasses.dataclass
 class Impl:
@@ -19,6 +19,8 @@ class Impl:
     description: str = ""
     layout: Callable[[dict], dict] | None = None  # converts an input set once, outside the timing
     tested: bool = False  # an implementation under test (compared with the vendors of its layout)
+    vendor: str | None = None  # under test: the vendor it is compared with (default: by layout)
+    tolerance: float | None = None  # under test: its relative-error budget (default: the dtype's)
 
 
 def native_ops():
@@ -79,7 +81,8 @@ def default_impls(device, under_test="fastconv", channels_last=False, dtype=torc
     channels_last adds the vendor on channels_last (NHWC) inputs as one more comparison, and (for
     fastconv) fastconv on the same channels_last inputs, compared with that vendor; a bfloat16 run
     on the CPU adds fastconv on float32 copies of the inputs (its speedup column: fastconv float32
-    time / fastconv bfloat16 time)."""
+    time / fastconv bfloat16 time); a float32 run on CUDA adds fastconv with TF32 on, compared with
+    cuDNN with TF32 on."""
     if device.type == "cuda":
         impls = {"cudnn": Impl("cudnn", native_ops(), cudnn_flags(False), "cuDNN, TF32 off (like-for-like fp32)"),
                  "cudnn_tf32": Impl("cudnn_tf32", native_ops(), cudnn_flags(True), "cuDNN, PyTorch default (TF32 on)")}
@@ -98,6 +101,10 @@ def default_impls(device, under_test="fastconv", channels_last=False, dtype=torc
         if channels_last:
             impls["fastconv_cl"] = Impl("fastconv_cl", fastconv_ops(), prepare,
                                         "fastconv (torch.ops.fastconv), channels_last inputs", to_channels_last, True)
+        if device.type == "cuda" and dtype == torch.float32:  # fastconv's tensor-core path vs cuDNN's
+            impls["fastconv_tf32"] = Impl("fastconv_tf32", fastconv_ops(), cudnn_flags(True),
+                                          "fastconv, TF32 on (tensor cores)", tested=True, vendor="cudnn_tf32",
+                                          tolerance=TOL_TF32)
         impls["fastconv"] = Impl("fastconv", fastconv_ops(), prepare, "fastconv (torch.ops.fastconv)", tested=True)
     else:  # A/A run: the vendor against itself shows the noise floor of the measurement
         impls["native_again"] = Impl("native_again", native_ops(), description="vendor path again (A/A noise check)")
