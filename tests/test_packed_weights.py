@@ -198,7 +198,7 @@ def test_threads_share_the_cache(rng):
 
 
 @pytest.mark.parametrize("limit_mb,expect", [("0", "0 0"), ("1", "bounded")])
-def test_memory_bound(limit_mb, expect):
+def test_memory_bound(limit_mb, expect, tmp_path):
     """FASTCONV_PACKED_WEIGHTS_MB: 0 turns the cache off; otherwise the total stays under it."""
     code = (
         "import torch, fastconv\n"
@@ -209,8 +209,12 @@ def test_memory_bound(limit_mb, expect):
         "    for w in ws: fastconv.functional.conv2d(x, w, None, 1, 1)\n"
         "c = fastconv.info()['cpu_packed_weights']\n"
         "print(c['entries'], c['bytes'], c['limit_bytes'])\n")
-    env = dict(os.environ, FASTCONV_PACKED_WEIGHTS_MB=limit_mb)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # The same fastconv as this process (installed or built in place), never a source tree that
+    # happens to be the working directory.
+    env = dict(os.environ, FASTCONV_PACKED_WEIGHTS_MB=limit_mb,
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__))))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
     n, used, limit = map(int, out.stdout.split())
     assert limit == int(limit_mb) << 20
     if expect == "0 0":
