@@ -7,47 +7,17 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/avx512.h"
 #include "cpu/depthwise.h"
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"  // Scratch
-
-#define FC_INLINE inline __attribute__((always_inline))
-
-// The vector helpers are always inlined into functions of their ISA: no vector crosses a call.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "cpu/simd.h"
 
 namespace fastconv {
 namespace cpu {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Row kernels. A vector is VB bytes of T in GCC's vector extension: the compiler emits the
-// instructions of the function it is inlined into (zmm in an AVX-512 function, ymm in an AVX2 one,
-// xmm on the baseline), so one source serves every ISA.
-
-template <typename T, int VB>
-struct Vec {
-  typedef T type __attribute__((vector_size(VB)));
-  static constexpr int kLanes = VB / int(sizeof(T));
-};
-
-template <typename V, typename T>
-FC_INLINE V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// The first `lanes` lanes of v to p.
-template <typename V, typename T>
-FC_INLINE void store(T* p, const V& v, int lanes) {
-  if (lanes * int(sizeof(T)) == int(sizeof(V))) {
-    std::memcpy(p, &v, sizeof v);
-  } else {
-    std::memcpy(p, &v, size_t(lanes) * sizeof(T));
-  }
-}
+// Row kernels, on the portable vectors of cpu/simd.h (one source for every ISA).
 
 constexpr int kMaxPixels = 8;  // pixels per forward tile (accumulators in registers)
 constexpr int kMaxTaps = 12;   // taps per weight-gradient group (accumulators in registers)
@@ -302,6 +272,57 @@ std::vector<T> pack_taps(const T* w, WeightStrides ws, const Conv2dShape& s, int
   return wp;
 }
 
+// The taps of output column q0 of output row p (image n) read in place from NHWC x, from channel
+// k0: tap(t, src) for each tap t = r*S + c whose input pixel lies in the image, src its address.
+// Returns how many. The columns after q0 of a run (column_runs) read src + i * stride_w * C.
+template <typename T, class F>
+FC_INLINE int64_t in_place_taps(const T* x, const Conv2dShape& s, int64_t n, int64_t p, int64_t q0, int64_t k0,
+                                F&& tap) {
+  int64_t taps = 0;
+  for (int64_t r = 0; r < s.R; ++r) {
+    const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+    if (h < 0 || h >= s.H) continue;
+    for (int64_t c = 0; c < s.S; ++c) {
+      const int64_t wc = q0 * s.stride_w - s.pad_w + c * s.dil_w;
+      if (wc < 0 || wc >= s.W) continue;
+      tap(r * s.S + c, x + ((n * s.H + h) * s.W + wc) * s.C + k0);
+      ++taps;
+    }
+  }
+  return taps;
+}
+
+// Output columns [0, Q) as runs with one set of taps each: [qa, qb), whose taps all lie in the
+// row, as one run(qa, qb); the columns in the padding's reach one at a time.
+template <class F>
+FC_INLINE void column_runs(const Conv2dShape& s, F&& run) {
+  const int64_t qa = std::min(s.Q, ceil_div(s.pad_w, s.stride_w));
+  const int64_t qb =
+      std::clamp<int64_t>(floor_div(s.W - 1 + s.pad_w - (s.S - 1) * s.dil_w, s.stride_w) + 1, qa, s.Q);
+  for (int64_t q = 0; q < qa; ++q) run(q, q + 1);
+  if (qa < qb) run(qa, qb);
+  for (int64_t q = qb; q < s.Q; ++q) run(q, q + 1);
+}
+
+// The taps of output row p (image n) from staged input rows: rows missing from the ring are
+// staged first (input columns [w0, w1), channels k0 + [0, cb) read through channel / m, at staged
+// column w + pad_w; ring key n*H + h). tap(t, src) with src the staged column of output column 0.
+template <typename T, class F>
+FC_INLINE int64_t staged_taps(const RowKernels<T>& kern, Ring<T>& ring, const T* x, const Conv2dShape& s, int64_t n,
+                              int64_t p, int64_t k0, int64_t cb, int64_t w0, int64_t w1, F&& tap) {
+  int64_t taps = 0;
+  for (int64_t r = 0; r < s.R; ++r) {
+    const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+    if (h < 0 || h >= s.H) continue;
+    T* row = ring.slot(n * s.H + h);
+    if (ring.missing(n * s.H + h))
+      stage_row(kern, x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, s.Kg(), cb,
+                row + (w0 + s.pad_w) * ring.CB, ring.CB);
+    for (int64_t c = 0; c < s.S; ++c, ++taps) tap(r * s.S + c, row + c * s.dil_w * ring.CB);
+  }
+  return taps;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -321,8 +342,6 @@ void depthwise_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* b
   // [qa, qb), whose taps all lie in the row, as one run per tap; the few others (in the padding's
   // reach) pixel by pixel with their in-row taps. Channel blocks of <= 256 then.
   const bool direct = m == 1 && s.K % L == 0;
-  const int64_t qa = std::min(s.Q, ceil_div(pw, sw));
-  const int64_t qb = std::clamp<int64_t>(floor_div(s.W - 1 + pw - (s.S - 1) * dw, sw) + 1, qa, s.Q);
   const int64_t CB = direct ? round_up(ceil_div(s.K, ceil_div(s.K, 256)), L)
                             : channel_block(s.K, slots * cols * int64_t(sizeof(T)), L);
   const int64_t blocks = ceil_div(s.K, CB), chunks = row_chunks(s.P, s.N * blocks);
@@ -343,41 +362,24 @@ void depthwise_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* b
       if (direct) {
         for (int64_t p = p0; p < p1; ++p) {
           T* yrow = y + (n * s.P + p) * s.Q * s.K + k0;
-          // taps of output columns [q0, q1) (q1 - q0 == 1 at the edges, taps in the row only)
-          auto run = [&](int64_t q0, int64_t q1) {
-            int64_t taps = 0;
-            for (int64_t r = 0; r < s.R; ++r) {
-              const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-              if (h < 0 || h >= s.H) continue;
-              for (int64_t c = 0; c < s.S; ++c) {
-                const int64_t wc = q0 * sw - pw + c * dw;
-                if (wc < 0 || wc >= s.W) continue;
-                src[taps] = x + ((n * s.H + h) * s.W + wc) * s.C + k0;
-                wt[taps++] = wp.data() + (r * s.S + c) * Kp + k0;
-              }
-            }
+          column_runs(s, [&](int64_t q0, int64_t q1) {
+            int64_t i = 0;
+            const int64_t taps = in_place_taps(x, s, n, p, q0, k0, [&](int64_t t, const T* in) {
+              src[i] = in;
+              wt[i++] = wp.data() + t * Kp + k0;
+            });
             kern.conv(src, wt, taps, sw * s.C, bp.data() + k0, relu, q1 - q0, cb, yrow + q0 * s.K, s.K);
-          };
-          for (int64_t q = 0; q < qa; ++q) run(q, q + 1);
-          if (qa < qb) run(qa, qb);
-          for (int64_t q = qb; q < s.Q; ++q) run(q, q + 1);
+          });
         }
         continue;
       }
       Ring<T> ring(ring_scratch.get(slots * cols * CB), slots, cols, CB);
       for (int64_t p = p0; p < p1; ++p) {
-        int64_t taps = 0;
-        for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-          if (h < 0 || h >= s.H) continue;
-          T* row = ring.slot(h);
-          if (ring.missing(h))
-            stage_row(kern, x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + pw) * CB, CB);
-          for (int64_t c = 0; c < s.S; ++c, ++taps) {
-            src[taps] = row + c * dw * CB;
-            wt[taps] = wp.data() + (r * s.S + c) * Kp + k0;
-          }
-        }
+        int64_t i = 0;
+        const int64_t taps = staged_taps(kern, ring, x, s, n, p, k0, cb, w0, w1, [&](int64_t t, const T* in) {
+          src[i] = in;
+          wt[i++] = wp.data() + t * Kp + k0;
+        });
         kern.conv(src, wt, taps, sw * CB, bp.data() + k0, relu, s.Q, cb, y + (n * s.P + p) * s.Q * s.K + k0,
                   s.K);
       }
@@ -509,9 +511,6 @@ void depthwise_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2d
   const int64_t cols = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1, slots = (s.R - 1) * s.dil_h + 1;
   // With m == 1 and whole vectors x and dy are read in place, as in the forward pass.
   const bool direct = m == 1 && s.K % L == 0;
-  const int64_t sw = s.stride_w, pw = s.pad_w, dl = s.dil_w;
-  const int64_t qa = std::min(s.Q, ceil_div(pw, sw));
-  const int64_t qb = std::clamp<int64_t>(floor_div(s.W - 1 + pw - (s.S - 1) * dl, sw) + 1, qa, s.Q);
   const int64_t CB = channel_block(
       s.K, (direct ? RS : slots * cols + s.Q + RS) * int64_t(sizeof(T)) + RS * 8, L);
   const int64_t blocks = ceil_div(s.K, CB);
@@ -542,39 +541,23 @@ void depthwise_backward_weight_nhwc(const T* dy, const T* x, T* dw, const Conv2d
       for (int64_t g = g0; g < g1 && direct; ++g) {
         const int64_t n = g / s.P, p = g % s.P;
         const T* dyrow_in = dy + g * s.Q * s.K + k0;
-        auto run = [&](int64_t q0, int64_t q1) {  // output columns [q0, q1), as in the forward pass
-          int64_t taps = 0;
-          for (int64_t r = 0; r < s.R; ++r) {
-            const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-            if (h < 0 || h >= s.H) continue;
-            for (int64_t c = 0; c < s.S; ++c) {
-              const int64_t wc = q0 * sw - pw + c * dl;
-              if (wc < 0 || wc >= s.W) continue;
-              src[taps] = x + ((n * s.H + h) * s.W + wc) * s.C + k0;
-              accs[taps++] = acc + (r * s.S + c) * CB;
-            }
-          }
-          kern.wgrad(src, accs, taps, dyrow_in + q0 * s.K, s.K, sw * s.C, q1 - q0, cb);
-        };
-        for (int64_t q = 0; q < qa; ++q) run(q, q + 1);
-        if (qa < qb) run(qa, qb);
-        for (int64_t q = qb; q < s.Q; ++q) run(q, q + 1);
+        column_runs(s, [&](int64_t q0, int64_t q1) {  // as in the forward pass
+          int64_t i = 0;
+          const int64_t taps = in_place_taps(x, s, n, p, q0, k0, [&](int64_t t, const T* in) {
+            src[i] = in;
+            accs[i++] = acc + t * CB;
+          });
+          kern.wgrad(src, accs, taps, dyrow_in + q0 * s.K, s.K, s.stride_w * s.C, q1 - q0, cb);
+        });
         if ((g - g0 + 1) % flush == 0) move_sums();
       }
       for (int64_t g = g0; g < g1 && !direct; ++g) {
         const int64_t n = g / s.P, p = g % s.P;
-        int64_t taps = 0;
-        for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-          if (h < 0 || h >= s.H) continue;
-          T* row = ring.slot(n * s.H + h);
-          if (ring.missing(n * s.H + h))
-            stage_row(kern, x + ((n * s.H + h) * s.W + w0) * s.C, s.C, w1 - w0, k0, 1, m, cb, row + (w0 + s.pad_w) * CB, CB);
-          for (int64_t c = 0; c < s.S; ++c, ++taps) {
-            src[taps] = row + c * s.dil_w * CB;
-            accs[taps] = acc + (r * s.S + c) * CB;
-          }
-        }
+        int64_t i = 0;
+        const int64_t taps = staged_taps(kern, ring, x, s, n, p, k0, cb, w0, w1, [&](int64_t t, const T* in) {
+          src[i] = in;
+          accs[i++] = acc + t * CB;
+        });
         stage_row(kern, dy + g * s.Q * s.K, s.K, s.Q, k0, 1, 1, cb, dyrow, CB);
         kern.wgrad(src, accs, taps, dyrow, CB, s.stride_w * CB, s.Q, cb);
         if ((g - g0 + 1) % flush == 0) move_sums();

@@ -16,8 +16,8 @@
 #include <type_traits>
 
 #include "common/checks.h"
-#include "cpu/avx512.h"
 #include "cpu/dispatch.h"
+#include "cpu/simd.h"
 
 
 namespace fastconv {
@@ -43,93 +43,49 @@ void relu_backward_range(const T* __restrict__ dy, const T* __restrict__ out, T*
 
 #if defined(__x86_64__)
 
-// The loops below are force-inlined into their ISA-specific callers; their stand-alone copies
-// (never called) would pass vectors by value without the ISA enabled.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-// One vector register of T per ISA: relu(v) = max(0, v) (maxps returns its second operand when
-// either is NaN, so NaN and -0.0 pass as in x < 0 ? 0 : x); gate(out, g) = g where out > 0 or out
-// is NaN (not "<= 0", an unordered compare), else 0.
-template <typename T> struct Avx512;
-template <> struct Avx512<float> {
-  static constexpr int kLanes = 16;
-  FC_TARGET_AVX512 static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
-  FC_TARGET_AVX512 static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-  FC_TARGET_AVX512 static void stream(float* p, __m512 v) { _mm512_stream_ps(p, v); }
-  FC_TARGET_AVX512 static __m512 relu(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
-  FC_TARGET_AVX512 static __m512 gate(__m512 out, __m512 g) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(out, _mm512_setzero_ps(), _CMP_NLE_UQ), g);
+// Whole vectors of VB bytes over [b, e) (the caller does the ends), written once for every ISA
+// (cpu/simd.h) with the portable loops' selects, so NaN and -0.0 pass as there. stream:
+// non-temporal stores, which need y + b aligned to the vector (the caller aligns b), then a store
+// fence so that the results are visible to other threads in order once the range is done.
+template <int VB, typename T>
+FC_INLINE void relu_forward_vec(const T* x, T* y, int64_t b, int64_t e, bool streamed) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int L = Vec<T, VB>::kLanes;
+  const V zero = V{};
+  for (int64_t i = b; i < e; i += L) {
+    const V v = load<V>(x + i);
+    const V r = v < zero ? zero : v;
+    streamed ? stream(y + i, r) : store(y + i, r, L);
   }
-};
-template <> struct Avx512<double> {
-  static constexpr int kLanes = 8;
-  FC_TARGET_AVX512 static __m512d load(const double* p) { return _mm512_loadu_pd(p); }
-  FC_TARGET_AVX512 static void store(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
-  FC_TARGET_AVX512 static void stream(double* p, __m512d v) { _mm512_stream_pd(p, v); }
-  FC_TARGET_AVX512 static __m512d relu(__m512d v) { return _mm512_max_pd(_mm512_setzero_pd(), v); }
-  FC_TARGET_AVX512 static __m512d gate(__m512d out, __m512d g) {
-    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(out, _mm512_setzero_pd(), _CMP_NLE_UQ), g);
-  }
-};
-template <typename T> struct Avx2;
-template <> struct Avx2<float> {
-  static constexpr int kLanes = 8;
-  FC_TARGET_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
-  FC_TARGET_AVX2 static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-  FC_TARGET_AVX2 static void stream(float* p, __m256 v) { _mm256_stream_ps(p, v); }
-  FC_TARGET_AVX2 static __m256 relu(__m256 v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
-  FC_TARGET_AVX2 static __m256 gate(__m256 out, __m256 g) {
-    return _mm256_and_ps(_mm256_cmp_ps(out, _mm256_setzero_ps(), _CMP_NLE_UQ), g);
-  }
-};
-template <> struct Avx2<double> {
-  static constexpr int kLanes = 4;
-  FC_TARGET_AVX2 static __m256d load(const double* p) { return _mm256_loadu_pd(p); }
-  FC_TARGET_AVX2 static void store(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
-  FC_TARGET_AVX2 static void stream(double* p, __m256d v) { _mm256_stream_pd(p, v); }
-  FC_TARGET_AVX2 static __m256d relu(__m256d v) { return _mm256_max_pd(_mm256_setzero_pd(), v); }
-  FC_TARGET_AVX2 static __m256d gate(__m256d out, __m256d g) {
-    return _mm256_and_pd(_mm256_cmp_pd(out, _mm256_setzero_pd(), _CMP_NLE_UQ), g);
-  }
-};
-
-// [b, e) in whole vectors of V (the caller does the ends). stream: non-temporal stores, which
-// need y + b aligned to the vector (the caller aligns b), then a store fence so that the results
-// are visible to other threads in order once the range is done.
-template <class V, typename T>
-__attribute__((always_inline)) inline void relu_forward_vec(const T* x, T* y, int64_t b, int64_t e, bool stream) {
-  if (stream) {
-    for (int64_t i = b; i < e; i += V::kLanes) V::stream(y + i, V::relu(V::load(x + i)));
-    _mm_sfence();
-  } else {
-    for (int64_t i = b; i < e; i += V::kLanes) V::store(y + i, V::relu(V::load(x + i)));
-  }
+  if (streamed) stream_fence();
 }
-template <class V, typename T>
-__attribute__((always_inline)) inline void relu_backward_vec(const T* dy, const T* out, T* dx, int64_t b, int64_t e, bool stream) {
-  if (stream) {
-    for (int64_t i = b; i < e; i += V::kLanes) V::stream(dx + i, V::gate(V::load(out + i), V::load(dy + i)));
-    _mm_sfence();
-  } else {
-    for (int64_t i = b; i < e; i += V::kLanes) V::store(dx + i, V::gate(V::load(out + i), V::load(dy + i)));
+template <int VB, typename T>
+FC_INLINE void relu_backward_vec(const T* dy, const T* out, T* dx, int64_t b, int64_t e, bool streamed) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int L = Vec<T, VB>::kLanes;
+  const V zero = V{};
+  for (int64_t i = b; i < e; i += L) {
+    const V r = load<V>(out + i) <= zero ? zero : load<V>(dy + i);
+    streamed ? stream(dx + i, r) : store(dx + i, r, L);
   }
+  if (streamed) stream_fence();
 }
 // The ISA-specific instantiations (the target attribute must be on the function the loop is in).
 template <typename T>
 FC_TARGET_AVX512 void relu_forward_avx512(const T* x, T* y, int64_t b, int64_t e, bool s) {
-  relu_forward_vec<Avx512<T>>(x, y, b, e, s);
+  relu_forward_vec<64>(x, y, b, e, s);
 }
 template <typename T>
 FC_TARGET_AVX2 void relu_forward_avx2(const T* x, T* y, int64_t b, int64_t e, bool s) {
-  relu_forward_vec<Avx2<T>>(x, y, b, e, s);
+  relu_forward_vec<32>(x, y, b, e, s);
 }
 template <typename T>
 FC_TARGET_AVX512 void relu_backward_avx512(const T* dy, const T* out, T* dx, int64_t b, int64_t e, bool s) {
-  relu_backward_vec<Avx512<T>>(dy, out, dx, b, e, s);
+  relu_backward_vec<64>(dy, out, dx, b, e, s);
 }
 template <typename T>
 FC_TARGET_AVX2 void relu_backward_avx2(const T* dy, const T* out, T* dx, int64_t b, int64_t e, bool s) {
-  relu_backward_vec<Avx2<T>>(dy, out, dx, b, e, s);
+  relu_backward_vec<32>(dy, out, dx, b, e, s);
 }
 #endif  // __x86_64__
 
