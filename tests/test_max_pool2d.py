@@ -217,6 +217,21 @@ def test_max_pool2d_disjoint_windows_every_cpu_isa(cpu_isa, cfg, fmt, rng):
         _check(cpu_backend(), _specials(shape, rng, 0.2), cfg, torch.float64, rng, fmt)
 
 
+# Overlapping and other windows (the vectorised row scan of every other configuration): stem
+# pools, stride 1, dilation, ceil mode, asymmetric, windows wider than the stride; rows shorter and
+# longer than a vector, with tails.
+ANY_WINDOW = [(3, 2, 1, 1, False), (3, 2, 0, 1, True), (3, 1, 1, 1, False), (3, 2, 1, 2, False),
+              ((2, 5), (1, 3), (1, 2), (2, 1), True), (5, 3, 2, 1, True), ((3, 1), (2, 1), (1, 0), 1, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", ANY_WINDOW, ids=[f"window{i}" for i in range(len(ANY_WINDOW))])
+def test_max_pool2d_any_window_every_cpu_isa(cpu_isa, cfg, dtype, rng):
+    for shape in [(2, 3, 13, 17), (1, 2, 9, 70), (1, 1, 6, 5), (1, 5, 11, 40)]:
+        _check(cpu_backend(), randn(shape, rng, torch.float64), cfg, dtype, rng)
+        _check(cpu_backend(), _specials(shape, rng, 0.2), cfg, dtype, rng)
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_max_pool2d_2x2_layouts_every_cpu_isa(cpu_isa, layout, rng):
     x = randn((2, 4, 19, 70), rng, torch.float64)

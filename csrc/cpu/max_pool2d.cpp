@@ -5,7 +5,8 @@
 // input plane.
 //   forward:  2x2 stride 2 (float, AVX-512 or AVX2) one output row at a time, full-width loads of
 //             its two input rows split into even/odd columns by permutes; any other configuration
-//             a scalar loop.
+//             (float, AVX-512) 16 outputs of a row at a time from its window rows staged as
+//             stride-phase rows; other dtypes and ISAs a scalar loop.
 //   backward: disjoint windows (stride >= kernel, dilation 1) are done one output row at a time,
 //             each dx element written once (no zeroing pass): 2x2/2 float with AVX-512 selects dy
 //             or 0 per window position; other disjoint windows zero the row's input rows and store
@@ -28,8 +29,9 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "cpu/avx512.h"
 #include "cpu/dispatch.h"
+#include "cpu/avx512.h"
+#include "cpu/gemm.h"  // Scratch
 
 
 namespace fastconv {
@@ -157,6 +159,89 @@ FC_TARGET_AVX512 void pool_row_2x2_avx512(const float* a, const float* b, float*
   }
 }
 
+// ---- Forward, any other configuration (float, AVX-512), vectorised along the output row: output
+// row p scans its window rows (ascending) and in each its taps (ascending) for 16 outputs q at
+// once, with pool_row_general's update rule, so values and indices are identical to it. The window
+// rows are staged first as sw phase rows, -inf where a window leaves the input (padding, ceil_mode's
+// cut windows; -inf never wins): phase f, column j holds input column j*sw + f - pw, so tap c of
+// outputs q.. reads phase (c*dw) % sw from column q + (c*dw) / sw on, contiguously. A task stages
+// each input row once for the consecutive output rows that share it (a ring of window-height slots).
+
+// Whether every index and candidate index fits the int32 lanes.
+bool pool_any_fits(const Pool2dShape& s) {
+  return (s.H + 1) * (s.W + 1) + s.Q * s.sw + s.kw * s.dw + s.pw < (int64_t(1) << 31);
+}
+
+// Staged columns per phase: every column a block of 16 outputs reads.
+int64_t staged_cols(const Pool2dShape& s) { return round_up(s.Q, 16) + (s.kw - 1) * s.dw / s.sw + 1; }
+
+// d[f*J + j] = x[j*sw + f - pw] (one input row, W columns), -inf outside the row.
+FC_TARGET_AVX512 void stage_pool_row(const float* x, const Pool2dShape& s, int64_t J, float* d) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t f = 0; f < s.sw; ++f) {
+    float* df = d + f * J;
+    const int64_t lo = std::min(ceil_div(std::max<int64_t>(0, s.pw - f), s.sw), J);
+    const int64_t hi = std::clamp<int64_t>(floor_div(s.W - 1 + s.pw - f, s.sw) + 1, lo, J);
+    const float* xf = x + f - s.pw;
+    std::fill(df, df + lo, ninf);
+    for (int64_t j = lo; j < hi; ++j) df[j] = xf[j * s.sw];
+    std::fill(df + hi, df + J, ninf);
+  }
+}
+
+// Output rows [r0, r1) (row r = plane * P + p). first[q] (16-padded): the column of output q's
+// first window element inside the input, its index's column when nothing in the window wins.
+FC_TARGET_AVX512 void pool_rows_any_avx512(const float* x, float* y, int64_t* idx, int64_t r0, int64_t r1,
+                                           const Pool2dShape& s, const int32_t* first) {
+  const int64_t J = staged_cols(s), slots = (s.kh - 1) * s.dh + 1;
+  static thread_local Scratch<float> stage_scratch;
+  float* stage = stage_scratch.get(slots * s.sw * J);
+  std::vector<int64_t> tag(size_t(slots), -1);  // the row (plane*H + h) each slot holds
+  std::vector<const float*> rows(size_t(s.kh));
+  std::vector<int64_t> row_h(size_t(s.kh)), tap_at(size_t(s.kw));  // tap c's staged phase and column
+  for (int64_t c = 0; c < s.kw; ++c) tap_at[size_t(c)] = (c * s.dw) % s.sw * J + (c * s.dw) / s.sw;
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512i lane_col =  // lane l: l * sw
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(int(s.sw)));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t plane = r / s.P, p = r % s.P;
+    int64_t h_first = p * s.sh - s.ph, nrows = 0;  // the window's first row inside the input, as pool_row_general
+    while (h_first < 0) h_first += s.dh;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t h = p * s.sh - s.ph + i * s.dh;
+      if (h < 0 || h >= s.H) continue;
+      const int64_t key = plane * s.H + h;
+      float* slot = stage + (h % slots) * s.sw * J;
+      if (tag[size_t(h % slots)] != key) {
+        stage_pool_row(x + key * s.W, s, J, slot);
+        tag[size_t(h % slots)] = key;
+      }
+      rows[size_t(nrows)] = slot;
+      row_h[size_t(nrows++)] = h;
+    }
+    float* yr = y + r * s.Q;
+    int64_t* ir = idx + r * s.Q;
+    for (int64_t q = 0; q < s.Q; q += 16) {
+      __m512 best = ninf;
+      __m512i bi = _mm512_add_epi32(_mm512_loadu_si512(first + q), _mm512_set1_epi32(int(h_first * s.W)));
+      for (int64_t i = 0; i < nrows; ++i) {
+        const float* row = rows[size_t(i)] + q;
+        const int64_t base = row_h[size_t(i)] * s.W + q * s.sw - s.pw;  // input offset of lane 0, tap 0
+        for (int64_t c = 0; c < s.kw; ++c) {
+          const __m512 v = _mm512_loadu_ps(row + tap_at[size_t(c)]);
+          const __mmask16 m = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+          best = _mm512_mask_mov_ps(best, m, v);
+          bi = _mm512_mask_add_epi32(bi, m, lane_col, _mm512_set1_epi32(int(base + c * s.dw)));
+        }
+      }
+      const __mmask16 n = first_lanes(s.Q - q);
+      _mm512_mask_storeu_ps(yr + q, n, best);
+      _mm512_mask_storeu_epi64(ir + q, __mmask8(n), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(bi)));
+      _mm512_mask_storeu_epi64(ir + q + 8, __mmask8(n >> 8), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bi, 1)));
+    }
+  }
+}
+
 // One 2x2 window (outputs j of row p, portable): as pool_row_general for this configuration.
 inline void pool_window_2x2(const float* a, const float* b, float* y, int64_t* idx, int64_t j, int64_t p,
                             const Pool2dShape& s) {
@@ -262,10 +347,30 @@ Isa fast_2x2(const Pool2dShape& s) {
   return fits ? current_isa() : Isa::kGeneric;
 }
 
+#if defined(__x86_64__)
+// Any configuration on float with AVX-512 (pool_rows_any_avx512).
+void max_pool2d_forward_any(const float* x, float* y, int64_t* idx, const Pool2dShape& s) {
+  std::vector<int32_t> first(size_t(round_up(s.Q, 16)), 0);
+  for (int64_t q = 0; q < s.Q; ++q) {
+    int64_t w0 = q * s.sw - s.pw;
+    while (w0 < 0) w0 += s.dw;
+    first[size_t(q)] = int32_t(w0);
+  }
+  at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
+    pool_rows_any_avx512(x, y, idx, begin, end, s, first.data());
+  });
+}
+#endif
+
 template <typename T>
 void max_pool2d_forward(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W;
   const Isa fast = fast_2x2<T>(s);
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (fast == Isa::kGeneric && current_isa() >= Isa::kAvx512 && pool_any_fits(s)) return max_pool2d_forward_any(x, y, idx, s);
+  }
+#endif
   at::parallel_for(0, s.N * s.C * s.P, row_grain(s), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {  // output row r = plane * P + p
       const int64_t plane = r / s.P, p = r % s.P;
