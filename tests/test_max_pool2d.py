@@ -276,3 +276,17 @@ def test_max_pool2d_2x2_small_batch_every_cpu_isa(cpu_isa, N, rng):
     assert out.shape == (N, 3, 37, 37) and torch.equal(out, ref) and torch.equal(idx, ref_idx)
     out.sum().backward()
     assert x.grad.shape == x.shape and torch.equal(x.grad.sum(), torch.tensor(float(N * 3 * 37 * 37)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("bad", [-1, 11 * 37])
+def test_max_pool2d_overlapping_backward_bad_index(fmt, bad, rng):
+    """The overlapping-window scatter checks indices as it goes: one outside the plane, anywhere in
+    the tensor, raises (and writes nothing outside dx)."""
+    x = randn((2, 19, 11, 37), rng, torch.float64).contiguous(memory_format=fmt)
+    _, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    gy = randn(idx.shape, rng, torch.float64).contiguous(memory_format=fmt)
+    idx = idx.clone()
+    idx[1, 18, -1, -1] = bad
+    with pytest.raises(RuntimeError, match="outside the input plane"):
+        torch.ops.fastconv.max_pool2d_backward(gy, idx, [11, 37], [3, 3], [2, 2], [1, 1], [1, 1], False)

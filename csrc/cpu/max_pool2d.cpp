@@ -390,32 +390,37 @@ void max_pool2d_forward(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
 }
 
 // Any configuration: zero-fill dx, then scatter-add dy[j] into dx[idx[j]], per plane in order, so
-// the sums of overlapping windows are deterministic. Indices must have passed check_pool_indices.
+// the sums of overlapping windows are deterministic. Indices are range-checked on the way (no
+// separate pass): one outside its plane is skipped, and check_pool_indices then raises for it.
 template <typename T>
-void max_pool2d_backward_scatter(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
+void max_pool2d_backward_scatter(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  std::atomic<bool> bad{false};
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
+    bool out = false;
     for (int64_t plane = begin; plane < end; ++plane) {
       T* dxp = dx + plane * HW;
       std::fill(dxp, dxp + HW, T(0));
       const T* dyp = dy + plane * PQ;
       const int64_t* ip = idx + plane * PQ;
       for (int64_t j = 0; j < PQ; ++j) {
-        dxp[ip[j]] += dyp[j];
+        const bool inside = uint64_t(ip[j]) < uint64_t(HW);
+        out |= !inside;
+        if (inside) dxp[ip[j]] += dyp[j];
       }
     }
+    if (out) bad = true;
   });
+  if (bad) check_pool_indices(indices, s.H, s.W);
 }
 
-// indices: the tensor idx points into, range-checked here before any scatter (the disjoint path
-// validates each index against its window, which implies the range).
+// indices: range-checked by the scatter as it goes (the disjoint path validates each index against
+// its window, which implies the range).
 template <typename T>
 void max_pool2d_backward(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
   const int64_t* idx = indices.const_data_ptr<int64_t>();
-  if (!windows_disjoint(s)) {
-    check_pool_indices(indices, s.H, s.W);
-    return max_pool2d_backward_scatter(dy, idx, dx, s);
-  }
+  if (!windows_disjoint(s)) return max_pool2d_backward_scatter(dy, indices, dx, s);
   const int64_t HW = s.H * s.W;
   const bool fast = fast_2x2<T>(s) >= Isa::kAvx512;
   std::atomic<bool> all_ok{true};
@@ -439,10 +444,7 @@ void max_pool2d_backward(const T* dy, const at::Tensor& indices, T* dx, const Po
   });
   // Some index was not inside its own window: not a forward pass's output, but still a valid
   // scatter request, so honour it exactly.
-  if (!all_ok) {
-    check_pool_indices(indices, s.H, s.W);
-    max_pool2d_backward_scatter(dy, idx, dx, s);
-  }
+  if (!all_ok) max_pool2d_backward_scatter(dy, indices, dx, s);
 }
 
 // ---- channels_last (NHWC): x (N, H, W, C), y and indices (N, P, Q, C), dx (N, H, W, C) ----
@@ -536,14 +538,17 @@ void max_pool2d_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& 
 }
 
 // Backward, overlapping windows: per image and block of channels (disjoint parts of dx), zero,
-// then add dy into dx at each output's index, outputs in order: deterministic sums. Indices must
-// have passed check_pool_indices.
+// then add dy into dx at each output's index, outputs in order: deterministic sums. Indices are
+// range-checked on the way, as in max_pool2d_backward_scatter.
 template <typename T>
-void max_pool2d_backward_scatter_nhwc(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
+void max_pool2d_backward_scatter_nhwc(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q, C = s.C;
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
   constexpr int64_t kCB = 64;  // channels per task
   const int64_t cblocks = ceil_div(C, kCB);
+  std::atomic<bool> bad{false};
   at::parallel_for(0, s.N * cblocks, 1, [&](int64_t begin, int64_t end) {
+    bool out = false;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / cblocks, c0 = (task % cblocks) * kCB, c1 = std::min(C, c0 + kCB);
       T* dxn = dx + n * HW * C;
@@ -551,10 +556,16 @@ void max_pool2d_backward_scatter_nhwc(const T* dy, const int64_t* idx, T* dx, co
       for (int64_t o = 0; o < PQ; ++o) {
         const T* g = dy + (n * PQ + o) * C;
         const int64_t* ix = idx + (n * PQ + o) * C;
-        for (int64_t c = c0; c < c1; ++c) dxn[ix[c] * C + c] += g[c];
+        for (int64_t c = c0; c < c1; ++c) {
+          const bool inside = uint64_t(ix[c]) < uint64_t(HW);
+          out |= !inside;
+          if (inside) dxn[ix[c] * C + c] += g[c];
+        }
       }
     }
+    if (out) bad = true;
   });
+  if (bad) check_pool_indices(indices, s.H, s.W);
 }
 
 // Backward, disjoint windows (dilation 1, stride >= kernel): output row p of image n owns the
@@ -636,10 +647,7 @@ FC_TARGET_AVX512 bool unpool_row_disjoint_nhwc_avx512(const float* dyrow, const 
 template <typename T>
 void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, const Pool2dShape& s) {
   const int64_t* idx = indices.const_data_ptr<int64_t>();
-  if (!windows_disjoint(s)) {
-    check_pool_indices(indices, s.H, s.W);
-    return max_pool2d_backward_scatter_nhwc(dy, idx, dx, s);
-  }
+  if (!windows_disjoint(s)) return max_pool2d_backward_scatter_nhwc(dy, indices, dx, s);
   const int64_t HWC = s.H * s.W * s.C, QC = s.Q * s.C;
   bool fast = false;
 #if defined(__x86_64__)
@@ -664,10 +672,7 @@ void max_pool2d_backward_nhwc(const T* dy, const at::Tensor& indices, T* dx, con
       ok &= unpool_row_disjoint_nhwc(dy + r * QC, idx + r * QC, dx + (r / s.P) * HWC, r % s.P, s);
     if (!ok) all_ok = false;
   });
-  if (!all_ok) {
-    check_pool_indices(indices, s.H, s.W);
-    max_pool2d_backward_scatter_nhwc(dy, idx, dx, s);
-  }
+  if (!all_ok) max_pool2d_backward_scatter_nhwc(dy, indices, dx, s);
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
