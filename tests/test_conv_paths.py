@@ -25,6 +25,9 @@ SMALL_M = [
     (1, 256, 3, 3, 64, (3, 3), 1, 1, 1, 1, True),  # depth 2304: forward sums over several chunks
     (2, 16, 8, 8, 160, (3, 3), 1, 1, 1, 1, True),  # M = 128, K = 160: backward sums over chunks
     (1, 160, 4, 4, 64, (3, 3), 2, 0, 1, 1, True),  # valid padding, 1x1 output
+    (3, 160, 4, 6, 200, (1, 1), 1, 0, 1, 1, True),  # pointwise: x and dy transposed in 16x16 blocks + edges
+    (2, 320, 5, 3, 192, (1, 1), 1, 0, 1, 2, False),  # pointwise with groups: channel blocks past a group's end
+    (1, 300, 7, 7, 512, (1, 1), 1, 0, 1, 1, True),  # pointwise, several 64-channel blocks, 49 pixels
 ]
 
 
@@ -77,14 +80,16 @@ def test_conv_paths(isa, i, dtype, rng):
         fastconv.set_cpu_isa("auto")
 
 
-@pytest.mark.parametrize("cfg", SMALL_M[:4] + STRIDED[:2], ids=[f"small_m{i}" for i in range(4)] + ["stem0", "stem1"])
+@pytest.mark.parametrize("cfg", SMALL_M[:4] + SMALL_M[-3:-2] + STRIDED[:2],
+                         ids=[f"small_m{i}" for i in range(4)] + ["pointwise", "stem0", "stem1"])
 def test_relu_fused(cfg, rng):
     """conv2d_relu's epilogue, and its backward reading the ReLU's gate in the small-M kernels."""
     _run(cfg, torch.float32, rng, fused_relu=True)
 
 
 @pytest.mark.parametrize("cfg,mask", [(SMALL_M[1], [True, True, True]), (SMALL_M[3], [True, True, True]),
-                                      (STRIDED[1], [False, True, True])], ids=["3x3", "1x1s2", "stem"])
+                                      (SMALL_M[-1], [True, True, True]), (STRIDED[1], [False, True, True])],
+                         ids=["3x3", "1x1s2", "pointwise", "stem"])
 def test_gated_backward_is_the_composition(cfg, mask, rng):
     """conv2d_relu_backward == conv2d_backward(relu_backward(dy, result)), with NaN, zeros and
     negative values in result, where the kernels read the gate (stem: without dx, as for an input
@@ -106,7 +111,8 @@ def test_gated_backward_is_the_composition(cfg, mask, rng):
             assert_close(a, b, torch.float32, what)
 
 
-@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], STRIDED[1]], ids=["3x3pix", "chunks", "stem"])
+@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1]],
+                         ids=["3x3pix", "chunks", "pointwise", "stem"])
 def test_thread_count_independent(cfg, rng):
     """Every pass gives bit-identical results with 1, 2 and 3 threads."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, _ = cfg

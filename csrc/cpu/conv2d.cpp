@@ -30,6 +30,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -192,9 +193,16 @@ void conv2d_backward_weight_gemm(const T* dy, const T* x, acc_t<T>* dw, const Co
   using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
-  const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // crs columns of dW per task
+  // The sum over images in `splits` partial sums, a number fixed by the shape (halves of CRS, at
+  // most 8 tasks): the results do not depend on the thread count.
+  const int64_t halves = ceil_div(CRS, std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8));
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * halves)));
+  // crs columns of dW per task: as few blocks as give every thread a task (each block's task packs
+  // all of dY, the GEMM's A, again), each within one GEMM column block (kNC: dY packed once per
+  // image); the column split changes no sum.
+  const int64_t want = ceil_div(at::get_num_threads(), splits * s.groups);
+  const int64_t rb = std::clamp<int64_t>(round_up(ceil_div(CRS, want), 8), 32, kNC);
   const int64_t rblocks = ceil_div(CRS, rb);
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * rblocks)));
   const int64_t wsize = s.K * CRS;
   // Partial sum 0 is dw itself; others live in a scratch tensor.
   std::vector<Acc> partial(size_t((splits - 1) * wsize));

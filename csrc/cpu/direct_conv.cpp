@@ -194,20 +194,22 @@ FC_TARGET_AVX512 void transpose16(const float* src, const float* gate, int64_t l
   }
 }
 
-// bt[t][o] = gated(src[o*ld + t]) for o < on, t < len, and 0 for on <= o < width: 16 x 16 blocks
-// in registers, the edges element by element.
+}  // namespace
+
 void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on, int64_t len, float* bt,
-                     int64_t width) {
+                     int64_t ldb, int64_t width) {
   const int64_t o16 = on / 16 * 16, t16 = len / 16 * 16;
   for (int64_t o0 = 0; o0 < o16; o0 += 16)
     for (int64_t t0 = 0; t0 < t16; t0 += 16)
-      transpose16(src + o0 * ld + t0, gate ? gate + o0 * ld + t0 : nullptr, ld, bt + t0 * width + o0, width);
+      transpose16(src + o0 * ld + t0, gate ? gate + o0 * ld + t0 : nullptr, ld, bt + t0 * ldb + o0, ldb);
   for (int64_t t = 0; t < len; ++t) {
-    float* dst = bt + t * width;
+    float* dst = bt + t * ldb;
     for (int64_t o = t < t16 ? o16 : 0; o < on; ++o) dst[o] = gated(src[o * ld + t], gate, o * ld + t);
     for (int64_t o = on; o < width; ++o) dst[o] = 0.f;
   }
 }
+
+namespace {
 
 // The (r, s) taps' offsets in a padded plane of row width Wp.
 std::vector<int64_t> tap_offsets(const DirectConvShape& d, int64_t Wp) {
@@ -366,7 +368,7 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
               const int64_t nrows = std::min(rows_per_chunk, P - p0), rowlen = std::min(kChunk, Q - q0);
               const int64_t pq0 = p0 * Q + q0, v0 = p0 * Wp + q0;
               // bt[t][o] = dy[kb+o][pq0+t]
-              transpose_panel(src + pq0, src_gate ? src_gate + pq0 : nullptr, PQ, on, nrows * rowlen, bt, NRk);
+              transpose_panel(src + pq0, src_gate ? src_gate + pq0 : nullptr, PQ, on, nrows * rowlen, bt, NRk, NRk);
               for (int64_t i = 0; i < rows_pad; i += MR) {
                 if (wide) wgrad_uk<6, 4>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
                 else wgrad_uk<8, 2>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
@@ -389,6 +391,7 @@ void direct_conv(const float*, const float*, const float*, float*, const DirectC
   std::abort();
 }
 void direct_conv_weight_grad(const float*, const float*, float*, const DirectConvShape&, const float*) { std::abort(); }
+void transpose_panel(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t) { std::abort(); }
 #endif
 
 }  // namespace cpu

@@ -102,5 +102,12 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
 void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d,
                              const float* gate = nullptr);
 
+// bt[t*ldb + o] = src[o*ld + t] for o < on, t < len (the transpose of an on x len block), and 0
+// for on <= o < width <= ldb; with a gate (src's layout), src is read as relu_backward(src, gate).
+// 16 x 16 blocks in registers, the edges element by element. AVX-512 code: only when
+// current_isa() >= Isa::kAvx512 (the small-M, strided and direct kernels that call it).
+void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on, int64_t len, float* bt,
+                     int64_t ldb, int64_t width);
+
 }  // namespace cpu
 }  // namespace fastconv
