@@ -209,6 +209,26 @@ void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on
   }
 }
 
+void pack_transposed_panels(const float* src, int64_t ld, int64_t rows, int64_t kc, int width, float* dst) {
+  if (width % 16 == 0) {  // each panel is one transpose
+    for (int64_t r0 = 0; r0 < rows; r0 += width)
+      transpose_panel(src + r0 * ld, nullptr, ld, std::min<int64_t>(width, rows - r0), kc, dst + r0 * kc, width, width);
+    return;
+  }
+  // Narrower panels: 16 rows transposed at a time into t[k][16], then split into 16 / width panels.
+  static thread_local Scratch<float> scratch;
+  float* t = scratch.get(16 * kc);
+  const int64_t panels = ceil_div(rows, width);
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    transpose_panel(src + r0 * ld, nullptr, ld, std::min<int64_t>(16, rows - r0), kc, t, 16, 16);
+    for (int64_t h = 0; h < 16 / width && r0 / width + h < panels; ++h) {
+      float* panel = dst + (r0 + h * width) * kc;
+      for (int64_t k = 0; k < kc; ++k)
+        for (int i = 0; i < width; ++i) panel[k * width + i] = t[k * 16 + h * width + i];
+    }
+  }
+}
+
 namespace {
 
 // The (r, s) taps' offsets in a padded plane of row width Wp.
@@ -392,6 +412,7 @@ void direct_conv(const float*, const float*, const float*, float*, const DirectC
 }
 void direct_conv_weight_grad(const float*, const float*, float*, const DirectConvShape&, const float*) { std::abort(); }
 void transpose_panel(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t) { std::abort(); }
+void pack_transposed_panels(const float*, int64_t, int64_t, int64_t, int, float*) { std::abort(); }
 #endif
 
 }  // namespace cpu

@@ -109,5 +109,10 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
 void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on, int64_t len, float* bt,
                      int64_t ldb, int64_t width);
 
+// GEMM panels (cpu/gemm.h) of `width` rows (a multiple of 16, or a divisor of 16) from rows of
+// src along the depth: panel q at dst + q*width*kc holds src[(q*width + i)*ld + k] at [k*width + i]
+// for k < kc, zeros for rows past `rows`. Through transpose_panel: AVX-512 only.
+void pack_transposed_panels(const float* src, int64_t ld, int64_t rows, int64_t kc, int width, float* dst);
+
 }  // namespace cpu
 }  // namespace fastconv
