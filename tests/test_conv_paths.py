@@ -111,8 +111,13 @@ def test_gated_backward_is_the_composition(cfg, mask, rng):
             assert_close(a, b, torch.float32, what)
 
 
-@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1]],
-                         ids=["3x3pix", "chunks", "pointwise", "stem"])
+# A strided layer with many pixels (M > K), batch 1: the GEMM path, whose weight gradient splits dW's
+# columns by the thread count (never its sums).
+GEMM_STRIDED = (1, 40, 19, 17, 24, (3, 3), 2, 1, 1, 1, True)
+
+
+@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1], GEMM_STRIDED],
+                         ids=["3x3pix", "chunks", "pointwise", "stem", "gemm"])
 def test_thread_count_independent(cfg, rng):
     """Every pass gives bit-identical results with 1, 2 and 3 threads."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, _ = cfg
