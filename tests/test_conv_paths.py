@@ -3,7 +3,9 @@
   dilation / groups), on shapes that satisfy their heuristic on AVX-512 (N*P*Q <= K/groups,
   Cg*R*S >= 128, K/groups >= 32);
 - the phase-decomposed strided direct forward and weight gradient (cpu/strided_direct.h:
-  stride > 1, <= 4 input channels, e.g. 7x7 stride-2 RGB stems).
+  stride > 1, <= 4 input channels, e.g. 7x7 stride-2 RGB stems);
+- the GEMM path on stride-2 layers with more channels (AVX-512: the weight gradient's operands
+  transposed in registers, its stride-2 rows de-interleaved in registers).
 On the other ISAs and in float64 the same shapes run the GEMM paths."""
 import pytest
 import torch
@@ -60,7 +62,13 @@ STRIDED = [
     (2, 4, 33, 35, 24, (3, 3), 2, 0, 2, 1, True),  # dilation, no padding
     (1, 3, 224, 40, 16, (7, 7), 2, 3, 1, 1, False),  # 112 output rows: weight-gradient row chunks
 ]
-SHAPES = SMALL_M + STRIDED
+# The GEMM path's stride-2 im2col rows (the weight gradient's de-interleaved in registers on
+# AVX-512): rows of 35 and 9 pixels (full vectors and masked tails), 1x1 and 3x3 with padding.
+GEMM = [
+    (2, 8, 9, 70, 16, (1, 1), 2, 0, 1, 1, False),
+    (1, 40, 19, 17, 24, (3, 3), 2, 1, 1, 1, True),
+]
+SHAPES = SMALL_M + STRIDED + GEMM
 
 # Every shape on AVX-512 (the fast kernels); one of each on the other ISAs (their GEMM paths).
 CASES = [("avx512", i) for i in range(len(SHAPES))] + [
@@ -111,12 +119,8 @@ def test_gated_backward_is_the_composition(cfg, mask, rng):
             assert_close(a, b, torch.float32, what)
 
 
-# A strided layer with many pixels (M > K), batch 1: the GEMM path, whose weight gradient splits dW's
-# columns by the thread count (never its sums).
-GEMM_STRIDED = (1, 40, 19, 17, 24, (3, 3), 2, 1, 1, 1, True)
-
-
-@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1], GEMM_STRIDED],
+# GEMM[1], batch 1: the GEMM weight gradient splits dW's columns by the thread count (never its sums).
+@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1], GEMM[1]],
                          ids=["3x3pix", "chunks", "pointwise", "stem", "gemm"])
 def test_thread_count_independent(cfg, rng):
     """Every pass gives bit-identical results with 1, 2 and 3 threads."""

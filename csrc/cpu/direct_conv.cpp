@@ -209,6 +209,22 @@ void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on
   }
 }
 
+FC_TARGET_AVX512 void copy_stride2(const float* src, int64_t n, float* dst) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {  // reads src[2i .. 2i + 30]: never the odd element past the last
+    const __m512 lo = _mm512_loadu_ps(src + 2 * i), hi = _mm512_maskz_loadu_ps(0x7FFF, src + 2 * i + 16);
+    _mm512_storeu_ps(dst + i, _mm512_permutex2var_ps(lo, even, hi));
+  }
+  if (i < n) {
+    const int64_t rem = n - i, count = 2 * rem - 1;  // src[2i .. 2i + count)
+    const __mmask16 mlo = __mmask16(count >= 16 ? 0xFFFF : (1u << count) - 1);
+    const __mmask16 mhi = __mmask16(count > 16 ? (1u << (count - 16)) - 1 : 0);
+    const __m512 lo = _mm512_maskz_loadu_ps(mlo, src + 2 * i), hi = _mm512_maskz_loadu_ps(mhi, src + 2 * i + 16);
+    _mm512_mask_storeu_ps(dst + i, __mmask16((1u << rem) - 1), _mm512_permutex2var_ps(lo, even, hi));
+  }
+}
+
 void pack_transposed_panels(const float* src, int64_t ld, int64_t rows, int64_t kc, int width, float* dst) {
   if (width % 16 == 0) {  // each panel is one transpose
     for (int64_t r0 = 0; r0 < rows; r0 += width)
@@ -413,6 +429,7 @@ void direct_conv(const float*, const float*, const float*, float*, const DirectC
 void direct_conv_weight_grad(const float*, const float*, float*, const DirectConvShape&, const float*) { std::abort(); }
 void transpose_panel(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t) { std::abort(); }
 void pack_transposed_panels(const float*, int64_t, int64_t, int64_t, int, float*) { std::abort(); }
+void copy_stride2(const float*, int64_t, float*) { std::abort(); }
 #endif
 
 }  // namespace cpu

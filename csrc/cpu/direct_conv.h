@@ -114,5 +114,9 @@ void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on
 // for k < kc, zeros for rows past `rows`. Through transpose_panel: AVX-512 only.
 void pack_transposed_panels(const float* src, int64_t ld, int64_t rows, int64_t kc, int width, float* dst);
 
+// dst[i] = src[2*i] for i < n (reading no element past src[2*(n-1)]): the stride-2 im2col rows,
+// de-interleaved in registers. AVX-512 only.
+void copy_stride2(const float* src, int64_t n, float* dst);
+
 }  // namespace cpu
 }  // namespace fastconv
