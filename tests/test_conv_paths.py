@@ -72,7 +72,7 @@ SHAPES = SMALL_M + STRIDED + GEMM
 
 # Every shape on AVX-512 (the fast kernels); one of each on the other ISAs (their GEMM paths).
 CASES = [("avx512", i) for i in range(len(SHAPES))] + [
-    (isa, i) for isa in ("avx2", "generic") for i in (1, len(SMALL_M))]
+    (isa, i) for isa in ("avx2", "generic") for i in (1, len(SMALL_M), len(SMALL_M) + len(STRIDED))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
