@@ -3,7 +3,9 @@
   dilation / groups), on shapes that satisfy their heuristic on AVX-512 (N*P*Q <= K/groups,
   Cg*R*S >= 128, K/groups >= 32);
 - the phase-decomposed strided direct forward and weight gradient (cpu/strided_direct.h:
-  stride > 1, <= 4 input channels, e.g. 7x7 stride-2 RGB stems).
+  stride > 1, <= 4 input channels, e.g. 7x7 stride-2 RGB stems);
+- the GEMM path on stride-2 layers with more channels (AVX-512: the weight gradient's operands
+  transposed in registers, its stride-2 rows de-interleaved in registers).
 On the other ISAs and in float64 the same shapes run the GEMM paths."""
 import pytest
 import torch
@@ -25,6 +27,9 @@ SMALL_M = [
     (1, 256, 3, 3, 64, (3, 3), 1, 1, 1, 1, True),  # depth 2304: forward sums over several chunks
     (2, 16, 8, 8, 160, (3, 3), 1, 1, 1, 1, True),  # M = 128, K = 160: backward sums over chunks
     (1, 160, 4, 4, 64, (3, 3), 2, 0, 1, 1, True),  # valid padding, 1x1 output
+    (3, 160, 4, 6, 200, (1, 1), 1, 0, 1, 1, True),  # pointwise: x and dy transposed in 16x16 blocks + edges
+    (2, 320, 5, 3, 192, (1, 1), 1, 0, 1, 2, False),  # pointwise with groups: channel blocks past a group's end
+    (1, 300, 7, 7, 512, (1, 1), 1, 0, 1, 1, True),  # pointwise, several 64-channel blocks, 49 pixels
 ]
 
 
@@ -57,11 +62,17 @@ STRIDED = [
     (2, 4, 33, 35, 24, (3, 3), 2, 0, 2, 1, True),  # dilation, no padding
     (1, 3, 224, 40, 16, (7, 7), 2, 3, 1, 1, False),  # 112 output rows: weight-gradient row chunks
 ]
-SHAPES = SMALL_M + STRIDED
+# The GEMM path's stride-2 im2col rows (the weight gradient's de-interleaved in registers on
+# AVX-512): rows of 35 and 9 pixels (full vectors and masked tails), 1x1 and 3x3 with padding.
+GEMM = [
+    (2, 8, 9, 70, 16, (1, 1), 2, 0, 1, 1, False),
+    (1, 40, 19, 17, 24, (3, 3), 2, 1, 1, 1, True),
+]
+SHAPES = SMALL_M + STRIDED + GEMM
 
 # Every shape on AVX-512 (the fast kernels); one of each on the other ISAs (their GEMM paths).
 CASES = [("avx512", i) for i in range(len(SHAPES))] + [
-    (isa, i) for isa in ("avx2", "generic") for i in (1, len(SMALL_M))]
+    (isa, i) for isa in ("avx2", "generic") for i in (1, len(SMALL_M), len(SMALL_M) + len(STRIDED))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -77,14 +88,16 @@ def test_conv_paths(isa, i, dtype, rng):
         fastconv.set_cpu_isa("auto")
 
 
-@pytest.mark.parametrize("cfg", SMALL_M[:4] + STRIDED[:2], ids=[f"small_m{i}" for i in range(4)] + ["stem0", "stem1"])
+@pytest.mark.parametrize("cfg", SMALL_M[:4] + SMALL_M[-3:-2] + STRIDED[:2],
+                         ids=[f"small_m{i}" for i in range(4)] + ["pointwise", "stem0", "stem1"])
 def test_relu_fused(cfg, rng):
     """conv2d_relu's epilogue, and its backward reading the ReLU's gate in the small-M kernels."""
     _run(cfg, torch.float32, rng, fused_relu=True)
 
 
 @pytest.mark.parametrize("cfg,mask", [(SMALL_M[1], [True, True, True]), (SMALL_M[3], [True, True, True]),
-                                      (STRIDED[1], [False, True, True])], ids=["3x3", "1x1s2", "stem"])
+                                      (SMALL_M[-1], [True, True, True]), (STRIDED[1], [False, True, True])],
+                         ids=["3x3", "1x1s2", "pointwise", "stem"])
 def test_gated_backward_is_the_composition(cfg, mask, rng):
     """conv2d_relu_backward == conv2d_backward(relu_backward(dy, result)), with NaN, zeros and
     negative values in result, where the kernels read the gate (stem: without dx, as for an input
@@ -106,7 +119,9 @@ def test_gated_backward_is_the_composition(cfg, mask, rng):
             assert_close(a, b, torch.float32, what)
 
 
-@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], STRIDED[1]], ids=["3x3pix", "chunks", "stem"])
+# GEMM[1], batch 1: the GEMM weight gradient splits dW's columns by the thread count (never its sums).
+@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1], GEMM[1]],
+                         ids=["3x3pix", "chunks", "pointwise", "stem", "gemm"])
 def test_thread_count_independent(cfg, rng):
     """Every pass gives bit-identical results with 1, 2 and 3 threads."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, _ = cfg

@@ -30,6 +30,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -185,6 +186,23 @@ void conv2d_backward_input_gemm(const T* dy, const T* w, acc_t<T>* dx, const Con
   });
 }
 
+// dY_g (Kg x PQ, rows along the depth pq) as the weight gradient's A operand: float on AVX-512
+// transposed into the panels in registers (pack_transposed_panels), else element by element.
+template <typename T>
+struct RowsAsA {
+  const T* p;
+  int64_t ld;
+  const T* operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (current_isa() >= Isa::kAvx512 && (width % 16 == 0 || 16 % width == 0)) {
+        pack_transposed_panels(p + x0 * ld + k0, ld, xn, kc, width, dst);
+        return dst;
+      }
+    }
+    return StridedMatrix<T>{p, ld, 1}(dst, x0, xn, k0, kc, width);
+  }
+};
+
 // Weight gradient. Tasks own disjoint column blocks of dW; the sum over images is split into a
 // number of partial sums fixed by the shape (not by the thread count), added in order at the end.
 template <typename T>
@@ -192,9 +210,16 @@ void conv2d_backward_weight_gemm(const T* dy, const T* x, acc_t<T>* dw, const Co
   using Acc = acc_t<T>;
   const Im2colGeometry geo(s);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), CRS = Cg * s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
-  const int64_t rb = std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8);  // crs columns of dW per task
+  // The sum over images in `splits` partial sums, a number fixed by the shape (halves of CRS, at
+  // most 8 tasks): the results do not depend on the thread count.
+  const int64_t halves = ceil_div(CRS, std::max<int64_t>(32, ceil_div(ceil_div(CRS, 2), 8) * 8));
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * halves)));
+  // crs columns of dW per task: as few blocks as give every thread a task (each block's task packs
+  // all of dY, the GEMM's A, again), each within one GEMM column block (kNC: dY packed once per
+  // image); the column split changes no sum.
+  const int64_t want = ceil_div(at::get_num_threads(), splits * s.groups);
+  const int64_t rb = std::clamp<int64_t>(round_up(ceil_div(CRS, want), 8), 32, kNC);
   const int64_t rblocks = ceil_div(CRS, rb);
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(s.N, 8 / (s.groups * rblocks)));
   const int64_t wsize = s.K * CRS;
   // Partial sum 0 is dw itself; others live in a scratch tensor.
   std::vector<Acc> partial(size_t((splits - 1) * wsize));
@@ -213,7 +238,7 @@ void conv2d_backward_weight_gemm(const T* dy, const T* x, acc_t<T>* dw, const Co
         const T* dyg = dy + (n * s.K + g * Kg) * PQ;
         // dW_g[Kg x rows] (+)= dY[Kg x PQ] * col^T[PQ x rows]: C(i = k, j = crs - r0) at out[k*CRS + j],
         // unit-stride rows (the transposed product dW^T = col * dY^T would store C columns CRS apart).
-        gemm<T>(Kg, rows, PQ, StridedMatrix<T>{dyg, PQ, 1}, Im2colTAsB<T>{geo, xg, r0, r0 + rows}, out, CRS, 1,
+        gemm<T>(Kg, rows, PQ, RowsAsA<T>{dyg, PQ}, Im2colTAsB<T>{geo, xg, r0, r0 + rows}, out, CRS, 1,
                 n > n0);
       }
     }

@@ -194,20 +194,58 @@ FC_TARGET_AVX512 void transpose16(const float* src, const float* gate, int64_t l
   }
 }
 
-// bt[t][o] = gated(src[o*ld + t]) for o < on, t < len, and 0 for on <= o < width: 16 x 16 blocks
-// in registers, the edges element by element.
+}  // namespace
+
 void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on, int64_t len, float* bt,
-                     int64_t width) {
+                     int64_t ldb, int64_t width) {
   const int64_t o16 = on / 16 * 16, t16 = len / 16 * 16;
   for (int64_t o0 = 0; o0 < o16; o0 += 16)
     for (int64_t t0 = 0; t0 < t16; t0 += 16)
-      transpose16(src + o0 * ld + t0, gate ? gate + o0 * ld + t0 : nullptr, ld, bt + t0 * width + o0, width);
+      transpose16(src + o0 * ld + t0, gate ? gate + o0 * ld + t0 : nullptr, ld, bt + t0 * ldb + o0, ldb);
   for (int64_t t = 0; t < len; ++t) {
-    float* dst = bt + t * width;
+    float* dst = bt + t * ldb;
     for (int64_t o = t < t16 ? o16 : 0; o < on; ++o) dst[o] = gated(src[o * ld + t], gate, o * ld + t);
     for (int64_t o = on; o < width; ++o) dst[o] = 0.f;
   }
 }
+
+FC_TARGET_AVX512 void copy_stride2(const float* src, int64_t n, float* dst) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {  // reads src[2i .. 2i + 30]: never the odd element past the last
+    const __m512 lo = _mm512_loadu_ps(src + 2 * i), hi = _mm512_maskz_loadu_ps(0x7FFF, src + 2 * i + 16);
+    _mm512_storeu_ps(dst + i, _mm512_permutex2var_ps(lo, even, hi));
+  }
+  if (i < n) {
+    const int64_t rem = n - i, count = 2 * rem - 1;  // src[2i .. 2i + count)
+    const __mmask16 mlo = __mmask16(count >= 16 ? 0xFFFF : (1u << count) - 1);
+    const __mmask16 mhi = __mmask16(count > 16 ? (1u << (count - 16)) - 1 : 0);
+    const __m512 lo = _mm512_maskz_loadu_ps(mlo, src + 2 * i), hi = _mm512_maskz_loadu_ps(mhi, src + 2 * i + 16);
+    _mm512_mask_storeu_ps(dst + i, __mmask16((1u << rem) - 1), _mm512_permutex2var_ps(lo, even, hi));
+  }
+}
+
+void pack_transposed_panels(const float* src, int64_t ld, int64_t rows, int64_t kc, int width, float* dst) {
+  if (width % 16 == 0) {  // each panel is one transpose
+    for (int64_t r0 = 0; r0 < rows; r0 += width)
+      transpose_panel(src + r0 * ld, nullptr, ld, std::min<int64_t>(width, rows - r0), kc, dst + r0 * kc, width, width);
+    return;
+  }
+  // Narrower panels: 16 rows transposed at a time into t[k][16], then split into 16 / width panels.
+  static thread_local Scratch<float> scratch;
+  float* t = scratch.get(16 * kc);
+  const int64_t panels = ceil_div(rows, width);
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    transpose_panel(src + r0 * ld, nullptr, ld, std::min<int64_t>(16, rows - r0), kc, t, 16, 16);
+    for (int64_t h = 0; h < 16 / width && r0 / width + h < panels; ++h) {
+      float* panel = dst + (r0 + h * width) * kc;
+      for (int64_t k = 0; k < kc; ++k)
+        for (int i = 0; i < width; ++i) panel[k * width + i] = t[k * 16 + h * width + i];
+    }
+  }
+}
+
+namespace {
 
 // The (r, s) taps' offsets in a padded plane of row width Wp.
 std::vector<int64_t> tap_offsets(const DirectConvShape& d, int64_t Wp) {
@@ -366,7 +404,7 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
               const int64_t nrows = std::min(rows_per_chunk, P - p0), rowlen = std::min(kChunk, Q - q0);
               const int64_t pq0 = p0 * Q + q0, v0 = p0 * Wp + q0;
               // bt[t][o] = dy[kb+o][pq0+t]
-              transpose_panel(src + pq0, src_gate ? src_gate + pq0 : nullptr, PQ, on, nrows * rowlen, bt, NRk);
+              transpose_panel(src + pq0, src_gate ? src_gate + pq0 : nullptr, PQ, on, nrows * rowlen, bt, NRk, NRk);
               for (int64_t i = 0; i < rows_pad; i += MR) {
                 if (wide) wgrad_uk<6, 4>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
                 else wgrad_uk<8, 2>(base.data() + i, v0, nrows, rowlen, Wp, bt, acc + i * NRk);
@@ -389,6 +427,9 @@ void direct_conv(const float*, const float*, const float*, float*, const DirectC
   std::abort();
 }
 void direct_conv_weight_grad(const float*, const float*, float*, const DirectConvShape&, const float*) { std::abort(); }
+void transpose_panel(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t) { std::abort(); }
+void pack_transposed_panels(const float*, int64_t, int64_t, int64_t, int, float*) { std::abort(); }
+void copy_stride2(const float*, int64_t, float*) { std::abort(); }
 #endif
 
 }  // namespace cpu

@@ -102,5 +102,21 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
 void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d,
                              const float* gate = nullptr);
 
+// bt[t*ldb + o] = src[o*ld + t] for o < on, t < len (the transpose of an on x len block), and 0
+// for on <= o < width <= ldb; with a gate (src's layout), src is read as relu_backward(src, gate).
+// 16 x 16 blocks in registers, the edges element by element. AVX-512 code: only when
+// current_isa() >= Isa::kAvx512 (the small-M, strided and direct kernels that call it).
+void transpose_panel(const float* src, const float* gate, int64_t ld, int64_t on, int64_t len, float* bt,
+                     int64_t ldb, int64_t width);
+
+// GEMM panels (cpu/gemm.h) of `width` rows (a multiple of 16, or a divisor of 16) from rows of
+// src along the depth: panel q at dst + q*width*kc holds src[(q*width + i)*ld + k] at [k*width + i]
+// for k < kc, zeros for rows past `rows`. Through transpose_panel: AVX-512 only.
+void pack_transposed_panels(const float* src, int64_t ld, int64_t rows, int64_t kc, int width, float* dst);
+
+// dst[i] = src[2*i] for i < n (reading no element past src[2*(n-1)]): the stride-2 im2col rows,
+// de-interleaved in registers. AVX-512 only.
+void copy_stride2(const float* src, int64_t n, float* dst);
+
 }  // namespace cpu
 }  // namespace fastconv

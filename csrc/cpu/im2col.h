@@ -7,11 +7,26 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/checks.h"
+#include "cpu/direct_conv.h"
+#include "cpu/dispatch.h"
+#include "cpu/gemm.h"
 
 namespace fastconv {
 namespace cpu {
+
+// dst[i] = src[i*step] for i < n: float stride-2 runs on AVX-512 in registers (copy_stride2). Used
+// for the weight gradient's rows; the forward's B panels keep the scalar loop (its runs are cut at
+// 32-column panel edges, and the call measured slower there: 1x1/2 at 56x56, -10%).
+template <typename T>
+inline void copy_strided(const T* src, int64_t step, int64_t n, T* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (step == 2 && n >= 8 && current_isa() >= Isa::kAvx512) return copy_stride2(src, n, dst);
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i * step];
+}
 
 struct Im2colGeometry {
   int64_t H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw;
@@ -56,6 +71,8 @@ struct Im2colGeometry {
           T* d = dst + t * ds;
           if (step == 1 && ds == 1) {
             std::copy(src, src + n, d);
+          } else if (ds == 1) {
+            copy_strided(src, step, n, d);
           } else {
             for (int64_t i = 0; i < n; ++i) d[i * ds] = src[i * step];
           }
@@ -117,7 +134,8 @@ struct Im2colAsB {
 };
 
 // col^T as B (depth = pq, panel dimension = crs): weight gradient, dW = dY * col^T. A panel of
-// width w holds crs rows [x, x + w), one depth (pq) at a time.
+// width w holds crs rows [x, x + w), one depth (pq) at a time. float on AVX-512: the rows are
+// copied along pq, then transposed into the panels in registers (pack_transposed_panels).
 template <typename T>
 struct Im2colTAsB {
   const Im2colGeometry& g;
@@ -125,6 +143,17 @@ struct Im2colTAsB {
   int64_t crs_base;
   int64_t crs_end;  // rows at or past this are zero
   const T* operator()(T* dst, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (current_isa() >= Isa::kAvx512 && (mr % 16 == 0 || 16 % mr == 0)) {
+        static thread_local Scratch<float> scratch;
+        float* rows = scratch.get(mc * kc);  // rows[i][k] = col[crs_base + i0 + i][k0 + k]
+        const int64_t n = std::clamp<int64_t>(crs_end - crs_base - i0, 0, mc);
+        for (int64_t i = 0; i < n; ++i) g.copy_row(x, crs_base + i0 + i, k0, kc, rows + i * kc, 1);
+        std::fill(rows + n * kc, rows + mc * kc, 0.f);
+        pack_transposed_panels(rows, kc, mc, kc, mr, dst);
+        return dst;
+      }
+    }
     for (int64_t ip = 0; ip < mc; ip += mr) {
       T* panel = dst + ip * kc;
       for (int64_t i = 0; i < mr; ++i) {

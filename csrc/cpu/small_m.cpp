@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/avx512.h"
+#include "cpu/direct_conv.h"
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"
 
@@ -31,6 +32,15 @@ int64_t chunk_of(int64_t depth, int64_t most) {
 // x, or 0 where a gate (relu's output) is <= 0: relu_backward's rule (a NaN gate passes x).
 inline float gated(float v, const float* gate, int64_t i) { return gate && gate[i] <= 0.f ? 0.f : v; }
 
+// Channels per transpose task (a multiple of 16: transpose_panel's register blocks).
+constexpr int64_t kBlock = 64;
+
+// A 1x1 convolution with stride 1 and no padding: output pixel pq reads input pixel pq, so colT is
+// the input transposed and col2im the gradient transposed back (transpose_panel, both ways).
+bool pointwise(const Conv2dShape& s) {
+  return s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
+}
+
 // For output pixel (p, q): off[r*S + s] = h*W + w, the offset of its tap (r, s) in an input plane,
 // with h = p*sh - ph + r*dh, w = q*sw - pw + s*dw, or -1 where the tap reads padding.
 void pixel_taps(const Conv2dShape& s, int64_t p, int64_t q, int64_t* off) {
@@ -47,6 +57,17 @@ void pixel_taps(const Conv2dShape& s, int64_t p, int64_t q, int64_t* off) {
 // 0 in the padding and for crs in [CRS, CRSp).
 void im2col_transposed(const float* x, const Conv2dShape& s, int64_t g, float* colT, int64_t CRSp) {
   const int64_t PQ = s.P * s.Q, M = s.N * PQ, Cg = s.Cg(), HW = s.H * s.W, RS = s.R * s.S, CRS = Cg * RS;
+  if (pointwise(s)) {  // colT[n*PQ + pq][c] = x[n][g*Cg + c][pq]: image by image, 64-channel blocks
+    const int64_t cblocks = ceil_div(CRSp, kBlock);
+    at::parallel_for(0, s.N * cblocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / cblocks, c0 = task % cblocks * kBlock;
+        transpose_panel(x + (n * s.C + g * Cg + c0) * HW, nullptr, HW, std::min(kBlock, Cg - c0), PQ,
+                        colT + n * PQ * CRSp + c0, CRSp, std::min(kBlock, CRSp - c0));
+      }
+    });
+    return;
+  }
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> off(RS);
     for (int64_t m = begin; m < end; ++m) {
@@ -274,10 +295,12 @@ void small_m_backward_input(const float* dy, const float* w, float* dx, const Co
   float* colgT = colg_scratch.get(M * CRSp);  // colgT[m][crs]: the gradient of colT
   float* dyT = dy_scratch.get(M * Kg);        // dyT[m][k] = dy[n][g*Kg + k][pq] (gated)
   for (int64_t g = 0; g < s.groups; ++g) {
-    at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t m = begin; m < end; ++m) {
-        const int64_t at = (m / PQ * s.K + g * Kg) * PQ + m % PQ;
-        for (int64_t k = 0; k < Kg; ++k) dyT[m * Kg + k] = gated(dy[at + k * PQ], gate, at + k * PQ);
+    const int64_t kblocks = ceil_div(Kg, kBlock);
+    at::parallel_for(0, s.N * kblocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / kblocks, k0 = task % kblocks * kBlock, kn = std::min(kBlock, Kg - k0);
+        const int64_t at = (n * s.K + g * Kg + k0) * PQ;
+        transpose_panel(dy + at, gate ? gate + at : nullptr, PQ, kn, PQ, dyT + n * PQ * Kg + k0, Kg, kn);
       }
     });
     const float* wg = w + g * Kg * CRS;
@@ -295,6 +318,17 @@ void small_m_backward_input(const float* dy, const float* w, float* dx, const Co
     });
     // col2im: tasks own blocks of input planes (n, c) and add the pixels' rows of colgT into them
     // in pixel order, then tap order (fixed, whatever the split).
+    if (pointwise(s)) {  // dx[n][g*Cg + c][pq] = colgT[n*PQ + pq][c]
+      const int64_t cblocks = ceil_div(Cg, kBlock);
+      at::parallel_for(0, s.N * cblocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t n = task / cblocks, c0 = task % cblocks * kBlock;
+          transpose_panel(colgT + n * PQ * CRSp + c0, nullptr, CRSp, PQ, std::min(kBlock, Cg - c0),
+                          dx + (n * s.C + g * Cg + c0) * HW, HW, PQ);
+        }
+      });
+      continue;
+    }
     const int64_t cb = std::max<int64_t>(1, ceil_div(Cg, ceil_div(2 * at::get_num_threads(), s.N)));
     const int64_t cblocks = ceil_div(Cg, cb);
     at::parallel_for(0, s.N * cblocks, 1, [&](int64_t begin, int64_t end) {

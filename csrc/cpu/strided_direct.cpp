@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/avx512.h"
+#include "cpu/direct_conv.h"
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"
 
@@ -235,14 +236,8 @@ void strided_direct_weight_grad(const float* dy, const float* x, float* dw, cons
       float* dyT = dy_scratch.get(chunk_rows * Q * KW);
       for (int64_t p0 = 0; p0 < P; p0 += chunk_rows) {
         const int64_t p1 = std::min(P, p0 + chunk_rows), len = (p1 - p0) * Q;
-        for (int64_t k = 0; k < KW; ++k) {  // dyT[t][k] = dy[n][k][p0*Q + t] (gated), 0 past K
-          if (k >= K) {
-            for (int64_t i = 0; i < len; ++i) dyT[i * KW + k] = 0.f;
-            continue;
-          }
-          const int64_t at = (n * K + k) * PQ + p0 * Q;
-          for (int64_t i = 0; i < len; ++i) dyT[i * KW + k] = gate && gate[at + i] <= 0.f ? 0.f : dy[at + i];
-        }
+        const int64_t at = n * K * PQ + p0 * Q;  // dyT[t][k] = dy[n][k][p0*Q + t] (gated), 0 past K
+        transpose_panel(dy + at, gate ? gate + at : nullptr, PQ, K, len, dyT, KW, KW);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t tile = task / kblocks, kb = task % kblocks * 64;
           const float* rows[6];
