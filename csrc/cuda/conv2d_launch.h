@@ -330,10 +330,8 @@ at::Tensor conv2d_bwd_weight_tc(const Conv2dShape& s, const at::Tensor& grad_out
   a.st_img = int(BK / PQ);
   a.st_p = int(BK % PQ / s.Q);
   a.st_q = int(BK % PQ % s.Q);
-  // workspace at most ~64 MB (and 65535 splits: gridDim.z)
   const int64_t ktiles = ceil_div(a.npq, BK), part = s.K * int64_t(a.rsc);
-  const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(65535, (int64_t(64) << 20) / 4 / part));
-  const TcWgradPlan plan = pick_tc_wgrad(s.K, a.rsc, ktiles, sm_count(), cap);
+  const TcWgradPlan plan = pick_tc_wgrad(s.K, a.rsc, ktiles, sm_count());
   a.chunk = ceil_div(ktiles, plan.splits) * BK;
   const int64_t splits = ceil_div(a.npq, a.chunk);  // no empty split
   at::Tensor ws = at::empty({splits, part}, input.options().dtype(at::kFloat));

@@ -154,10 +154,11 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
   // k step's rows (multiples of 8: the same swizzle).
   //   16-bit: ldmatrix row address; A: k row lane%8 + 8*(lane/16), chunk 2h + (lane/8)%2;
   //           B: k row lane%8 + 8*((lane/8)%2), chunk 2h + lane/16.
-  //   float:  [q] = k row t + 4*(q/2), column 16h + g + 8*(q%2) (chunk 2*(q%2) + g/4 for A, whose
-  //           16 columns are one block; B's n tile 8 columns: chunk 2h + g/4, rows t, t+4).
+  //   float:  word (k row t, column g) of the block: f32_off; k row t + 4 (f: bit 0 flips) and
+  //           column g + 8 (chunk: bit 1 flips) by f32_at, an XOR of the slot bits and + 4 rows
+  //           (fewer live registers than one offset per register of the fragment).
   const int a_blk0 = wm * (Tile::kWarpM / BK), b_blk0 = wn * (Tile::kWarpN / BK);
-  int a_off[2], b_off[2], af_off[4], bf_off[4];
+  int a_off[2], b_off[2], af_off = 0, bf_off = 0;
   if constexpr (!kF32) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -165,12 +166,12 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
       b_off[h] = wg_swz(b_blk0 * BK + lane % 8 + 8 * ((lane / 8) % 2), 2 * h + lane / 16);
     }
   } else {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      af_off[e] = wg_swz(a_blk0 * BK + t + 4 * (e / 2), 2 * (e % 2) + g / 4) + (g % 4) * 4;
-      bf_off[e] = wg_swz(b_blk0 * BK + t + 4 * (e % 2), 2 * (e / 2) + g / 4) + (g % 4) * 4;
-    }
+    af_off = wg_swz(a_blk0 * BK + t, g / 4) + (g % 4) * 4;
+    bf_off = wg_swz(b_blk0 * BK + t, g / 4) + (g % 4) * 4;
   }
+  // f32_off at column + 8*c8, k row + 4*k4 (rows of a block start at a multiple of 16: f(row) is
+  // f(t) = 2*(t/2), f(t + 4) = f(t) + 1; the slot bits 4-5 of f32_off hold chunk ^ f)
+  auto f32_at = [](int off, int c8, int k4) { return (off ^ ((2 * c8 + k4) << 4)) + k4 * 4 * 64; };
 
   for (int kt = 0; kt < ktiles; ++kt) {
     cp_async_wait<STAGES - 2>();
@@ -207,7 +208,7 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
 #pragma unroll
           for (int e = 0; e < 2; ++e)
             bf[j][e] = ld_shared(reinterpret_cast<const uint32_t*>(
-                Bs + bf_off[2 * (j % 2) + e] + ((j / 2) * BK + 8 * ks) * 64));
+                Bs + f32_at(bf_off, j % 2, e) + ((j / 2) * BK + 8 * ks) * 64));
 #pragma unroll
         for (int j = 0; j < Tile::kNI; ++j) tc_round<T>(bf[j]);
 #pragma unroll
@@ -215,7 +216,8 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
           uint32_t af[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            af[e] = ld_shared(reinterpret_cast<const uint32_t*>(As + af_off[e] + (i * BK + 8 * ks) * 64));
+            af[e] = ld_shared(reinterpret_cast<const uint32_t*>(
+                As + f32_at(af_off, e % 2, e / 2) + (i * BK + 8 * ks) * 64));
           tc_round<T>(af);
 #pragma unroll
           for (int j = 0; j < Tile::kNI; ++j) tc_mma(T(), acc[i][j], af, bf[j]);

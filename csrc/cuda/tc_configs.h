@@ -91,13 +91,15 @@ inline std::string cuda_conv_config_for(int64_t M, int64_t K, int64_t sms) {
 // blocks_per_sm * BM * BN / eff: splitting shortens the blocks and fills the waves, each split adds
 // one partial tile's store and its read by the reduction (~ kWgradSplitCost stages). Splits are
 // at most ktiles / kWgradMinStages (a split keeps a pipeline's worth of stages), four waves' worth of
-// blocks (more only adds reduction work) and max_splits (the launcher's workspace cap). Also torch.ops.fastconv._cuda_wgrad_plan_for, for benchmarks/gpu_model.py.
+// blocks (more only adds reduction work), a workspace of kWgradWorkspaceBytes and 65535 (gridDim.z). Also torch.ops.fastconv._cuda_wgrad_plan_for, for benchmarks/gpu_model.py.
 struct TcWgradPlan {
   int config;
   int64_t splits;
 };
 constexpr int kWgradSplitCost = 8, kWgradMinStages = 16;
-inline TcWgradPlan pick_tc_wgrad(int64_t K, int64_t rsc, int64_t ktiles, int64_t sms, int64_t max_splits) {
+constexpr int64_t kWgradWorkspaceBytes = int64_t(64) << 20;
+inline TcWgradPlan pick_tc_wgrad(int64_t K, int64_t rsc, int64_t ktiles, int64_t sms) {
+  const int64_t max_splits = std::min<int64_t>(65535, kWgradWorkspaceBytes / (4 * K * rsc));
   TcWgradPlan best{0, 1};
   double best_t = -1;
   for (int i = 0; i < kTcConfigs; ++i) {
@@ -116,7 +118,7 @@ inline TcWgradPlan pick_tc_wgrad(int64_t K, int64_t rsc, int64_t ktiles, int64_t
 }
 
 inline std::string cuda_wgrad_plan_for(int64_t K, int64_t rsc, int64_t ktiles, int64_t sms) {
-  const TcWgradPlan p = pick_tc_wgrad(K, rsc, ktiles, sms, int64_t(1) << 30);
+  const TcWgradPlan p = pick_tc_wgrad(K, rsc, ktiles, sms);
   return std::string(kTcConfig[p.config].name) + " " + std::to_string(p.splits);
 }
 
