@@ -154,9 +154,9 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
   // k step's rows (multiples of 8: the same swizzle).
   //   16-bit: ldmatrix row address; A: k row lane%8 + 8*(lane/16), chunk 2h + (lane/8)%2;
   //           B: k row lane%8 + 8*((lane/8)%2), chunk 2h + lane/16.
-  //   float:  word (k row t, column g) of the block: f32_off; k row t + 4 (f: bit 0 flips) and
-  //           column g + 8 (chunk: bit 1 flips) by f32_at, an XOR of the slot bits and + 4 rows
-  //           (fewer live registers than one offset per register of the fragment).
+  //   float:  af_off / bf_off: the word at k row t, column g of the block; k row t + 4 (f: bit 0
+  //           flips) and column g + 8 (chunk: bit 1 flips) by f32_at, an XOR of the slot bits and
+  //           + 4 rows (fewer live registers than one offset per register of the fragment).
   const int a_blk0 = wm * (Tile::kWarpM / BK), b_blk0 = wn * (Tile::kWarpN / BK);
   int a_off[2], b_off[2], af_off = 0, bf_off = 0;
   if constexpr (!kF32) {
@@ -169,8 +169,8 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
     af_off = wg_swz(a_blk0 * BK + t, g / 4) + (g % 4) * 4;
     bf_off = wg_swz(b_blk0 * BK + t, g / 4) + (g % 4) * 4;
   }
-  // f32_off at column + 8*c8, k row + 4*k4 (rows of a block start at a multiple of 16: f(row) is
-  // f(t) = 2*(t/2), f(t + 4) = f(t) + 1; the slot bits 4-5 of f32_off hold chunk ^ f)
+  // af_off / bf_off at column + 8*c8, k row + 4*k4 (a block's rows start at a multiple of 16: f(row)
+  // is f(t) = 2*(t/2), f(t + 4) = f(t) + 1; bits 4-5 of the offset hold the slot chunk ^ f)
   auto f32_at = [](int off, int c8, int k4) { return (off ^ ((2 * c8 + k4) << 4)) + k4 * 4 * 64; };
 
   for (int kt = 0; kt < ktiles; ++kt) {
