@@ -3,15 +3,19 @@
 No GPU measured anything here. For each layer and pass (forward, backward-data, backward-weight)
 the model takes the kernel the CUDA launcher runs for it and counts its work:
 
-  tensor-core passes (forward; stride-1 input gradient; ungrouped): the NHWC implicit GEMM of
-            csrc/cuda/conv2d_tc.cuh, in the tile configuration the launcher's own heuristic picks
-            (torch.ops.fastconv._cuda_conv_config_for, csrc/cuda/tc_configs.h), with its blocks
-            per SM; per block and K step (64 bytes of channels of one filter tap) the MMAs and the
-            shared-memory bytes (cp.async stores + every warp's ldmatrix reads) it issues:
+  tensor-core passes (forward; stride-1 input gradient; weight gradient; ungrouped): the NHWC
+            implicit GEMMs of csrc/cuda/conv2d_tc.cuh and conv2d_tc_wgrad.cuh, in the tile
+            configuration the launcher's own heuristic picks (torch.ops.fastconv.
+            _cuda_conv_config_for; for the weight gradient _cuda_wgrad_plan_for, which also gives
+            the split-K count; csrc/cuda/tc_configs.h), with its blocks per SM; per block and K step
+            (64 bytes of channels of one filter tap, or of pixels for the weight gradient) the MMAs
+            and the shared-memory bytes (cp.async stores + every warp's fragment reads) it issues:
             time = waves x resident blocks x K steps x max(MMA cycles, shared-memory cycles)
                    + a pipeline fill per wave
             tile efficiency = useful multiply-adds / issued ones (partial tiles, padded channels),
             wave efficiency = blocks / the slots of the waves they occupy
+            the weight gradient's fp32 split workspace (written, then read by the reduction) is
+            added to the HBM traffic
   other passes: the FP32 FFMA implicit GEMM, at an assumed share of the CUDA-core FP32 peak
   both: max(that, L2 -> SM traffic of the tiles / L2 bandwidth, compulsory bytes / HBM bandwidth)
   roofline: max(useful FLOPs / dense tensor-core peak, compulsory bytes / HBM bandwidth) -- the
@@ -81,16 +85,19 @@ K_MMA = {"tf32": 8, "bf16": 16}  # m16n8k8 (TF32), m16n8k16 (fp16/bf16)
 
 def tensor_core_pass(case: Case, op: str):
     """Whether the CUDA launcher runs this pass on tensor cores (the others run the FP32 FFMA
-    implicit GEMM): forward, and stride-1 input gradient, of ungrouped convolutions."""
-    return case.groups == 1 and (op == "conv_fwd" or (op == "conv_bwd_data" and case.stride == 1))
+    implicit GEMM): forward, stride-1 input gradient and weight gradient of ungrouped convolutions."""
+    return case.groups == 1 and (op != "conv_bwd_data" or case.stride == 1)
 
 
 def tc_gemm(case: Case, op: str, elem: int):
-    """(M, N, K steps per block tile of BK = 64 bytes) of the tensor-core implicit GEMM, NHWC:
-    the K loop walks the R*S taps, each over the reduced channels padded to the 16-byte vector in
-    blocks of 64 bytes (a 3-channel layer spends a whole block per tap)."""
+    """(M, N, K steps of BK = 64 bytes) of the tensor-core implicit GEMM, NHWC: the K loop walks
+    the R*S taps, each over the reduced channels padded to the 16-byte vector in blocks of 64 bytes
+    (a 3-channel layer spends a whole block per tap); the weight gradient's (K x R*S*C, C padded to
+    the vector) walks the N*P*Q pixels, 64 bytes' worth per step, split over blocks."""
     P, Q = case.out_hw
     vec, bk = 16 // elem, 64 // elem
+    if op == "conv_bwd_weight":
+        return case.K, case.R * case.S * math.ceil(case.C / vec) * vec, math.ceil(case.N * P * Q / bk)
     if op == "conv_fwd":
         M, N, red = case.N * P * Q, case.K, case.C
     else:  # stride-1 input gradient: the forward of dy with the flipped, transposed weight
@@ -98,14 +105,16 @@ def tc_gemm(case: Case, op: str, elem: int):
     return M, N, case.R * case.S * math.ceil(math.ceil(red / vec) * vec / bk)
 
 
-def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict):
-    """Modelled seconds of one tensor-core pass, and the figures behind them."""
+def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict, splits: int = 1):
+    """Modelled seconds of one tensor-core pass, and the figures behind them (splits: the weight
+    gradient's split-K count)."""
     elem, kmma = ELEM[kind], K_MMA[kind]
     bk = 64 // elem
     M, N, ksteps = tc_gemm(case, op, elem)
+    ksteps = math.ceil(ksteps / splits)
     bm, bn, warps = cfg["bm"], cfg["bn"], cfg["warps"]
     wm, wn = bm // cfg["warps_m"], bn // cfg["warps_n"]
-    blocks = math.ceil(M / bm) * math.ceil(N / bn)
+    blocks = math.ceil(M / bm) * math.ceil(N / bn) * splits
     per_sm = cfg["blocks_per_sm"]
     slots = gpu.sms * per_sm
     waves = math.ceil(blocks / slots)
@@ -121,8 +130,10 @@ def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict):
     wave_cyc = resident * ksteps * max(mma_cyc, smem_cyc) + ASSUMED["fill_cycles_per_wave"]
     t_sm = waves * wave_cyc / gpu.clock
     tile_bytes = blocks * ksteps * (bm + bn) * 64  # every block loads its A and B stages from L2
+    ws_bytes = 2 * splits * M * N * 4 if op == "conv_bwd_weight" else 0
     return dict(t_sm=t_sm, tile_bytes=tile_bytes, bound_sm="smem" if smem_cyc > mma_cyc else "mma",
-                config=cfg["name"], blocks=blocks, waves=waves, wave_eff=blocks / (waves * slots),
+                ws_bytes=ws_bytes, config=cfg["name"] + (f" x{splits}" if op == "conv_bwd_weight" else ""),
+                blocks=blocks, waves=waves, wave_eff=blocks / (waves * slots),
                 tile_eff=case.flops() / 2 / issued_fma)
 
 
@@ -130,20 +141,24 @@ def model_ffma(case: Case, op: str, gpu: GPU):
     """The FP32 FFMA implicit GEMM (the passes not on tensor cores): its multiply-adds at the
     assumed share of the CUDA-core FP32 peak; tiles as the 128x128x8 / 64x64x16 SIMT kernels."""
     t = case.flops() / (gpu.sms * gpu.fp32_fma_per_clk * 2 * gpu.clock * ASSUMED["ffma_mainloop_eff"])
-    return dict(t_sm=t, tile_bytes=0, bound_sm="ffma", config="simt", blocks=0, waves=0, wave_eff=1.0, tile_eff=1.0)
+    return dict(t_sm=t, tile_bytes=0, ws_bytes=0, bound_sm="ffma", config="simt", blocks=0, waves=0, wave_eff=1.0, tile_eff=1.0)
 
 
-def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick):
+def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick, pick_wgrad):
     """One layer, pass, dtype and GPU: the modelled time against the roofline bound."""
     kind = KINDS[dtype]
     elem = ELEM[kind]
     if tensor_core_pass(case, op):
-        M, N, _ = tc_gemm(case, op, elem)
-        m = model_tc(case, op, kind, gpu, configs[pick(M, N, gpu.sms)])
+        M, N, ksteps = tc_gemm(case, op, elem)
+        if op == "conv_bwd_weight":
+            name, splits = pick_wgrad(M, N, ksteps, gpu.sms)
+            m = model_tc(case, op, kind, gpu, configs[name], splits)
+        else:
+            m = model_tc(case, op, kind, gpu, configs[pick(M, N, gpu.sms)])
     else:
         m = model_ffma(case, op, gpu)
     compulsory = case.bytes(op, elem)
-    t_l2, t_dram = m["tile_bytes"] / gpu.l2, compulsory / gpu.dram
+    t_l2, t_dram = m["tile_bytes"] / gpu.l2, (compulsory + m["ws_bytes"]) / gpu.dram
     t = max(m["t_sm"], t_l2, t_dram)
     bound = m["bound_sm"] if t == m["t_sm"] else "L2" if t == t_l2 else "DRAM"
     peak = gpu.sms * gpu.fma_per_clk[kind] * gpu.clock * 2  # dense tensor FLOP/s
@@ -185,13 +200,17 @@ def main(argv=None):
 
     def pick(M, N, sms):  # the CUDA launcher's own tile heuristic (csrc/cuda/tc_configs.h)
         return torch.ops.fastconv._cuda_conv_config_for(M, N, sms)
+
+    def pick_wgrad(K, rsc, ksteps, sms):  # its weight-gradient plan: (configuration, splits)
+        name, splits = torch.ops.fastconv._cuda_wgrad_plan_for(K, rsc, ksteps, sms).split()
+        return name, int(splits)
     rows = []
     for s in args.suite or ["catdog", "vgg16"]:
         for c in (x for x in suite_cases(s, args.batch) if x.kind == "conv"):
             for dt in args.dtype or ["float32", "bfloat16"]:
                 for g in args.gpu or list(GPUS):
                     for op in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight"):
-                        rows.append(model_layer(c, op, dt, GPUS[g], configs, pick))
+                        rows.append(model_layer(c, op, dt, GPUS[g], configs, pick, pick_wgrad))
     print("MODEL, not a measurement (no GPU measured these figures). Assumed: " +
           ", ".join(f"{k} = {v}" for k, v in ASSUMED.items()) + "\n")
     print("| GPU | dtype | suite | layer | pass | kernel | blocks | waves | wave eff | tile eff | bound "

@@ -17,6 +17,7 @@ TORCH_LIBRARY(fastconv, m) {
   // The CUDA conv kernels' test switch (cuda/tc_configs.h; returns the previous setting).
   m.def("_set_cuda_conv_config(str name) -> str", &fastconv::cuda::set_cuda_conv_config);
   m.def("_cuda_conv_config_for(int M, int K, int sms) -> str", &fastconv::cuda::cuda_conv_config_for);
+  m.def("_cuda_wgrad_plan_for(int K, int rsc, int ktiles, int sms) -> str", &fastconv::cuda::cuda_wgrad_plan_for);
   m.def("_clear_cpu_packed_weights() -> ()", &fastconv::clear_cpu_packed_weights);
 }
 

@@ -122,7 +122,8 @@ def cuda_conv_configs():
 
 @contextlib.contextmanager
 def force_cuda_conv_config(name):
-    """Inside the block, CUDA conv2d forwards (on the GPU and in the emulator) use ``name``:
+    """Inside the block, CUDA conv2d forwards and their tensor-core gradients (on the GPU and in
+    the emulator) use ``name``:
     one of cuda_conv_configs()' names wherever the tensor-core path applies (ungrouped float16 /
     bfloat16, float32 with torch.backends.cudnn.allow_tf32), 'simt' for the FP32/FP64 FFMA implicit
     GEMM everywhere, or 'auto' (the tile heuristic; the default)."""

@@ -16,8 +16,8 @@ def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False, add=None, tf32
     'simt'), against float64 PyTorch on the same inputs rounded to dtype: the output and every
     gradient (grad_bias also without a bias, through the op). add=False / True: conv2d_add with a
     random residual, without / with its ReLU (the residual's gradient checked too). tf32: float32
-    output and grad_input (the passes on tensor cores) are held to TOL_TF32 instead of the exact
-    budget."""
+    output, grad_input and grad_weight (the passes on tensor cores) are held to TOL_TF32 instead of
+    the exact budget."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, has_bias = cfg
     backend.skip_unless_takes(dtype)
     fan_in = max(1, C // groups * R * S)
@@ -74,7 +74,7 @@ def _run(backend, cfg, dtype, rng, layout=None, fused_relu=False, add=None, tf32
     tol = TOL_TF32 if tf32 and dtype == torch.float32 else None
     assert_close(out, ref, dtype, "output", tol)
     assert_close(gx, ref_grads[0], dtype, "grad_input", tol)
-    assert_close(gw, ref_grads[1], dtype, "grad_weight")
+    assert_close(gw, ref_grads[1], dtype, "grad_weight", tol)
     if gb is not None:
         # A float sum's rounding error scales with the sum of its terms' magnitudes, not with the
         # sum: held to the dtype's budget of sum |dy| (one channel's dy may nearly cancel).
@@ -143,14 +143,44 @@ CUDA_CONV_CONFIGS = [c["name"] for c in fastconv.info()["cuda_conv_configs"]]
 @pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
 @pytest.mark.parametrize("cfg", CONV_TC, ids=case_id)
 def test_conv2d_tensor_cores(backend, cfg, config, dtype, layout, rng):
-    """The tensor-core forward and stride-1 grad_input in each tile configuration (forced; the
-    heuristic would pick one), float32 through TF32 (budget TOL_TF32 = 1e-3), float16 / bfloat16 at
-    1e-2; grad_weight (and strided grad_input) run the FFMA kernels (exact budgets)."""
+    """The tensor-core forward, stride-1 grad_input and grad_weight in each tile configuration
+    (forced; the heuristic would pick one), float32 through TF32 (budget TOL_TF32 = 1e-3), float16 /
+    bfloat16 at 1e-2; strided grad_input runs the FFMA kernel (exact budget)."""
     if backend.name == "cpu":
         pytest.skip("configurations of the CUDA kernels")
     torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
     with testing.force_cuda_conv_config(config):
         _run(backend, cfg, dtype, rng, layout, tf32=True)
+
+
+# grad_weight on tensor cores split over the output pixels: enough pixels for several splits on the
+# emulator's 4 SMs (fastconv._cuda_wgrad_plan_for says how many), a partial last split, padding,
+# stride, channels off the vector
+WGRAD_SPLIT = [
+    (2, 8, 25, 23, 16, (3, 3), 1, 1, 1, 1, True),     # 1150 pixels: a ragged last split
+    (3, 5, 60, 41, 24, (3, 2), 2, (1, 0), 1, 1, False),  # stride 2, 5 channels padded
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
+@pytest.mark.parametrize("cfg", WGRAD_SPLIT, ids=case_id)
+def test_conv2d_wgrad_split_k(backend, cfg, config, dtype, rng):
+    """grad_weight's split-K on tensor cores: every configuration, more than one split, the fixed-
+    order reduction bit-identical under every thread order (Backend.run)."""
+    if backend.name == "cpu":
+        pytest.skip("configurations of the CUDA kernels")
+    N, C, H, W, K, (R, S), stride, padding, dilation = cfg[:9]
+    P = (H + 2 * pair(padding)[0] - dilation * (R - 1) - 1) // pair(stride)[0] + 1
+    Q = (W + 2 * pair(padding)[1] - dilation * (S - 1) - 1) // pair(stride)[1] + 1
+    vec, bk = 16 // dtype.itemsize, 64 // dtype.itemsize
+    rsc = R * S * -(-C // vec) * vec
+    torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
+    with testing.force_cuda_conv_config(config):
+        if backend.name == "simt":  # the emulator's 4 SMs
+            plan = torch.ops.fastconv._cuda_wgrad_plan_for(K, rsc, -(-N * P * Q // bk), 4)
+            assert plan.split()[0] == config and int(plan.split()[1]) > 1, plan
+        _run(backend, cfg, dtype, rng, "channels_last", tf32=True)
 
 
 @pytest.mark.parametrize("cfg", CONV_TC[:2], ids=case_id)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from helpers import CONV_CASES, CONV_RANDOM, LOW, POOL_CASES, POOL_RANDOM, assert_close, case_id, pair, same_bits
+from helpers import (CONV_CASES, CONV_RANDOM, LOW, POOL_CASES, POOL_RANDOM, TOL_TF32, assert_close, case_id, pair,
+                     same_bits)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -54,6 +55,21 @@ def test_conv2d_vgg_layer():
     F.conv2d(xr, wr, None, 1, 1).backward(gy.double())
     assert_close(gx, xr.grad, torch.float32, "grad_input")
     assert_close(gw, wr.grad, torch.float32, "grad_weight")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_conv2d_vgg_layer_wgrad_tensor_cores(dtype):
+    """A VGG16 conv3_x layer's grad_weight on tensor cores (TF32 on for float32): the split-K plan
+    of the device's SM count, against float64, bit-identical on a second call."""
+    torch.backends.cudnn.allow_tf32 = True  # restored by the fixture
+    x = torch.randn(8, 256, 56, 56, device=DEV).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(256, 256, 3, 3, device=DEV) / 48).to(dtype)
+    gy = torch.randn(8, 256, 56, 56, device=DEV).to(dtype).contiguous(memory_format=torch.channels_last)
+    gw = ops.conv2d_backward(gy, x, w, [1, 1], [1, 1], [1, 1], 1, [False, True, False])[1]
+    assert same_bits(gw, ops.conv2d_backward(gy, x, w, [1, 1], [1, 1], [1, 1], 1, [False, True, False])[1])
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    F.conv2d(xr, wr, None, 1, 1).backward(gy.double())
+    assert_close(gw, wr.grad, dtype, "grad_weight", TOL_TF32 if dtype == torch.float32 else None)
 
 
 @pytest.mark.parametrize("case", POOL_CASES + POOL_RANDOM, ids=case_id)

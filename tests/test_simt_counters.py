@@ -125,3 +125,43 @@ def test_tensor_core_conv_main_loop(config, dtype):
     ktiles = 9 * -(-C * dtype.itemsize // 64)
     tiles = -(-N * 8 * 8 // cfg["bm"]) * -(-K // cfg["bn"])
     assert mma == tiles * ktiles * 2 * (cfg["bm"] // 16) * (cfg["bn"] // 8)
+
+
+WGRAD_SRC = os.path.join(ROOT, "csrc", "cuda", "conv2d_tc_wgrad.cuh")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", [c["name"] for c in testing.cuda_conv_configs()])
+def test_tensor_core_wgrad_main_loop(config, dtype):
+    """The tensor-core weight gradient's main loop (csrc/cuda/conv2d_tc_wgrad.cuh): the fragment
+    loads are conflict-free (f16: ldmatrix.x4.trans, one wavefront per 8x8 matrix; TF32: 32-bit
+    lds, one wavefront each, under the swizzle with bits 1 and 2 of the row swapped), the cp.async
+    sources use whole 32-byte sectors (64 bytes of one pixel's channels per 4 lanes), and the mma
+    count is the GEMM's (K and R*S*C tiles x pixel stages x warp tiles; one split here)."""
+    cfg = {c["name"]: c for c in testing.cuda_conv_configs()}[config]
+    N, C, H, W, K = 2, 128, 10, 10, 128  # 3x3 'valid': 2*8*8 = 128 pixels, whole stages and tiles
+    x = torch.randn(N, C, H, W).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C, 3, 3).to(dtype)
+    gy = torch.randn(N, K, 8, 8).to(dtype).contiguous(memory_format=torch.channels_last)
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with testing.force_cuda_conv_config(config), testing.counters() as rows:
+            torch.ops.fastconv_simt.conv2d_backward(gy, x, w, [1, 1], [0, 0], [1, 1], 1, [False, True, False])
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+    wg = [r for r in rows if os.path.basename(r["file"]) == os.path.basename(WGRAD_SRC)]
+    if dtype == torch.float16:
+        loads = [r for r in wg if r["kind"] == "ldsm"]
+        assert loads and sum(r["units"] for r in loads) == 4 * sum(r["requests"] for r in loads)  # x4: 4 matrices
+    else:
+        loads = [r for r in wg if r["kind"] == "lds"]
+        assert loads and sum(r["units"] for r in loads) == sum(r["requests"] for r in loads)  # 1 wavefront
+    cp = [r for r in wg if r["kind"] == "cp_async"]
+    assert cp and sum(r["bytes"] for r in cp) == 32 * sum(r["units"] for r in cp)  # 100% sector efficiency
+    # (the mma sits in tc_mma, conv2d_tc.cuh: counted by kernel)
+    mma = sum(r["requests"] for r in rows if r["kind"] == "mma" and "conv2d_tc_wgrad_kernel" in r["kernel"])
+    bk = 64 // dtype.itemsize
+    stages = -(-N * 8 * 8 // bk)
+    tiles = -(-K // cfg["bm"]) * -(-9 * C // cfg["bn"])
+    assert mma == tiles * stages * 2 * (cfg["bm"] // 16) * (cfg["bn"] // 8)

@@ -15,6 +15,7 @@
 #include "cuda/conv2d_bwd_weight.cuh"
 #include "cuda/conv2d_fwd.cuh"
 #include "cuda/conv2d_tc.cuh"
+#include "cuda/conv2d_tc_wgrad.cuh"
 #include "cuda/depthwise_launch.h"
 #include "cuda/launch_common.h"
 
@@ -295,6 +296,61 @@ void conv2d_bwd_weight_run(const Conv2dShape& s, const at::Tensor& x, const at::
   FC_CHECK_LAUNCH();
 }
 
+// grad_weight on tensor cores (conv2d_tc_wgrad.cuh): dy and x in NHWC (channels_last tensors in
+// place, others one copy), the split-K GEMM into an fp32 workspace [splits][K][R*S*Cp], the
+// fixed-order sum over the splits into [K][R][S][Cp]; returned as a (K, C, R, S) view of it
+// (channels_last when Cp == C; the caller converts it to the weight's memory format).
+template <typename T, int CFG>
+void launch_tc_wgrad(const TcWgradArgs<T>& a, int64_t splits, cudaStream_t stream) {
+  constexpr TcConfig c = kTcConfig[CFG];
+  using Tile = TcTile<c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
+  auto* kernel = &conv2d_tc_wgrad_kernel<T, c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
+  if (Tile::kSmem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
+  const dim3 grid(unsigned(ceil_div(int64_t(a.rsc), int64_t(c.bn))), unsigned(ceil_div(int64_t(a.K), int64_t(c.bm))),
+                  unsigned(splits));
+  FC_LAUNCH(kernel, grid, dim3(Tile::kThreads), Tile::kSmem, stream)(a);
+  FC_CHECK_LAUNCH();
+}
+
+template <typename T>
+at::Tensor conv2d_bwd_weight_tc(const Conv2dShape& s, const at::Tensor& grad_output, const at::Tensor& input) {
+  constexpr int64_t VEC = 16 / sizeof(T), BK = 64 / sizeof(T);
+  const int64_t cp = ceil_div(s.C, VEC) * VEC, kp = ceil_div(s.K, VEC) * VEC;
+  const at::Tensor x = nhwc_padded(input, cp), dy = nhwc_padded(grad_output, kp);
+  TcWgradArgs<T> a{};
+  a.dy = dy.const_data_ptr<T>();
+  a.x = x.const_data_ptr<T>();
+  a.npq = s.N * s.P * s.Q;
+  a.H = int(s.H); a.W = int(s.W); a.Cp = int(cp); a.Kp = int(kp); a.K = int(s.K); a.S = int(s.S);
+  a.P = int(s.P); a.Q = int(s.Q);
+  a.sh = int(s.stride_h); a.sw = int(s.stride_w); a.ph = int(s.pad_h); a.pw = int(s.pad_w);
+  a.dh = int(s.dil_h); a.dw = int(s.dil_w);
+  a.rsc = int(s.R * s.S * cp);
+  const int64_t PQ = s.P * s.Q;
+  a.st_img = int(BK / PQ);
+  a.st_p = int(BK % PQ / s.Q);
+  a.st_q = int(BK % PQ % s.Q);
+  const int64_t ktiles = ceil_div(a.npq, BK), part = s.K * int64_t(a.rsc);
+  const TcWgradPlan plan = pick_tc_wgrad(s.K, a.rsc, ktiles, sm_count());
+  a.chunk = ceil_div(ktiles, plan.splits) * BK;
+  const int64_t splits = ceil_div(a.npq, a.chunk);  // no empty split
+  at::Tensor ws = at::empty({splits, part}, input.options().dtype(at::kFloat));
+  a.ws = ws.mutable_data_ptr<float>();
+  cudaStream_t stream = FC_CURRENT_STREAM();
+  switch (plan.config) {
+    case 0: launch_tc_wgrad<T, 0>(a, splits, stream); break;
+    case 1: launch_tc_wgrad<T, 1>(a, splits, stream); break;
+    default: launch_tc_wgrad<T, 2>(a, splits, stream); break;
+  }
+  static_assert(kTcConfigs == 3, "one case per configuration");
+  at::Tensor gw = at::empty({s.K, s.R, s.S, cp}, input.options().memory_format(at::MemoryFormat::Contiguous));
+  auto* reduce = &reduce_splits_kernel<T>;
+  FC_LAUNCH(reduce, stride_grid(part, reduce_splits_threads), dim3(reduce_splits_threads), 0, stream)(
+      ws.const_data_ptr<float>(), gw.mutable_data_ptr<T>(), part, int(splits));
+  FC_CHECK_LAUNCH();
+  return gw.narrow(3, 0, s.C).permute({0, 3, 1, 2});
+}
+
 template <typename T>
 void conv2d_bwd_bias_run(const Conv2dShape& s, const at::Tensor& gy, at::Tensor& gb) {
   constexpr int NT = bias_grad_threads;
@@ -351,7 +407,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       }
     }
     if (output_mask[0] && !gx_done) conv2d_bwd_data_run<T>(s, gy, w, gx);
-    if (output_mask[1]) conv2d_bwd_weight_run<T>(s, x, gy, gw);
+    bool gw_done = false;
+    if constexpr (tc_dtype<T>) {
+      if (output_mask[1] && use_tc<T>(s)) {
+        gw = conv2d_bwd_weight_tc<T>(s, grad_output, input);
+        gw_done = true;
+      }
+    }
+    if (output_mask[1] && !gw_done) conv2d_bwd_weight_run<T>(s, x, gy, gw);
     if (output_mask[2]) conv2d_bwd_bias_run<T>(s, gy, gb);
   });
   const at::MemoryFormat fmt = conv2d_memory_format(input, weight);

@@ -3,6 +3,7 @@
 // emulator module read the same table, and Python sees it as fastconv.info()["cuda_conv_configs"].
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -81,6 +82,44 @@ inline int pick_tc_config(int64_t M, int64_t K, int64_t sms) {
 
 inline std::string cuda_conv_config_for(int64_t M, int64_t K, int64_t sms) {
   return kTcConfig[pick_tc_config(M, K, sms)].name;
+}
+
+// The weight gradient's plan (conv2d_tc_wgrad.cuh): a GEMM of K output channels x rsc = R*S*Cp
+// columns over ktiles stages of pixels, split into `splits` ranges of the pixels, each summed by
+// its own blocks into an fp32 workspace. For each configuration (the forced one only, under the
+// test switch) and split count, the estimate is waves * (stages per split + kWgradSplitCost) *
+// blocks_per_sm * BM * BN / eff: splitting shortens the blocks and fills the waves, each split adds
+// one partial tile's store and its read by the reduction (~ kWgradSplitCost stages). Splits are
+// at most ktiles / kWgradMinStages (a split keeps a pipeline's worth of stages), four waves' worth of
+// blocks (more only adds reduction work), a workspace of kWgradWorkspaceBytes and 65535 (gridDim.z). Also torch.ops.fastconv._cuda_wgrad_plan_for, for benchmarks/gpu_model.py.
+struct TcWgradPlan {
+  int config;
+  int64_t splits;
+};
+constexpr int kWgradSplitCost = 8, kWgradMinStages = 16;
+constexpr int64_t kWgradWorkspaceBytes = int64_t(64) << 20;
+inline TcWgradPlan pick_tc_wgrad(int64_t K, int64_t rsc, int64_t ktiles, int64_t sms) {
+  const int64_t max_splits = std::min<int64_t>(65535, kWgradWorkspaceBytes / (4 * K * rsc));
+  TcWgradPlan best{0, 1};
+  double best_t = -1;
+  for (int i = 0; i < kTcConfigs; ++i) {
+    if (forced_conv_config() >= 0 && i != forced_conv_config()) continue;
+    const TcConfig& c = kTcConfig[i];
+    const int64_t tiles = ((K + c.bm - 1) / c.bm) * ((rsc + c.bn - 1) / c.bn);
+    const int64_t slots = sms * c.blocks_per_sm;
+    const int64_t most = std::max<int64_t>(1, std::min({max_splits, ktiles / kWgradMinStages, (4 * slots + tiles - 1) / tiles}));
+    for (int64_t s = 1; s <= most; ++s) {
+      const int64_t waves = (tiles * s + slots - 1) / slots, per_split = (ktiles + s - 1) / s;
+      const double t = double(waves) * double(per_split + kWgradSplitCost) * c.blocks_per_sm * c.bm * c.bn / c.eff;
+      if (best_t < 0 || t < best_t) best = {i, s}, best_t = t;
+    }
+  }
+  return best;
+}
+
+inline std::string cuda_wgrad_plan_for(int64_t K, int64_t rsc, int64_t ktiles, int64_t sms) {
+  const TcWgradPlan p = pick_tc_wgrad(K, rsc, ktiles, sms);
+  return std::string(kTcConfig[p.config].name) + " " + std::to_string(p.splits);
 }
 
 // The table as a JSON list (fastconv.info()["cuda_conv_configs"]).
