@@ -261,3 +261,37 @@ def test_max_pool2d_2x2_small_batch_every_cpu_isa(cpu_isa, N, rng):
     assert out.shape == (N, 3, 37, 37) and torch.equal(out, ref) and torch.equal(idx, ref_idx)
     out.sum().backward()
     assert x.grad.shape == x.shape and torch.equal(x.grad.sum(), torch.tensor(float(N * 3 * 37 * 37)))
+
+
+# channels_last and contiguous inputs in every dtype on every backend: on CUDA a channels_last
+# input runs the NHWC kernels, on 16-byte vectors along C where C holds whole vectors (float 4,
+# half 8, double 2 channels) and the pointers are aligned, one channel per thread otherwise.
+FORMAT_CASES = [
+    (2, 16, 9, 11, 3, 2, 1, 1, False),  # overlapping windows; vectors for every dtype
+    (1, 24, 8, 8, 2, 2, 0, 1, True),  # disjoint windows, a cut last row / column
+    (2, 6, 7, 5, (3, 2), (2, 1), (1, 0), (1, 2), True),  # C = 6: double vectors, scalar otherwise
+    (1, 3, 10, 10, 3, 1, 1, 2, True),  # C = 3: scalar everywhere
+    (1, 40, 5, 5, 5, 5, 2, 1, True),  # one window, padding on every side
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("fmt", FORMATS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("cfg", FORMAT_CASES, ids=case_id)
+def test_max_pool2d_formats_dtypes(backend, cfg, fmt, dtype, rng):
+    N, C, H, W, *params = cfg
+    x = randn((N, C, H, W), rng, torch.float64)
+    _check(backend, _ties(x), params, dtype, rng, fmt)
+    _check(backend, _specials((N, C, H, W), rng, 0.2), params, dtype, rng, fmt)
+
+
+def test_max_pool2d_nhwc_misaligned(backend, rng):
+    """A channels_last view that starts 4 bytes into its storage: the NHWC kernels fall back to one
+    channel per thread."""
+    x64 = randn((2, 9, 9, 16), rng, torch.float64)
+    base = torch.empty(x64.numel() + 1, dtype=torch.float32, device=backend.device)
+    x = base[1:].view(2, 9, 9, 16).copy_(x64).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
+    out, idx = FC.max_pool2d(x, 3, 2, 1, return_indices=True)
+    ref, ref_idx = F.max_pool2d(x.cpu(), 3, 2, 1, return_indices=True)
+    assert torch.equal(idx.cpu(), ref_idx) and torch.equal(out.cpu(), ref) and out.stride() == ref.stride()
