@@ -3,7 +3,7 @@
 No GPU measured anything here. For each layer and pass (forward, backward-data, backward-weight)
 the model takes the kernel the CUDA launcher runs for it and counts its work:
 
-  tensor-core passes (forward; stride-1 input gradient; ungrouped): the NHWC implicit GEMM of
+  tensor-core passes (forward; input gradient; ungrouped): the NHWC implicit GEMM of
             csrc/cuda/conv2d_tc.cuh, in the tile configuration the launcher's own heuristic picks
             (torch.ops.fastconv._cuda_conv_config_for, csrc/cuda/tc_configs.h), with its blocks
             per SM; per block and K step (64 bytes of channels of one filter tap) the MMAs and the
@@ -11,7 +11,9 @@ the model takes the kernel the CUDA launcher runs for it and counts its work:
             time = waves x resident blocks x K steps x max(MMA cycles, shared-memory cycles)
                    + a pipeline fill per wave
             tile efficiency = useful multiply-adds / issued ones (partial tiles, padded channels),
-            wave efficiency = blocks / the slots of the waves they occupy
+            wave efficiency = blocks / the slots of the waves they occupy;
+            a strided input gradient is one launch per stride phase (the phase's rows x columns,
+            its taps only: conv2d_launch.h dgrad_phase), the launches' times summed
   other passes: the FP32 FFMA implicit GEMM, at an assumed share of the CUDA-core FP32 peak
   both: max(that, L2 -> SM traffic of the tiles / L2 bandwidth, compulsory bytes / HBM bandwidth)
   roofline: max(useful FLOPs / dense tensor-core peak, compulsory bytes / HBM bandwidth) -- the
@@ -81,28 +83,39 @@ K_MMA = {"tf32": 8, "bf16": 16}  # m16n8k8 (TF32), m16n8k16 (fp16/bf16)
 
 def tensor_core_pass(case: Case, op: str):
     """Whether the CUDA launcher runs this pass on tensor cores (the others run the FP32 FFMA
-    implicit GEMM): forward, and stride-1 input gradient, of ungrouped convolutions."""
-    return case.groups == 1 and (op == "conv_fwd" or (op == "conv_bwd_data" and case.stride == 1))
+    implicit GEMM): forward and input gradient of ungrouped convolutions."""
+    return case.groups == 1 and op in ("conv_fwd", "conv_bwd_data")
 
 
-def tc_gemm(case: Case, op: str, elem: int):
-    """(M, N, K steps per block tile of BK = 64 bytes) of the tensor-core implicit GEMM, NHWC:
-    the K loop walks the R*S taps, each over the reduced channels padded to the 16-byte vector in
-    blocks of 64 bytes (a 3-channel layer spends a whole block per tap)."""
+def dgrad_phases(size: int, k: int, case: Case):
+    """(rows, taps) of each stride phase of the input gradient along one axis: the rows h with
+    (h + pad) % stride == phase and the taps r with r * dil % stride == phase."""
+    s = case.stride
+    return [(sum((h + case.pad) % s == f for h in range(size)), sum(r * case.dil % s == f for r in range(k)))
+            for f in range(s)]
+
+
+def tc_gemms(case: Case, op: str, elem: int):
+    """[(M, N, K steps per block tile of BK = 64 bytes)] of the tensor-core implicit GEMM launches,
+    NHWC: the K loop walks the taps, each over the reduced channels padded to the 16-byte vector in
+    blocks of 64 bytes (a 3-channel layer spends a whole block per tap). The input gradient: one
+    forward of dy with the flipped, transposed weight per stride phase (rows x columns of the phase,
+    its taps); phases without taps are zero-filled, no GEMM."""
     P, Q = case.out_hw
     vec, bk = 16 // elem, 64 // elem
     if op == "conv_fwd":
-        M, N, red = case.N * P * Q, case.K, case.C
-    else:  # stride-1 input gradient: the forward of dy with the flipped, transposed weight
-        M, N, red = case.N * case.H * case.W, case.C, case.K
-    return M, N, case.R * case.S * math.ceil(math.ceil(red / vec) * vec / bk)
+        return [(case.N * P * Q, case.K, case.R * case.S * math.ceil(math.ceil(case.C / vec) * vec / bk))]
+    cblocks = math.ceil(math.ceil(case.K / vec) * vec / bk)
+    return [(case.N * rh * rw, case.C, th * tw * cblocks)
+            for rh, th in dgrad_phases(case.H, case.R, case) for rw, tw in dgrad_phases(case.W, case.S, case)
+            if rh * rw * th * tw > 0]
 
 
-def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict):
-    """Modelled seconds of one tensor-core pass, and the figures behind them."""
+def model_tc(case: Case, gemm: tuple, kind: str, gpu: GPU, cfg: dict):
+    """Modelled seconds of one tensor-core launch, and the figures behind them."""
     elem, kmma = ELEM[kind], K_MMA[kind]
     bk = 64 // elem
-    M, N, ksteps = tc_gemm(case, op, elem)
+    M, N, ksteps = gemm
     bm, bn, warps = cfg["bm"], cfg["bn"], cfg["warps"]
     wm, wn = bm // cfg["warps_m"], bn // cfg["warps_n"]
     blocks = math.ceil(M / bm) * math.ceil(N / bn)
@@ -122,8 +135,7 @@ def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict):
     t_sm = waves * wave_cyc / gpu.clock
     tile_bytes = blocks * ksteps * (bm + bn) * 64  # every block loads its A and B stages from L2
     return dict(t_sm=t_sm, tile_bytes=tile_bytes, bound_sm="smem" if smem_cyc > mma_cyc else "mma",
-                config=cfg["name"], blocks=blocks, waves=waves, wave_eff=blocks / (waves * slots),
-                tile_eff=case.flops() / 2 / issued_fma)
+                config=cfg["name"], blocks=blocks, waves=waves, slots=slots, issued_fma=issued_fma)
 
 
 def model_ffma(case: Case, op: str, gpu: GPU):
@@ -138,8 +150,12 @@ def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick):
     kind = KINDS[dtype]
     elem = ELEM[kind]
     if tensor_core_pass(case, op):
-        M, N, _ = tc_gemm(case, op, elem)
-        m = model_tc(case, op, kind, gpu, configs[pick(M, N, gpu.sms)])
+        launches = [model_tc(case, g, kind, gpu, configs[pick(g[0], g[1], gpu.sms)]) for g in tc_gemms(case, op, elem)]
+        m = dict(t_sm=sum(x["t_sm"] for x in launches), tile_bytes=sum(x["tile_bytes"] for x in launches),
+                 bound_sm=max(launches, key=lambda x: x["t_sm"])["bound_sm"], config="+".join(sorted({x["config"] for x in launches})),
+                 blocks=sum(x["blocks"] for x in launches), waves=sum(x["waves"] for x in launches),
+                 wave_eff=sum(x["blocks"] for x in launches) / sum(x["waves"] * x["slots"] for x in launches),
+                 tile_eff=case.flops() / 2 / sum(x["issued_fma"] for x in launches))
     else:
         m = model_ffma(case, op, gpu)
     compulsory = case.bytes(op, elem)
