@@ -3,19 +3,21 @@
 No GPU measured anything here. For each layer and pass (forward, backward-data, backward-weight)
 the model takes the kernel the CUDA launcher runs for it and counts its work:
 
-  tensor-core passes (forward; stride-1 input gradient; weight gradient; ungrouped): the NHWC
-            implicit GEMMs of csrc/cuda/conv2d_tc.cuh and conv2d_tc_wgrad.cuh, in the tile
-            configuration the launcher's own heuristic picks (torch.ops.fastconv.
-            _cuda_conv_config_for; for the weight gradient _cuda_wgrad_plan_for, which also gives
-            the split-K count; csrc/cuda/tc_configs.h), with its blocks per SM; per block and K step
-            (64 bytes of channels of one filter tap, or of pixels for the weight gradient) the MMAs
-            and the shared-memory bytes (cp.async stores + every warp's fragment reads) it issues:
+  tensor-core passes (forward; input gradient; weight gradient; ungrouped): the NHWC implicit
+            GEMMs of csrc/cuda/conv2d_tc.cuh and conv2d_tc_wgrad.cuh, in the tile configuration the
+            launcher's own heuristic picks (torch.ops.fastconv._cuda_conv_config_for; for the weight
+            gradient _cuda_wgrad_plan_for, which also gives the split-K count; csrc/cuda/tc_configs.h),
+            with its blocks per SM; per block and K step (64 bytes of channels of one filter tap, or
+            of pixels for the weight gradient) the MMAs and the shared-memory bytes (cp.async stores
+            + every warp's fragment reads) it issues:
             time = waves x resident blocks x K steps x max(MMA cycles, shared-memory cycles)
                    + a pipeline fill per wave
             tile efficiency = useful multiply-adds / issued ones (partial tiles, padded channels),
-            wave efficiency = blocks / the slots of the waves they occupy
-            the weight gradient's fp32 split workspace (written, then read by the reduction) is
-            added to the HBM traffic
+            wave efficiency = blocks / the slots of the waves they occupy;
+            a strided input gradient is one launch per stride phase (the phase's rows x columns,
+            its taps only: conv2d_launch.h dgrad_phase), the launches' times summed; the weight
+            gradient's fp32 split workspace (written, then read by the reduction) is added to the
+            HBM traffic
   other passes: the FP32 FFMA implicit GEMM, at an assumed share of the CUDA-core FP32 peak
   both: max(that, L2 -> SM traffic of the tiles / L2 bandwidth, compulsory bytes / HBM bandwidth)
   roofline: max(useful FLOPs / dense tensor-core peak, compulsory bytes / HBM bandwidth) -- the
@@ -85,36 +87,48 @@ K_MMA = {"tf32": 8, "bf16": 16}  # m16n8k8 (TF32), m16n8k16 (fp16/bf16)
 
 def tensor_core_pass(case: Case, op: str):
     """Whether the CUDA launcher runs this pass on tensor cores (the others run the FP32 FFMA
-    implicit GEMM): forward, stride-1 input gradient and weight gradient of ungrouped convolutions."""
-    return case.groups == 1 and (op != "conv_bwd_data" or case.stride == 1)
+    implicit GEMM): forward, input gradient (strided: by stride phases) and weight gradient of
+    ungrouped convolutions."""
+    return case.groups == 1
 
 
-def tc_gemm(case: Case, op: str, elem: int):
-    """(M, N, K steps of BK = 64 bytes) of the tensor-core implicit GEMM, NHWC: the K loop walks
-    the R*S taps, each over the reduced channels padded to the 16-byte vector in blocks of 64 bytes
-    (a 3-channel layer spends a whole block per tap); the weight gradient's (K x R*S*C, C padded to
-    the vector) walks the N*P*Q pixels, 64 bytes' worth per step, split over blocks."""
+def dgrad_phases(size: int, k: int, case: Case):
+    """(rows, taps) of each stride phase of the input gradient along one axis: the rows h with
+    (h + pad) % stride == phase and the taps r with r * dil % stride == phase."""
+    s = case.stride
+    return [(sum((h + case.pad) % s == f for h in range(size)), sum(r * case.dil % s == f for r in range(k)))
+            for f in range(s)]
+
+
+def tc_gemms(case: Case, op: str, elem: int):
+    """[(M, N, K steps of BK = 64 bytes)] of the tensor-core implicit GEMM launches, NHWC: the K
+    loop walks the taps, each over the reduced channels padded to the 16-byte vector in blocks of
+    64 bytes (a 3-channel layer spends a whole block per tap). The input gradient: one forward of
+    dy with the flipped, transposed weight per stride phase (rows x columns of the phase, its taps);
+    phases without taps are zero-filled, no GEMM. The weight gradient's (K x R*S*C, C padded to the
+    vector) walks the N*P*Q pixels, 64 bytes' worth per step, split over blocks."""
     P, Q = case.out_hw
     vec, bk = 16 // elem, 64 // elem
     if op == "conv_bwd_weight":
-        return case.K, case.R * case.S * math.ceil(case.C / vec) * vec, math.ceil(case.N * P * Q / bk)
+        return [(case.K, case.R * case.S * math.ceil(case.C / vec) * vec, math.ceil(case.N * P * Q / bk))]
     if op == "conv_fwd":
-        M, N, red = case.N * P * Q, case.K, case.C
-    else:  # stride-1 input gradient: the forward of dy with the flipped, transposed weight
-        M, N, red = case.N * case.H * case.W, case.C, case.K
-    return M, N, case.R * case.S * math.ceil(math.ceil(red / vec) * vec / bk)
+        return [(case.N * P * Q, case.K, case.R * case.S * math.ceil(math.ceil(case.C / vec) * vec / bk))]
+    cblocks = math.ceil(math.ceil(case.K / vec) * vec / bk)
+    return [(case.N * rh * rw, case.C, th * tw * cblocks)
+            for rh, th in dgrad_phases(case.H, case.R, case) for rw, tw in dgrad_phases(case.W, case.S, case)
+            if rh * rw * th * tw > 0]
 
 
-def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict, splits: int = 1):
-    """Modelled seconds of one tensor-core pass, and the figures behind them (splits: the weight
-    gradient's split-K count)."""
+def model_tc(case: Case, gemm: tuple, kind: str, gpu: GPU, cfg: dict, splits: int = 0):
+    """Modelled seconds of one tensor-core launch, and the figures behind them (splits: the weight
+    gradient's split-K count, whose fp32 workspace is written and read back; 0 for the others)."""
     elem, kmma = ELEM[kind], K_MMA[kind]
     bk = 64 // elem
-    M, N, ksteps = tc_gemm(case, op, elem)
-    ksteps = math.ceil(ksteps / splits)
+    M, N, ksteps = gemm
+    ksteps = math.ceil(ksteps / max(1, splits))
     bm, bn, warps = cfg["bm"], cfg["bn"], cfg["warps"]
     wm, wn = bm // cfg["warps_m"], bn // cfg["warps_n"]
-    blocks = math.ceil(M / bm) * math.ceil(N / bn) * splits
+    blocks = math.ceil(M / bm) * math.ceil(N / bn) * max(1, splits)
     per_sm = cfg["blocks_per_sm"]
     slots = gpu.sms * per_sm
     waves = math.ceil(blocks / slots)
@@ -130,11 +144,10 @@ def model_tc(case: Case, op: str, kind: str, gpu: GPU, cfg: dict, splits: int = 
     wave_cyc = resident * ksteps * max(mma_cyc, smem_cyc) + ASSUMED["fill_cycles_per_wave"]
     t_sm = waves * wave_cyc / gpu.clock
     tile_bytes = blocks * ksteps * (bm + bn) * 64  # every block loads its A and B stages from L2
-    ws_bytes = 2 * splits * M * N * 4 if op == "conv_bwd_weight" else 0
+    ws_bytes = 2 * splits * M * N * 4
     return dict(t_sm=t_sm, tile_bytes=tile_bytes, bound_sm="smem" if smem_cyc > mma_cyc else "mma",
-                ws_bytes=ws_bytes, config=cfg["name"] + (f" x{splits}" if op == "conv_bwd_weight" else ""),
-                blocks=blocks, waves=waves, wave_eff=blocks / (waves * slots),
-                tile_eff=case.flops() / 2 / issued_fma)
+                ws_bytes=ws_bytes, config=cfg["name"] + (f" x{splits}" if splits else ""),
+                blocks=blocks, waves=waves, slots=slots, issued_fma=issued_fma)
 
 
 def model_ffma(case: Case, op: str, gpu: GPU):
@@ -149,12 +162,19 @@ def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick, 
     kind = KINDS[dtype]
     elem = ELEM[kind]
     if tensor_core_pass(case, op):
-        M, N, ksteps = tc_gemm(case, op, elem)
-        if op == "conv_bwd_weight":
-            name, splits = pick_wgrad(M, N, ksteps, gpu.sms)
-            m = model_tc(case, op, kind, gpu, configs[name], splits)
-        else:
-            m = model_tc(case, op, kind, gpu, configs[pick(M, N, gpu.sms)])
+        launches = []
+        for M, N, ksteps in tc_gemms(case, op, elem):
+            if op == "conv_bwd_weight":
+                name, splits = pick_wgrad(M, N, ksteps, gpu.sms)
+                launches.append(model_tc(case, (M, N, ksteps), kind, gpu, configs[name], splits))
+            else:
+                launches.append(model_tc(case, (M, N, ksteps), kind, gpu, configs[pick(M, N, gpu.sms)]))
+        m = dict(t_sm=sum(x["t_sm"] for x in launches), tile_bytes=sum(x["tile_bytes"] for x in launches),
+                 ws_bytes=sum(x["ws_bytes"] for x in launches),
+                 bound_sm=max(launches, key=lambda x: x["t_sm"])["bound_sm"], config="+".join(sorted({x["config"] for x in launches})),
+                 blocks=sum(x["blocks"] for x in launches), waves=sum(x["waves"] for x in launches),
+                 wave_eff=sum(x["blocks"] for x in launches) / sum(x["waves"] * x["slots"] for x in launches),
+                 tile_eff=case.flops() / 2 / sum(x["issued_fma"] for x in launches))
     else:
         m = model_ffma(case, op, gpu)
     compulsory = case.bytes(op, elem)

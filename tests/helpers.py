@@ -151,6 +151,16 @@ CONV_TC = [
     (1, 64, 12, 12, 16, (3, 3), 2, 1, 1, 1, False),                # two channel blocks (f32: four)
     (1, 8, 11, 10, 16, (3, 3), 1, 2, 2, 1, True),                  # dilated, stride 1 (grad_input too)
 ]
+# grad_input on tensor cores by stride phases (conv2d_launch.h: dgrad_phase): each phase's taps,
+# phases without taps (zeros), dilation sharing a factor with the stride, padding past the window
+CONV_TC_STRIDED = [
+    (2, 8, 9, 11, 16, (3, 3), 2, 1, 1, 1, False),                  # phases of 2 and 1 taps, odd sizes
+    (1, 16, 10, 7, 24, (3, 3), 3, 1, 1, 1, False),                 # stride 3: one tap per phase
+    (1, 8, 9, 9, 8, (1, 1), 2, 0, 1, 1, False),                    # 1x1: 3 of 4 phases without taps
+    (1, 8, 13, 11, 16, (3, 2), (2, 3), (2, 1), (2, 1), 1, False),  # dilation 2 = stride 2: odd rows none
+    (2, 24, 7, 6, 40, (4, 4), 2, 2, 1, 1, True),                   # 4x4 stride 2: 2x2 taps per phase
+    (1, 8, 8, 7, 8, (3, 3), 1, 3, 1, 1, False),                    # stride 1, padding past dil*(k-1)
+]
 # conv2d_relu, forward and backward
 CONV_FUSED_RELU = CONV_CASES[:6] + [CONV_CASES[CUDA_TILINGS + i] for i in (0, 2, 5)] + CONV_RANDOM[:1]
 

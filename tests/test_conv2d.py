@@ -7,7 +7,7 @@ import fastconv
 import fastconv.functional as FC
 from conftest import CPU_ISAS, cpu_backend
 from fastconv import testing
-from helpers import (CONV_CASES, CONV_FUSED_RELU, CONV_LOW, CONV_RANDOM, CONV_TC, CUDA_TILINGS, LOW, TOL, TOL_TF32,
+from helpers import (CONV_CASES, CONV_FUSED_RELU, CONV_LOW, CONV_RANDOM, CONV_TC, CONV_TC_STRIDED, CUDA_TILINGS, LOW, TOL, TOL_TF32,
                      assert_close, case_id, pair, randn, rel_err)
 
 
@@ -143,9 +143,23 @@ CUDA_CONV_CONFIGS = [c["name"] for c in fastconv.info()["cuda_conv_configs"]]
 @pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
 @pytest.mark.parametrize("cfg", CONV_TC, ids=case_id)
 def test_conv2d_tensor_cores(backend, cfg, config, dtype, layout, rng):
-    """The tensor-core forward, stride-1 grad_input and grad_weight in each tile configuration
-    (forced; the heuristic would pick one), float32 through TF32 (budget TOL_TF32 = 1e-3), float16 /
-    bfloat16 at 1e-2; strided grad_input runs the FFMA kernel (exact budget)."""
+    """The tensor-core forward, grad_input and grad_weight in each tile configuration (forced; the
+    heuristic would pick one), float32 through TF32 (budget TOL_TF32 = 1e-3), float16 / bfloat16 at
+    1e-2 (strided grad_input: the stride-phase test below)."""
+    if backend.name == "cpu":
+        pytest.skip("configurations of the CUDA kernels")
+    torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
+    with testing.force_cuda_conv_config(config):
+        _run(backend, cfg, dtype, rng, layout, tf32=True)
+
+
+@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
+@pytest.mark.parametrize("cfg", CONV_TC_STRIDED, ids=case_id)
+def test_conv2d_tensor_cores_strided_grad_input(backend, cfg, config, dtype, layout, rng):
+    """grad_input on tensor cores by stride phases: every input pixel written by exactly one phase
+    (the outputs are poisoned), the taps of each phase, zeros where a phase has none."""
     if backend.name == "cpu":
         pytest.skip("configurations of the CUDA kernels")
     torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32

@@ -123,6 +123,39 @@ def test_autocast_half():
     assert ((out_half.float() - ref).norm() / ref.norm()).item() < 1e-2
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_autocast_conv2d(dtype, memory_format):
+    """Under torch.autocast("cuda", dtype) fastconv.Conv2d (float32 parameters and input) returns
+    the autocast dtype in the input's memory format, as torch's conv does (fastconv.functional casts
+    x, weight and bias; the tensor-core kernels run in that dtype): within the half budget of the
+    float64 convolution of the cast operands and of torch's own autocast result; the gradients
+    reach the float32 parameters and input in float32 (strided, so grad_input runs by phases).
+    float64 stays float64."""
+    from helpers import TOL, rel_err
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1).to(DEV)
+    conv = fastconv.Conv2d(16, 32, 3, stride=2, padding=1).to(DEV)
+    conv.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 16, 17, 17, device=DEV).contiguous(memory_format=memory_format)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cuda", dtype=dtype):
+        yr, yf = ref(xr), conv(xf)
+    assert yf.dtype == yr.dtype == dtype and yf.stride() == yr.stride()
+    y64 = F.conv2d(x.to(dtype).double(), ref.weight.to(dtype).double(), ref.bias.to(dtype).double(), 2, 1)
+    assert_close(yf, y64, dtype, "autocast conv2d")
+    assert rel_err(yf, yr) <= 2 * TOL[dtype]
+    gy = torch.randn_like(yr)
+    yr.backward(gy)
+    yf.backward(gy)
+    for got, want in [(xf.grad, xr.grad), (conv.weight.grad, ref.weight.grad), (conv.bias.grad, ref.bias.grad)]:
+        assert got.dtype == want.dtype == torch.float32
+        assert rel_err(got, want) <= 2 * TOL[dtype]
+    with torch.autocast("cuda", dtype=dtype):
+        assert conv.double()(x.double()).dtype == torch.float64
+
+
 def test_side_stream_and_cuda_graph():
     """Kernels run on the current stream: results are right on a side stream and under graph replay."""
     model = small_cnn()

@@ -30,7 +30,12 @@ def _check(backend, x64, cfg, dtype, rng, fmt=torch.contiguous_format):
 
     out, idx, gx = backend.run(compute)
     assert idx.dtype == torch.int64 and torch.equal(idx.cpu(), ref_idx), "indices differ from PyTorch's"
-    assert same_bits(out, ref.detach().to(dtype)), "values differ from PyTorch's"
+    # bit-identical values; NaN where PyTorch's is (a float64 NaN rounded to bfloat16 may carry
+    # another sign than the input's NaN that the kernel passes on, as PyTorch's bfloat16 pool does)
+    ref_t, out_c = ref.detach().to(dtype), out.cpu()
+    nan = ref_t.isnan()
+    assert torch.equal(out_c.isnan(), nan) and same_bits(out_c.masked_fill(nan, 0), ref_t.masked_fill(nan, 0)), \
+        "values differ from PyTorch's"
     assert_close(gx, ref_grad, dtype, "grad_input")
     if fmt != torch.contiguous_format and ref.numel() > 0:  # layouts agree (NCHW ones: test_layouts)
         assert out.stride() == ref.stride() and idx.stride() == ref_idx.stride(), "output memory format"
@@ -290,3 +295,38 @@ def test_max_pool2d_overlapping_backward_bad_index(fmt, bad, rng):
     idx[1, 18, -1, -1] = bad
     with pytest.raises(RuntimeError, match="outside the input plane"):
         torch.ops.fastconv.max_pool2d_backward(gy, idx, [11, 37], [3, 3], [2, 2], [1, 1], [1, 1], False)
+
+
+# channels_last and contiguous inputs in every dtype on every backend: on CUDA a channels_last
+# input runs the NHWC kernels, on 16-byte vectors along C where C holds whole vectors (float 4,
+# half 8, double 2 channels) and the pointers are aligned, one channel per thread otherwise.
+FORMAT_CASES = [
+    (2, 16, 9, 11, 3, 2, 1, 1, False),  # overlapping windows; vectors for every dtype
+    (1, 24, 8, 8, 2, 2, 0, 1, True),  # disjoint windows, a cut last row / column
+    (2, 6, 7, 5, (3, 2), (2, 1), (1, 0), (1, 2), True),  # C = 6: double vectors, scalar otherwise
+    (1, 3, 10, 10, 3, 1, 1, 2, True),  # C = 3: scalar everywhere
+    (1, 40, 5, 5, 5, 5, 2, 1, True),  # one window, padding on every side
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("fmt", FORMATS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("cfg", FORMAT_CASES, ids=case_id)
+def test_max_pool2d_formats_dtypes(backend, cfg, fmt, dtype, rng):
+    N, C, H, W, *params = cfg
+    x = randn((N, C, H, W), rng, torch.float64)
+    _check(backend, _ties(x), params, dtype, rng, fmt)
+    _check(backend, _specials((N, C, H, W), rng, 0.2), params, dtype, rng, fmt)
+
+
+def test_max_pool2d_nhwc_misaligned(backend, rng):
+    """A channels_last view that is not 16-byte aligned: the NHWC kernels fall back to one channel
+    per thread."""
+    x64 = randn((2, 9, 9, 16), rng, torch.float64)
+    base = torch.empty(x64.numel() + 2, dtype=torch.float32, device=backend.device)
+    off = 1 if (base.data_ptr() + 4) % 16 else 2
+    x = base[off:off + x64.numel()].view(2, 9, 9, 16).copy_(x64).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
+    out, idx = FC.max_pool2d(x, 3, 2, 1, return_indices=True)
+    ref, ref_idx = F.max_pool2d(x.cpu(), 3, 2, 1, return_indices=True)
+    assert torch.equal(idx.cpu(), ref_idx) and torch.equal(out.cpu(), ref) and out.stride() == ref.stride()

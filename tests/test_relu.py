@@ -145,3 +145,23 @@ def test_relu_every_cpu_isa(cpu_isa, dtype, rng):
             gy = randn((n + offset,), rng, dtype)[offset:]
             got = torch.ops.fastconv.relu_backward(gy, ref)
             assert _bits_equal(got, torch.ops.aten.threshold_backward(gy, ref, 0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_relu_misaligned_views(backend, dtype, rng):
+    """Views starting 0..8 elements into their storage, of lengths around the 16-byte vector: the
+    CUDA kernels run a scalar head up to a 16-byte boundary, vectors, then a scalar tail; with
+    inputs shifted differently from each other (relu_backward) everything scalar."""
+    backend.skip_unless_takes(dtype)
+    dev = backend.device
+    for n in [0, 1, 7, 8, 9, 33, 257]:
+        for off in range(9):
+            x = _input(rng, (n + 9,), dev, dtype)[off:off + n]
+            assert same_bits(backend.ops.relu(x), torch.relu(x))
+            y = x.clone()
+            backend.ops.relu_(x)
+            assert same_bits(x, torch.relu(y))
+            for goff in (off, (off + 1) % 9):
+                g = randn((n + 9,), rng, torch.float64).to(dev, dtype)[goff:goff + n]
+                ref = torch.where(x <= 0, torch.zeros_like(g), g)
+                assert same_bits(backend.ops.relu_backward(g, x), ref)

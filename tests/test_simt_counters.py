@@ -165,3 +165,85 @@ def test_tensor_core_wgrad_main_loop(config, dtype):
     stages = -(-N * 8 * 8 // bk)
     tiles = -(-K // cfg["bm"]) * -(-9 * C // cfg["bn"])
     assert mma == tiles * stages * 2 * (cfg["bm"] // 16) * (cfg["bn"] // 8)
+
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+RELU_SRC = os.path.join(ROOT, "csrc", "cuda", "relu.cuh")
+POOL_SRC = os.path.join(ROOT, "csrc", "cuda", "max_pool2d.cuh")
+
+
+def _global_rows(rows, path):
+    return [r for r in rows if os.path.basename(r["file"]) == os.path.basename(path) and r["kind"] in ("gld", "gst")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_relu_vector_sectors(dtype):
+    """ReLU forward and backward on aligned tensors: every global access is a 16-byte vector
+    (512 bytes per warp request) using whole 32-byte sectors (100% sector efficiency); a view
+    starting one element in runs a scalar head, and its vectors (16-byte aligned, not 32) still
+    use >= 94% of their sectors (17 sectors per 512 bytes) in relu_ (in place; out of place the fresh
+    output is aligned differently from such a view, and everything runs scalar)."""
+    n = 64 * 1024 // dtype.itemsize
+    x, gy = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+    with testing.counters() as rows:
+        y = ops.relu(x)
+        ops.relu_backward(gy, y)
+    got = _global_rows(rows, RELU_SRC)
+    assert {r["kind"] for r in got} == {"gld", "gst"} and len(got) == 4  # fwd ld, st; bwd ld (both on one line), st
+    for r in got:
+        assert r["bytes"] == 512 * r["requests"] == 32 * r["units"], r
+    xs = torch.randn(n + 1).to(dtype)[1:]
+    with testing.counters() as rows:
+        ops.relu_(xs)
+    vec = by_line(rows, RELU_SRC)[(line_of("VT x = ld_global(pin + i)", RELU_SRC), "gld")]
+    assert vec["bytes"] >= 0.94 * 32 * vec["units"], vec
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_max_pool2d_nhwc_sectors(dtype):
+    """The NHWC max-pool kernels on channels_last tensors whose pixels are whole sectors (C = 64):
+    every value and index load and store uses whole 32-byte sectors (100% sector efficiency); the
+    forward's value loads and stores and its index stores (staged in shared memory) are 16-byte
+    vectors (the stores 512 bytes a warp request; loads of lanes at different pixels may diverge),
+    the backward's index loads too; the backward reads
+    grad_output only where an index matches, and those reads are left out."""
+    x = torch.randn(2, 64, 9, 11).to(dtype).contiguous(memory_format=torch.channels_last)
+    with testing.counters() as rows:
+        out, idx = ops.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+        ops.max_pool2d_backward(torch.randn_like(out), idx, [9, 11], [3, 3], [2, 2], [1, 1], [1, 1], False)
+    got = [r for r in _global_rows(rows, POOL_SRC) if r["line"] != line_of("const VT g = ld_global", POOL_SRC)]
+    assert {r["kernel"].split("<")[0].rsplit("::", 1)[-1] for r in got} == {
+        "max_pool2d_fwd_nhwc_kernel", "max_pool2d_bwd_nhwc_kernel"}
+    for r in got:
+        # '>=' for loads: with overlapping windows, lanes of neighbouring outputs read the same input
+        # pixel in one request (its sectors counted once, its bytes per lane)
+        assert r["bytes"] == 32 * r["units"] or r["kind"] == "gld" and r["bytes"] > 32 * r["units"], r
+        if r["kind"] == "gst" and "fwd" in r["kernel"] or r["line"] == line_of("Vec<int64_t, IV> b = ld_global", POOL_SRC):
+            assert r["bytes"] == 512 * r["requests"], r
+
+
+@pytest.mark.parametrize("config", [c["name"] for c in testing.cuda_conv_configs()])
+def test_strided_grad_input_phases(config):
+    """grad_input of a stride-2 3x3 convolution on tensor cores by stride phases: the MMAs are those
+    of the phases' own taps only (each phase: its output rows x columns, taps_h x taps_w x channel
+    blocks), and the epilogue writes every grad_input element exactly once (no scatter pass)."""
+    cfg = {c["name"]: c for c in testing.cuda_conv_configs()}[config]
+    N, C, H, W, K, R, s, pad = 2, 16, 9, 11, 32, 3, 2, 1
+    x = torch.randn(N, C, H, W).bfloat16().contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C, R, R).bfloat16()
+    P, Q = (H + 2 * pad - R) // s + 1, (W + 2 * pad - R) // s + 1
+    gy = torch.randn(N, K, P, Q).bfloat16()
+    with testing.force_cuda_conv_config(config), testing.counters() as rows:
+        ops.conv2d_backward(gy, x, w, [s, s], [pad, pad], [1, 1], 1, [True, False, False])
+    tc = [r for r in rows if os.path.basename(r["file"]) == os.path.basename(TC_SRC)]
+    assert sum(r["bytes"] for r in tc if r["kind"] == "gst") == N * C * H * W * 2
+
+    def phases(size):  # (rows of the phase, its taps), by brute force
+        return [(sum((h + pad) % s == f for h in range(size)), sum(r % s == f for r in range(R))) for f in range(s)]
+
+    mma = 0
+    for rows_h, taps_h in phases(H):
+        for rows_w, taps_w in phases(W):
+            tiles = -(-N * rows_h * rows_w // cfg["bm"]) * -(-C // cfg["bn"])
+            mma += tiles * taps_h * taps_w * -(-K * 2 // 64) * 2 * (cfg["bm"] // 16) * (cfg["bn"] // 8)
+    assert sum(r["requests"] for r in tc if r["kind"] == "mma") == mma

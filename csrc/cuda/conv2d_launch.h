@@ -7,7 +7,9 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <array>
+#include <numeric>
 #include <optional>
 #include <tuple>
 
@@ -141,9 +143,10 @@ bool use_tc(const Conv2dShape& s) {
   return !std::is_same<T, float>::value || at::globalContext().allowTF32CuDNN();
 }
 
-// t (N,C,H,W) in any layout -> [N][H][W][cp] contiguous with zero channels past C: t itself when
-// it already is channels_last, 16-byte aligned and C == cp; otherwise one transposing copy (an NCHW
-// input: one read and one write of the input; a weight KCRS -> KRSC: small).
+// t (N,C,H,W) in any layout -> (N,cp,H,W) channels_last contiguous (in memory [N][H][W][cp]) with
+// zero channels past C: t itself when it already is channels_last, 16-byte aligned and C == cp;
+// otherwise one transposing copy (an NCHW input: one read and one write of the input; a weight
+// KCRS -> KRSC: small).
 inline at::Tensor nhwc_padded(const at::Tensor& t, int64_t cp) {
   const int64_t C = t.size(1);
   if (C == cp && t.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(t.const_data_ptr())) return t;
@@ -151,7 +154,7 @@ inline at::Tensor nhwc_padded(const at::Tensor& t, int64_t cp) {
   at::Tensor o = C == cp ? at::empty({t.size(0), t.size(2), t.size(3), cp}, opts)
                          : at::zeros({t.size(0), t.size(2), t.size(3), cp}, opts);
   o.narrow(3, 0, C).copy_(t.permute({0, 2, 3, 1}));
-  return o;
+  return o.permute({0, 3, 1, 2});
 }
 
 template <typename T, int CFG>
@@ -168,15 +171,22 @@ void launch_tc(const TcConvArgs<T>& a, cudaStream_t stream) {
   FC_CHECK_LAUNCH();
 }
 
-// out = conv2d(input, weight) + bias (ReLU when relu) in memory format fmt, on tensor cores.
+// Where the GEMM's output pixel (img, p, q) lands in out (N, K, OH, OW): row p*sh + h0, column
+// q*sw + w0 (TcConvArgs' output placement).
+struct TcOutMap {
+  int64_t h0 = 0, w0 = 0, sh = 1, sw = 1;
+};
+
+// out (N, K, OH, OW), contiguous or channels_last, at map = conv2d(input, weight) + bias (ReLU when
+// relu), on tensor cores. Only the mapped pixels are written.
 template <typename T>
-at::Tensor conv2d_fwd_tc(const Conv2dShape& s, const at::Tensor& input, const at::Tensor& weight,
-                         const at::Tensor& bias, at::MemoryFormat fmt, bool relu) {
+void conv2d_fwd_tc_into(const Conv2dShape& s, const at::Tensor& input, const at::Tensor& weight,
+                        const at::Tensor& bias, at::Tensor& out, bool relu, TcOutMap map = {}) {
   (void)conv_args<T>("conv2d", s);  // the per-axis int32 checks
   constexpr int64_t VEC = 16 / sizeof(T), BK = 64 / sizeof(T);
   const int64_t cp = ceil_div(s.C, VEC) * VEC;  // channels padded to the 16-byte vector
   const at::Tensor x = nhwc_padded(input, cp), w = nhwc_padded(weight, cp);
-  at::Tensor out = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
+  TORCH_INTERNAL_ASSERT(out.is_contiguous() || out.is_contiguous(at::MemoryFormat::ChannelsLast));
   TcConvArgs<T> a{};
   a.x = x.const_data_ptr<T>();
   a.w = w.const_data_ptr<T>();
@@ -188,9 +198,11 @@ at::Tensor conv2d_fwd_tc(const Conv2dShape& s, const at::Tensor& input, const at
   a.sh = int(s.stride_h); a.sw = int(s.stride_w); a.ph = int(s.pad_h); a.pw = int(s.pad_w);
   a.dh = int(s.dil_h); a.dw = int(s.dil_w);
   a.Q = int(s.Q);
+  a.OH = int(out.size(2)); a.OW = int(out.size(3));
+  a.oh0 = int(map.h0); a.ow0 = int(map.w0); a.osh = int(map.sh); a.osw = int(map.sw);
   a.cblocks = int(ceil_div(cp, BK));
   a.relu = relu;
-  a.out_nchw = fmt != at::MemoryFormat::ChannelsLast;
+  a.out_nchw = out.is_contiguous();  // (both layouts at once: the same addresses either way)
   a.pair_store = !a.out_nchw && s.K % 2 == 0 && reinterpret_cast<uintptr_t>(a.out) % (2 * sizeof(T)) == 0;
   cudaStream_t stream = FC_CURRENT_STREAM();
   switch (pick_tc_config(a.M, s.K, sm_count())) {
@@ -199,6 +211,14 @@ at::Tensor conv2d_fwd_tc(const Conv2dShape& s, const at::Tensor& input, const at
     default: launch_tc<T, 2>(a, stream); break;
   }
   static_assert(kTcConfigs == 3, "one case per configuration");
+}
+
+// out = conv2d(input, weight) + bias (ReLU when relu) in memory format fmt, on tensor cores.
+template <typename T>
+at::Tensor conv2d_fwd_tc(const Conv2dShape& s, const at::Tensor& input, const at::Tensor& weight,
+                         const at::Tensor& bias, at::MemoryFormat fmt, bool relu) {
+  at::Tensor out = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
+  conv2d_fwd_tc_into<T>(s, input, weight, bias, out, relu);
   return out;
 }
 
@@ -360,23 +380,65 @@ void conv2d_bwd_bias_run(const Conv2dShape& s, const at::Tensor& gy, at::Tensor&
   FC_CHECK_LAUNCH();
 }
 
-// grad_input on tensor cores for stride 1: the forward convolution of grad_output with the weight
-// transposed (K <-> C) and flipped in R and S, padding dil*(k-1) - pad (so pad <= dil*(k-1)), the
-// same dilation; its output is H x W. Strided backward-data runs the FFMA kernel.
-inline bool bwd_data_as_fwd(const Conv2dShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= s.dil_h * (s.R - 1) && s.pad_w <= s.dil_w * (s.S - 1);
+// grad_input on tensor cores, by phases. Along one axis (stride st, padding pad, dilation dil, k
+// taps), input row h receives tap r from grad_output row p = (h + pad - r*dil) / st only where that
+// divides: where r*dil = h + pad (mod st). So the rows of one phase phi = (h + pad) mod st,
+// h = start + i*st, take only the taps r = tap0 + u*step (step = st / gcd(st, dil)) that solve
+// r*dil = phi, and p = base + i - u*(dil / gcd) with base = (start + pad - tap0*dil) / st: a
+// stride-1 forward convolution of grad_output with those taps flipped, dilation dil / gcd,
+// padding (taps - 1) * dil' - base (negative or past the window is fine: the kernel masks every
+// tap), computing rows i in [0, n). Stride 1 is one phase with every tap.
+struct DgradPhase {
+  int64_t start, n;                 // input rows start + i*st, i < n
+  int64_t tap0, taps, step;         // its taps tap0 + u*step, u < taps (taps = 0: none)
+  int64_t dil, pad;                 // of the stride-1 convolution
+};
+inline DgradPhase dgrad_phase(int64_t phi, int64_t in, int64_t k, int64_t st, int64_t pad, int64_t dil) {
+  DgradPhase f{};
+  f.start = ((phi - pad) % st + st) % st;
+  f.n = f.start < in ? ceil_div(in - f.start, st) : 0;
+  f.step = st / std::gcd(st, dil);
+  f.tap0 = -1;
+  for (int64_t r = 0; r < std::min(k, f.step) && f.tap0 < 0; ++r)
+    if (r * dil % st == phi) f.tap0 = r;
+  if (f.tap0 < 0) return f;
+  f.taps = ceil_div(k - f.tap0, f.step);
+  f.dil = dil / std::gcd(st, dil);
+  f.pad = (f.taps - 1) * f.dil - (f.start + pad - f.tap0 * dil) / st;
+  return f;
 }
+
+// Each of the sh x sw phases: conv2d_fwd_tc_into of grad_output (made NHWC once) with the phase's
+// weight taps, flipped, transposed (C <-> K), writing rows start_h + i*sh, columns start_w + j*sw of
+// grad_input in its epilogue (each grad_input element written once, no scatter pass); a phase
+// without taps gets zeros.
 template <typename T>
 at::Tensor conv2d_bwd_data_tc(const Conv2dShape& s, const at::Tensor& grad_output, const at::Tensor& weight,
                               at::MemoryFormat fmt) {
-  Conv2dShape t = s;
-  t.C = s.K; t.H = s.P; t.W = s.Q;
-  t.K = s.C; t.P = s.H; t.Q = s.W;
-  t.pad_h = s.dil_h * (s.R - 1) - s.pad_h;
-  t.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
-  // (C, K, R, S) flipped: one small copy here, one more into [C][R][S][K] in conv2d_fwd_tc
-  const at::Tensor wt = weight.flip({2, 3}).transpose(0, 1);
-  return conv2d_fwd_tc<T>(t, grad_output, wt, at::Tensor(), fmt, false);
+  at::Tensor gx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options().memory_format(fmt));
+  const at::Tensor gy = nhwc_padded(grad_output, ceil_div(s.K, int64_t(16 / sizeof(T))) * (16 / sizeof(T)));
+  for (int64_t ph = 0; ph < s.stride_h; ++ph)
+    for (int64_t pw = 0; pw < s.stride_w; ++pw) {
+      const DgradPhase fh = dgrad_phase(ph, s.H, s.R, s.stride_h, s.pad_h, s.dil_h);
+      const DgradPhase fw = dgrad_phase(pw, s.W, s.S, s.stride_w, s.pad_w, s.dil_w);
+      if (fh.n == 0 || fw.n == 0) continue;
+      if (fh.taps == 0 || fw.taps == 0) {
+        gx.slice(2, fh.start, s.H, s.stride_h).slice(3, fw.start, s.W, s.stride_w).zero_();
+        continue;
+      }
+      Conv2dShape t = s;
+      t.C = s.K; t.H = s.P; t.W = s.Q;
+      t.K = s.C; t.P = fh.n; t.Q = fw.n;
+      t.R = fh.taps; t.S = fw.taps;
+      t.stride_h = t.stride_w = 1;
+      t.pad_h = fh.pad; t.pad_w = fw.pad;
+      t.dil_h = fh.dil; t.dil_w = fw.dil;
+      // (C, K, taps_h, taps_w), flipped: one small copy here, one more into [C][r][s][K] in conv2d_fwd_tc_into
+      const at::Tensor wt = weight.slice(2, fh.tap0, s.R, fh.step).slice(3, fw.tap0, s.S, fw.step)
+                                .flip({2, 3}).transpose(0, 1);
+      conv2d_fwd_tc_into<T>(t, gy, wt, at::Tensor(), gx, false, TcOutMap{fh.start, fw.start, s.stride_h, s.stride_w});
+    }
+  return gx;
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
@@ -401,7 +463,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     using T = typename decltype(tag)::type;
     bool gx_done = false;
     if constexpr (tc_dtype<T>) {
-      if (output_mask[0] && use_tc<T>(s) && bwd_data_as_fwd(s)) {
+      if (output_mask[0] && use_tc<T>(s)) {
         gx = conv2d_bwd_data_tc<T>(s, grad_output, weight, conv2d_memory_format(input, weight));
         gx_done = true;
       }

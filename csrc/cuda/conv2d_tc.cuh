@@ -25,8 +25,10 @@
 // (rows 8-15, chunk 0), (rows 0-7, chunk 1), (rows 8-15, chunk 1) gives the A fragment, and over
 // (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1) two B fragments.
 //
-// Epilogue from the accumulators: + bias, ReLU, converted to T, stored NHWC (out[m][n], the lane's
-// two adjacent channels in one store when K is even) or NCHW (out[img][n][p][q]).
+// Epilogue from the accumulators: + bias, ReLU, converted to T, stored NHWC (the lane's two
+// adjacent channels in one store when K is even) or NCHW into out (N, K, OH, OW): GEMM pixel
+// (img, p, q) goes to row p*osh + oh0, column q*osw + ow0 (the forward: OH = P, OW = Q, stride 1,
+// offset 0; a phase of the strided backward-data: every s-th input pixel, conv2d_launch.h).
 #pragma once
 
 #include <cstring>
@@ -48,6 +50,7 @@ struct TcConvArgs {
   int H, W, C, K, R, S;
   int sh, sw, ph, pw, dh, dw;
   int Q;
+  int OH, OW, osh, osw, oh0, ow0;  // output placement (the epilogue above)
   int cblocks;     // ceil(C / BK)
   bool relu, out_nchw;
   bool pair_store; // NHWC output with K even: one 2-element store per lane and channel pair
@@ -232,15 +235,13 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
     for (int h = 0; h < 2; ++h) {
       const int64_t m = m0 + wm * Tile::kWarpM + i * 16 + g + 8 * h;
       if (m >= a.M) continue;
-      int64_t base, step;  // out index of (m, n) = base + n * step
-      if (a.out_nchw) {
-        const int64_t img = m / a.PQ;
-        base = img * a.K * a.PQ + (m - img * a.PQ);
-        step = a.PQ;
-      } else {
-        base = m * a.K;
-        step = 1;
-      }
+      const int64_t img = m / a.PQ, pq = m - img * a.PQ;
+      const int p = int(pq / a.Q), q = int(pq - int64_t(p) * a.Q);
+      const int64_t OHW = int64_t(a.OH) * a.OW;
+      const int64_t opix = int64_t(p * a.osh + a.oh0) * a.OW + (q * a.osw + a.ow0);  // in the image
+      // out index of (m, n) = base + n * step
+      const int64_t base = a.out_nchw ? img * a.K * OHW + opix : (img * OHW + opix) * a.K;
+      const int64_t step = a.out_nchw ? OHW : 1;
 #pragma unroll
       for (int j = 0; j < Tile::kNI; ++j) {
         const int n = n0 + wn * Tile::kWarpN + j * 8 + 2 * t;  // this lane's two channels n, n+1

@@ -341,11 +341,8 @@ dw_bwd_weight_nchw_kernel(const T* __restrict__ x, const T* __restrict__ dy, acc
 // ---------------------------------------------------------------------------------------------
 // NHWC (channels_last)
 
-// V consecutive elements, aligned to their size (one 16-byte access for V * sizeof(T) == 16).
 template <typename T, int V>
-struct alignas(sizeof(T) * V) DwVec {
-  T v[V];
-};
+using DwVec = Vec<T, V>;  // device.h
 
 // y (N, P, Q, K) in memory; x (N, H, W, C); wt [R*S][K]. grid (ceil(Q*K/V / threads), rows of
 // N*P from row0 = blockIdx.y + row_base). Thread: V output channels k0.. of one pixel.

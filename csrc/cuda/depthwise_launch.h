@@ -104,7 +104,7 @@ inline dim3 dw_plane_grid(const char* op, const DwArgs& a) {
 
 // 16-byte vectors of T along C (NHWC), when the channel count and the pointers allow them.
 template <typename T>
-constexpr int dw_vec() { return int(16 / sizeof(T)); }
+constexpr int dw_vec() { return vec16<T>(); }
 
 // rows blocks of the NHWC grids (gridDim.y <= 65535): launch(row_base, rows) per chunk.
 template <class F>

@@ -46,6 +46,15 @@ __device__ __forceinline__ A to_acc(T v) { return static_cast<A>(v); }
 template <typename T, typename A>
 __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
 
+// V consecutive elements, aligned to their size: one 16-byte access for V = vec16<T>() (4 floats,
+// 8 halfs, 2 doubles). The vectorised elementwise, pooling and depthwise kernels load and store these.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+template <typename T>
+__host__ __device__ constexpr int vec16() { return int(16 / sizeof(T)); }
+
 // NaN test that works for float and double on both compilers (x != x is true only for NaN).
 template <typename A>
 __device__ __forceinline__ bool is_nan(A v) { return v != v; }

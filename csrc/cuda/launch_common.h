@@ -78,10 +78,10 @@ inline dim3 stride_grid(int64_t work, int threads) {
   return dim3(unsigned(blocks));
 }
 
-// Memory formats: these kernels read and write NCHW; outputs take the format of the rules shared
-// by every backend (common/checks.h: conv2d_memory_format; max_pool2d the input's, its backward
-// the indices'; relu the input's layout) through one layout conversion where that is not NCHW.
-// (NHWC CUDA kernels would make the conversion unnecessary.)
+// Memory formats: outputs take the format of the rules shared by every backend (common/checks.h:
+// conv2d_memory_format; max_pool2d the input's, its backward the indices'; relu the input's
+// layout). The tensor-core convolutions, the depthwise and max-pool NHWC kernels and ReLU (on the
+// dense storage) produce it directly; the NCHW kernels through one layout conversion (below).
 inline at::Tensor laid_out_like(const at::Tensor& t, const at::Tensor& like) {
   if (!like.is_non_overlapping_and_dense()) return t.contiguous(like.suggest_memory_format());
   if (t.strides() == like.strides()) return t;

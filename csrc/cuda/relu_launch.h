@@ -5,19 +5,37 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
+#include <algorithm>
+#include <initializer_list>
+
 #include "cuda/launch_common.h"
 #include "cuda/relu.cuh"
 
 namespace fastconv {
 namespace cuda {
 
+// n elements at ptrs: the scalar head up to the first 16-byte boundary of ptrs[0], then 16-byte
+// vectors when every pointer reaches a boundary there too (a misaligned view shifts them all
+// alike), else everything scalar.
+template <typename T>
+VecSpan vec_span(int64_t n, std::initializer_list<const T*> ptrs) {
+  constexpr int64_t V = vec16<T>();
+  const int64_t head = std::min<int64_t>(n, (16 - reinterpret_cast<uintptr_t>(*ptrs.begin()) % 16) % 16 / sizeof(T));
+  bool vec = true;
+  for (const T* p : ptrs) vec = vec && aligned16(p + head);
+  return vec ? VecSpan{n, head, (n - head) / V} : VecSpan{n, 0, 0};
+}
+// Blocks for the larger of the vector and the scalar parts.
+template <typename T>
+dim3 vec_span_grid(const VecSpan& sp, int threads) {
+  return stride_grid(std::max<int64_t>(sp.packs, sp.n - sp.packs * vec16<T>()), threads);
+}
+
 template <typename T>
 void relu_run(const T* in, T* out, int64_t n) {
-  const bool vec = reinterpret_cast<uintptr_t>(in) % (4 * sizeof(T)) == 0 &&
-                   reinterpret_cast<uintptr_t>(out) % (4 * sizeof(T)) == 0;
+  const VecSpan sp = vec_span<T>(n, {out, in});
   auto* kernel = &relu_fwd_kernel<T>;
-  FC_LAUNCH(kernel, stride_grid(vec ? ceil_div(n, 4) : n, relu_fwd_threads), dim3(relu_fwd_threads), 0,
-            FC_CURRENT_STREAM())(in, out, n, vec);
+  FC_LAUNCH(kernel, vec_span_grid<T>(sp, relu_fwd_threads), dim3(relu_fwd_threads), 0, FC_CURRENT_STREAM())(in, out, sp);
   FC_CHECK_LAUNCH();
 }
 
@@ -61,12 +79,9 @@ inline at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor&
     const T* g = gy.const_data_ptr<T>();
     const T* r = y.const_data_ptr<T>();
     T* o = gx.mutable_data_ptr<T>();
-    const uintptr_t al = 4 * sizeof(T);
-    const bool vec = reinterpret_cast<uintptr_t>(g) % al == 0 && reinterpret_cast<uintptr_t>(r) % al == 0 &&
-                     reinterpret_cast<uintptr_t>(o) % al == 0;
+    const VecSpan sp = vec_span<T>(n, {o, g, r});
     auto* kernel = &relu_bwd_kernel<T>;
-    FC_LAUNCH(kernel, stride_grid(vec ? ceil_div(n, 4) : n, relu_bwd_threads), dim3(relu_bwd_threads), 0,
-              FC_CURRENT_STREAM())(g, r, o, n, vec);
+    FC_LAUNCH(kernel, vec_span_grid<T>(sp, relu_bwd_threads), dim3(relu_bwd_threads), 0, FC_CURRENT_STREAM())(g, r, o, sp);
     FC_CHECK_LAUNCH();
   });
   return laid_out_like(gx, result);  // result's layout, as the CPU and PyTorch

@@ -73,7 +73,7 @@ static int clean() {
     uint32_t s = 7;
     for (auto& v : x) v = simt_selftest::lcg_uniform(s);
     auto* k = &fastconv::cuda::relu_fwd_kernel<float>;
-    FC_LAUNCH(k, 8, 256, 0, nullptr)(x.data(), y.data(), n, true);
+    FC_LAUNCH(k, 8, 256, 0, nullptr)(x.data(), y.data(), fastconv::cuda::VecSpan{n, 0, n / 4});
     for (int64_t i = 0; i < n; ++i) check(y[i] == (x[i] <= 0 ? 0.f : x[i]), "relu value");
     return y;
   });
