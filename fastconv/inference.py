@@ -98,7 +98,12 @@ def optimize_for_inference(model):
     for _, m in model.named_modules(remove_duplicate=False):
         paths[id(m)] = paths.get(id(m), 0) + 1
     shared = {k for k, n in paths.items() if n > 1}
-    model = _optimize(model, "", untraced, set(), shared)
+    # Parameters held by more than one module (tied weights): a fold gives its conv a new one.
+    uses = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    tied = {k for k, n in uses.items() if n > 1}
+    model = _optimize(model, "", untraced, set(), shared, tied)
     if untraced:
         warnings.warn("fastconv.optimize_for_inference could not trace " + "; ".join(untraced)
                       + ": its own forward is kept as written and each of its children optimized in its place",
@@ -107,7 +112,7 @@ def optimize_for_inference(model):
     return model
 
 
-def _optimize(module, path, untraced, done, shared):
+def _optimize(module, path, untraced, done, shared, tied):
     """The root traced: a GraphModule. Otherwise ``module`` itself, with its own forward replaced by
     its optimized graph's if it traces (class and attributes kept, for the untraced code that calls
     it), else with each child optimized in turn."""
@@ -121,11 +126,11 @@ def _optimize(module, path, untraced, done, shared):
         untraced.append(f"{path or type(module).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         for name, child in module.named_children():
             if not _Tracer().is_leaf_module(child, name):
-                _optimize(child, f"{path}.{name}" if path else name, untraced, done, shared)
+                _optimize(child, f"{path}.{name}" if path else name, untraced, done, shared, tied)
         return module
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
     # Below an untraced forward, leave alone the modules reachable by other paths too.
-    removed = _fold_and_fuse(gm, set() if root else shared)
+    removed = _fold_and_fuse(gm, set() if root else shared, tied)
     if root:
         return gm
     for target in removed:  # the folded BatchNorms leave the module, as they leave a GraphModule
@@ -135,7 +140,7 @@ def _optimize(module, path, untraced, done, shared):
     return module
 
 
-def _fold_and_fuse(gm, shared):
+def _fold_and_fuse(gm, shared, tied):
     """Fold and fuse in place on ``gm``; returns the targets of the BatchNorms folded away."""
     calls, attr_owners = {}, set()
     for node in gm.graph.nodes:
@@ -155,7 +160,7 @@ def _fold_and_fuse(gm, shared):
             continue
         bn = _only_user(node)
         if bn is not None and _is_foldable_bn(gm, bn, node):
-            _fold_bn(conv, gm.get_submodule(bn.target))
+            _fold_bn(conv, gm.get_submodule(bn.target), tied)
             folded.append(bn.target)
             bn.replace_all_uses_with(node)
             gm.graph.erase_node(bn)
@@ -259,17 +264,20 @@ def _activation_of(gm, node, src):
 
 
 @torch.no_grad()
-def _fold_bn(conv, bn):
-    """conv's weight and bias become those of bn(conv(x)): computed in float64, rounded once."""
-    w = conv.weight.detach().double()
+def _fold_bn(conv, bn, tied):
+    """conv's weight and bias become those of bn(conv(x)): computed in float64, rounded once. They
+    are written into the (copied model's) tensors themselves, so no second copy of a weight is
+    allocated; a parameter in ``tied`` (held by another module too) is replaced by a new one."""
+    w = conv.weight.detach().to(torch.float64, copy=True)
     k = w.shape[0]
     b = conv.bias.detach().double() if conv.bias is not None else w.new_zeros(k)
     gamma = bn.weight.detach().double() if bn.weight is not None else w.new_ones(k)
     beta = bn.bias.detach().double() if bn.bias is not None else w.new_zeros(k)
     scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
-    new_w = w * scale.reshape(-1, 1, 1, 1)
-    new_b = (b - bn.running_mean.double()) * scale + beta
-    dtype = conv.weight.dtype
-    requires_grad = conv.weight.requires_grad
-    conv.weight = nn.Parameter(new_w.to(dtype), requires_grad=requires_grad)
-    conv.bias = nn.Parameter(new_b.to(dtype), requires_grad=requires_grad)
+    new = {"weight": w.mul_(scale.reshape(-1, 1, 1, 1)), "bias": (b - bn.running_mean.double()) * scale + beta}
+    for name, value in new.items():
+        p = getattr(conv, name)
+        if p is not None and id(p) not in tied:
+            p.copy_(value)
+        else:
+            setattr(conv, name, nn.Parameter(value.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad))

@@ -504,3 +504,28 @@ def test_add_residual_not_of_the_output_shape():
         r64 = torch.randn(2, 4, 7, 6, dtype=torch.float64)
         got = opt32(x32, r64)
         assert got.dtype == torch.float64 and torch.allclose(got, model32(x32, r64), rtol=1e-6, atol=1e-6)
+
+
+def test_memory_accounting():
+    """No timing, only counts: the fold writes into the copied model's own tensors (no second copy
+    of a folded weight is allocated: the Parameter deepcopy made is written in place, its version
+    bumped); repeated inference calls keep at most one packed form per conv weight (the cache does
+    not grow after the first call), each at most Winograd's 36/9 of its weight."""
+    torch.manual_seed(0)
+    model = randomize_bn(M.resnet18(num_classes=10)).eval()
+    opt = fastconv.optimize_for_inference(model)
+    convs = [m for m in opt.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight._version > 0 for c in convs)  # every resnet18 conv is folded, in place
+    fastconv.clear_packed_weights()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        counts = []
+        for _ in range(3):
+            opt(x)
+            c = fastconv.info()["cpu_packed_weights"]
+            counts.append((c["entries"], c["bytes"]))
+    fastconv.clear_packed_weights()
+    assert counts[0] == counts[1] == counts[2]
+    entries, nbytes = counts[0]
+    assert 0 < entries <= len(convs)
+    assert nbytes <= sum(4 * c.weight.nbytes + 64 * c.weight[0].nbytes for c in convs)  # (+ panel padding)
