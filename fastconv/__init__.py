@@ -23,7 +23,7 @@ except ImportError as e:  # pragma: no cover - depends on how fastconv was insta
 from . import functional  # noqa: E402
 from .convert import convert, fuse_conv_relu  # noqa: E402
 from .inference import optimize_for_inference  # noqa: E402
-from .modules import Conv2d, Conv2dAdd, Conv2dReLU, MaxPool2d, ReLU  # noqa: E402
+from .modules import Conv2d, Conv2dAdd, Conv2dFused, Conv2dReLU, MaxPool2d, ReLU  # noqa: E402
 from .ops import register_namespace  # noqa: E402
 from .onnx_export import onnx_translation_table, register_torchscript_symbolics  # noqa: E402
 
@@ -31,7 +31,7 @@ register_namespace("fastconv")
 register_torchscript_symbolics()
 
 __version__ = "0.1.0"
-__all__ = ["Conv2d", "Conv2dAdd", "Conv2dReLU", "MaxPool2d", "ReLU", "clear_packed_weights", "convert", "fuse_conv_relu",
+__all__ = ["Conv2d", "Conv2dAdd", "Conv2dFused", "Conv2dReLU", "MaxPool2d", "ReLU", "clear_packed_weights", "convert", "fuse_conv_relu",
            "functional", "info",
            "onnx_translation_table", "optimize_for_inference",
            "set_cpu_conv_algo", "set_cpu_isa"]

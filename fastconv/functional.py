@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
+from .ops import activation as _activation
 from .onnx_export import exporting as _onnx_exporting
 
-__all__ = ["conv2d", "conv2d_add", "conv2d_relu", "max_pool2d", "relu", "relu_"]
+__all__ = ["conv2d", "conv2d_add", "conv2d_fused", "conv2d_relu", "max_pool2d", "relu", "relu_"]
 
 
 def _pair(name, v):
@@ -52,10 +53,20 @@ def conv2d_add(input, weight, bias, residual, stride=1, padding=0, dilation=1, g
     """conv2d(input, weight, bias, ...) + residual, then relu when ``relu``, as one op: the end of a
     residual block (``out += identity; out = relu(out)``). ``residual`` must have the output's
     shape, dtype and device (no broadcasting)."""
-    return _conv("conv2d_add", input, weight, bias, stride, padding, dilation, groups, residual, relu)
+    return conv2d_fused(input, weight, bias, stride, padding, dilation, groups, residual=residual,
+                        activation="relu" if relu else "none")
 
 
-def _conv(op, input, weight, bias, stride, padding, dilation, groups, residual=None, relu=False):
+def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, residual=None,
+                 activation="none"):
+    """activation(conv2d(input, weight, bias, ...) + residual) as one op: the residual (None, or a
+    tensor of the output's shape, dtype and device) is added and the activation applied in the
+    convolution's output pass. ``activation``: 'none', 'relu', 'relu6', 'hardswish' or 'silu'
+    (torch.nn.functional's formulas)."""
+    return _conv("conv2d_fused", input, weight, bias, stride, padding, dilation, groups, residual, activation)
+
+
+def _conv(op, input, weight, bias, stride, padding, dilation, groups, residual=None, activation="none"):
     x, unbatched = _batched(input, op)
     if residual is not None and unbatched and isinstance(residual, torch.Tensor) and residual.dim() == 3:
         residual = residual.unsqueeze(0)
@@ -90,15 +101,15 @@ def _conv(op, input, weight, bias, stride, padding, dilation, groups, residual=N
                            for t in (x, weight, bias))
     if _onnx_exporting():  # torch.onnx.export: the torch operators the exporters translate (Conv, Add, Relu)
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        out = out + residual if op == "conv2d_add" else out
-        out = torch.relu(out) if op == "conv2d_relu" or relu else out
+        out = out + residual if residual is not None else out
+        out = torch.relu(out) if op == "conv2d_relu" else _activation(op, activation)(out)
     else:
         if not torch.is_grad_enabled() and weight.requires_grad:
             # No gradient can be recorded: the kernels see a weight that needs none, so the CPU
             # path may keep its packed form across calls (fastconv.clear_packed_weights).
             weight = weight.detach()
-        if op == "conv2d_add":
-            out = _backend.ops().conv2d_add(x, weight, bias, residual, stride, padding, dilation, groups, bool(relu))
+        if op == "conv2d_fused":
+            out = _backend.ops().conv2d_fused(x, weight, bias, residual, stride, padding, dilation, groups, activation)
         else:
             out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out

@@ -2,10 +2,11 @@
 
 The model is traced with torch.fx; on the graph, each convolution whose output feeds only an
 eval-mode BatchNorm2d absorbs it (weights folded exactly: computed in float64, rounded once), each
-convolution whose output (after that folding) feeds only a ReLU becomes one ``Conv2dReLU`` (the
-ReLU runs in the convolution's epilogue), and the remaining Conv2d / MaxPool2d / ReLU modules
-switch to fastconv's (``fastconv.convert``). Everything else (shortcut adds, concatenations, other
-activations, pooling, linear layers) is left as it is.
+convolution whose output (after that folding) feeds only an activation (ReLU, ReLU6, Hardswish,
+SiLU) or a residual add (then perhaps an activation) takes them into its output pass
+(``Conv2dReLU``, ``Conv2dFused``), and the remaining Conv2d / MaxPool2d / ReLU modules switch to
+fastconv's (``fastconv.convert``). Everything else (concatenations, other activations, pooling,
+linear layers) is left as it is.
 """
 import copy
 import operator
@@ -23,9 +24,13 @@ __all__ = ["optimize_for_inference"]
 
 # Exact classes (a subclass's forward may compute something else).
 _CONVS = (nn.Conv2d, modules.Conv2d)
-_RELU_MODULES = (nn.ReLU, modules.ReLU)
-_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
-_RELU_METHODS = ("relu", "relu_")
+# The activations a convolution's output pass applies (fastconv.ops.ACTIVATIONS): modules,
+# functions (whose only other argument may be ``inplace``) and Tensor methods that compute them.
+_ACT_MODULES = {nn.ReLU: "relu", modules.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish",
+                nn.SiLU: "silu"}
+_ACT_FUNCTIONS = {F.relu: "relu", F.relu_: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
+                  F.hardswish: "hardswish", F.silu: "silu"}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
 
 
 class _Tracer(fx.Tracer):
@@ -47,8 +52,13 @@ def optimize_for_inference(model):
       (tracking running statistics) takes the BatchNorm into its weight and bias:
       ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``, computed in
       float64 from the stored values and rounded once to the conv's dtype.
-    - **ReLU fusion**: a ``Conv2d`` (folded or not) whose output goes only to a ReLU (``nn.ReLU``,
-      ``F.relu``, ``torch.relu``, ``Tensor.relu``, in place or not) becomes a ``fastconv.Conv2dReLU``.
+    - **Activation fusion**: a ``Conv2d`` (folded or not) whose output goes only to a ReLU
+      (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu``, in place or not) becomes a
+      ``fastconv.Conv2dReLU``; one whose output goes only to a ReLU6, Hardswish or SiLU (the
+      ``nn`` modules or ``F`` functions) a ``fastconv.Conv2dFused`` with that ``activation``.
+    - **Residual fusion**: a ``Conv2d`` whose output goes only to an addition with another tensor
+      (``+``, ``torch.add``, ``+=``), itself followed or not by one of those activations, becomes a
+      ``fastconv.Conv2dFused`` called with the other operand as its residual.
     - The other ``Conv2d``, ``MaxPool2d`` and ``ReLU`` modules switch to fastconv's
       (``fastconv.convert(..., fuse_relu=False)``, which leaves layers fastconv cannot run with a
       warning).
@@ -56,7 +66,7 @@ def optimize_for_inference(model):
     A convolution is folded or fused only where that cannot change what anything else sees: it
     must be an exact ``nn.Conv2d`` / ``fastconv.Conv2d`` called once in the graph, with no hooks and
     no direct use of its parameters; a BatchNorm or ReLU with hooks, or a subclass, is left alone.
-    Residual adds, concatenations, ReLU6/SiLU/Hardswish and anything else are kept as they are.
+    Concatenations, other activations and anything else are kept as they are.
 
     Returns a ``torch.fx.GraphModule`` (submodule names as in ``model``, so state_dict keys are the
     original ones minus the folded BatchNorms; where nothing was folded, the state_dict loads into
@@ -88,7 +98,12 @@ def optimize_for_inference(model):
     for _, m in model.named_modules(remove_duplicate=False):
         paths[id(m)] = paths.get(id(m), 0) + 1
     shared = {k for k, n in paths.items() if n > 1}
-    model = _optimize(model, "", untraced, set(), shared)
+    # Parameters held by more than one module (tied weights): a fold gives its conv a new one.
+    uses = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    tied = {k for k, n in uses.items() if n > 1}
+    model = _optimize(model, "", untraced, set(), shared, tied)
     if untraced:
         warnings.warn("fastconv.optimize_for_inference could not trace " + "; ".join(untraced)
                       + ": its own forward is kept as written and each of its children optimized in its place",
@@ -97,7 +112,7 @@ def optimize_for_inference(model):
     return model
 
 
-def _optimize(module, path, untraced, done, shared):
+def _optimize(module, path, untraced, done, shared, tied):
     """The root traced: a GraphModule. Otherwise ``module`` itself, with its own forward replaced by
     its optimized graph's if it traces (class and attributes kept, for the untraced code that calls
     it), else with each child optimized in turn."""
@@ -111,11 +126,11 @@ def _optimize(module, path, untraced, done, shared):
         untraced.append(f"{path or type(module).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         for name, child in module.named_children():
             if not _Tracer().is_leaf_module(child, name):
-                _optimize(child, f"{path}.{name}" if path else name, untraced, done, shared)
+                _optimize(child, f"{path}.{name}" if path else name, untraced, done, shared, tied)
         return module
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
     # Below an untraced forward, leave alone the modules reachable by other paths too.
-    removed = _fold_and_fuse(gm, set() if root else shared)
+    removed = _fold_and_fuse(gm, set() if root else shared, tied)
     if root:
         return gm
     for target in removed:  # the folded BatchNorms leave the module, as they leave a GraphModule
@@ -125,7 +140,7 @@ def _optimize(module, path, untraced, done, shared):
     return module
 
 
-def _fold_and_fuse(gm, shared):
+def _fold_and_fuse(gm, shared, tied):
     """Fold and fuse in place on ``gm``; returns the targets of the BatchNorms folded away."""
     calls, attr_owners = {}, set()
     for node in gm.graph.nodes:
@@ -145,7 +160,7 @@ def _fold_and_fuse(gm, shared):
             continue
         bn = _only_user(node)
         if bn is not None and _is_foldable_bn(gm, bn, node):
-            _fold_bn(conv, gm.get_submodule(bn.target))
+            _fold_bn(conv, gm.get_submodule(bn.target), tied)
             folded.append(bn.target)
             bn.replace_all_uses_with(node)
             gm.graph.erase_node(bn)
@@ -153,8 +168,12 @@ def _fold_and_fuse(gm, shared):
         if _unsupported_reason(conv) is not None:
             continue
         user = _only_user(node)
-        if user is not None and _is_relu(gm, user, node):
-            conv.__class__ = modules.Conv2dReLU
+        act = _activation_of(gm, user, node)
+        if act is not None:
+            if act == "relu":  # in the kernel's own epilogue
+                conv.__class__ = modules.Conv2dReLU
+            else:
+                conv.__class__, conv.activation = modules.Conv2dFused, act
             user.replace_all_uses_with(node)
             gm.graph.erase_node(user)
             changed = True
@@ -184,7 +203,7 @@ _ADD_METHODS = ("add", "add_")
 
 def _residual_of(add, src):
     """The other operand when node ``add`` is ``src + other`` with a tensor-valued node ``other``
-    (that the result is exactly the conv's output shape is checked at run time by Conv2dAdd)."""
+    (that the result is exactly the conv's output shape is checked at run time by Conv2dFused)."""
     if add.kwargs or len(add.args) != 2 or add.args[0] is add.args[1]:
         return None
     a, b = add.args
@@ -198,19 +217,19 @@ def _residual_of(add, src):
 
 
 def _fuse_add(gm, conv, node, add):
-    """conv (node) -> add (-> ReLU) becomes one Conv2dAdd call, placed where the add was (its
-    residual may be computed after the conv, as ResNet's downsample branch is)."""
+    """conv (node) -> add (-> activation) becomes one Conv2dFused call, placed where the add was
+    (its residual may be computed after the conv, as ResNet's downsample branch is)."""
     residual = _residual_of(add, node)
-    relu = _only_user(add)
-    fuse_relu = relu is not None and _is_relu(gm, relu, add)
-    conv.__class__ = modules.Conv2dAdd
-    conv.relu = fuse_relu
+    last = _only_user(add)
+    act = _activation_of(gm, last, add)
+    conv.__class__, conv.activation = modules.Conv2dFused, act or "none"
     with gm.graph.inserting_before(add):
         fused = gm.graph.call_module(node.target, (node.args[0], residual))
-    last = relu if fuse_relu else add
+    if act is None:
+        last = add
     last.replace_all_uses_with(fused)
-    if fuse_relu:
-        gm.graph.erase_node(relu)
+    if act is not None:
+        gm.graph.erase_node(last)
     gm.graph.erase_node(add)
     gm.graph.erase_node(node)
 
@@ -227,30 +246,38 @@ def _is_foldable_bn(gm, node, src):
             and bn.running_var is not None and not _has_hooks(bn))
 
 
-def _is_relu(gm, node, src):
-    if not node.args or node.args[0] is not src:
-        return False
+def _activation_of(gm, node, src):
+    """The name of the activation node ``node`` computes on ``src`` alone (None if it is none)."""
+    if node is None or not node.args or node.args[0] is not src:
+        return None
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
-        return type(m) in _RELU_MODULES and not _has_hooks(m) and len(node.args) == 1 and not node.kwargs
-    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+        ok = not _has_hooks(m) and len(node.args) == 1 and not node.kwargs
+        return _ACT_MODULES.get(type(m)) if ok else None
+    if node.op == "call_function" and node.target in _ACT_FUNCTIONS:
         # F.relu(x, inplace): whether in place does not matter, the conv's output has no other user.
-        return set(node.kwargs) <= {"inplace"} and len(node.args) <= 2
-    return node.op == "call_method" and node.target in _RELU_METHODS and len(node.args) == 1 and not node.kwargs
+        ok = set(node.kwargs) <= {"inplace"} and len(node.args) <= 2
+        return _ACT_FUNCTIONS[node.target] if ok else None
+    if node.op == "call_method" and len(node.args) == 1 and not node.kwargs:
+        return _ACT_METHODS.get(node.target)
+    return None
 
 
 @torch.no_grad()
-def _fold_bn(conv, bn):
-    """conv's weight and bias become those of bn(conv(x)): computed in float64, rounded once."""
-    w = conv.weight.detach().double()
+def _fold_bn(conv, bn, tied):
+    """conv's weight and bias become those of bn(conv(x)): computed in float64, rounded once. They
+    are written into the (copied model's) tensors themselves, so no second copy of a weight is
+    allocated; a parameter in ``tied`` (held by another module too) is replaced by a new one."""
+    w = conv.weight.detach().to(torch.float64, copy=True)
     k = w.shape[0]
     b = conv.bias.detach().double() if conv.bias is not None else w.new_zeros(k)
     gamma = bn.weight.detach().double() if bn.weight is not None else w.new_ones(k)
     beta = bn.bias.detach().double() if bn.bias is not None else w.new_zeros(k)
     scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
-    new_w = w * scale.reshape(-1, 1, 1, 1)
-    new_b = (b - bn.running_mean.double()) * scale + beta
-    dtype = conv.weight.dtype
-    requires_grad = conv.weight.requires_grad
-    conv.weight = nn.Parameter(new_w.to(dtype), requires_grad=requires_grad)
-    conv.bias = nn.Parameter(new_b.to(dtype), requires_grad=requires_grad)
+    new = {"weight": w.mul_(scale.reshape(-1, 1, 1, 1)), "bias": (b - bn.running_mean.double()) * scale + beta}
+    for name, value in new.items():
+        p = getattr(conv, name)
+        if p is not None and id(p) not in tied:
+            p.copy_(value)
+        else:
+            setattr(conv, name, nn.Parameter(value.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad))

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from . import functional as FC
-from .ops import conv_out_size
+from .ops import activation as _activation, conv_out_size
 
-__all__ = ["Conv2d", "Conv2dAdd", "Conv2dReLU", "MaxPool2d", "ReLU"]
+__all__ = ["Conv2d", "Conv2dAdd", "Conv2dFused", "Conv2dReLU", "MaxPool2d", "ReLU"]
 
 
 class Conv2d(nn.Conv2d):
@@ -35,31 +35,49 @@ class Conv2dReLU(Conv2d):
     _op = staticmethod(FC.conv2d_relu)
 
 
-class Conv2dAdd(Conv2d):
-    """``Conv2d(x) + residual``, then ReLU when ``relu=True``: the end of a residual block as one op
-    (``forward(input, residual)``). Same constructor (plus ``relu``), parameters and state_dict keys
-    as Conv2d. ``fastconv.optimize_for_inference`` makes these from conv -> add (-> ReLU) patterns.
-    A residual that is not exactly the output's shape, dtype and device is added as ``+`` would
-    (broadcasting, type promotion) after a plain convolution."""
+class Conv2dFused(Conv2d):
+    """``activation(Conv2d(x) + residual)`` as one op (``forward(input, residual=None)``): the
+    residual is added and the activation ('none', 'relu', 'relu6', 'hardswish', 'silu') applied in
+    the convolution's output pass. Same constructor (plus ``activation``), parameters and
+    state_dict keys as Conv2d. ``fastconv.optimize_for_inference`` makes these from conv -> add
+    (-> activation) and conv -> activation patterns. A residual that is not exactly the output's
+    shape, dtype and device is added as ``+`` would (broadcasting, type promotion) after a plain
+    convolution, then the activation applied."""
 
-    def __init__(self, *args, relu=False, **kwargs):
+    def __init__(self, *args, activation="none", **kwargs):
         super().__init__(*args, **kwargs)
-        self.relu = relu
+        _activation("Conv2dFused", activation)  # an unknown name fails here, not at the first call
+        self.activation = activation
 
     def extra_repr(self):
-        return super().extra_repr() + (", relu=True" if self.relu else "")
+        return super().extra_repr() + (f", activation={self.activation!r}" if self.activation != "none" else "")
 
-    def forward(self, input, residual):
+    def forward(self, input, residual=None):
         x = input
         if self.padding_mode != "zeros":
             x, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), _pair(0)
         else:
             padding = self.padding
-        if not _matches_output(self, x, padding, residual):
+        if residual is not None and not _matches_output(self, x, padding, residual):
             out = self._conv_forward(input, self.weight, self.bias) + residual
-            return F.relu(out) if self.relu else out
-        return FC.conv2d_add(x, self.weight, self.bias, residual, self.stride, padding, self.dilation, self.groups,
-                             relu=self.relu)
+            return _activation("Conv2dFused", self.activation)(out)
+        return FC.conv2d_fused(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+                               residual=residual, activation=self.activation)
+
+
+class Conv2dAdd(Conv2dFused):
+    """``Conv2d(x) + residual``, then ReLU when ``relu=True``: the end of a residual block as one op
+    (``forward(input, residual)``); a Conv2dFused with activation 'relu' or 'none'."""
+
+    def __init__(self, *args, relu=False, **kwargs):
+        super().__init__(*args, activation="relu" if relu else "none", **kwargs)
+
+    @property
+    def relu(self):
+        return self.activation == "relu"
+
+    def forward(self, input, residual):
+        return super().forward(input, residual)
 
 
 def _matches_output(conv, x, padding, residual):

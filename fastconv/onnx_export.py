@@ -1,8 +1,9 @@
 """ONNX export of models that use fastconv: the ops' translations to standard ONNX nodes.
 
 fastconv's ops become the standard nodes a runtime knows: ``conv2d`` -> ``Conv``, ``conv2d_relu``
--> ``Conv`` followed by ``Relu``, ``conv2d_add`` -> ``Conv`` and ``Add`` (then ``Relu`` when
-fused), ``max_pool2d`` -> ``MaxPool`` (its indices, PyTorch's h*W+w per plane, from MaxPool's
+-> ``Conv`` followed by ``Relu``, ``conv2d_fused`` and ``conv2d_add`` -> ``Conv``, then ``Add``
+with a residual, then the activation (``Relu``; ReLU6 as ``Clip(0, 6)``; ``HardSwish``; SiLU as
+``Mul(x, Sigmoid(x))``), ``max_pool2d`` -> ``MaxPool`` (its indices, PyTorch's h*W+w per plane, from MaxPool's
 second output modulo H*W), ``relu`` -> ``Relu``. No custom-domain node is
 produced, so ONNX Runtime, OpenVINO or TensorRT run the exported model as they would the torch.nn
 one.
@@ -68,7 +69,7 @@ def onnx_translation_table():
     ``torch.export.export``, code calling ``torch.ops.fastconv.*`` directly, strict-mode capture);
     fastconv's modules and functions export without it. Keys are ``torch.ops.fastconv.<op>.default``,
     values functions that build the nodes with ONNX Script (opset 18): Conv, Conv + Relu,
-    Conv + Add (+ Relu), MaxPool (+ the index conversion), Relu. Requires onnxscript (installed with torch's ONNX
+    Conv (+ Add) (+ the activation), MaxPool (+ the index conversion), Relu. Requires onnxscript (installed with torch's ONNX
     exporter)."""
     from typing import Optional, Sequence, TypeVar
 
@@ -89,10 +90,26 @@ def onnx_translation_table():
                              padding: Sequence[int], dilation: Sequence[int], groups: int) -> T:
         return op.Relu(_conv(input, weight, bias, stride, padding, dilation, groups))
 
+    def _activation(x, name):
+        if name == "relu":
+            return op.Relu(x)
+        if name == "relu6":
+            return op.Clip(x, op.CastLike(0.0, x), op.CastLike(6.0, x))
+        if name == "hardswish":
+            return op.HardSwish(x)
+        if name == "silu":
+            return op.Mul(x, op.Sigmoid(x))
+        return x
+
+    def fastconv_conv2d_fused(input: T, weight: T, bias: Optional[T], residual: Optional[T], stride: Sequence[int],
+                              padding: Sequence[int], dilation: Sequence[int], groups: int, activation: str) -> T:
+        out = _conv(input, weight, bias, stride, padding, dilation, groups)
+        return _activation(out if residual is None else op.Add(out, residual), activation)
+
     def fastconv_conv2d_add(input: T, weight: T, bias: Optional[T], residual: T, stride: Sequence[int],
                             padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool) -> T:
         out = op.Add(_conv(input, weight, bias, stride, padding, dilation, groups), residual)
-        return op.Relu(out) if relu else out
+        return _activation(out, "relu" if relu else "none")
 
     def fastconv_max_pool2d(input: T, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                             dilation: Sequence[int], ceil_mode: bool):
@@ -109,7 +126,8 @@ def onnx_translation_table():
 
     ops = torch.ops.fastconv
     return {ops.conv2d.default: fastconv_conv2d, ops.conv2d_relu.default: fastconv_conv2d_relu,
-            ops.conv2d_add.default: fastconv_conv2d_add, ops.max_pool2d.default: fastconv_max_pool2d,
+            ops.conv2d_fused.default: fastconv_conv2d_fused, ops.conv2d_add.default: fastconv_conv2d_add,
+            ops.max_pool2d.default: fastconv_max_pool2d,
             ops.relu.default: fastconv_relu}
 
 
@@ -128,11 +146,36 @@ def _ts_conv(g, input, weight, bias, stride, padding, dilation, groups, relu=Fal
     return g.op("Relu", out) if relu else out
 
 
+def _ts_conv2d_fused(g, input, weight, bias, residual, stride, padding, dilation, groups, activation):
+    from torch.onnx import symbolic_helper as sh
+
+    out = _ts_conv(g, input, weight, bias, stride, padding, dilation, groups)
+    if not sh._is_none(residual):
+        out = g.op("Add", out, residual)
+    return _ts_activation(g, out, sh._get_const(activation, "s", "activation"))
+
+
 def _ts_conv2d_add(g, input, weight, bias, residual, stride, padding, dilation, groups, relu):
     from torch.onnx import symbolic_helper as sh
 
     out = g.op("Add", _ts_conv(g, input, weight, bias, stride, padding, dilation, groups), residual)
-    return g.op("Relu", out) if sh._get_const(relu, "b", "relu") else out
+    return _ts_activation(g, out, "relu" if sh._get_const(relu, "b", "relu") else "none")
+
+
+def _ts_activation(g, x, name):
+    if name == "relu":
+        return g.op("Relu", x)
+    if name == "relu6":  # Clip's bounds in x's dtype
+        from torch.onnx._internal.torchscript_exporter._type_utils import JitScalarType
+
+        dtype = JitScalarType.from_value(x, JitScalarType.FLOAT).dtype()
+        bound = [g.op("Constant", value_t=torch.tensor(v, dtype=dtype)) for v in (0, 6)]
+        return g.op("Clip", x, *bound)
+    if name == "hardswish":
+        return g.op("HardSwish", x)
+    if name == "silu":
+        return g.op("Mul", x, g.op("Sigmoid", x))
+    return x
 
 
 def _ts_max_pool2d(g, input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -161,5 +204,7 @@ def register_torchscript_symbolics():
     register_custom_op_symbolic("fastconv::conv2d", _ts_conv, _TS_OPSET)
     register_custom_op_symbolic("fastconv::conv2d_relu", lambda g, *a: _ts_conv(g, *a, relu=True), _TS_OPSET)
     register_custom_op_symbolic("fastconv::conv2d_add", _ts_conv2d_add, _TS_OPSET)
+    # HardSwish: opset 14 (the exporter's default opset is above it)
+    register_custom_op_symbolic("fastconv::conv2d_fused", _ts_conv2d_fused, 14)
     register_custom_op_symbolic("fastconv::max_pool2d", _ts_max_pool2d, _TS_OPSET)
     register_custom_op_symbolic("fastconv::relu", lambda g, input: g.op("Relu", input), _TS_OPSET)

@@ -6,9 +6,29 @@ compiled CPU/CUDA kernels) and ``fastconv_simt`` (the CUDA kernels run by the CP
 fastconv.testing).
 """
 import torch
+import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format  # Tensor.suggest_memory_format, as the kernels use
 
-__all__ = ["conv2d_memory_format", "conv_out_size", "pool_out_size", "register_namespace"]
+__all__ = ["ACTIVATIONS", "activation", "conv2d_memory_format", "conv_out_size", "pool_out_size",
+           "register_namespace"]
+
+# The activations conv2d_fused applies (csrc/common/checks.cpp parses the same names): name ->
+# torch.nn.functional's function, f(x, inplace).
+ACTIVATIONS = {
+    "none": lambda x, inplace=False: x,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "hardswish": F.hardswish,
+    "silu": F.silu,
+}
+
+
+def activation(op, name):
+    """ACTIVATIONS[name], or the RuntimeError fastconv.<op> raises for an unknown name."""
+    if name not in ACTIVATIONS:
+        raise RuntimeError(f"fastconv.{op}: unknown activation {name!r} (expected one of "
+                           + ", ".join(repr(a) for a in ACTIVATIONS) + ")")
+    return ACTIVATIONS[name]
 
 
 def conv_out_size(size, kernel, stride, padding, dilation):
@@ -63,23 +83,40 @@ def register_namespace(ns):
     def _(input, weight, bias, stride, padding, dilation, groups):
         return conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
 
+    @lib.register_fake(f"{ns}::conv2d_fused")
+    def _(input, weight, bias, residual, stride, padding, dilation, groups, activation):
+        return conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
+
     @lib.register_fake(f"{ns}::conv2d_add")
     def _(input, weight, bias, residual, stride, padding, dilation, groups, relu):
         return conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
 
-    # The composition for backends without a fused conv2d_add kernel (CUDA, the emulator): the
-    # backend's conv2d, then the add and the ReLU in place on its output.
+    # The composition for backends without a fused conv2d_fused kernel (CUDA, the emulator): the
+    # backend's conv2d, then the add and the activation in place on its output.
+    def conv2d_fused_composite(op, input, weight, bias, residual, stride, padding, dilation, groups, act):
+        act_fn = activation(op, act)
+        out = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        if residual is not None:
+            if residual.shape != out.shape or residual.dtype != out.dtype or residual.device != out.device:
+                raise RuntimeError(
+                    f"fastconv.{op}: residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) must "
+                    f"match the convolution's output ({tuple(out.shape)}, {out.dtype}, {out.device})")
+            out.add_(residual)
+        if act == "relu":
+            ops.relu_(out)
+        else:
+            act_fn(out, inplace=True)
+        return out
+
+    @lib.impl(f"{ns}::conv2d_fused", "CompositeExplicitAutograd")
+    def _(input, weight, bias, residual, stride, padding, dilation, groups, activation):
+        return conv2d_fused_composite("conv2d_fused", input, weight, bias, residual, stride, padding, dilation,
+                                      groups, activation)
+
     @lib.impl(f"{ns}::conv2d_add", "CompositeExplicitAutograd")
     def _(input, weight, bias, residual, stride, padding, dilation, groups, relu):
-        out = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
-        if residual.shape != out.shape or residual.dtype != out.dtype or residual.device != out.device:
-            raise RuntimeError(
-                f"fastconv.conv2d_add: residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) must "
-                f"match the convolution's output ({tuple(out.shape)}, {out.dtype}, {out.device})")
-        out.add_(residual)
-        if relu:
-            ops.relu_(out)
-        return out
+        return conv2d_fused_composite("conv2d_add", input, weight, bias, residual, stride, padding, dilation,
+                                      groups, "relu" if relu else "none")
 
     @lib.register_fake(f"{ns}::conv2d_backward")
     def conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
@@ -156,16 +193,28 @@ def register_namespace(ns):
     lib.register_autograd(f"{ns}::conv2d_relu", conv2d_backward,
                           setup_context=lambda ctx, inputs, output: conv2d_setup(ctx, inputs, output, True))
 
-    # conv2d_add: the gradient reaching the convolution (through the ReLU when fused) is also the
-    # residual's.
-    def conv2d_add_setup(ctx, inputs, output):
-        input, weight, bias, residual, stride, padding, dilation, groups, relu = inputs
-        conv2d_setup(ctx, (input, weight, bias, stride, padding, dilation, groups), output, relu)
+    # conv2d_fused: the gradient reaching the convolution (through the activation) is also the
+    # residual's. ReLU and ReLU6 take their gradient from the output; Hardswish and SiLU from the
+    # pre-activation, recomputed (the op is built for inference: its forward keeps no extra tensor).
+    def conv2d_fused_setup(ctx, inputs, output):
+        input, weight, bias, residual, stride, padding, dilation, groups, act = inputs
+        ctx.save_for_backward(input, weight, output if act in ("relu", "relu6") else None,
+                              *((bias, residual) if act in ("hardswish", "silu") else (None, None)))
+        ctx.params = (stride, padding, dilation, groups)
+        ctx.has_bias, ctx.act = bias is not None, act
 
-    def conv2d_add_backward(ctx, grad_output):
-        input, weight, *result = ctx.saved_tensors
+    def conv2d_fused_backward(ctx, grad_output):
+        input, weight, output, bias, residual = ctx.saved_tensors
         need = ctx.needs_input_grad
-        g = ops.relu_backward(grad_output, result[0]) if result else grad_output
+        g, aten = grad_output, torch.ops.aten
+        if ctx.act == "relu":
+            g = ops.relu_backward(g, output)
+        elif ctx.act == "relu6":  # the output is in (0, 6) exactly where the input is
+            g = aten.hardtanh_backward(g, output, 0.0, 6.0)
+        elif ctx.act != "none":
+            z = ops.conv2d(input, weight, bias, *ctx.params)
+            z = z if residual is None else z + residual
+            g = (aten.hardswish_backward if ctx.act == "hardswish" else aten.silu_backward)(g, z)
         mask = [need[0], need[1], ctx.has_bias and need[2]]
         gi = gw = gb = None
         if any(mask):
@@ -173,7 +222,13 @@ def register_namespace(ns):
         return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
                 g if need[3] else None, None, None, None, None, None)
 
-    lib.register_autograd(f"{ns}::conv2d_add", conv2d_add_backward, setup_context=conv2d_add_setup)
+    lib.register_autograd(f"{ns}::conv2d_fused", conv2d_fused_backward, setup_context=conv2d_fused_setup)
+
+    def conv2d_add_setup(ctx, inputs, output):
+        *args, relu = inputs
+        conv2d_fused_setup(ctx, (*args, "relu" if relu else "none"), output)
+
+    lib.register_autograd(f"{ns}::conv2d_add", conv2d_fused_backward, setup_context=conv2d_add_setup)
 
     def max_pool2d_setup(ctx, inputs, output):
         input, *params = inputs

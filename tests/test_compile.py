@@ -124,4 +124,4 @@ def test_compile_optimized_model(backend, rng):
         out, code = run_and_get_code(torch.compile(opt, fullgraph=True), x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     code, ns = "\n".join(code), backend.ops.name  # fastconv, or fastconv_simt on the emulator
-    assert f"{ns}.conv2d_relu" in code and f"{ns}.conv2d_add" in code and f"{ns}.max_pool2d" in code
+    assert f"{ns}.conv2d_relu" in code and f"{ns}.conv2d_fused" in code and f"{ns}.max_pool2d" in code

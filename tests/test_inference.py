@@ -1,4 +1,4 @@
-"""fastconv.optimize_for_inference: BatchNorm folding and ReLU fusion on the fx graph, checked
+"""fastconv.optimize_for_inference: BatchNorm folding and activation / residual fusion on the fx graph, checked
 against the eager model (float64 to 1e-12, float32 to 1e-5 of a float64 reference) on the
 torchvision zoo and on models built to trip the transform (shared modules, tied weights, hooks)."""
 import copy
@@ -97,6 +97,7 @@ FLOAT64 = {
     "googlenet": (_small(M.googlenet, aux_logits=False, init_weights=False), 32),
     "squeezenet1_1": (M.squeezenet1_1, 32),
     "shufflenet_v2_x0_5": (M.shufflenet_v2_x0_5, 32),
+    "mobilenet_v2": (_small(M.mobilenet_v2, width_mult=0.25), 32),
     "mobilenet_v3_small": (M.mobilenet_v3_small, 32),
     "mnasnet0_5": (M.mnasnet0_5, 32),
     "efficientnet_small": (_efficientnet_small, 32),
@@ -159,8 +160,8 @@ def test_resnet_structure(name, blocks, relus, downsamples):
     opt = check(getattr(M, name)(num_classes=10), 32, torch.float64)
     k = kinds(opt)
     assert k.get(nn.BatchNorm2d, 0) == 0
-    assert k[fastconv.Conv2dReLU] == relus and k[fastconv.Conv2dAdd] == blocks and k[fastconv.Conv2d] == downsamples
-    assert all(m.relu for m in opt.modules() if type(m) is fastconv.Conv2dAdd)
+    assert k[fastconv.Conv2dReLU] == relus and k[fastconv.Conv2dFused] == blocks and k[fastconv.Conv2d] == downsamples
+    assert all(m.activation == "relu" for m in opt.modules() if type(m) is fastconv.Conv2dFused)
     assert not _adds(opt)
 
 
@@ -224,6 +225,62 @@ def test_relu_forms_fused():
     ref, opt, out = _run(Forms(), X)
     assert_close(out, ref, torch.float64)
     assert [type(opt.get_submodule(f"c.{i}")) for i in range(6)] == [fastconv.Conv2dReLU] * 6
+
+
+def test_activation_forms_fused():
+    """ReLU6, Hardswish and SiLU (modules and functions, in place or not), alone and after a
+    residual add, become Conv2dFused with that activation; ones that are not plain (Hardtanh with
+    other bounds, a ReLU6 subclass) are left alone."""
+    class Relu6Like(nn.ReLU6):
+        pass
+
+    class Forms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(10))
+            self.acts = nn.ModuleList([nn.ReLU6(inplace=True), nn.Hardswish(), nn.SiLU(inplace=True)])
+            self.other = nn.ModuleList([nn.Hardtanh(-1.0, 1.0), Relu6Like()])
+
+        def forward(self, x):
+            x = self.acts[0](self.c[0](x) * 4)  # not the conv's output alone: left
+            x = self.acts[0](self.c[1](x))
+            x = self.acts[1](self.c[2](x) * 3)
+            x = F.hardswish(self.c[3](x))
+            x = self.acts[2](self.c[4](x))
+            x = F.silu(self.c[5](x), inplace=True)
+            x = F.relu6(self.c[6](x) + x)
+            x = F.hardswish(x + self.c[7](x), inplace=True)
+            x = self.other[0](self.c[8](x))
+            return self.other[1](self.c[9](x))
+
+    ref, opt, out = _run(Forms(), X * 3)
+    assert_close(out, ref, torch.float64)
+    got = [(type(c).__name__, getattr(c, "activation", None)) for c in (opt.get_submodule(f"c.{i}") for i in range(10))]
+    assert got == [("Conv2d", None), ("Conv2dFused", "relu6"), ("Conv2d", None), ("Conv2dFused", "hardswish"),
+                   ("Conv2dFused", "silu"), ("Conv2dFused", "silu"), ("Conv2dFused", "relu6"),
+                   ("Conv2dFused", "hardswish"), ("Conv2d", None), ("Conv2d", None)]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
+def test_activation_zoo_structure(name):
+    """Every conv -> BN -> ReLU6 / Hardswish / SiLU block of the zoo (torchvision's
+    Conv2dNormActivation, and a squeeze-excitation's first 1x1 conv with its activation) becomes
+    one Conv2dFused with that activation (and nothing else does)."""
+    torch.manual_seed(0)
+    model = randomize_bn(getattr(M, name)(num_classes=10)).eval()
+    names = {nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
+    want = {}
+    for m in model.modules():
+        act = m[-1] if isinstance(m, tv.ops.Conv2dNormActivation) else \
+            m.activation if isinstance(m, tv.ops.SqueezeExcitation) else None  # fc1 -> activation
+        if type(act) in names:
+            want[names[type(act)]] = want.get(names[type(act)], 0) + 1
+    opt = fastconv.optimize_for_inference(model)
+    got = {}
+    for m in opt.modules():
+        if type(m) is fastconv.Conv2dFused and m.activation != "none":  # "none": residual adds
+            got[m.activation] = got.get(m.activation, 0) + 1
+    assert want and got == want
 
 
 def test_shared_conv_not_folded_into_one_use():
@@ -398,9 +455,9 @@ def test_add_forms_fused():
 
     ref, opt, out = _run(Forms(), X)
     assert_close(out, ref, torch.float64)
-    relu = [True, True, False, True, False, False, True]
+    acts = ["relu", "relu", "none", "relu", "none", "none", "relu"]
     convs = [opt.get_submodule(f"c.{i}") for i in range(7)]
-    assert [type(c) for c in convs] == [fastconv.Conv2dAdd] * 7 and [c.relu for c in convs] == relu
+    assert [type(c) for c in convs] == [fastconv.Conv2dFused] * 7 and [c.activation for c in convs] == acts
     assert not _adds(opt)
 
 
@@ -437,7 +494,7 @@ def test_add_residual_not_of_the_output_shape():
 
     model = Bcast().double().eval()
     opt = fastconv.optimize_for_inference(model)
-    assert type(opt.c) is fastconv.Conv2dAdd
+    assert type(opt.c) is fastconv.Conv2dFused
     with torch.no_grad():
         for r in (torch.randn(1, 4, 1, 1, dtype=torch.float64), torch.randn(6, dtype=torch.float64),
                   torch.randn(2, 4, 7, 6, dtype=torch.float64)):
@@ -447,3 +504,28 @@ def test_add_residual_not_of_the_output_shape():
         r64 = torch.randn(2, 4, 7, 6, dtype=torch.float64)
         got = opt32(x32, r64)
         assert got.dtype == torch.float64 and torch.allclose(got, model32(x32, r64), rtol=1e-6, atol=1e-6)
+
+
+def test_memory_accounting():
+    """No timing, only counts: the fold writes into the copied model's own tensors (no second copy
+    of a folded weight is allocated: the Parameter deepcopy made is written in place, its version
+    bumped); repeated inference calls keep at most one packed form per conv weight (the cache does
+    not grow after the first call), each at most Winograd's 36/9 of its weight."""
+    torch.manual_seed(0)
+    model = randomize_bn(M.resnet18(num_classes=10)).eval()
+    opt = fastconv.optimize_for_inference(model)
+    convs = [m for m in opt.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight._version > 0 for c in convs)  # every resnet18 conv is folded, in place
+    fastconv.clear_packed_weights()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        counts = []
+        for _ in range(3):
+            opt(x)
+            c = fastconv.info()["cpu_packed_weights"]
+            counts.append((c["entries"], c["bytes"]))
+    fastconv.clear_packed_weights()
+    assert counts[0] == counts[1] == counts[2]
+    entries, nbytes = counts[0]
+    assert 0 < entries <= len(convs)
+    assert nbytes <= sum(4 * c.weight.nbytes + 64 * c.weight[0].nbytes for c in convs)  # (+ panel padding)

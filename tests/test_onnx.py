@@ -72,12 +72,12 @@ def test_small_cnn(exporter, tmp_path):
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_resnet50_optimized(exporter, tmp_path):
-    """Bottleneck blocks: each ends in one Conv2dAdd (conv3 + shortcut + ReLU), exported as Conv,
+    """Bottleneck blocks: each ends in one Conv2dFused (conv3 + shortcut + ReLU), exported as Conv,
     Add, Relu."""
     tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = fastconv.optimize_for_inference(tv.models.resnet50(num_classes=10).eval())
-    assert sum(type(m) is fastconv.Conv2dAdd for m in model.modules()) == 16
+    assert sum(type(m) is fastconv.Conv2dFused for m in model.modules()) == 16
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
@@ -110,6 +110,28 @@ def test_resnet18(exporter, form, tmp_path):
     assert_close(run_ort(tmp_path / "r.onnx", x)[0], ref, torch.float32, f"{form}/{exporter}")
 
 
+# (model, its fused activation, the nodes it becomes, how many)
+ACT_MODELS = [("mobilenet_v2", "relu6", ["Clip"], 35), ("mobilenet_v3_small", "hardswish", ["HardSwish"], 18),
+              ("efficientnet_b0", "silu", ["Sigmoid", "Mul"], 49)]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name,act,nodes,count", ACT_MODELS, ids=[m[0] for m in ACT_MODELS])
+def test_fused_activations_optimized(exporter, name, act, nodes, count, tmp_path):
+    """Models whose convolutions absorb ReLU6 / Hardswish / SiLU export with those as standard
+    nodes after their Conv, and ONNX Runtime reproduces the outputs."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = fastconv.optimize_for_inference(getattr(tv.models, name)(num_classes=10).eval())
+    assert sum(getattr(m, "activation", None) == act for m in model.modules()) == count
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    ops = op_types(export(model, x, exporter, tmp_path / "a.onnx"))
+    assert "BatchNormalization" not in ops and all(ops.count(n) >= count for n in nodes), ops
+    assert_close(run_ort(tmp_path / "a.onnx", x)[0], ref, torch.float32, exporter)
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_max_pool_indices(exporter, tmp_path):
     """MaxPool2d(return_indices=True): ONNX Runtime returns PyTorch's indices (h*W + w per plane)."""
@@ -138,6 +160,9 @@ class RawOps(nn.Module):
         ops = torch.ops.fastconv
         y = ops.conv2d_relu(x, self.w1, self.b1, [1, 1], [1, 1], [1, 1], 1)
         y = ops.conv2d_add(y, self.w3, self.b1, y, [1, 1], [1, 1], [1, 1], 1, True)
+        y = ops.conv2d_fused(y, self.w3, None, None, [1, 1], [1, 1], [1, 1], 1, "relu6")
+        y = ops.conv2d_fused(y, self.w3, self.b1, y, [1, 1], [1, 1], [1, 1], 1, "hardswish")
+        y = ops.conv2d_fused(y, self.w3, None, None, [1, 1], [1, 1], [1, 1], 1, "silu")
         y = ops.conv2d(y, self.w2, None, [2, 1], [0, 1], [1, 2], 4)
         y, idx = ops.max_pool2d(y, [3, 3], [2, 2], [1, 1], [1, 1], True)
         return ops.relu(y), idx
@@ -158,7 +183,7 @@ def test_raw_ops(exporter, tmp_path):
         ep = torch.export.export(model, (x,))
         assert {n.target for n in ep.graph.nodes if "fastconv" in str(n.target)} == {
             torch.ops.fastconv.conv2d_relu.default, torch.ops.fastconv.conv2d_add.default,
-            torch.ops.fastconv.conv2d.default,
+            torch.ops.fastconv.conv2d_fused.default, torch.ops.fastconv.conv2d.default,
             torch.ops.fastconv.max_pool2d.default, torch.ops.fastconv.relu.default}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -168,8 +193,11 @@ def test_raw_ops(exporter, tmp_path):
     else:
         proto = export(model, x, exporter, path)  # symbolics registered on import
     ops = op_types(proto)
-    assert [o for o in ops if o in ("Conv", "Add", "Relu", "MaxPool")] == [
-        "Conv", "Relu", "Conv", "Add", "Relu", "Conv", "MaxPool", "Relu"]
+    upto_pool = ops[:ops.index("MaxPool") + 1]  # (then the index conversion, whose Mul is not SiLU's)
+    assert [o for o in upto_pool if o in ("Conv", "Add", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul", "MaxPool")] == [
+        "Conv", "Relu", "Conv", "Add", "Relu", "Conv", "Clip", "Conv", "Add", "HardSwish", "Conv", "Sigmoid", "Mul",
+        "Conv", "MaxPool"], ops
+    assert ops[-1] == "Relu"
     out, oidx = run_ort(path, x)
     assert_close(out, ref, torch.float32, exporter)
     assert torch.equal(oidx, idx)

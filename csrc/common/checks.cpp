@@ -5,6 +5,8 @@
 
 #include <limits>
 #include <sstream>
+#include <string>
+#include <utility>
 
 namespace fastconv {
 namespace {
@@ -259,17 +261,26 @@ void check_relu_backward(const at::Tensor& grad_output, const at::Tensor& result
               grad_output.sizes(), " does not match result of size ", result.sizes());
 }
 
-Conv2dShape check_conv2d_add(const at::Tensor& input, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, const at::Tensor& residual,
-                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                             int64_t groups, DTypes dtypes) {
+Activation check_conv2d_fused(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, const at::Tensor& residual,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                              int64_t groups, c10::string_view activation, DTypes dtypes) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, dtypes);
-  TORCH_CHECK(residual.defined(), "fastconv.conv2d_add: residual must be a tensor");
-  check_same("conv2d_add", input, "input", residual, "residual");
-  TORCH_CHECK(residual.sizes() == at::IntArrayRef({s.N, s.K, s.P, s.Q}), "fastconv.conv2d_add: residual of size ",
-              residual.sizes(), " does not match the convolution's output size [", s.N, ", ", s.K, ", ", s.P, ", ",
-              s.Q, "]");
-  return s;
+  if (residual.defined()) {
+    check_same(op, input, "input", residual, "residual");
+    TORCH_CHECK(residual.sizes() == at::IntArrayRef({s.N, s.K, s.P, s.Q}), "fastconv.", op, ": residual of size ",
+                residual.sizes(), " does not match the convolution's output size [", s.N, ", ", s.K, ", ", s.P,
+                ", ", s.Q, "]");
+  }
+  static const std::pair<const char*, Activation> names[] = {{"none", Activation::kNone},
+                                                             {"relu", Activation::kRelu},
+                                                             {"relu6", Activation::kRelu6},
+                                                             {"hardswish", Activation::kHardswish},
+                                                             {"silu", Activation::kSilu}};
+  for (const auto& [name, act] : names)
+    if (activation == name) return act;
+  TORCH_CHECK(false, "fastconv.", op, ": unknown activation '", std::string(activation),
+              "' (expected one of 'none', 'relu', 'relu6', 'hardswish', 'silu')");
 }
 
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {

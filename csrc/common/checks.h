@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
 #include <initializer_list>
@@ -67,11 +68,15 @@ Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tenso
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups, DTypes dtypes);
 
-// check_conv2d plus: residual (conv2d_add) has the output's shape (N, K, P, Q), dtype and device.
-Conv2dShape check_conv2d_add(const at::Tensor& input, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, const at::Tensor& residual,
-                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                             int64_t groups, DTypes dtypes);
+// The activations conv2d_fused applies to its output (schemas.h names them).
+enum class Activation { kNone, kRelu, kRelu6, kHardswish, kSilu };
+
+// check_conv2d plus: residual (conv2d_fused, conv2d_add: `op`), when defined, has the output's
+// shape (N, K, P, Q), dtype and device; activation names an Activation. Returns that Activation.
+Activation check_conv2d_fused(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, const at::Tensor& residual,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                              int64_t groups, c10::string_view activation, DTypes dtypes);
 
 Pool2dShape check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding,

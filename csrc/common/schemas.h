@@ -14,8 +14,13 @@ inline void define_ops(torch::Library& m) {
   // relu(conv2d(...)) in one pass: the ReLU is applied in the convolution's epilogue.
   m.def("conv2d_relu(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups) -> Tensor");
-  // conv2d(...) + residual, then ReLU when `relu`: the end of a residual block (ResNet's
-  // `out += identity; out = relu(out)`) as one op; residual has the output's shape.
+  // activation(conv2d(...) + residual): a convolution with what follows it in a network fused
+  // into its output pass. residual (None or the output's shape) is added first; activation is one
+  // of "none", "relu", "relu6", "hardswish", "silu" (torch.nn's formulas).
+  m.def("conv2d_fused(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, str activation) -> Tensor");
+  // conv2d_fused with a residual and activation "relu" or "none": the end of a residual block
+  // (ResNet's `out += identity; out = relu(out)`) as one op.
   m.def("conv2d_add(Tensor input, Tensor weight, Tensor? bias, Tensor residual, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, bool relu) -> Tensor");
   // Gradients of conv2d. output_mask = (grad_input, grad_weight, grad_bias); a gradient that is

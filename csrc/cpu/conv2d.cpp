@@ -27,6 +27,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_strided.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/hardtanh.h>
+#include <ATen/ops/silu.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -361,26 +364,53 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, true);
 }
 
-// conv2d_add: the convolution with its bias (any kernel above), then one pass over the output
-// adding the residual and applying the ReLU (instead of the two passes and the extra tensor of a
-// separate add and relu).
+// conv2d_fused: the convolution with its bias (any kernel above; a lone ReLU in the kernel's own
+// epilogue), then, in place on the output, one pass adding the residual (with the ReLU), and the
+// other activations by ATen's in-place kernels (torch.nn's exact formulas, vectorised), so no
+// intermediate tensor is made. conv2d_add is conv2d_fused with activation "relu" or "none".
+at::Tensor conv2d_fused_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, const at::Tensor& residual,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                             c10::string_view activation) {
+  const Activation act =
+      check_conv2d_fused(op, input, weight, bias, residual, stride, padding, dilation, groups, activation, kCpuTypes);
+  const bool relu = act == Activation::kRelu;
+  at::Tensor y = conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, relu && !residual.defined());
+  if (residual.defined()) {
+    const at::Tensor r = residual.contiguous(conv2d_memory_format(input, weight));  // y's element order
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "fastconv_conv2d_add_cpu", [&] {
+      scalar_t* out = y.mutable_data_ptr<scalar_t>();
+      const scalar_t* add = r.const_data_ptr<scalar_t>();
+      at::parallel_for(0, y.numel(), 16384, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t v = out[i] + add[i];
+          out[i] = relu && v < scalar_t(0) ? scalar_t(0) : v;  // NaN stays NaN, as in relu
+        }
+      });
+    });
+  }
+  switch (act) {
+    case Activation::kRelu6: at::hardtanh_(y, 0, 6); break;  // F.relu6
+    case Activation::kHardswish: at::hardswish_(y); break;
+    case Activation::kSilu: at::silu_(y); break;
+    case Activation::kNone: case Activation::kRelu: break;
+  }
+  return y;
+}
+
+at::Tensor conv2d_fused_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, int64_t groups, c10::string_view activation) {
+  return conv2d_fused_impl("conv2d_fused", input, weight, bias, residual.value_or(at::Tensor()), stride, padding,
+                           dilation, groups, activation);
+}
+
 at::Tensor conv2d_add_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           const at::Tensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation, int64_t groups, bool relu) {
-  check_conv2d_add(input, weight, bias, residual, stride, padding, dilation, groups, kCpuTypes);
-  at::Tensor y = conv2d_cpu_impl(input, weight, bias, stride, padding, dilation, groups, false);
-  const at::Tensor r = residual.contiguous(conv2d_memory_format(input, weight));  // y's element order
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "fastconv_conv2d_add_cpu", [&] {
-    scalar_t* out = y.mutable_data_ptr<scalar_t>();
-    const scalar_t* add = r.const_data_ptr<scalar_t>();
-    at::parallel_for(0, y.numel(), 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t v = out[i] + add[i];
-        out[i] = relu && v < scalar_t(0) ? scalar_t(0) : v;  // NaN stays NaN, as in relu
-      }
-    });
-  });
-  return y;
+  TORCH_CHECK(residual.defined(), "fastconv.conv2d_add: residual must be a tensor");
+  return conv2d_fused_impl("conv2d_add", input, weight, bias, residual, stride, padding, dilation, groups,
+                           relu ? "relu" : "none");
 }
 
 // The requested gradients from dy, or with a gate from relu_backward(dy, gate) read on the fly;
@@ -555,6 +585,7 @@ Grads conv2d_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv2d", &fastconv::cpu::conv2d_cpu);
   m.impl("conv2d_relu", &fastconv::cpu::conv2d_relu_cpu);
+  m.impl("conv2d_fused", &fastconv::cpu::conv2d_fused_cpu);
   m.impl("conv2d_add", &fastconv::cpu::conv2d_add_cpu);
   m.impl("conv2d_backward", &fastconv::cpu::conv2d_backward_cpu);
   m.impl("conv2d_relu_backward", &fastconv::cpu::conv2d_relu_backward_cpu);
