@@ -399,9 +399,10 @@ struct TapTable {
   }
 };
 
-// Output pixels per chunk: the chunk's input rows and outputs about half of L2; a multiple of MR.
-inline int64_t direct_chunk(const NhwcGeometry& g, int64_t K, int64_t M, int64_t groups) {
-  const int64_t per_px = int64_t(sizeof(float)) * (g.R * g.C + K);
+// Output pixels per chunk: `depth` input values and K outputs per pixel in about half of L2; a
+// multiple of MR.
+inline int64_t direct_chunk(int64_t depth, int64_t K, int64_t M, int64_t groups) {
+  const int64_t per_px = int64_t(sizeof(float)) * (depth + K);
   int64_t px = std::max<int64_t>(4 * kDirectMR, cache_sizes().l2 / 2 / per_px);
   // at least 8 tasks for the threads (the result does not depend on the chunking)
   px = std::min(px, std::max<int64_t>(kDirectMR, ceil_div(M, ceil_div(8, groups))));
@@ -417,6 +418,13 @@ FC_TARGET_AVX512 inline void fma_bcast(__m512 (&acc)[2], const float* a, __m512 
   asm("vfmadd231ps %2%{1to16%}, %3, %0\n\tvfmadd231ps %2%{1to16%}, %4, %1"
       : "+v"(acc[0]), "+v"(acc[1])
       : "m"(*a), "v"(b0), "v"(b1));
+}
+
+// fma_bcast of a[t], addressed as base + index (the forward's rows each have their own base).
+FC_TARGET_AVX512 inline void fma_bcast_at(__m512 (&acc)[2], const float* a, int64_t t, __m512 b0, __m512 b1) {
+  asm("vfmadd231ps (%2,%3,4)%{1to16%}, %4, %0\n\tvfmadd231ps (%2,%3,4)%{1to16%}, %5, %1"
+      : "+v"(acc[0]), "+v"(acc[1])
+      : "r"(a), "r"(t), "v"(b0), "v"(b1), "m"(a[t]));
 }
 
 // Forward tile: C[i][0..n) (=|+=) sum over segments sg in [s0, s1), t < len of
@@ -436,7 +444,7 @@ FC_TARGET_AVX512 void direct_fwd_tile(const float* const* rows, int64_t nseg, in
     for (int64_t t = 0; t < len; ++t, bp += 32) {
       const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
 #pragma GCC unroll 14
-      for (int i = 0; i < MR; ++i) fma_bcast(acc[i], a[i] + t, b0, b1);
+      for (int i = 0; i < MR; ++i) fma_bcast_at(acc[i], a[i], t, b0, b1);
     }
   }
   const __mmask16 k0 = lanes(n), k1 = lanes(n - 16);
@@ -530,7 +538,8 @@ void direct_conv(const float* x, WtFn wt, const float* bias, float* y, const Con
   // fit, else slices of one segment.
   const int64_t kc = std::max<int64_t>(16, cache_sizes().l1 / 2 / (kDirectNR * int64_t(sizeof(float))));
   const int64_t segs_per_block = std::max<int64_t>(1, kc / seg.len), ulen = std::min(seg.len, kc);
-  const int64_t chunk = direct_chunk(geo, s.K, M, s.groups), chunks = ceil_div(M, chunk);
+  // A chunk's depth block of A stays in L2 while the tiles run over every column panel.
+  const int64_t chunk = direct_chunk(std::min(kc, geo.depth()), s.K, M, s.groups), chunks = ceil_div(M, chunk);
   at::parallel_for(0, chunks * s.groups, 1, [&](int64_t begin, int64_t end) {
     static thread_local TapTable<float> table;
     for (int64_t task = begin; task < end; ++task) {
@@ -581,7 +590,7 @@ void direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2d
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceil_div(8, s.groups * pgroups), M / 2048));
   const int64_t wsize = s.K * CRS;
   std::vector<float> partial(size_t((splits - 1) * wsize));
-  const int64_t chunk = direct_chunk(geo, s.K, M, 1);
+  const int64_t chunk = direct_chunk(geo.R * geo.C, s.K, M, 1);  // the pixels' input rows
   // depth rows per tile: the segment cut into near-equal blocks of at most MR
   const int64_t ublocks = ceil_div(seg.len, kDirectMR), ub = ceil_div(seg.len, ublocks);
   at::parallel_for(0, s.groups * pgroups * splits, 1, [&](int64_t begin, int64_t end) {
