@@ -412,52 +412,52 @@ inline int64_t direct_chunk(int64_t depth, int64_t K, int64_t M, int64_t groups)
 #if defined(__x86_64__)
 inline __mmask16 lanes(int n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
 
-// acc[0] += *a * b0, acc[1] += *a * b1, *a broadcast from memory by each FMA (embedded
-// broadcast: no separate broadcast instruction, which halves the instructions per FMA).
-FC_TARGET_AVX512 inline void fma_bcast(__m512 (&acc)[2], const float* a, __m512 b0, __m512 b1) {
-  asm("vfmadd231ps %2%{1to16%}, %3, %0\n\tvfmadd231ps %2%{1to16%}, %4, %1"
-      : "+v"(acc[0]), "+v"(acc[1])
-      : "m"(*a), "v"(b0), "v"(b1));
+// a[t] broadcast to 16 lanes by one load, written out so that the compiler neither folds the
+// broadcast into each FMA using it (one load per FMA) nor spends a register per row offset.
+FC_TARGET_AVX512 inline __m512 bcast_at(const float* a, int64_t t) {
+  __m512 v;
+  asm("vbroadcastss (%1,%2,4), %0" : "=v"(v) : "r"(a), "r"(t), "m"(a[t]));
+  return v;
 }
 
-// fma_bcast of a[t], addressed as base + index (the forward's rows each have their own base).
-FC_TARGET_AVX512 inline void fma_bcast_at(__m512 (&acc)[2], const float* a, int64_t t, __m512 b0, __m512 b1) {
-  asm("vfmadd231ps (%2,%3,4)%{1to16%}, %4, %0\n\tvfmadd231ps (%2,%3,4)%{1to16%}, %5, %1"
-      : "+v"(acc[0]), "+v"(acc[1])
-      : "r"(a), "r"(t), "v"(b0), "v"(b1), "m"(a[t]));
-}
-
-// Forward tile: C[i][0..n) (=|+=) sum over segments sg in [s0, s1), t < len of
-// rows[i*nseg + sg][u0 + t] * b[(sg*bseg) + t*32 + j]  (b already offset to depth u0).
-template <int MR>
+// Forward tile of MR pixels x NV*16 output channels: C[i][0..n) (=|+=) sum over segments sg in
+// [s0, s1), t < len of rows[i*nseg + sg][u0 + t] * b[sg*bseg + t*NV*16 + j] (b already offset to
+// depth u0). MR*NV accumulators + NV weight vectors fit the 32 zmm registers.
+template <int MR, int NV>
 FC_TARGET_AVX512 void direct_fwd_tile(const float* const* rows, int64_t nseg, int64_t s0, int64_t s1, int64_t u0,
                                       int64_t len, const float* b, int64_t bseg, float* c, int64_t rsc,
                                       bool accumulate, int n) {
-  __m512 acc[MR][2];
+  __m512 acc[MR][NV];
 #pragma GCC unroll 14
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   for (int64_t sg = s0; sg < s1; ++sg) {
     const float* a[MR];
 #pragma GCC unroll 14
     for (int i = 0; i < MR; ++i) a[i] = rows[i * nseg + sg] + u0;
     const float* bp = b + sg * bseg;
-    for (int64_t t = 0; t < len; ++t, bp += 32) {
-      const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+    for (int64_t t = 0; t < len; ++t, bp += NV * 16) {
+      __m512 bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(bp + 16 * v);
 #pragma GCC unroll 14
-      for (int i = 0; i < MR; ++i) fma_bcast_at(acc[i], a[i], t, b0, b1);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 ai = bcast_at(a[i], t);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+      }
     }
   }
-  const __mmask16 k0 = lanes(n), k1 = lanes(n - 16);
 #pragma GCC unroll 14
-  for (int i = 0; i < MR; ++i) {
-    float* ci = c + i * rsc;
-    if (accumulate) {
-      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(k0, ci));
-      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(k1, ci + 16));
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* ci = c + i * rsc + 16 * v;
+      const __mmask16 k = lanes(n - 16 * v);
+      if (accumulate) acc[i][v] = _mm512_add_ps(acc[i][v], _mm512_maskz_loadu_ps(k, ci));
+      _mm512_mask_storeu_ps(ci, k, acc[i][v]);
     }
-    _mm512_mask_storeu_ps(ci, k0, acc[i][0]);
-    _mm512_mask_storeu_ps(ci + 16, k1, acc[i][1]);
-  }
 }
 
 // Weight-gradient tile: out[i*32 + j] += sum over pixels p < np of rows[p*nseg][u0 + i] * dy[p*K + j]
@@ -471,10 +471,13 @@ FC_TARGET_AVX512 void direct_wgt_tile(const float* const* rows, int64_t nseg, in
   const __mmask16 k0 = lanes(n), k1 = lanes(n - 16);
   for (int64_t p = 0; p < np; ++p, dy += K) {
     const float* a = rows[p * nseg] + u0;
-    asm("" : "+r"(a));  // one base register: a + i as displacements, not MR offset registers
     const __m512 d0 = _mm512_maskz_loadu_ps(k0, dy), d1 = _mm512_maskz_loadu_ps(k1, dy + 16);
 #pragma GCC unroll 14
-    for (int i = 0; i < MR; ++i) fma_bcast(acc[i], a + i, d0, d1);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = bcast_at(a, i);
+      acc[i][0] = _mm512_fmadd_ps(ai, d0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(ai, d1, acc[i][1]);
+    }
   }
 #pragma GCC unroll 14
   for (int i = 0; i < MR; ++i) {
@@ -491,32 +494,39 @@ constexpr auto tile_table(std::integer_sequence<int, I...>) {
 }
 template <int MR>
 struct FwdTile {
-  static constexpr auto value = &direct_fwd_tile<MR>;
+  static constexpr auto value = &direct_fwd_tile<MR, 2>;
+};
+template <int MR>
+struct FwdTileWide {
+  static constexpr auto value = &direct_fwd_tile<MR, 4>;
 };
 template <int MR>
 struct WgtTile {
   static constexpr auto value = &direct_wgt_tile<MR>;
 };
 constexpr auto kFwdTiles = tile_table<FwdTile>(std::make_integer_sequence<int, kDirectMR>{});
+// 64 output channels (wide layers): 6 x 4 accumulators, a broadcast feeding 4 FMAs
+constexpr int kWideMR = 6;
+constexpr auto kFwdTilesWide = tile_table<FwdTileWide>(std::make_integer_sequence<int, kWideMR>{});
 constexpr auto kWgtTiles = tile_table<WgtTile>(std::make_integer_sequence<int, kDirectMR>{});
 #endif
 
-// The weights of every group as 32-column B panels over the whole depth: panel (g, jp) holds
-// bw[k*32 + j] = wt(g, jp*32 + j, r, s, c) for k = (r*S + s)*Cg + c, zero past Kg.
+// The weights of every group as nr-column B panels over the whole depth: panel (g, jp) holds
+// bw[k*nr + j] = wt(g, jp*nr + j, r, s, c) for k = (r*S + s)*Cg + c, zero past Kg.
 template <typename WtFn>
 float* pack_direct_weights(Scratch<float>& buf, WtFn wt, int64_t groups, int64_t Kg, int64_t R, int64_t S,
-                           int64_t Cg) {
-  const int64_t panels = ceil_div(Kg, kDirectNR), psize = R * S * Cg * kDirectNR;
+                           int64_t Cg, int64_t nr) {
+  const int64_t panels = ceil_div(Kg, nr), psize = R * S * Cg * nr;
   float* bw = buf.get(groups * panels * psize);
   at::parallel_for(0, groups * panels, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
-      const int64_t g = t / panels, j0 = (t % panels) * kDirectNR, nj = std::min(kDirectNR, Kg - j0);
+      const int64_t g = t / panels, j0 = (t % panels) * nr, nj = std::min(nr, Kg - j0);
       float* d = bw + t * psize;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
-          for (int64_t c = 0; c < Cg; ++c, d += kDirectNR) {
+          for (int64_t c = 0; c < Cg; ++c, d += nr) {
             for (int64_t j = 0; j < nj; ++j) d[j] = wt(g, j0 + j, r, s, c);
-            std::fill(d + nj, d + kDirectNR, 0.f);
+            std::fill(d + nj, d + nr, 0.f);
           }
     }
   });
@@ -530,13 +540,19 @@ void direct_conv(const float* x, WtFn wt, const float* bias, float* y, const Con
 #if defined(__x86_64__)
   const NhwcGeometry geo(s);
   const Segments seg(geo);
-  const int64_t Kg = s.Kg(), M = s.N * s.P * s.Q, panels = ceil_div(Kg, kDirectNR);
+  // Tiles of 14 pixels x 32 output channels, or 6 x 64 when there are 64 or more (fewer
+  // broadcasts per FMA).
+  const int64_t Kg = s.Kg(), M = s.N * s.P * s.Q;
+  const bool wide = Kg >= 64;
+  const int64_t nr = wide ? 2 * kDirectNR : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
+  const auto tiles = wide ? kFwdTilesWide.data() : kFwdTiles.data();
+  const int64_t panels = ceil_div(Kg, nr);
   Scratch<float> wbuf;
-  const float* bw = pack_direct_weights(wbuf, wt, s.groups, Kg, geo.R, geo.S, geo.Cg);
-  const int64_t psize = geo.depth() * kDirectNR;
+  const float* bw = pack_direct_weights(wbuf, wt, s.groups, Kg, geo.R, geo.S, geo.Cg, nr);
+  const int64_t psize = geo.depth() * nr;
   // Depth blocks: a B block (depth x 32 floats) of about half of L1: whole segments when they
   // fit, else slices of one segment.
-  const int64_t kc = std::max<int64_t>(16, cache_sizes().l1 / 2 / (kDirectNR * int64_t(sizeof(float))));
+  const int64_t kc = std::max<int64_t>(16, cache_sizes().l1 / 2 / (nr * int64_t(sizeof(float))));
   const int64_t segs_per_block = std::max<int64_t>(1, kc / seg.len), ulen = std::min(seg.len, kc);
   // A chunk's depth block of A stays in L2 while the tiles run over every column panel.
   const int64_t chunk = direct_chunk(std::min(kc, geo.depth()), s.K, M, s.groups), chunks = ceil_div(M, chunk);
@@ -553,12 +569,12 @@ void direct_conv(const float* x, WtFn wt, const float* bias, float* y, const Con
           const int64_t len = std::min(ulen, seg.len - u0);
           const bool acc = s0 > 0 || u0 > 0;
           for (int64_t jp = 0; jp < panels; ++jp) {
-            const float* b = bw + (g * panels + jp) * psize + u0 * kDirectNR;
-            const int nc = int(std::min(kDirectNR, Kg - jp * kDirectNR));
-            for (int64_t i0 = 0; i0 < n; i0 += kDirectMR) {
-              const int mr = int(std::min<int64_t>(kDirectMR, n - i0));
-              kFwdTiles[mr - 1](rows + i0 * seg.count, seg.count, s0, s1, u0, len, b, seg.len * kDirectNR,
-                                yt + i0 * s.K + jp * kDirectNR, s.K, acc, nc);
+            const float* b = bw + (g * panels + jp) * psize + u0 * nr;
+            const int nc = int(std::min(nr, Kg - jp * nr));
+            for (int64_t i0 = 0; i0 < n; i0 += mr_max) {
+              const int mr = int(std::min(mr_max, n - i0));
+              tiles[mr - 1](rows + i0 * seg.count, seg.count, s0, s1, u0, len, b, seg.len * nr,
+                            yt + i0 * s.K + jp * nr, s.K, acc, nc);
             }
           }
         }
