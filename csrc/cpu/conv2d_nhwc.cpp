@@ -460,31 +460,38 @@ FC_TARGET_AVX512 void direct_fwd_tile(const float* const* rows, int64_t nseg, in
     }
 }
 
-// Weight-gradient tile: out[i*32 + j] += sum over pixels p < np of rows[p*nseg][u0 + i] * dy[p*K + j]
-// for i < MR, j < 32 (dy read as zeros from column n on): rows of the transposed gradient.
-template <int MR>
+// Weight-gradient tile of MR depth indices x NV*16 output channels: out[i*NV*16 + j] += sum over
+// pixels p < np of rows[p*nseg][u0 + i] * dy[p*K + j] (dy read as zeros from column n on): rows
+// of the transposed gradient.
+template <int MR, int NV>
 FC_TARGET_AVX512 void direct_wgt_tile(const float* const* rows, int64_t nseg, int64_t np, int64_t u0, const float* dy,
                                       int64_t K, float* out, int n) {
-  __m512 acc[MR][2];
+  __m512 acc[MR][NV];
 #pragma GCC unroll 14
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  const __mmask16 k0 = lanes(n), k1 = lanes(n - 16);
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  __mmask16 k[NV];
+  for (int v = 0; v < NV; ++v) k[v] = lanes(n - 16 * v);
   for (int64_t p = 0; p < np; ++p, dy += K) {
     const float* a = rows[p * nseg] + u0;
-    const __m512 d0 = _mm512_maskz_loadu_ps(k0, dy), d1 = _mm512_maskz_loadu_ps(k1, dy + 16);
+    __m512 d[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) d[v] = _mm512_maskz_loadu_ps(k[v], dy + 16 * v);
 #pragma GCC unroll 14
     for (int i = 0; i < MR; ++i) {
       const __m512 ai = bcast_at(a, i);
-      acc[i][0] = _mm512_fmadd_ps(ai, d0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(ai, d1, acc[i][1]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, d[v], acc[i][v]);
     }
   }
 #pragma GCC unroll 14
-  for (int i = 0; i < MR; ++i) {
-    float* o = out + i * 32;
-    _mm512_storeu_ps(o, _mm512_add_ps(acc[i][0], _mm512_loadu_ps(o)));
-    _mm512_storeu_ps(o + 16, _mm512_add_ps(acc[i][1], _mm512_loadu_ps(o + 16)));
-  }
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* o = out + i * NV * 16 + 16 * v;
+      _mm512_storeu_ps(o, _mm512_add_ps(acc[i][v], _mm512_loadu_ps(o)));
+    }
 }
 
 // The tiles by row count 1..kDirectMR.
@@ -502,13 +509,18 @@ struct FwdTileWide {
 };
 template <int MR>
 struct WgtTile {
-  static constexpr auto value = &direct_wgt_tile<MR>;
+  static constexpr auto value = &direct_wgt_tile<MR, 2>;
+};
+template <int MR>
+struct WgtTileWide {
+  static constexpr auto value = &direct_wgt_tile<MR, 4>;
 };
 constexpr auto kFwdTiles = tile_table<FwdTile>(std::make_integer_sequence<int, kDirectMR>{});
 // 64 output channels (wide layers): 6 x 4 accumulators, a broadcast feeding 4 FMAs
 constexpr int kWideMR = 6;
 constexpr auto kFwdTilesWide = tile_table<FwdTileWide>(std::make_integer_sequence<int, kWideMR>{});
 constexpr auto kWgtTiles = tile_table<WgtTile>(std::make_integer_sequence<int, kDirectMR>{});
+constexpr auto kWgtTilesWide = tile_table<WgtTileWide>(std::make_integer_sequence<int, kWideMR>{});
 #endif
 
 // The weights of every group as nr-column B panels over the whole depth: panel (g, jp) holds
@@ -600,7 +612,12 @@ void direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2d
 #if defined(__x86_64__)
   const NhwcGeometry geo(s);
   const Segments seg(geo);
-  const int64_t Kg = s.Kg(), CRS = geo.depth(), M = s.N * s.P * s.Q, panels = ceil_div(Kg, kDirectNR);
+  // Tiles of 14 depth indices x 32 output channels, or 6 x 64 when there are 64 or more.
+  const int64_t Kg = s.Kg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
+  const bool wide = Kg >= 64;
+  const int64_t nr = wide ? 2 * kDirectNR : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
+  const auto tiles = wide ? kWgtTilesWide.data() : kWgtTiles.data();
+  const int64_t panels = ceil_div(Kg, nr);
   // Tasks: groups x panel groups (disjoint parts of dW) x pixel splits (partial sums).
   const int64_t ppg = ceil_div(panels, std::min<int64_t>(panels, 8)), pgroups = ceil_div(panels, ppg);
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceil_div(8, s.groups * pgroups), M / 2048));
@@ -608,35 +625,35 @@ void direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2d
   std::vector<float> partial(size_t((splits - 1) * wsize));
   const int64_t chunk = direct_chunk(geo.R * geo.C, s.K, M, 1);  // the pixels' input rows
   // depth rows per tile: the segment cut into near-equal blocks of at most MR
-  const int64_t ublocks = ceil_div(seg.len, kDirectMR), ub = ceil_div(seg.len, ublocks);
+  const int64_t ublocks = ceil_div(seg.len, mr_max), ub = ceil_div(seg.len, ublocks);
   at::parallel_for(0, s.groups * pgroups * splits, 1, [&](int64_t begin, int64_t end) {
     static thread_local TapTable<float> table;
-    static thread_local Scratch<float> dwt_buf;  // this task's panels of dW transposed: [panel][k][32]
+    static thread_local Scratch<float> dwt_buf;  // this task's panels of dW transposed: [panel][k][nr]
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task % s.groups, pg = (task / s.groups) % pgroups, sp = task / (s.groups * pgroups);
       const int64_t m_begin = sp * M / splits, m_end = (sp + 1) * M / splits;
       const int64_t jp0 = pg * ppg, jp1 = std::min(panels, jp0 + ppg);
-      float* dwt = dwt_buf.get((jp1 - jp0) * CRS * kDirectNR);
-      std::fill(dwt, dwt + (jp1 - jp0) * CRS * kDirectNR, 0.f);
+      float* dwt = dwt_buf.get((jp1 - jp0) * CRS * nr);
+      std::fill(dwt, dwt + (jp1 - jp0) * CRS * nr, 0.f);
       for (int64_t m0 = m_begin; m0 < m_end; m0 += chunk) {
         const int64_t n = std::min(chunk, m_end - m0);
         table.build(geo, seg, x + g * geo.Cg, m0, n);
         for (int64_t jp = jp0; jp < jp1; ++jp) {
-          const int nc = int(std::min(kDirectNR, Kg - jp * kDirectNR));
-          const float* dyp = dy + m0 * s.K + g * Kg + jp * kDirectNR;
+          const int nc = int(std::min(nr, Kg - jp * nr));
+          const float* dyp = dy + m0 * s.K + g * Kg + jp * nr;
           for (int64_t sg = 0; sg < seg.count; ++sg)
             for (int64_t u0 = 0; u0 < seg.len; u0 += ub) {
               const int mr = int(std::min(ub, seg.len - u0));
-              kWgtTiles[mr - 1](table.rows.data() + sg, seg.count, n, u0, dyp, s.K,
-                                dwt + ((jp - jp0) * CRS + sg * seg.len + u0) * kDirectNR, nc);
+              tiles[mr - 1](table.rows.data() + sg, seg.count, n, u0, dyp, s.K,
+                            dwt + ((jp - jp0) * CRS + sg * seg.len + u0) * nr, nc);
             }
         }
       }
       float* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS;
       for (int64_t jp = jp0; jp < jp1; ++jp)
-        for (int64_t j = 0; j < std::min(kDirectNR, Kg - jp * kDirectNR); ++j)
+        for (int64_t j = 0; j < std::min(nr, Kg - jp * nr); ++j)
           for (int64_t k = 0; k < CRS; ++k)
-            out[(jp * kDirectNR + j) * CRS + k] = dwt[((jp - jp0) * CRS + k) * kDirectNR + j];
+            out[(jp * nr + j) * CRS + k] = dwt[((jp - jp0) * CRS + k) * nr + j];
     }
   });
   add_partial_sums(dw, partial.data(), splits, wsize);
