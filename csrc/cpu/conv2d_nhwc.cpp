@@ -420,6 +420,13 @@ FC_TARGET_AVX512 inline __m512 bcast_at(const float* a, int64_t t) {
   return v;
 }
 
+// acc[v] += a * b[v]: one tile row's FMAs.
+template <int NV>
+FC_TARGET_AVX512 inline void fma_row(__m512 (&acc)[NV], __m512 a, const __m512 (&b)[NV]) {
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(a, b[v], acc[v]);
+}
+
 // Forward tile of MR pixels x NV*16 output channels: C[i][0..n) (=|+=) sum over segments sg in
 // [s0, s1), t < len of rows[i*nseg + sg][u0 + t] * b[sg*bseg + t*NV*16 + j] (b already offset to
 // depth u0). MR*NV accumulators + NV weight vectors fit the 32 zmm registers.
@@ -442,11 +449,7 @@ FC_TARGET_AVX512 void direct_fwd_tile(const float* const* rows, int64_t nseg, in
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(bp + 16 * v);
 #pragma GCC unroll 14
-      for (int i = 0; i < MR; ++i) {
-        const __m512 ai = bcast_at(a[i], t);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
-      }
+      for (int i = 0; i < MR; ++i) fma_row(acc[i], bcast_at(a[i], t), bv);
     }
   }
 #pragma GCC unroll 14
@@ -479,11 +482,7 @@ FC_TARGET_AVX512 void direct_wgt_tile(const float* const* rows, int64_t nseg, in
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) d[v] = _mm512_maskz_loadu_ps(k[v], dy + 16 * v);
 #pragma GCC unroll 14
-    for (int i = 0; i < MR; ++i) {
-      const __m512 ai = bcast_at(a, i);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, d[v], acc[i][v]);
-    }
+    for (int i = 0; i < MR; ++i) fma_row(acc[i], bcast_at(a, i), d);
   }
 #pragma GCC unroll 14
   for (int i = 0; i < MR; ++i)
@@ -494,33 +493,21 @@ FC_TARGET_AVX512 void direct_wgt_tile(const float* const* rows, int64_t nseg, in
     }
 }
 
-// The tiles by row count 1..kDirectMR.
-template <template <int> class Fn, int... I>
-constexpr auto tile_table(std::integer_sequence<int, I...>) {
-  return std::array{Fn<I + 1>::value...};
+// The tiles of NV vectors by row count 1..sizeof...(I).
+template <int NV, int... I>
+constexpr auto fwd_tiles(std::integer_sequence<int, I...>) {
+  return std::array{&direct_fwd_tile<I + 1, NV>...};
 }
-template <int MR>
-struct FwdTile {
-  static constexpr auto value = &direct_fwd_tile<MR, 2>;
-};
-template <int MR>
-struct FwdTileWide {
-  static constexpr auto value = &direct_fwd_tile<MR, 4>;
-};
-template <int MR>
-struct WgtTile {
-  static constexpr auto value = &direct_wgt_tile<MR, 2>;
-};
-template <int MR>
-struct WgtTileWide {
-  static constexpr auto value = &direct_wgt_tile<MR, 4>;
-};
-constexpr auto kFwdTiles = tile_table<FwdTile>(std::make_integer_sequence<int, kDirectMR>{});
+template <int NV, int... I>
+constexpr auto wgt_tiles(std::integer_sequence<int, I...>) {
+  return std::array{&direct_wgt_tile<I + 1, NV>...};
+}
 // 64 output channels (wide layers): 6 x 4 accumulators, a broadcast feeding 4 FMAs
 constexpr int kWideMR = 6;
-constexpr auto kFwdTilesWide = tile_table<FwdTileWide>(std::make_integer_sequence<int, kWideMR>{});
-constexpr auto kWgtTiles = tile_table<WgtTile>(std::make_integer_sequence<int, kDirectMR>{});
-constexpr auto kWgtTilesWide = tile_table<WgtTileWide>(std::make_integer_sequence<int, kWideMR>{});
+constexpr auto kFwdTiles = fwd_tiles<2>(std::make_integer_sequence<int, kDirectMR>{});
+constexpr auto kFwdTilesWide = fwd_tiles<4>(std::make_integer_sequence<int, kWideMR>{});
+constexpr auto kWgtTiles = wgt_tiles<2>(std::make_integer_sequence<int, kDirectMR>{});
+constexpr auto kWgtTilesWide = wgt_tiles<4>(std::make_integer_sequence<int, kWideMR>{});
 #endif
 
 // The weights of every group as nr-column B panels over the whole depth: panel (g, jp) holds
