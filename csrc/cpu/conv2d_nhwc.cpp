@@ -506,6 +506,7 @@ constexpr auto wgt_tiles(std::integer_sequence<int, I...>) {
 constexpr int kWideMR = 6;
 constexpr auto kFwdTiles = fwd_tiles<2>(std::make_integer_sequence<int, kDirectMR>{});
 constexpr auto kFwdTilesWide = fwd_tiles<4>(std::make_integer_sequence<int, kWideMR>{});
+constexpr auto kFwdTilesNarrow = fwd_tiles<1>(std::make_integer_sequence<int, kDirectMR>{});
 constexpr auto kWgtTiles = wgt_tiles<2>(std::make_integer_sequence<int, kDirectMR>{});
 constexpr auto kWgtTilesWide = wgt_tiles<4>(std::make_integer_sequence<int, kWideMR>{});
 #endif
@@ -539,12 +540,13 @@ void direct_conv(const float* x, WtFn wt, const float* bias, float* y, const Con
 #if defined(__x86_64__)
   const NhwcGeometry geo(s);
   const Segments seg(geo);
-  // Tiles of 14 pixels x 32 output channels, or 6 x 64 when there are 64 or more (fewer
-  // broadcasts per FMA).
+  // Tiles of 14 pixels x 32 output channels, 6 x 64 when there are 64 or more (fewer broadcasts
+  // per FMA), 14 x 16 when there are 16 or fewer (fewer idle lanes: the input gradient of an RGB
+  // layer has 3).
   const int64_t Kg = s.Kg(), M = s.N * s.P * s.Q;
-  const bool wide = Kg >= 64;
-  const int64_t nr = wide ? 2 * kDirectNR : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
-  const auto tiles = wide ? kFwdTilesWide.data() : kFwdTiles.data();
+  const bool wide = Kg >= 64, narrow = Kg <= 16;
+  const int64_t nr = wide ? 2 * kDirectNR : narrow ? kDirectNR / 2 : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
+  const auto tiles = wide ? kFwdTilesWide.data() : narrow ? kFwdTilesNarrow.data() : kFwdTiles.data();
   const int64_t panels = ceil_div(Kg, nr);
   Scratch<float> wbuf;
   const float* bw = pack_direct_weights(wbuf, wt, s.groups, Kg, geo.R, geo.S, geo.Cg, nr);
