@@ -182,6 +182,14 @@ ISA_CONVS = [
     # few channels: 8 pixels of a row packed by register permutes (AVX-512), edges by the runs
     (2, 3, 6, 29, 32, (3, 3), 1, (1, 0), (2, 1), 1, True),
     (1, 1, 5, 40, 16, (2, 5), 1, (0, 2), 1, 1, True),
+    # the direct float32 AVX-512 path: kernel rows deeper than a depth block (sliced), pixels in
+    # several chunks and two weight-gradient partial sums, every window straddling the padding,
+    # dilation (one segment per tap), rows shorter than a 14-pixel tile
+    (2, 100, 7, 9, 40, (3, 3), 1, 1, 1, 1, True),
+    (2, 4, 48, 50, 8, (3, 3), 1, 1, 1, 1, True),
+    (1, 7, 6, 5, 12, (1, 5), 1, (0, 3), 1, 1, True),
+    (1, 6, 12, 13, 10, (3, 3), 1, 2, 2, 1, True),
+    (3, 33, 4, 3, 65, (3, 3), 1, 1, 1, 1, False),
 ]
 
 
@@ -191,12 +199,14 @@ def test_conv2d_every_cpu_isa(cpu_isa, cfg, dtype, rng):
     _conv_check(cpu_backend(), cfg, dtype, rng)
 
 
-def test_conv2d_weight_grad_deterministic(rng):
-    """Bit-identical gradients with 1 and 2 threads (fixed-order reductions)."""
-    x = randn((5, 16, 23, 21), rng).contiguous(memory_format=CL)
+@pytest.mark.parametrize("stride", [2, 1])
+def test_conv2d_weight_grad_deterministic(stride, rng):
+    """Bit-identical gradients with 1 and 2 threads (fixed-order reductions; stride 1: the direct
+    path's partial sums over pixel ranges)."""
+    x = randn((5, 16, 23, 41), rng).contiguous(memory_format=CL)
     w = randn((24, 16, 3, 3), rng).contiguous(memory_format=CL)
-    gy = randn((5, 24, 12, 11), rng).contiguous(memory_format=CL)
-    args = ([2, 2], [1, 1], [1, 1], 1, [True, True, True])
+    gy = randn((5, 24, (23 - 1) // stride + 1, (41 - 1) // stride + 1), rng).contiguous(memory_format=CL)
+    args = ([stride, stride], [1, 1], [1, 1], 1, [True, True, True])
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

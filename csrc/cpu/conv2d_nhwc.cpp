@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -317,6 +319,338 @@ void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, acc_t<T>* y, const Conv2
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// The direct path (float32 on AVX-512): no im2col panels. For a chunk of output pixels a *tap
+// table* gives, per pixel and segment, where that segment's depth values lie: a segment is a
+// kernel row r (taps adjacent: S*Cg values, contiguous in x) or one tap (r, s) (Cg values). The
+// pointer is into x itself, into a zero row (the segment is all padding), or into a row of the
+// chunk's edge buffer (a kernel row that straddles the left/right padding, copied with zeros).
+// The micro-kernels then broadcast A straight from those rows: the forward's MR x 32 tile
+// (pixels x output channels) and the weight gradient's MR x 32 tile (depth x output channels,
+// summed over the chunk's pixels); B (weights, resp. dy rows) is read as 32-float rows.
+
+constexpr int kDirectMR = 14;  // rows of a tile: 2*14 accumulators + 2 B vectors of the 32 zmm
+constexpr int64_t kDirectNR = 32; // output channels of a tile (two 16-float vectors)
+
+// Whether the direct path serves T on the ISA in use.
+template <typename T>
+bool direct_nhwc() {
+  return std::is_same_v<T, float> && current_isa() >= Isa::kAvx512;
+}
+
+// The segments of NhwcGeometry g: count, values per segment (Ls), and depth k = seg*Ls + u.
+struct Segments {
+  bool adjacent;
+  int64_t count, len;
+  explicit Segments(const NhwcGeometry& g)
+      : adjacent(g.taps_adjacent()), count(adjacent ? g.R : g.R * g.S), len(adjacent ? g.S * g.Cg : g.Cg) {}
+};
+
+// The tap table of pixels [m0, m0 + n): rows[i*seg.count + sg] points at segment sg of pixel m0+i.
+template <typename T>
+struct TapTable {
+  std::vector<const T*> rows;
+  Scratch<T> edge;
+  void build(const NhwcGeometry& g, const Segments& seg, const T* xg, int64_t m0, int64_t n) {
+    rows.resize(size_t(n * seg.count));
+    const T* zero = zeros<T>(seg.len);
+    // Edge rows: only merged kernel rows can straddle the padding, at most R per pixel.
+    int64_t straddling = 0;
+    for (int64_t i = 0, q = m0 % g.Q; i < n; ++i, q = q + 1 == g.Q ? 0 : q + 1) {
+      const int64_t w0 = q * g.sw - g.pw;
+      straddling += (w0 < 0 || w0 + g.S > g.W) && w0 + g.S > 0 && w0 < g.W;
+    }
+    T* e = seg.adjacent ? edge.get(std::max<int64_t>(1, straddling * g.R * seg.len)) : nullptr;
+    int64_t q = m0 % g.Q, p = (m0 / g.Q) % g.P, img = (m0 / (g.P * g.Q)) * g.H * g.W * g.C;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t h0 = p * g.sh - g.ph, w0 = q * g.sw - g.pw;
+      const T** out = rows.data() + i * seg.count;
+      if (seg.adjacent) {
+        const bool inside = w0 >= 0 && w0 + g.S - 1 < g.W;
+        for (int64_t r = 0; r < g.R; ++r) {
+          const int64_t h = h0 + r * g.dh;
+          if (h < 0 || h >= g.H || w0 + g.S <= 0 || w0 >= g.W) {
+            out[r] = zero;
+          } else if (inside) {
+            out[r] = xg + img + (h * g.W + w0) * g.C;
+          } else {
+            for (int64_t s = 0; s < g.S; ++s) {
+              const int64_t w = w0 + s;
+              T* d = e + s * g.Cg;
+              if (w < 0 || w >= g.W) std::fill(d, d + g.Cg, T(0));
+              else std::copy(xg + img + (h * g.W + w) * g.C, xg + img + (h * g.W + w) * g.C + g.Cg, d);
+            }
+            out[r] = e;
+            e += seg.len;
+          }
+        }
+      } else {
+        for (int64_t r = 0; r < g.R; ++r)
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t h = h0 + r * g.dh, w = w0 + s * g.dw;
+            out[r * g.S + s] = h < 0 || h >= g.H || w < 0 || w >= g.W ? zero : xg + img + (h * g.W + w) * g.C;
+          }
+      }
+      if (++q == g.Q) {
+        q = 0;
+        if (++p == g.P) p = 0, img += g.H * g.W * g.C;
+      }
+    }
+  }
+};
+
+// Output pixels per chunk: `depth` input values and K outputs per pixel in about half of L2; a
+// multiple of MR.
+inline int64_t direct_chunk(int64_t depth, int64_t K, int64_t M, int64_t groups) {
+  const int64_t per_px = int64_t(sizeof(float)) * (depth + K);
+  int64_t px = std::max<int64_t>(4 * kDirectMR, cache_sizes().l2 / 2 / per_px);
+  // at least 8 tasks for the threads (the result does not depend on the chunking)
+  px = std::min(px, std::max<int64_t>(kDirectMR, ceil_div(M, ceil_div(8, groups))));
+  return round_up(px, kDirectMR);
+}
+
+#if defined(__x86_64__)
+inline __mmask16 lanes(int n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
+
+// a[t] broadcast to 16 lanes by one load, written out so that the compiler neither folds the
+// broadcast into each FMA using it (one load per FMA) nor spends a register per row offset.
+FC_TARGET_AVX512 inline __m512 bcast_at(const float* a, int64_t t) {
+  __m512 v;
+  asm("vbroadcastss (%1,%2,4), %0" : "=v"(v) : "r"(a), "r"(t), "m"(a[t]));
+  return v;
+}
+
+// acc[v] += a * b[v]: one tile row's FMAs.
+template <int NV>
+FC_TARGET_AVX512 inline void fma_row(__m512 (&acc)[NV], __m512 a, const __m512 (&b)[NV]) {
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(a, b[v], acc[v]);
+}
+
+// Forward tile of MR pixels x NV*16 output channels: C[i][0..n) (=|+=) sum over segments sg in
+// [s0, s1), t < len of rows[i*nseg + sg][u0 + t] * b[sg*bseg + t*NV*16 + j] (b already offset to
+// depth u0). MR*NV accumulators + NV weight vectors fit the 32 zmm registers.
+template <int MR, int NV>
+FC_TARGET_AVX512 void direct_fwd_tile(const float* const* rows, int64_t nseg, int64_t s0, int64_t s1, int64_t u0,
+                                      int64_t len, const float* b, int64_t bseg, float* c, int64_t rsc,
+                                      bool accumulate, int n) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t sg = s0; sg < s1; ++sg) {
+    const float* a[MR];
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; ++i) a[i] = rows[i * nseg + sg] + u0;
+    const float* bp = b + sg * bseg;
+    for (int64_t t = 0; t < len; ++t, bp += NV * 16) {
+      __m512 bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(bp + 16 * v);
+#pragma GCC unroll 14
+      for (int i = 0; i < MR; ++i) fma_row(acc[i], bcast_at(a[i], t), bv);
+    }
+  }
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* ci = c + i * rsc + 16 * v;
+      const __mmask16 k = lanes(n - 16 * v);
+      if (accumulate) acc[i][v] = _mm512_add_ps(acc[i][v], _mm512_maskz_loadu_ps(k, ci));
+      _mm512_mask_storeu_ps(ci, k, acc[i][v]);
+    }
+}
+
+// Weight-gradient tile of MR depth indices x NV*16 output channels: out[i*NV*16 + j] += sum over
+// pixels p < np of rows[p*nseg][u0 + i] * dy[p*K + j] (dy read as zeros from column n on): rows
+// of the transposed gradient.
+template <int MR, int NV>
+FC_TARGET_AVX512 void direct_wgt_tile(const float* const* rows, int64_t nseg, int64_t np, int64_t u0, const float* dy,
+                                      int64_t K, float* out, int n) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  __mmask16 k[NV];
+  for (int v = 0; v < NV; ++v) k[v] = lanes(n - 16 * v);
+  for (int64_t p = 0; p < np; ++p, dy += K) {
+    const float* a = rows[p * nseg] + u0;
+    __m512 d[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) d[v] = _mm512_maskz_loadu_ps(k[v], dy + 16 * v);
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; ++i) fma_row(acc[i], bcast_at(a, i), d);
+  }
+#pragma GCC unroll 14
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* o = out + i * NV * 16 + 16 * v;
+      _mm512_storeu_ps(o, _mm512_add_ps(acc[i][v], _mm512_loadu_ps(o)));
+    }
+}
+
+// The tiles of NV vectors by row count 1..sizeof...(I).
+template <int NV, int... I>
+constexpr auto fwd_tiles(std::integer_sequence<int, I...>) {
+  return std::array{&direct_fwd_tile<I + 1, NV>...};
+}
+template <int NV, int... I>
+constexpr auto wgt_tiles(std::integer_sequence<int, I...>) {
+  return std::array{&direct_wgt_tile<I + 1, NV>...};
+}
+// 64 output channels (wide layers): 6 x 4 accumulators, a broadcast feeding 4 FMAs
+constexpr int kWideMR = 6;
+constexpr auto kFwdTiles = fwd_tiles<2>(std::make_integer_sequence<int, kDirectMR>{});
+constexpr auto kFwdTilesWide = fwd_tiles<4>(std::make_integer_sequence<int, kWideMR>{});
+constexpr auto kFwdTilesNarrow = fwd_tiles<1>(std::make_integer_sequence<int, kDirectMR>{});
+constexpr auto kWgtTiles = wgt_tiles<2>(std::make_integer_sequence<int, kDirectMR>{});
+constexpr auto kWgtTilesWide = wgt_tiles<4>(std::make_integer_sequence<int, kWideMR>{});
+#endif
+
+// The weights of every group as nr-column B panels over the whole depth: panel (g, jp) holds
+// bw[k*nr + j] = wt(g, jp*nr + j, r, s, c) for k = (r*S + s)*Cg + c, zero past Kg.
+template <typename WtFn>
+float* pack_direct_weights(Scratch<float>& buf, WtFn wt, int64_t groups, int64_t Kg, int64_t R, int64_t S,
+                           int64_t Cg, int64_t nr) {
+  const int64_t panels = ceil_div(Kg, nr), psize = R * S * Cg * nr;
+  float* bw = buf.get(groups * panels * psize);
+  at::parallel_for(0, groups * panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t g = t / panels, j0 = (t % panels) * nr, nj = std::min(nr, Kg - j0);
+      float* d = bw + t * psize;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t c = 0; c < Cg; ++c, d += nr) {
+            for (int64_t j = 0; j < nj; ++j) d[j] = wt(g, j0 + j, r, s, c);
+            std::fill(d + nj, d + nr, 0.f);
+          }
+    }
+  });
+  return bw;
+}
+
+// The forward (or the stride-1 input gradient as its dual) by the direct path: y (N, P, Q, K)
+// = conv(x, w) with wt(g, j, r, s, c) the weight of output channel j of group g.
+template <typename WtFn>
+void direct_conv(const float* x, WtFn wt, const float* bias, float* y, const Conv2dShape& s, bool relu) {
+#if defined(__x86_64__)
+  const NhwcGeometry geo(s);
+  const Segments seg(geo);
+  // Tiles of 14 pixels x 32 output channels, 6 x 64 when there are 64 or more (fewer broadcasts
+  // per FMA), 14 x 16 when there are 16 or fewer (fewer idle lanes: the input gradient of an RGB
+  // layer has 3).
+  const int64_t Kg = s.Kg(), M = s.N * s.P * s.Q;
+  const bool wide = Kg >= 64, narrow = Kg <= 16;
+  const int64_t nr = wide ? 2 * kDirectNR : narrow ? kDirectNR / 2 : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
+  const auto tiles = wide ? kFwdTilesWide.data() : narrow ? kFwdTilesNarrow.data() : kFwdTiles.data();
+  const int64_t panels = ceil_div(Kg, nr);
+  Scratch<float> wbuf;
+  const float* bw = pack_direct_weights(wbuf, wt, s.groups, Kg, geo.R, geo.S, geo.Cg, nr);
+  const int64_t psize = geo.depth() * nr;
+  // Depth blocks: a B block (depth x 32 floats) of about half of L1: whole segments when they
+  // fit, else slices of one segment.
+  const int64_t kc = std::max<int64_t>(16, cache_sizes().l1 / 2 / (nr * int64_t(sizeof(float))));
+  const int64_t segs_per_block = std::max<int64_t>(1, kc / seg.len), ulen = std::min(seg.len, kc);
+  // A chunk's depth block of A stays in L2 while the tiles run over every column panel.
+  const int64_t chunk = direct_chunk(std::min(kc, geo.depth()), s.K, M, s.groups), chunks = ceil_div(M, chunk);
+  at::parallel_for(0, chunks * s.groups, 1, [&](int64_t begin, int64_t end) {
+    static thread_local TapTable<float> table;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task % s.groups, m0 = (task / s.groups) * chunk, n = std::min(chunk, M - m0);
+      table.build(geo, seg, x + g * geo.Cg, m0, n);
+      const float* const* rows = table.rows.data();
+      float* yt = y + m0 * s.K + g * Kg;
+      for (int64_t s0 = 0; s0 < seg.count; s0 += segs_per_block) {
+        const int64_t s1 = std::min(seg.count, s0 + segs_per_block);
+        for (int64_t u0 = 0; u0 < seg.len; u0 += ulen) {
+          const int64_t len = std::min(ulen, seg.len - u0);
+          const bool acc = s0 > 0 || u0 > 0;
+          for (int64_t jp = 0; jp < panels; ++jp) {
+            const float* b = bw + (g * panels + jp) * psize + u0 * nr;
+            const int nc = int(std::min(nr, Kg - jp * nr));
+            for (int64_t i0 = 0; i0 < n; i0 += mr_max) {
+              const int mr = int(std::min(mr_max, n - i0));
+              tiles[mr - 1](rows + i0 * seg.count, seg.count, s0, s1, u0, len, b, seg.len * nr,
+                            yt + i0 * s.K + jp * nr, s.K, acc, nc);
+            }
+          }
+        }
+      }
+      const float* bb = bias ? bias + g * Kg : nullptr;
+      for (int64_t i = 0; i < n && (bb || relu); ++i) {
+        float* __restrict__ row = yt + i * s.K;
+        for (int64_t j = 0; j < Kg; ++j) {
+          const float v = bb ? row[j] + bb[j] : row[j];
+          row[j] = relu && v < 0.f ? 0.f : v;  // NaN stays NaN, as in relu
+        }
+      }
+    }
+  });
+#else
+  (void)x, (void)wt, (void)bias, (void)y, (void)s, (void)relu;
+#endif
+}
+
+// The weight gradient by the direct path: dW[kout][k] (k = (r*S + s)*Cg + c) summed over the
+// pixels in `splits` ranges fixed by the shape, partial sums added in order.
+void direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2dShape& s) {
+#if defined(__x86_64__)
+  const NhwcGeometry geo(s);
+  const Segments seg(geo);
+  // Tiles of 14 depth indices x 32 output channels, or 6 x 64 when there are 64 or more.
+  const int64_t Kg = s.Kg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
+  const bool wide = Kg >= 64;
+  const int64_t nr = wide ? 2 * kDirectNR : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
+  const auto tiles = wide ? kWgtTilesWide.data() : kWgtTiles.data();
+  const int64_t panels = ceil_div(Kg, nr);
+  // Tasks: groups x panel groups (disjoint parts of dW) x pixel splits (partial sums).
+  const int64_t ppg = ceil_div(panels, std::min<int64_t>(panels, 8)), pgroups = ceil_div(panels, ppg);
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceil_div(8, s.groups * pgroups), M / 2048));
+  const int64_t wsize = s.K * CRS;
+  std::vector<float> partial(size_t((splits - 1) * wsize));
+  const int64_t chunk = direct_chunk(geo.R * geo.C, s.K, M, 1);  // the pixels' input rows
+  // depth rows per tile: the segment cut into near-equal blocks of at most MR
+  const int64_t ublocks = ceil_div(seg.len, mr_max), ub = ceil_div(seg.len, ublocks);
+  at::parallel_for(0, s.groups * pgroups * splits, 1, [&](int64_t begin, int64_t end) {
+    static thread_local TapTable<float> table;
+    static thread_local Scratch<float> dwt_buf;  // this task's panels of dW transposed: [panel][k][nr]
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task % s.groups, pg = (task / s.groups) % pgroups, sp = task / (s.groups * pgroups);
+      const int64_t m_begin = sp * M / splits, m_end = (sp + 1) * M / splits;
+      const int64_t jp0 = pg * ppg, jp1 = std::min(panels, jp0 + ppg);
+      float* dwt = dwt_buf.get((jp1 - jp0) * CRS * nr);
+      std::fill(dwt, dwt + (jp1 - jp0) * CRS * nr, 0.f);
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += chunk) {
+        const int64_t n = std::min(chunk, m_end - m0);
+        table.build(geo, seg, x + g * geo.Cg, m0, n);
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
+          const int nc = int(std::min(nr, Kg - jp * nr));
+          const float* dyp = dy + m0 * s.K + g * Kg + jp * nr;
+          for (int64_t sg = 0; sg < seg.count; ++sg)
+            for (int64_t u0 = 0; u0 < seg.len; u0 += ub) {
+              const int mr = int(std::min(ub, seg.len - u0));
+              tiles[mr - 1](table.rows.data() + sg, seg.count, n, u0, dyp, s.K,
+                            dwt + ((jp - jp0) * CRS + sg * seg.len + u0) * nr, nc);
+            }
+        }
+      }
+      float* out = (sp == 0 ? dw : partial.data() + (sp - 1) * wsize) + g * Kg * CRS;
+      for (int64_t jp = jp0; jp < jp1; ++jp)
+        for (int64_t j = 0; j < std::min(nr, Kg - jp * nr); ++j)
+          for (int64_t k = 0; k < CRS; ++k)
+            out[(jp * nr + j) * CRS + k] = dwt[((jp - jp0) * CRS + k) * nr + j];
+    }
+  });
+  add_partial_sums(dw, partial.data(), splits, wsize);
+#else
+  (void)dy, (void)x, (void)dw, (void)s;
+#endif
+}
+
 }  // namespace
 
 template <typename T>
@@ -324,6 +658,14 @@ void conv2d_forward_nhwc(const T* x, const T* w, WeightStrides ws, const T* bias
                          const Conv2dShape& s, bool relu) {
   const int64_t Kg = s.Kg(), Cg = s.Cg(), S = s.S;
   // Wt_g[k = (r*S + s)*Cg + c][j] = w[g*Kg + j][c][r][s]
+  if constexpr (std::is_same_v<T, float>) {
+    if (direct_nhwc<T>()) {
+      auto wt = [=](int64_t g, int64_t j, int64_t r, int64_t ss, int64_t c) {
+        return w[(g * Kg + j) * ws.k + c * ws.c + r * ws.r + ss * ws.s];
+      };
+      return direct_conv(x, wt, bias, y, s, relu);
+    }
+  }
   auto wt = [=](int64_t g, int64_t j, int64_t k) {
     const int64_t c = k % Cg, rs = k / Cg;
     return w[(g * Kg + j) * ws.k + c * ws.c + (rs / S) * ws.r + (rs % S) * ws.s];
@@ -341,6 +683,14 @@ void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, acc_t
     // dx = conv(dy, w') with w'[c][kout][r][s] = w[kout][c][R-1-r][S-1-s] per group: as the
     // forward, Wt'_g[k = (r*S + s)*Kg + kout][j = c].
     const Conv2dShape d = input_grad_dual(s);
+    if constexpr (std::is_same_v<T, float>) {
+      if (direct_nhwc<T>()) {
+        auto wt = [=](int64_t g, int64_t j, int64_t r, int64_t ss, int64_t kout) {
+          return w[(g * Kg + kout) * ws.k + j * ws.c + (R - 1 - r) * ws.r + (S - 1 - ss) * ws.s];
+        };
+        return direct_conv(dy, wt, nullptr, dx, d, false);
+      }
+    }
     auto wt = [=](int64_t g, int64_t j, int64_t k) {
       const int64_t kout = k % Kg, rs = k / Kg;
       return w[(g * Kg + kout) * ws.k + j * ws.c + (R - 1 - rs / S) * ws.r + (S - 1 - rs % S) * ws.s];
@@ -393,6 +743,9 @@ void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, acc_t
 template <typename T>
 void conv2d_backward_weight_nhwc(const T* dy, const T* x, acc_t<T>* dw, const Conv2dShape& s) {
   using Acc = acc_t<T>;
+  if constexpr (std::is_same_v<T, float>) {
+    if (direct_nhwc<T>()) return direct_weight_grad(dy, x, dw, s);
+  }
   const NhwcGeometry geo(s);
   const int64_t Kg = s.Kg(), Cg = s.Cg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
   const int64_t cb = std::max<int64_t>(64, ceil_div(ceil_div(CRS, 2), 32) * 32);  // dW columns per task

@@ -13,6 +13,9 @@
 // padding) is never stored. x, y, dy, dx are dense NHWC (strides H*W*C, 1, W*C, C); the weight is
 // read through its strides (any layout). y, dx and dw are acc_t<T> (cpu/gemm.h): float32 for
 // bfloat16 operands, which the caller rounds once.
+// float32 on AVX-512 takes the direct path of conv2d_nhwc.cpp for the forward, the stride-1 input
+// gradient and the weight gradient instead: the same products, no im2col panels (tiles broadcast
+// the input straight from NHWC memory through a per-chunk table of tap rows).
 #pragma once
 
 #include <cstdint>
