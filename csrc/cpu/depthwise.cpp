@@ -37,9 +37,19 @@ struct PhasePlane {
   struct Columns {
     int64_t j0, j1, w0;
   };
+  // With stride 1 and every source column landing (left >= 0, left + W <= cols), the source rows
+  // h0 ... h1 - 1 fill padded positions in order, so the copy is a run of 16-lane vectors: vector
+  // `at` (its first element) takes `count` consecutive source values from `src`, expanded to the
+  // lanes of `mask` (its other lanes are padding: zeros).
+  struct Expand {
+    int64_t at, src;
+    uint16_t mask;
+    int count;
+  };
   int64_t H, W, top, left, sh, sw, rows, cols, stride;
   int64_t h0, h1;             // the source rows that land in the sub-planes
   std::vector<Columns> col;  // per column phase b < sw
+  std::vector<Expand> expand;  // empty unless stride 1 and every column lands
   PhasePlane(int64_t H, int64_t W, int64_t top, int64_t left, int64_t sh, int64_t sw, int64_t rows, int64_t cols)
       : H(H), W(W), top(top), left(left), sh(sh), sw(sw), rows(rows), cols(cols),
         stride(round_up(rows * cols + cols + kTile, 16)),
@@ -49,6 +59,18 @@ struct PhasePlane {
       const int64_t j0 = std::clamp<int64_t>(div_up(left - b, sw), 0, cols);
       const int64_t j1 = std::clamp<int64_t>(div_up(W + left - b, sw), j0, cols);
       col.push_back({j0, j1, j0 * sw + b - left});
+    }
+    if (sh != 1 || sw != 1 || left < 0 || left + W > cols || h0 >= h1) return;
+    const int64_t f0 = (h0 + top) * cols + left, f1 = (h1 - 1 + top) * cols + left + W;  // padded range
+    for (int64_t k = f0 / 16; 16 * k < f1; ++k) {
+      Expand e{16 * k, -1, 0, 0};
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t f = 16 * k + l, wp = f % cols - left;
+        if (f < f0 || f >= f1 || wp < 0 || wp >= W) continue;
+        if (e.count++ == 0) e.src = (f / cols - top) * W + wp;
+        e.mask |= uint16_t(1u << l);
+      }
+      expand.push_back(e);
     }
   }
   int64_t size() const { return sh * sw * stride; }
@@ -205,6 +227,19 @@ inline __mmask16 first_lanes(int64_t n) {
 // stride-2 rows de-interleaved by a two-register permute (16 outputs of a phase from 32 source
 // columns), other strides element by element.
 FC_TARGET_AVX512 void copy_phases_avx512(const float* src, const float* gate, const PhasePlane& g, float* dst) {
+  if (!g.expand.empty()) {  // stride 1: whole vectors, padding zeros included
+    for (const PhasePlane::Expand& e : g.expand) {
+      const __mmask16 n = first_lanes(e.count);
+      prefetch_ahead(src + e.src);
+      __m512 v = _mm512_maskz_expand_ps(e.mask, _mm512_maskz_loadu_ps(n, src + e.src));
+      if (gate) {
+        const __m512 gv = _mm512_maskz_expand_ps(e.mask, _mm512_maskz_loadu_ps(n, gate + e.src));
+        v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_NLE_UQ), v);
+      }
+      _mm512_storeu_ps(dst + e.at, v);
+    }
+    return;
+  }
   if (g.sw > 2 || (gate && g.sw != 1)) return copy_phases_portable(src, gate, g, dst);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
