@@ -865,10 +865,14 @@ struct Blocked {
   static int64_t ob_size(const Conv2dShape& s) { return round_up(s.P * s.Q, 16) * 16; }
 };
 
-// Whether the blocked forward runs: AVX-512 float32 and a task's blocked planes in half the L1.
+// Whether the blocked forward runs (AVX-512 float32): when a task's blocked planes fit in 3/4 of
+// L1 (small planes), or, with 25 taps or more, in half of L2: the transposes cost a fixed few
+// shuffles per pixel, the taps R*S FMAs, so on larger planes, whose blocked rows stream from L2,
+// it pays only when the taps dominate.
 bool blocked_forward_fits(const Conv2dShape& s) {
-  const int64_t floats = (s.H + 2 * s.pad_h) * (s.W + 2 * s.pad_w) * 16 + Blocked::ob_size(s);
-  return current_isa() >= Isa::kAvx512 && 4 * floats * 2 <= cache_sizes().l1 * 3 / 2;
+  const int64_t bytes = 4 * ((s.H + 2 * s.pad_h) * (s.W + 2 * s.pad_w) * 16 + Blocked::ob_size(s));
+  const CacheSizes& c = cache_sizes();
+  return current_isa() >= Isa::kAvx512 && (4 * bytes <= 3 * c.l1 || (s.R * s.S >= 25 && 2 * bytes <= c.l2));
 }
 
 // Image n, channels [c0, c0 + cn): x planes -> the m output planes of each. xb: zeroed xb_size()
