@@ -26,7 +26,8 @@
 //   same phase planes of x and dy expanded into the virtual rows (the epilogue's compression
 //   reversed); float lane sums over a shape-fixed number of images, then double accumulators.
 //
-// * Small planes (AVX-512 float32 forward, blocked planes within L1): 16 channels of one image at
+// * Small planes (AVX-512 float32 forward, blocked planes within L1; with >= 25 taps, within half
+//   of L2): 16 channels of one image at
 //   a time, transposed into a zero-padded channel-blocked plane (pixel-major, 16 channel lanes),
 //   where every tap is an aligned vector load; the blocked output is transposed back.
 //
