@@ -37,9 +37,19 @@ struct PhasePlane {
   struct Columns {
     int64_t j0, j1, w0;
   };
+  // With stride 1 and every source column landing (left >= 0, left + W <= cols), the source rows
+  // h0 ... h1 - 1 fill padded positions in order, so the copy is a run of 16-lane vectors: vector
+  // `at` (its first element) takes `count` consecutive source values from `src`, expanded to the
+  // lanes of `mask` (its other lanes are padding: zeros).
+  struct Expand {
+    int64_t at, src;
+    uint16_t mask;
+    int count;
+  };
   int64_t H, W, top, left, sh, sw, rows, cols, stride;
   int64_t h0, h1;             // the source rows that land in the sub-planes
   std::vector<Columns> col;  // per column phase b < sw
+  std::vector<Expand> expand;  // empty unless stride 1 and every column lands
   PhasePlane(int64_t H, int64_t W, int64_t top, int64_t left, int64_t sh, int64_t sw, int64_t rows, int64_t cols)
       : H(H), W(W), top(top), left(left), sh(sh), sw(sw), rows(rows), cols(cols),
         stride(round_up(rows * cols + cols + kTile, 16)),
@@ -49,6 +59,18 @@ struct PhasePlane {
       const int64_t j0 = std::clamp<int64_t>(div_up(left - b, sw), 0, cols);
       const int64_t j1 = std::clamp<int64_t>(div_up(W + left - b, sw), j0, cols);
       col.push_back({j0, j1, j0 * sw + b - left});
+    }
+    if (sh != 1 || sw != 1 || left < 0 || left + W > cols || h0 >= h1) return;
+    const int64_t f0 = (h0 + top) * cols + left, f1 = (h1 - 1 + top) * cols + left + W;  // padded range
+    for (int64_t k = f0 / 16; 16 * k < f1; ++k) {
+      Expand e{16 * k, -1, 0, 0};
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t f = 16 * k + l, wp = f % cols - left;
+        if (f < f0 || f >= f1 || wp < 0 || wp >= W) continue;
+        if (e.count++ == 0) e.src = (f / cols - top) * W + wp;
+        e.mask |= uint16_t(1u << l);
+      }
+      expand.push_back(e);
     }
   }
   int64_t size() const { return sh * sw * stride; }
@@ -205,6 +227,19 @@ inline __mmask16 first_lanes(int64_t n) {
 // stride-2 rows de-interleaved by a two-register permute (16 outputs of a phase from 32 source
 // columns), other strides element by element.
 FC_TARGET_AVX512 void copy_phases_avx512(const float* src, const float* gate, const PhasePlane& g, float* dst) {
+  if (!g.expand.empty()) {  // stride 1: whole vectors, padding zeros included
+    for (const PhasePlane::Expand& e : g.expand) {
+      const __mmask16 n = first_lanes(e.count);
+      prefetch_ahead(src + e.src);
+      __m512 v = _mm512_maskz_expand_ps(e.mask, _mm512_maskz_loadu_ps(n, src + e.src));
+      if (gate) {
+        const __m512 gv = _mm512_maskz_expand_ps(e.mask, _mm512_maskz_loadu_ps(n, gate + e.src));
+        v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_NLE_UQ), v);
+      }
+      _mm512_storeu_ps(dst + e.at, v);
+    }
+    return;
+  }
   if (g.sw > 2 || (gate && g.sw != 1)) return copy_phases_portable(src, gate, g, dst);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
@@ -763,6 +798,163 @@ bool depthwise_supports(const Conv2dShape& s) { return s.depthwise(); }
 
 namespace {
 
+#if defined(__x86_64__)
+// ---------------------------------------------------------------------------------------------
+// Channel-blocked forward for small planes (AVX-512 float32). On a 7x7 or 14x14 plane a row fills
+// a fraction of a vector, and the virtual rows' taps are unaligned loads across cache lines; here
+// 16 planes (channels c0 ... c0 + 15 of one image) go through together: transposed into a
+// zero-padded blocked plane xb[(h + ph)*Wp + w + pw][16 lanes = planes], so every tap of every
+// stride is one aligned load for 16 planes; TW output pixels of a row sum in registers into the
+// blocked output ob[p*Q + q][16], which is transposed back into the 16 output planes.
+
+// r[j] lane i = r[i] lane j for a 16 x 16 block, in place: pairs of rows interleaved by 32 then
+// 64 bits (lane block k of u[4g + j] = column j + 4k of rows 4g ... 4g + 3), then the 128-bit
+// blocks gathered by two rounds of shuffle_f32x4.
+FC_TARGET_AVX512 FC_INLINE void transpose16(__m512* r) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));      // columns 0, 4, 8, 12
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));  // 1, 5, 9, 13
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));  // 2, 6, 10, 14
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));  // 3, 7, 11, 15
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD), w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    r[j + 4] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[j + 12] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+  }
+}
+
+// ob[16k ...] = bias + sum over taps t of wv[t] * xb[toff[t] + k*step] for k < TW (ReLU when
+// `relu`): TW output pixels of a row, 16 planes each.
+template <int TW>
+FC_TARGET_AVX512 FC_INLINE void blocked_tile(const float* xb, int64_t step, const int64_t* toff, int64_t taps,
+                                             const float* wv, __m512 bias, bool relu, float* ob) {
+  __m512 acc[TW];
+  for (int k = 0; k < TW; ++k) acc[k] = bias;
+  for (int64_t t = 0; t < taps; ++t) {
+    const __m512 wt = _mm512_load_ps(wv + 16 * t);
+    const float* x = xb + toff[t];
+    for (int k = 0; k < TW; ++k) acc[k] = _mm512_fmadd_ps(wt, _mm512_load_ps(x + k * step), acc[k]);
+  }
+  for (int k = 0; k < TW; ++k) _mm512_store_ps(ob + 16 * k, relu ? _mm512_max_ps(_mm512_setzero_ps(), acc[k]) : acc[k]);
+}
+
+// The shape facts of the blocked forward, shared by its tasks.
+struct Blocked {
+  int64_t Hp, Wp;                 // the padded plane
+  std::vector<int64_t> toff;      // tap t = r*S + s: (r*dh*Wp + s*dw) * 16
+  std::vector<int32_t> at;        // source pixel i = h*W + w -> its padded pixel (h + ph)*Wp + w + pw
+  explicit Blocked(const Conv2dShape& s) : Hp(s.H + 2 * s.pad_h), Wp(s.W + 2 * s.pad_w) {
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t c = 0; c < s.S; ++c) toff.push_back((r * s.dil_h * Wp + c * s.dil_w) * 16);
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t w = 0; w < s.W; ++w) at.push_back(int32_t((h + s.pad_h) * Wp + w + s.pad_w));
+  }
+  // Floats of a task's scratch: xb, ob (rounded up to whole 16-pixel blocks), the weights.
+  int64_t xb_size() const { return Hp * Wp * 16; }
+  static int64_t ob_size(const Conv2dShape& s) { return round_up(s.P * s.Q, 16) * 16; }
+};
+
+// Whether the blocked forward runs (AVX-512 float32): when a task's blocked planes fit in 3/4 of
+// L1 (small planes), or, with 25 taps or more, in half of L2: the transposes cost a fixed few
+// shuffles per pixel, the taps R*S FMAs, so on larger planes, whose blocked rows stream from L2,
+// it pays only when the taps dominate.
+bool blocked_forward_fits(const Conv2dShape& s) {
+  const int64_t bytes = 4 * ((s.H + 2 * s.pad_h) * (s.W + 2 * s.pad_w) * 16 + Blocked::ob_size(s));
+  const CacheSizes& c = cache_sizes();
+  return current_isa() >= Isa::kAvx512 && (4 * bytes <= 3 * c.l1 || (s.R * s.S >= 25 && 2 * bytes <= c.l2));
+}
+
+// Image n, channels [c0, c0 + cn): x planes -> the m output planes of each. xb: zeroed xb_size()
+// floats (only the interior is written, so the padding stays zero); ob: scratch; wv: the blocked
+// weights of these channels, m x (R*S + 1) x 16 (tap t of output j: wv[(j*(R*S + 1) + t)*16 + l]
+// = w of output channel (c0 + l)*m + j, its bias at t = R*S; 0 for l >= cn).
+FC_TARGET_AVX512 void blocked_group(int64_t n, int64_t c0, int64_t cn, const ForwardArgs<float>& a,
+                                    const Blocked& b, float* xb, float* ob, const float* wv) {
+  const Conv2dShape& s = a.s;
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S, m = s.Kg();
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 r[16];
+  for (int64_t i0 = 0; i0 < HW; i0 += 16) {
+    const __mmask16 lanes = first_lanes(HW - i0);
+    for (int64_t l = 0; l < 16; ++l) {
+      if (l >= cn) {
+        r[l] = zero;
+        continue;
+      }
+      const int64_t at = (n * s.C + c0 + l) * HW + i0;
+      // The next group's planes follow these: ask for the same place in them (small planes are
+      // short streams that the hardware prefetchers pick up too late).
+      _mm_prefetch(reinterpret_cast<const char*>(a.x + at + 16 * HW), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(a.x + at + 16 * HW + 15), _MM_HINT_T0);
+      r[l] = lanes == 0xFFFF ? _mm512_loadu_ps(a.x + at) : _mm512_maskz_loadu_ps(lanes, a.x + at);
+      if (a.gate)
+        r[l] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(lanes, a.gate + at), zero, _CMP_NLE_UQ),
+                                   r[l]);
+    }
+    transpose16(r);
+    const int64_t kn = std::min<int64_t>(16, HW - i0);
+    for (int64_t k = 0; k < kn; ++k) _mm512_store_ps(xb + 16 * int64_t(b.at[i0 + k]), r[k]);
+  }
+  const int64_t step = 16 * s.stride_w;
+  for (int64_t j = 0; j < m; ++j, wv += (RS + 1) * 16) {
+    const __m512 bv = _mm512_load_ps(wv + RS * 16);
+    for (int64_t p = 0; p < s.P; ++p) {
+      const float* xrow = xb + p * s.stride_h * b.Wp * 16;
+      float* orow = ob + p * s.Q * 16;
+      int64_t q = 0;
+      for (; q + 8 <= s.Q; q += 8) blocked_tile<8>(xrow + q * step, step, b.toff.data(), RS, wv, bv, a.relu, orow + 16 * q);
+      if (q + 4 <= s.Q) blocked_tile<4>(xrow + q * step, step, b.toff.data(), RS, wv, bv, a.relu, orow + 16 * q), q += 4;
+      if (q + 2 <= s.Q) blocked_tile<2>(xrow + q * step, step, b.toff.data(), RS, wv, bv, a.relu, orow + 16 * q), q += 2;
+      if (q < s.Q) blocked_tile<1>(xrow + q * step, step, b.toff.data(), RS, wv, bv, a.relu, orow + 16 * q);
+    }
+    for (int64_t i0 = 0; i0 < PQ; i0 += 16) {
+      for (int k = 0; k < 16; ++k) r[k] = _mm512_load_ps(ob + 16 * (i0 + k));
+      transpose16(r);
+      const __mmask16 lanes = first_lanes(PQ - i0);
+      for (int64_t l = 0; l < cn; ++l) _mm512_mask_storeu_ps(a.y + ((n * s.C + c0 + l) * m + j) * PQ + i0, lanes, r[l]);
+    }
+  }
+}
+
+// The forward pass through blocked_group: tasks of 16 channels of one image.
+void blocked_forward(const ForwardArgs<float>& a) {
+  const Conv2dShape& s = a.s;
+  const Blocked b(s);
+  const int64_t blocks = ceil_div(s.C, 16), m = s.Kg(), RS = s.R * s.S, wblock = m * (RS + 1) * 16;
+  Scratch<float> wv_scratch;  // blocked_group's wv, block after block of 16 channels
+  float* wv = wv_scratch.get(blocks * wblock);
+  std::fill(wv, wv + blocks * wblock, 0.f);
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t k = c * m + j;
+      float* o = wv + (c / 16) * wblock + j * (RS + 1) * 16 + c % 16;
+      for (int64_t t = 0; t < RS; ++t) o[16 * t] = a.w[k * RS + t];
+      o[16 * RS] = a.bias ? a.bias[k] : 0.f;
+    }
+  at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<float> xb_scratch, ob_scratch;
+    float* xb = xb_scratch.get(b.xb_size());
+    std::fill(xb, xb + b.xb_size(), 0.f);
+    float* ob = ob_scratch.get(Blocked::ob_size(s));
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t c0 = (g % blocks) * 16;
+      blocked_group(g / blocks, c0, std::min<int64_t>(16, s.C - c0), a, b, xb, ob, wv + (g % blocks) * wblock);
+    }
+  });
+}
+#endif
+
 // The forward pass; with a gate (x's shape), x is read as relu_backward(x, gate).
 template <typename T>
 void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, bool relu, const T* gate) {
@@ -770,6 +962,10 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s, 
   const std::vector<int64_t> off = tap_offsets(s, g);
   const OutputMap map(use_avx512<T>() ? s.P : 0, s.Q, g.cols);  // empty when unused
   const ForwardArgs<T> args{s, g, off.data(), x, w, bias, y, relu, &map, gate};
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>)
+    if (blocked_forward_fits(s)) return blocked_forward(args);
+#endif
   const ForwardPlanesFn<T> fn = forward_planes_fn<T>();
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<T> buf_scratch, out_scratch;

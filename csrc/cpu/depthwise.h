@@ -26,6 +26,11 @@
 //   same phase planes of x and dy expanded into the virtual rows (the epilogue's compression
 //   reversed); float lane sums over a shape-fixed number of images, then double accumulators.
 //
+// * Small planes (AVX-512 float32 forward, blocked planes within L1; with >= 25 taps, within half
+//   of L2): 16 channels of one image at
+//   a time, transposed into a zero-padded channel-blocked plane (pixel-major, 16 channel lanes),
+//   where every tap is an aligned vector load; the blocked output is transposed back.
+//
 // Tasks own whole output planes (forward: (n, c) -> m planes of y; input gradient: (n, c) -> one
 // plane of dx; weight gradient: channel c x a number of image ranges fixed by the shape), and every
 // sum runs in a fixed order, so results do not depend on the thread count. float32 runs AVX-512
