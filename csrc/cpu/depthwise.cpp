@@ -14,8 +14,7 @@
 #include "cpu/avx512.h"
 #include "cpu/dispatch.h"
 #include "cpu/gemm.h"
-
-#define FC_INLINE inline __attribute__((always_inline))
+#include "cpu/simd.h"  // FC_INLINE
 
 namespace fastconv {
 namespace cpu {
