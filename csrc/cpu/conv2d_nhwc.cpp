@@ -332,6 +332,10 @@ void nhwc_conv_gemm(const T* x, WtFn wt, const T* bias, acc_t<T>* y, const Conv2
 constexpr int kDirectMR = 14;  // rows of a tile: 2*14 accumulators + 2 B vectors of the 32 zmm
 constexpr int64_t kDirectNR = 32; // output channels of a tile (two 16-float vectors)
 
+// Whether the direct path's tiles are 64 output channels wide: there are at least 64 and the last
+// 64-wide panel leaves no more lanes idle than 32-wide panels would (80 channels: 32-wide panels).
+inline bool direct_wide(int64_t Kg) { return Kg >= 64 && round_up(Kg, 2 * kDirectNR) == round_up(Kg, kDirectNR); }
+
 // Whether the direct path serves T on the ISA in use.
 template <typename T>
 bool direct_nhwc() {
@@ -540,11 +544,11 @@ void direct_conv(const float* x, WtFn wt, const float* bias, float* y, const Con
 #if defined(__x86_64__)
   const NhwcGeometry geo(s);
   const Segments seg(geo);
-  // Tiles of 14 pixels x 32 output channels, 6 x 64 when there are 64 or more (fewer broadcasts
-  // per FMA), 14 x 16 when there are 16 or fewer (fewer idle lanes: the input gradient of an RGB
+  // Tiles of 14 pixels x 32 output channels, 6 x 64 when direct_wide (fewer broadcasts per FMA),
+  // 14 x 16 when there are 16 or fewer (fewer idle lanes: the input gradient of an RGB
   // layer has 3).
   const int64_t Kg = s.Kg(), M = s.N * s.P * s.Q;
-  const bool wide = Kg >= 64, narrow = Kg <= 16;
+  const bool wide = direct_wide(Kg), narrow = Kg <= 16;
   const int64_t nr = wide ? 2 * kDirectNR : narrow ? kDirectNR / 2 : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
   const auto tiles = wide ? kFwdTilesWide.data() : narrow ? kFwdTilesNarrow.data() : kFwdTiles.data();
   const int64_t panels = ceil_div(Kg, nr);
@@ -601,9 +605,9 @@ void direct_weight_grad(const float* dy, const float* x, float* dw, const Conv2d
 #if defined(__x86_64__)
   const NhwcGeometry geo(s);
   const Segments seg(geo);
-  // Tiles of 14 depth indices x 32 output channels, or 6 x 64 when there are 64 or more.
+  // Tiles of 14 depth indices x 32 output channels, or 6 x 64 when direct_wide.
   const int64_t Kg = s.Kg(), CRS = geo.depth(), M = s.N * s.P * s.Q;
-  const bool wide = Kg >= 64;
+  const bool wide = direct_wide(Kg);
   const int64_t nr = wide ? 2 * kDirectNR : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
   const auto tiles = wide ? kWgtTilesWide.data() : kWgtTiles.data();
   const int64_t panels = ceil_div(Kg, nr);
