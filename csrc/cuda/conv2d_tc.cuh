@@ -103,6 +103,40 @@ struct TcTile {
 template <int THREADS, int BN>
 constexpr int tc_min_blocks() { return THREADS >= 256 ? 2 : (BN >= 128 ? 2 : 3); }
 
+// The accumulators of a warp tile, zeroed.
+template <int MI, int NI>
+__device__ __forceinline__ void tc_zero(float (&acc)[MI][NI][4]) {
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+}
+
+// The multistage cp.async pipeline of the tensor-core kernels over K tiles 0 .. ktiles-1:
+// load_stage(slot) issues this thread's copies of the next K tile into stage slot, compute(slot)
+// consumes stage slot. Stages 0 .. STAGES-2 go in flight first (one commit group each, empty past
+// the last tile); before tile kt is consumed its copies have landed for every thread (wait, then
+// barrier), which also means everyone is done with the stage tile kt+STAGES-1 then refills.
+// Nothing is in flight on return.
+template <int STAGES, class Load, class Compute>
+__device__ __forceinline__ void tc_pipeline(int ktiles, Load&& load_stage, Compute&& compute) {
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < ktiles) load_stage(st);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (kt + STAGES - 1 < ktiles) load_stage((kt + STAGES - 1) % STAGES);
+    cp_async_commit();
+    compute(kt % STAGES);
+  }
+  cp_async_wait_all();
+}
+
 template <typename T, int BM, int BN, int WM, int WN, int STAGES>
 __global__ void __launch_bounds__(32 * WM * WN, tc_min_blocks<32 * WM * WN, BN>())
 conv2d_tc_kernel(const TcConvArgs<T> a) {
@@ -172,19 +206,7 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
   };
 
   float acc[Tile::kMI][Tile::kNI][4];
-#pragma unroll
-  for (int i = 0; i < Tile::kMI; ++i)
-#pragma unroll
-    for (int j = 0; j < Tile::kNI; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-  // Prologue: stages 0 .. STAGES-2 in flight (one commit group each, empty past the last tile).
-#pragma unroll
-  for (int st = 0; st < STAGES - 1; ++st) {
-    if (st < ktiles) load_stage(st);
-    cp_async_commit();
-  }
+  tc_zero(acc);
 
   const int wm = warp % WM, wn = warp / WM;
   // ldmatrix row addresses of this lane: A rows (lane%8) + 8*((lane/8)%2), chunk +lane/16;
@@ -196,12 +218,8 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
   const int a_off[2] = {tc_swz(a_lrow, a_lchunk), tc_swz(a_lrow, 2 + a_lchunk)};
   const int b_off[2] = {tc_swz(b_lrow, b_lchunk), tc_swz(b_lrow, 2 + b_lchunk)};
 
-  for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt have landed
-    __syncthreads();              // everyone's; and everyone is done with tile kt-1's stage
-    if (kt + STAGES - 1 < ktiles) load_stage((kt + STAGES - 1) % STAGES);
-    cp_async_commit();
-    const unsigned char* As = smem + (kt % STAGES) * Tile::kStageBytes;
+  tc_pipeline<STAGES>(ktiles, load_stage, [&](int slot) {
+    const unsigned char* As = smem + slot * Tile::kStageBytes;
     const unsigned char* Bs = As + BM * 64;
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {  // two 32-byte k steps per stage
@@ -224,8 +242,7 @@ conv2d_tc_kernel(const TcConvArgs<T> a) {
         for (int j = 0; j < Tile::kNI; ++j) tc_mma(T(), acc[i][j], af, bf[j]);
       }
     }
-  }
-  cp_async_wait_all();  // only empty groups remain; nothing may be in flight at exit
+  });
 
   // Epilogue: accumulator c[e] of tile (i, j) is C[row g + 8*(e/2)][col 2t + e%2].
   const int g = lane / 4, t = lane % 4;

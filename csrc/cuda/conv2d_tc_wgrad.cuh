@@ -134,18 +134,7 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
   };
 
   float acc[Tile::kMI][Tile::kNI][4];
-#pragma unroll
-  for (int i = 0; i < Tile::kMI; ++i)
-#pragma unroll
-    for (int j = 0; j < Tile::kNI; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-#pragma unroll
-  for (int st = 0; st < STAGES - 1; ++st) {
-    if (st < ktiles) load_stage(st);
-    cp_async_commit();
-  }
+  tc_zero(acc);
 
   const int wm = warp % WM, wn = warp / WM;
   const int g = lane / 4, t = lane % 4;
@@ -173,12 +162,8 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
   // is f(t) = 2*(t/2), f(t + 4) = f(t) + 1; bits 4-5 of the offset hold the slot chunk ^ f)
   auto f32_at = [](int off, int c8, int k4) { return (off ^ ((2 * c8 + k4) << 4)) + k4 * 4 * 64; };
 
-  for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    if (kt + STAGES - 1 < ktiles) load_stage((kt + STAGES - 1) % STAGES);
-    cp_async_commit();
-    const unsigned char* As = smem + (kt % STAGES) * Tile::kStageBytes;
+  tc_pipeline<STAGES>(ktiles, load_stage, [&](int slot) {
+    const unsigned char* As = smem + slot * Tile::kStageBytes;
     const unsigned char* Bs = As + BM * 64;
     if constexpr (!kF32) {
 #pragma unroll
@@ -224,8 +209,7 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
         }
       }
     }
-  }
-  cp_async_wait_all();
+  });
 
   // Epilogue: c[e] of tile (i, j) is D[m = 16i + g + 8*(e/2)][n = 8j + 2t + e%2] of the warp tile.
   float* ws = a.ws + int64_t(blockIdx.z) * a.K * a.rsc;
