@@ -141,8 +141,8 @@ def launch_shape(pretty):
     if m:
         bm, bn, bk, tm, tn = map(int, m.groups())
         return (bm // tm) * (bn // tn), 2 * bk * (bm + bn) * acc
-    m = re.search(r"conv2d_tc(?:_wgrad)?_kernel<.*?, (\d+), (\d+), (\d+), (\d+), (\d+)>", pretty)
-    if m:  # BM, BN, WARPS_M, WARPS_N, STAGES: 32*WM*WN threads, STAGES*(BM+BN)*64 bytes (conv2d_tc*.cuh)
+    m = re.search(r"conv2d_tc(?:_wgrad)?_kernel<.*?, (\d+), (\d+), (\d+), (\d+), (\d+), \d+>", pretty)
+    if m:  # BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS: 32*WM*WN threads, STAGES*(BM+BN)*64 bytes (conv2d_tc*.cuh)
         bm, bn, wm, wn, st = map(int, m.groups())
         return 32 * wm * wn, st * (bm + bn) * 64
     m = re.search(r"bias_grad_kernel<.*?, (\d+)>", pretty)  # NT, launched as bias_grad_threads

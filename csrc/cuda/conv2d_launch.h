@@ -12,6 +12,8 @@
 #include <numeric>
 #include <optional>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "cuda/conv2d_bwd_data.cuh"
 #include "cuda/conv2d_bwd_weight.cuh"
@@ -157,12 +159,23 @@ inline at::Tensor nhwc_padded(const at::Tensor& t, int64_t cp) {
   return o.permute({0, 3, 1, 2});
 }
 
+// f(std::integral_constant<int, i>{}) for configuration i of kTcConfig: one instantiation per
+// configuration, the one picked at run time called.
+template <class F, int... I>
+void for_tc_config(int i, F&& f, std::integer_sequence<int, I...>) {
+  ((i == I ? f(std::integral_constant<int, I>{}) : void()), ...);
+}
+template <class F>
+void for_tc_config(int i, F&& f) {
+  for_tc_config(i, f, std::make_integer_sequence<int, kTcConfigs>{});
+}
+
 template <typename T, int CFG>
 void launch_tc(const TcConvArgs<T>& a, cudaStream_t stream) {
   constexpr TcConfig c = kTcConfig[CFG];
   using Tile = TcTile<c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
   static_assert(Tile::kSmem == c.smem_bytes() && Tile::kThreads == c.threads(), "kTcConfig and TcTile agree");
-  auto* kernel = &conv2d_tc_kernel<T, c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
+  auto* kernel = &conv2d_tc_kernel<T, c.bm, c.bn, c.warps_m, c.warps_n, c.stages, c.blocks_per_sm>;
   if (Tile::kSmem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
   const int64_t tiles_m = ceil_div(a.M, int64_t(c.bm));
   TORCH_CHECK(tiles_m <= int64_t(INT32_MAX), "fastconv (CUDA): GEMM of ", a.M, " rows is too large");
@@ -205,12 +218,7 @@ void conv2d_fwd_tc_into(const Conv2dShape& s, const at::Tensor& input, const at:
   a.out_nchw = out.is_contiguous();  // (both layouts at once: the same addresses either way)
   a.pair_store = !a.out_nchw && s.K % 2 == 0 && reinterpret_cast<uintptr_t>(a.out) % (2 * sizeof(T)) == 0;
   cudaStream_t stream = FC_CURRENT_STREAM();
-  switch (pick_tc_config(a.M, s.K, sm_count())) {
-    case 0: launch_tc<T, 0>(a, stream); break;
-    case 1: launch_tc<T, 1>(a, stream); break;
-    default: launch_tc<T, 2>(a, stream); break;
-  }
-  static_assert(kTcConfigs == 3, "one case per configuration");
+  for_tc_config(pick_tc_config(a.M, s.K, sm_count()), [&](auto cfg) { launch_tc<T, decltype(cfg)::value>(a, stream); });
 }
 
 // out = conv2d(input, weight) + bias (ReLU when relu) in memory format fmt, on tensor cores.
@@ -324,7 +332,7 @@ template <typename T, int CFG>
 void launch_tc_wgrad(const TcWgradArgs<T>& a, int64_t splits, cudaStream_t stream) {
   constexpr TcConfig c = kTcConfig[CFG];
   using Tile = TcTile<c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
-  auto* kernel = &conv2d_tc_wgrad_kernel<T, c.bm, c.bn, c.warps_m, c.warps_n, c.stages>;
+  auto* kernel = &conv2d_tc_wgrad_kernel<T, c.bm, c.bn, c.warps_m, c.warps_n, c.stages, c.blocks_per_sm>;
   if (Tile::kSmem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
   const dim3 grid(unsigned(ceil_div(int64_t(a.rsc), int64_t(c.bn))), unsigned(ceil_div(int64_t(a.K), int64_t(c.bm))),
                   unsigned(splits));
@@ -357,12 +365,7 @@ at::Tensor conv2d_bwd_weight_tc(const Conv2dShape& s, const at::Tensor& grad_out
   at::Tensor ws = at::empty({splits, part}, input.options().dtype(at::kFloat));
   a.ws = ws.mutable_data_ptr<float>();
   cudaStream_t stream = FC_CURRENT_STREAM();
-  switch (plan.config) {
-    case 0: launch_tc_wgrad<T, 0>(a, splits, stream); break;
-    case 1: launch_tc_wgrad<T, 1>(a, splits, stream); break;
-    default: launch_tc_wgrad<T, 2>(a, splits, stream); break;
-  }
-  static_assert(kTcConfigs == 3, "one case per configuration");
+  for_tc_config(plan.config, [&](auto cfg) { launch_tc_wgrad<T, decltype(cfg)::value>(a, splits, stream); });
   at::Tensor gw = at::empty({s.K, s.R, s.S, cp}, input.options().memory_format(at::MemoryFormat::Contiguous));
   auto* reduce = &reduce_splits_kernel<T>;
   FC_LAUNCH(reduce, stride_grid(part, reduce_splits_threads), dim3(reduce_splits_threads), 0, stream)(

@@ -88,6 +88,8 @@ __device__ __forceinline__ void tc_round(uint32_t (&r)[N]) {
 // Byte offset of 16-byte chunk j of row i in a 64-byte-row operand (the XOR swizzle above).
 __device__ __forceinline__ int tc_swz(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
 
+// MIN_BLOCKS (the kernels' __launch_bounds__ minimum): kTcConfig's blocks_per_sm, so the register
+// allocation allows that many resident blocks.
 template <int BM, int BN, int WM, int WN, int STAGES>
 struct TcTile {
   static constexpr int kThreads = 32 * WM * WN;
@@ -99,9 +101,6 @@ struct TcTile {
   static constexpr int kSmem = STAGES * kStageBytes;
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0 && kARows >= 1 && kBRows >= 1, "tile shape");
 };
-// Blocks per SM the register allocation must allow (kTcConfig's blocks_per_sm).
-template <int THREADS, int BN>
-constexpr int tc_min_blocks() { return THREADS >= 256 ? 2 : (BN >= 128 ? 2 : 3); }
 
 // The accumulators of a warp tile, zeroed.
 template <int MI, int NI>
@@ -137,8 +136,8 @@ __device__ __forceinline__ void tc_pipeline(int ktiles, Load&& load_stage, Compu
   cp_async_wait_all();
 }
 
-template <typename T, int BM, int BN, int WM, int WN, int STAGES>
-__global__ void __launch_bounds__(32 * WM * WN, tc_min_blocks<32 * WM * WN, BN>())
+template <typename T, int BM, int BN, int WM, int WN, int STAGES, int MIN_BLOCKS>
+__global__ void __launch_bounds__(32 * WM * WN, MIN_BLOCKS)
 conv2d_tc_kernel(const TcConvArgs<T> a) {
   using Tile = TcTile<BM, BN, WM, WN, STAGES>;
   constexpr int NT = Tile::kThreads, VEC = 16 / int(sizeof(T)), BK = 64 / int(sizeof(T));

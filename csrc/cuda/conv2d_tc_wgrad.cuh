@@ -60,8 +60,8 @@ __device__ __forceinline__ int wg_swz(int row, int chunk) {
   return row * 64 + ((chunk ^ (((row >> 1) & 1) << 1 | ((row >> 2) & 1))) << 4);
 }
 
-template <typename T, int BM, int BN, int WM, int WN, int STAGES>
-__global__ void __launch_bounds__(32 * WM * WN, tc_min_blocks<32 * WM * WN, BN>())
+template <typename T, int BM, int BN, int WM, int WN, int STAGES, int MIN_BLOCKS>
+__global__ void __launch_bounds__(32 * WM * WN, MIN_BLOCKS)
 conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
   using Tile = TcTile<BM, BN, WM, WN, STAGES>;
   constexpr int NT = Tile::kThreads, VEC = 16 / int(sizeof(T)), BK = 64 / int(sizeof(T));

@@ -14,8 +14,11 @@ namespace cuda {
 // One block tile: BM output pixels x BN output channels, K walked 64 bytes per stage (BK = 32
 // halfs or 16 floats), WARPS_M x WARPS_N warps, STAGES cp.async stages of (BM + BN) * 64 bytes.
 // blocks_per_sm: blocks an SM holds (shared memory and the 255-register cap at these block sizes,
-// sm_80); eff: mainloop efficiency relative to 128x128 (shared-memory bytes per MMA: a warp tile
-// of 64x32 reads 3 KiB per 32 MMAs, 32x32 2 KiB per 16), used by the tile heuristic.
+// sm_80; also the kernel's __launch_bounds__ minimum); eff: mainloop efficiency relative to
+// 128x128, used by the tile heuristic: multiply-adds per cycle when every SM streams its stages from
+// L2 at once (A100: ~33 bytes per clock per SM against ~870 bf16 multiply-adds issued), i.e.
+// min(1, BM*BN / (BM + BN) / 53), lowered further where the warps' shared-memory fragment reads
+// outlast the MMAs (a warp tile of 64x32 reads 3 KiB per 32 MMAs, 32x32 2 KiB per 16).
 struct TcConfig {
   const char* name;
   int bm, bn, bk_bytes, warps_m, warps_n, stages;
@@ -25,11 +28,22 @@ struct TcConfig {
   constexpr int smem_bytes() const { return stages * (bm + bn) * bk_bytes; }
 };
 
-constexpr int kTcConfigs = 3;
+// 128x128: the deep layers; 192x128 (one block of 8 warps per SM, 96x32 warp tiles): the same
+// layers where 128x128 leaves the last wave mostly empty (VGG16 conv3_x / conv4_x at batch 32 on
+// 108 SMs: 7.26 waves of 128x128, 9.69 of 192x128); 256x64 / 256x32: 64 / 32 output channels over many pixels (the A tile
+// of a tap is reloaded from L2 once per N tile, the B tile once per M tile: the long M side halves
+// the B share); 64x128 / 32x128: the weight gradient of 64 / 32 output channels (M = K there, so no
+// half-empty rows) and small grids.
+constexpr int kTcConfigs = 8;
 constexpr TcConfig kTcConfig[kTcConfigs] = {
     {"tc128x128", 128, 128, 64, 2, 4, 3, 2, 1.00},
     {"tc128x64", 128, 64, 64, 2, 2, 4, 3, 0.85},
     {"tc64x64", 64, 64, 64, 2, 2, 4, 4, 0.70},
+    {"tc256x64", 256, 64, 64, 4, 2, 3, 2, 0.96},
+    {"tc256x32", 256, 32, 64, 4, 1, 3, 2, 0.53},
+    {"tc64x128", 64, 128, 64, 2, 4, 4, 2, 0.80},
+    {"tc32x128", 32, 128, 64, 1, 4, 4, 4, 0.48},
+    {"tc192x128", 192, 128, 64, 2, 4, 4, 1, 1.00},
 };
 
 // Test switch (fastconv.testing.force_cuda_conv_config): -2 "auto" (the heuristic), -1 "simt"
@@ -61,20 +75,22 @@ inline std::string set_cuda_conv_config(std::string name) {
 }
 
 // Wave-quantisation-aware tile choice for a GEMM of M output pixels x K output channels on `sms`
-// SMs: a wave is sms * blocks_per_sm blocks, and an SM busy with blocks_per_sm blocks of BM x BN
-// takes ~ blocks_per_sm * BM * BN / eff per K step, so the estimate is
-// waves * blocks_per_sm * BM * BN / eff. Big GEMMs get 128x128, 64-channel layers 128x64, small
-// grids 64x64. The test switch overrides it. Also torch.ops.fastconv._cuda_conv_config_for, for the
+// SMs: a wave is sms * blocks_per_sm blocks, and an SM busy with r blocks of BM x BN takes
+// ~ r * BM * BN / eff per K step, r = min(blocks_per_sm, the blocks per SM of a single wave), so the
+// estimate is waves * r * BM * BN / eff. Big GEMMs get 128x128, 64-channel layers 256x64,
+// 32-channel ones 256x32, small grids 64x64 / 64x128. The test switch overrides it. Also torch.ops.fastconv._cuda_conv_config_for, for the
 // GPU performance model (benchmarks/gpu_model.py).
+inline double tc_waves_cost(const TcConfig& c, int64_t blocks, int64_t sms) {
+  const int64_t slots = sms * c.blocks_per_sm, resident = std::min<int64_t>(c.blocks_per_sm, (blocks + sms - 1) / sms);
+  return double((blocks + slots - 1) / slots) * double(resident) * c.bm * c.bn / c.eff;
+}
 inline int pick_tc_config(int64_t M, int64_t K, int64_t sms) {
   if (forced_conv_config() >= 0) return forced_conv_config();
   int best = 0;
   double best_t = 0;
   for (int i = 0; i < kTcConfigs; ++i) {
     const TcConfig& c = kTcConfig[i];
-    const int64_t blocks = ((M + c.bm - 1) / c.bm) * ((K + c.bn - 1) / c.bn);
-    const int64_t slots = sms * c.blocks_per_sm;
-    const double t = double((blocks + slots - 1) / slots) * c.blocks_per_sm * c.bm * c.bn / c.eff;
+    const double t = tc_waves_cost(c, ((M + c.bm - 1) / c.bm) * ((K + c.bn - 1) / c.bn), sms);
     if (i == 0 || t < best_t) best = i, best_t = t;
   }
   return best;
@@ -87,11 +103,13 @@ inline std::string cuda_conv_config_for(int64_t M, int64_t K, int64_t sms) {
 // The weight gradient's plan (conv2d_tc_wgrad.cuh): a GEMM of K output channels x rsc = R*S*Cp
 // columns over ktiles stages of pixels, split into `splits` ranges of the pixels, each summed by
 // its own blocks into an fp32 workspace. For each configuration (the forced one only, under the
-// test switch) and split count, the estimate is waves * (stages per split + kWgradSplitCost) *
-// blocks_per_sm * BM * BN / eff: splitting shortens the blocks and fills the waves, each split adds
-// one partial tile's store and its read by the reduction (~ kWgradSplitCost stages). Splits are
-// at most ktiles / kWgradMinStages (a split keeps a pipeline's worth of stages), four waves' worth of
-// blocks (more only adds reduction work), a workspace of kWgradWorkspaceBytes and 65535 (gridDim.z). Also torch.ops.fastconv._cuda_wgrad_plan_for, for benchmarks/gpu_model.py.
+// test switch) and split count, the estimate is (stages per split + kWgradSplitCost) times
+// tc_waves_cost of the tiles x splits blocks: splitting shortens the blocks and fills the waves,
+// each split adds one partial tile's store and its read by the reduction (~ kWgradSplitCost
+// stages). Splits are at most ktiles / kWgradMinStages (a split keeps a pipeline's worth of
+// stages), four waves' worth of blocks (more only adds reduction work), a workspace of
+// kWgradWorkspaceBytes and 65535 (gridDim.z). Also torch.ops.fastconv._cuda_wgrad_plan_for, for
+// benchmarks/gpu_model.py.
 struct TcWgradPlan {
   int config;
   int64_t splits;
@@ -109,8 +127,7 @@ inline TcWgradPlan pick_tc_wgrad(int64_t K, int64_t rsc, int64_t ktiles, int64_t
     const int64_t slots = sms * c.blocks_per_sm;
     const int64_t most = std::max<int64_t>(1, std::min({max_splits, ktiles / kWgradMinStages, (4 * slots + tiles - 1) / tiles}));
     for (int64_t s = 1; s <= most; ++s) {
-      const int64_t waves = (tiles * s + slots - 1) / slots, per_split = (ktiles + s - 1) / s;
-      const double t = double(waves) * double(per_split + kWgradSplitCost) * c.blocks_per_sm * c.bm * c.bn / c.eff;
+      const double t = double((ktiles + s - 1) / s + kWgradSplitCost) * tc_waves_cost(c, tiles * s, sms);
       if (best_t < 0 || t < best_t) best = {i, s}, best_t = t;
     }
   }
