@@ -171,7 +171,8 @@ def test_conv2d_tensor_cores_strided_grad_input(backend, cfg, config, dtype, lay
 # emulator's 4 SMs (fastconv._cuda_wgrad_plan_for says how many), a partial last split, padding,
 # stride, channels off the vector
 WGRAD_SPLIT = [
-    (2, 8, 25, 23, 16, (3, 3), 1, 1, 1, 1, True),     # 1150 pixels: a ragged last split
+    (2, 8, 25, 23, 16, (2, 3), 1, 1, 1, 1, True),     # 1196 pixels: a ragged last split; N = 48
+                                                      # columns: two 32-wide tiles to split on 4 SMs
     (3, 5, 60, 41, 24, (3, 2), 2, (1, 0), 1, 1, False),  # stride 2, 5 channels padded
 ]
 

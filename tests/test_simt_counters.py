@@ -106,7 +106,8 @@ def test_tensor_core_conv_main_loop(config, dtype):
     32-byte sectors (a 64-byte channel block of one pixel / weight row per 4 lanes), and the mma
     count is the GEMM's (M and N tiles x K steps x warp tiles)."""
     cfg = {c["name"]: c for c in testing.cuda_conv_configs()}[config]
-    N, C, H, W, K = 2, 64, 10, 10, 128  # 3x3 'valid': M = 2*8*8 = 128 rows, no padding taps, whole tiles
+    # 3x3 'valid': M = N*8*8 rows (128, or the tile's 192 / 256), no padding taps, whole tiles
+    N, C, H, W, K = max(2, cfg["bm"] // 64), 64, 10, 10, 128
     x = torch.randn(N, C, H, W).to(dtype).contiguous(memory_format=torch.channels_last)
     w = torch.randn(K, C, 3, 3).to(dtype)
     prev = torch.backends.cudnn.allow_tf32
@@ -139,7 +140,8 @@ def test_tensor_core_wgrad_main_loop(config, dtype):
     sources use whole 32-byte sectors (64 bytes of one pixel's channels per 4 lanes), and the mma
     count is the GEMM's (K and R*S*C tiles x pixel stages x warp tiles; one split here)."""
     cfg = {c["name"]: c for c in testing.cuda_conv_configs()}[config]
-    N, C, H, W, K = 2, 128, 10, 10, 128  # 3x3 'valid': 2*8*8 = 128 pixels, whole stages and tiles
+    # 3x3 'valid': 2*8*8 = 128 pixels, whole stages and tiles (K: 128 or the tile's 192 / 256)
+    N, C, H, W, K = 2, 128, 10, 10, max(128, cfg["bm"])
     x = torch.randn(N, C, H, W).to(dtype).contiguous(memory_format=torch.channels_last)
     w = torch.randn(K, C, 3, 3).to(dtype)
     gy = torch.randn(N, K, 8, 8).to(dtype).contiguous(memory_format=torch.channels_last)
