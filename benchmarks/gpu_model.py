@@ -16,8 +16,13 @@ the model takes the kernel the CUDA launcher runs for it and counts its work:
             wave efficiency = blocks / the slots of the waves they occupy;
             a strided input gradient is one launch per stride phase (the phase's rows x columns,
             its taps only: conv2d_launch.h dgrad_phase), the launches' times summed; the weight
-            gradient's fp32 split workspace (written, then read by the reduction) is added to the
-            HBM traffic
+            gradient's fp32 split workspace (written, then read by the reduction; with the bias
+            gradient's [splits][K] partial sums, which that pass computes) is added to the HBM
+            traffic
+  conv2d_relu's backward (every conv of these suites is followed by ReLU; --no-relu: plain
+            conv2d): one more row, "bwd_mask", the masked NHWC copy of dy that conv2d_relu_backward
+            makes once for both passes (read dy and the forward's output, write the copy), against
+            a bound of one read of the output (the least a mask applied inside the kernels costs)
   other passes: the FP32 FFMA implicit GEMM, at an assumed share of the CUDA-core FP32 peak
   both: max(that, L2 -> SM traffic of the tiles / L2 bandwidth, compulsory bytes / HBM bandwidth)
   roofline: max(useful FLOPs / dense tensor-core peak, compulsory bytes / HBM bandwidth) -- the
@@ -144,9 +149,9 @@ def model_tc(case: Case, gemm: tuple, kind: str, gpu: GPU, cfg: dict, splits: in
     wave_cyc = resident * ksteps * max(mma_cyc, smem_cyc) + ASSUMED["fill_cycles_per_wave"]
     t_sm = waves * wave_cyc / gpu.clock
     tile_bytes = blocks * ksteps * (bm + bn) * 64  # every block loads its A and B stages from L2
-    ws_bytes = 2 * splits * M * N * 4
+    extra_bytes = 2 * splits * (M * N + M) * 4  # weight-gradient partial tiles and bias partial sums
     return dict(t_sm=t_sm, tile_bytes=tile_bytes, bound_sm="smem" if smem_cyc > mma_cyc else "mma",
-                ws_bytes=ws_bytes, config=cfg["name"] + (f" x{splits}" if splits else ""),
+                extra_bytes=extra_bytes, config=cfg["name"] + (f" x{splits}" if splits else ""),
                 blocks=blocks, waves=waves, slots=slots, issued_fma=issued_fma)
 
 
@@ -154,13 +159,25 @@ def model_ffma(case: Case, op: str, gpu: GPU):
     """The FP32 FFMA implicit GEMM (the passes not on tensor cores): its multiply-adds at the
     assumed share of the CUDA-core FP32 peak; tiles as the 128x128x8 / 64x64x16 SIMT kernels."""
     t = case.flops() / (gpu.sms * gpu.fp32_fma_per_clk * 2 * gpu.clock * ASSUMED["ffma_mainloop_eff"])
-    return dict(t_sm=t, tile_bytes=0, ws_bytes=0, bound_sm="ffma", config="simt", blocks=0, waves=0, wave_eff=1.0, tile_eff=1.0)
+    return dict(t_sm=t, tile_bytes=0, extra_bytes=0, bound_sm="ffma", config="simt", blocks=0, waves=0, wave_eff=1.0, tile_eff=1.0)
+
+
+def model_mask(case: Case, elem: int, gpu: GPU):
+    """conv2d_relu_backward's masked copy of dy (one launch, HBM-bound), against one read of the
+    forward's output."""
+    P, Q = case.out_hw
+    y = case.N * case.K * P * Q * elem
+    return dict(config="mask copy", blocks=0, waves=0, wave_eff=1.0, tile_eff=1.0, bound="DRAM",
+                model_us=3 * y / gpu.dram * 1e6, roofline_us=y / gpu.dram * 1e6, pct_peak=0.0, vs_roofline=3.0)
 
 
 def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick, pick_wgrad):
     """One layer, pass, dtype and GPU: the modelled time against the roofline bound."""
     kind = KINDS[dtype]
     elem = ELEM[kind]
+    ident = dict(layer=case.layer, suite=case.suite, op=op, dtype=dtype, kind=kind, gpu=gpu.name)
+    if op == "conv_bwd_mask":
+        return dict(ident, **model_mask(case, elem, gpu))
     if tensor_core_pass(case, op):
         launches = []
         for M, N, ksteps in tc_gemms(case, op, elem):
@@ -170,21 +187,23 @@ def model_layer(case: Case, op: str, dtype: str, gpu: GPU, configs: dict, pick, 
             else:
                 launches.append(model_tc(case, (M, N, ksteps), kind, gpu, configs[pick(M, N, gpu.sms)]))
         m = dict(t_sm=sum(x["t_sm"] for x in launches), tile_bytes=sum(x["tile_bytes"] for x in launches),
-                 ws_bytes=sum(x["ws_bytes"] for x in launches),
+                 extra_bytes=sum(x["extra_bytes"] for x in launches),
                  bound_sm=max(launches, key=lambda x: x["t_sm"])["bound_sm"], config="+".join(sorted({x["config"] for x in launches})),
                  blocks=sum(x["blocks"] for x in launches), waves=sum(x["waves"] for x in launches),
                  wave_eff=sum(x["blocks"] for x in launches) / sum(x["waves"] * x["slots"] for x in launches),
                  tile_eff=case.flops() / 2 / sum(x["issued_fma"] for x in launches))
     else:
         m = model_ffma(case, op, gpu)
+        if op == "conv_bwd_weight":  # bias_grad_kernel: one more read of dy
+            P, Q = case.out_hw
+            m["extra_bytes"] = case.N * case.K * P * Q * elem
     compulsory = case.bytes(op, elem)
-    t_l2, t_dram = m["tile_bytes"] / gpu.l2, (compulsory + m["ws_bytes"]) / gpu.dram
+    t_l2, t_dram = m["tile_bytes"] / gpu.l2, (compulsory + m["extra_bytes"]) / gpu.dram
     t = max(m["t_sm"], t_l2, t_dram)
     bound = m["bound_sm"] if t == m["t_sm"] else "L2" if t == t_l2 else "DRAM"
     peak = gpu.sms * gpu.fma_per_clk[kind] * gpu.clock * 2  # dense tensor FLOP/s
     roof = max(case.flops() / peak, compulsory / gpu.dram)
-    return dict(layer=case.layer, suite=case.suite, op=op, dtype=dtype, kind=kind, gpu=gpu.name,
-                config=m["config"], blocks=m["blocks"], waves=m["waves"], wave_eff=m["wave_eff"],
+    return dict(ident, config=m["config"], blocks=m["blocks"], waves=m["waves"], wave_eff=m["wave_eff"],
                 tile_eff=m["tile_eff"], bound=bound, model_us=t * 1e6, roofline_us=roof * 1e6,
                 pct_peak=100 * case.flops() / (t * peak), vs_roofline=t / roof)
 
@@ -212,6 +231,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dtype", action="append", choices=list(KINDS), help="default float32 (TF32) and bfloat16")
     p.add_argument("--gpu", action="append", choices=list(GPUS), help="default both")
+    p.add_argument("--no-relu", action="store_true", help="plain conv2d: no bwd_mask row")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     import torch
@@ -229,7 +249,7 @@ def main(argv=None):
         for c in (x for x in suite_cases(s, args.batch) if x.kind == "conv"):
             for dt in args.dtype or ["float32", "bfloat16"]:
                 for g in args.gpu or list(GPUS):
-                    for op in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight"):
+                    for op in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight") + (() if args.no_relu else ("conv_bwd_mask",)):
                         rows.append(model_layer(c, op, dt, GPUS[g], configs, pick, pick_wgrad))
     print("MODEL, not a measurement (no GPU measured these figures). Assumed: " +
           ", ".join(f"{k} = {v}" for k, v in ASSUMED.items()) + "\n")

@@ -137,12 +137,6 @@ def register_namespace(ns):
     def _(grad_output, result, input, weight, stride, padding, dilation, groups, output_mask):
         return conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
 
-    # The composition for backends without a fused conv2d_relu_backward kernel (CUDA, the emulator).
-    @lib.impl(f"{ns}::conv2d_relu_backward", "CompositeExplicitAutograd")
-    def _(grad_output, result, input, weight, stride, padding, dilation, groups, output_mask):
-        return ops.conv2d_backward(ops.relu_backward(grad_output, result), input, weight, stride, padding,
-                                   dilation, groups, output_mask)
-
     @lib.register_fake(f"{ns}::max_pool2d")
     def _(input, kernel_size, stride, padding, dilation, ceil_mode):
         n, c, h, w = input.shape

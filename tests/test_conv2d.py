@@ -198,6 +198,88 @@ def test_conv2d_wgrad_split_k(backend, cfg, config, dtype, rng):
         _run(backend, cfg, dtype, rng, "channels_last", tf32=True)
 
 
+# grad_bias in the tensor-core weight-gradient pass (its first column tile's blocks sum dy): one
+# split and several (the emulator's 4 SMs), K past one 128-row tile, odd K, 3 channels padded
+WGRAD_BIAS = [
+    (2, 3, 9, 11, 8, (3, 3), 1, 1, 1, 1, True),
+    (1, 16, 8, 7, 136, (1, 1), 1, 0, 1, 1, True),
+    (2, 8, 25, 23, 17, (3, 3), 1, 1, 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
+@pytest.mark.parametrize("cfg", WGRAD_BIAS, ids=case_id)
+def test_conv2d_tensor_cores_bias_grad(backend, cfg, config, dtype, layout, rng):
+    """grad_bias summed by the weight-gradient kernel on tensor cores, with and without split-K,
+    every configuration and TC dtype, both layouts, against float64 (TF32 does not touch it: the
+    bias sum reads dy in fp32)."""
+    if backend.name == "cpu":
+        pytest.skip("configurations of the CUDA kernels")
+    torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
+    with testing.force_cuda_conv_config(config):
+        _run(backend, cfg, dtype, rng, layout, tf32=True)
+
+
+# conv2d_relu's backward on tensor cores (the mask applied in dy's NHWC copy, shared by the input
+# and weight gradients): stride 1 and strided, batch 1, bias or not, channels off the vector
+CONV_TC_RELU = [CONV_TC[0], CONV_TC[1], CONV_TC[2], CONV_TC[3], CONV_TC_STRIDED[0], CONV_TC_STRIDED[4],
+                WGRAD_BIAS[2]]
+
+
+@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("cfg", CONV_TC_RELU, ids=case_id)
+def test_conv2d_relu_backward_tensor_cores(backend, cfg, dtype, layout, rng):
+    """conv2d_relu forward and backward on tensor cores against float64 torch: the gradients of
+    conv2d with dy masked by the kernel's own output (> 0), since an output near 0 may take the
+    other sign than the float64 one within the dtype's (or TF32's) error."""
+    if backend.name == "cpu":
+        pytest.skip("configurations of the CUDA kernels")
+    torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
+    N, C, H, W, K, (R, S), stride, padding, dilation, groups, has_bias = cfg
+    fmt = torch.channels_last if layout else torch.contiguous_format
+    x64 = randn((N, C, H, W), rng, torch.float64).to(dtype).double().requires_grad_()
+    w64 = (randn((K, C, R, S), rng, torch.float64) / (C * R * S) ** 0.5).to(dtype).double().requires_grad_()
+    b64 = randn((K,), rng, torch.float64).to(dtype).double().requires_grad_() if has_bias else None
+    args = (stride, padding, dilation, groups)
+    ref = F.conv2d(x64, w64, b64, *args)
+    gy = randn(ref.shape, rng, torch.float64).to(dtype)
+    dev = backend.device
+
+    def compute():
+        x = x64.detach().to(dev, dtype).contiguous(memory_format=fmt).requires_grad_()
+        w, b = (t.detach().to(dev, dtype).requires_grad_() if t is not None else None for t in (w64, b64))
+        out = FC.conv2d_relu(x, w, b, *args)
+        out.backward(gy.to(dev))
+        return out.detach(), x.grad, w.grad, b.grad if has_bias else None
+
+    out, gx, gw, gb = backend.run(compute)
+    tol = TOL_TF32 if dtype == torch.float32 else None
+    assert_close(out, F.relu(ref), dtype, "output", tol)
+    ref.backward(gy.double() * (out.double().cpu() > 0))
+    assert_close(gx, x64.grad, dtype, "grad_input", tol)
+    assert_close(gw, w64.grad, dtype, "grad_weight", tol)
+    if has_bias:
+        assert_close(gb, b64.grad, dtype, "grad_bias", TOL[dtype] * 4)  # a sum of dy: room for cancellation
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_conv2d_relu_backward_tensor_cores_empty_batch(backend, dtype, rng):
+    """N = 0 through conv2d_relu_backward: empty grad_input, zero grad_weight and grad_bias."""
+    backend.skip_unless_takes(dtype)
+    torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
+    dev = backend.device
+    x = torch.zeros(0, 8, 6, 6, dtype=dtype, device=dev).contiguous(memory_format=torch.channels_last)
+    w = randn((16, 8, 3, 3), rng, dtype, dev)
+    y = torch.zeros(0, 16, 6, 6, dtype=dtype, device=dev)
+    gx, gw, gb = backend.run(lambda: backend.ops.conv2d_relu_backward(y, y, x, w, [1, 1], [1, 1], [1, 1], 1,
+                                                                      [True, True, True]))
+    assert gx.shape == x.shape and torch.equal(gw.cpu(), torch.zeros_like(w.cpu()))
+    assert torch.equal(gb.cpu(), torch.zeros(16, dtype=dtype))
+
+
 @pytest.mark.parametrize("cfg", CONV_TC[:2], ids=case_id)
 def test_conv2d_relu_tensor_cores(backend, cfg, rng):
     """conv2d_relu's fused epilogue (bias, then ReLU) on tensor cores (auto configuration)."""
@@ -304,20 +386,28 @@ def test_conv2d_output_mask(backend, cfg, mask, rng):
             assert out.shape == (0,), f"{what} was not requested"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, "tf32"], ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv2d_relu_backward_is_the_composition(backend, dtype, stride, rng):
+def test_conv2d_relu_backward_is_the_composition(backend, dtype, stride, layout, rng):
     """conv2d_relu_backward == conv2d_backward(relu_backward(dy, result)), with NaN, zeros and
-    negative values in result (the CPU fuses the ReLU's mask into the stride-1 float32 kernels)."""
-    x = randn((3, 5, 11, 17), rng, dtype, backend.device)
+    negative values in result (the CPU fuses the ReLU's mask into the stride-1 float32 kernels;
+    CUDA applies it in dy's NHWC copy on tensor cores: bfloat16, float32 with TF32)."""
+    if dtype == "tf32":
+        torch.backends.cudnn.allow_tf32 = True  # restored by conftest.cuda_tf32
+        dtype = torch.float32
+    backend.skip_unless_takes(dtype)
+    fmt = torch.channels_last if layout else torch.contiguous_format
+    x = randn((3, 5, 11, 17), rng, dtype, backend.device).contiguous(memory_format=fmt)
     w = randn((16, 5, 3, 3), rng, dtype, backend.device)
-    result = F.relu(F.conv2d(x.double().cpu(), w.double().cpu(), None, stride, 1)).to(backend.device, dtype)
+    result = F.relu(F.conv2d(x.double().cpu(), w.double().cpu(), None, stride, 1)).contiguous().to(backend.device, dtype)
     result.view(-1)[::7] = float("nan")
     result.view(-1)[1::11] = 0.0
-    gy = randn(result.shape, rng, dtype, backend.device)
+    result = result.contiguous(memory_format=fmt)
+    gy = randn(result.shape, rng, dtype, backend.device).contiguous(memory_format=fmt)
     args = ([stride, stride], [1, 1], [1, 1], 1, [True, True, True])
-    fused = backend.ops.conv2d_relu_backward(gy, result, x, w, *args)
-    ref = backend.ops.conv2d_backward(backend.ops.relu_backward(gy, result), x, w, *args)
+    fused = backend.run(lambda: backend.ops.conv2d_relu_backward(gy, result, x, w, *args))
+    ref = backend.run(lambda: backend.ops.conv2d_backward(backend.ops.relu_backward(gy, result), x, w, *args))
     for a, b, what in zip(fused, ref, ["grad_input", "grad_weight", "grad_bias"]):
         assert_close(a, b, dtype, what)
 

@@ -28,7 +28,7 @@ inline void define_ops(torch::Library& m) {
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // conv2d_relu's gradients: conv2d_backward of relu_backward(grad_output, result), result being
-  // conv2d_relu's output. Backends without a fused kernel get that composition (fastconv/ops.py).
+  // conv2d_relu's output (each backend applies the mask where its kernels read grad_output).
   m.def("conv2d_relu_backward(Tensor grad_output, Tensor result, Tensor input, Tensor weight, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");

@@ -4,6 +4,7 @@
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/flip.h>
+#include <ATen/ops/threshold_backward.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/empty.h>
 
@@ -22,6 +23,7 @@
 #include "cuda/conv2d_tc_wgrad.cuh"
 #include "cuda/depthwise_launch.h"
 #include "cuda/launch_common.h"
+#include "cuda/relu_launch.h"
 
 namespace fastconv {
 namespace cuda {
@@ -146,16 +148,21 @@ bool use_tc(const Conv2dShape& s) {
 }
 
 // t (N,C,H,W) in any layout -> (N,cp,H,W) channels_last contiguous (in memory [N][H][W][cp]) with
-// zero channels past C: t itself when it already is channels_last, 16-byte aligned and C == cp;
-// otherwise one transposing copy (an NCHW input: one read and one write of the input; a weight
-// KCRS -> KRSC: small).
-inline at::Tensor nhwc_padded(const at::Tensor& t, int64_t cp) {
+// zero channels past C: t itself when it already is channels_last, 16-byte aligned and C == cp
+// and there is no gate; otherwise one transposing copy (an NCHW input: one read and one write of
+// the input; a weight KCRS -> KRSC: small). With gate (conv2d_relu's output, t's shape), the copy
+// holds relu_backward(t, gate) = t where gate > 0 (or NaN), else 0: the ReLU mask costs one read
+// of the gate in a copy an NCHW dy needs anyway.
+inline at::Tensor nhwc_padded(const at::Tensor& t, int64_t cp, const at::Tensor& gate = {}) {
   const int64_t C = t.size(1);
-  if (C == cp && t.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(t.const_data_ptr())) return t;
+  if (!gate.defined() && C == cp && t.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(t.const_data_ptr()))
+    return t;
   const auto opts = t.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor o = C == cp ? at::empty({t.size(0), t.size(2), t.size(3), cp}, opts)
                          : at::zeros({t.size(0), t.size(2), t.size(3), cp}, opts);
-  o.narrow(3, 0, C).copy_(t.permute({0, 2, 3, 1}));
+  at::Tensor body = o.narrow(3, 0, C);
+  if (gate.defined()) at::threshold_backward_out(body, t.permute({0, 2, 3, 1}), gate.permute({0, 2, 3, 1}), 0);
+  else body.copy_(t.permute({0, 2, 3, 1}));
   return o.permute({0, 3, 1, 2});
 }
 
@@ -324,9 +331,10 @@ void conv2d_bwd_weight_run(const Conv2dShape& s, const at::Tensor& x, const at::
   FC_CHECK_LAUNCH();
 }
 
-// grad_weight on tensor cores (conv2d_tc_wgrad.cuh): dy and x in NHWC (channels_last tensors in
-// place, others one copy), the split-K GEMM into an fp32 workspace [splits][K][R*S*Cp], the
-// fixed-order sum over the splits into [K][R][S][Cp]; returned as a (K, C, R, S) view of it
+// grad_weight (and grad_bias when bias) on tensor cores (conv2d_tc_wgrad.cuh): dy NHWC with its
+// channels padded (nhwc_padded), x in NHWC (a channels_last tensor in place, others one copy), the
+// split-K GEMM into fp32 workspaces [splits][K][R*S*Cp] (and [splits][K]), the fixed-order sums
+// over the splits into [K][R][S][Cp] (and [K]); grad_weight returned as a (K, C, R, S) view of it
 // (channels_last when Cp == C; the caller converts it to the weight's memory format).
 template <typename T, int CFG>
 void launch_tc_wgrad(const TcWgradArgs<T>& a, int64_t splits, cudaStream_t stream) {
@@ -341,10 +349,11 @@ void launch_tc_wgrad(const TcWgradArgs<T>& a, int64_t splits, cudaStream_t strea
 }
 
 template <typename T>
-at::Tensor conv2d_bwd_weight_tc(const Conv2dShape& s, const at::Tensor& grad_output, const at::Tensor& input) {
+std::pair<at::Tensor, at::Tensor> conv2d_bwd_weight_tc(const Conv2dShape& s, const at::Tensor& dy,
+                                                       const at::Tensor& input, bool bias) {
   constexpr int64_t VEC = 16 / sizeof(T), BK = 64 / sizeof(T);
-  const int64_t cp = ceil_div(s.C, VEC) * VEC, kp = ceil_div(s.K, VEC) * VEC;
-  const at::Tensor x = nhwc_padded(input, cp), dy = nhwc_padded(grad_output, kp);
+  const int64_t cp = ceil_div(s.C, VEC) * VEC, kp = dy.size(1);
+  const at::Tensor x = nhwc_padded(input, cp);
   TcWgradArgs<T> a{};
   a.dy = dy.const_data_ptr<T>();
   a.x = x.const_data_ptr<T>();
@@ -364,14 +373,21 @@ at::Tensor conv2d_bwd_weight_tc(const Conv2dShape& s, const at::Tensor& grad_out
   const int64_t splits = ceil_div(a.npq, a.chunk);  // no empty split
   at::Tensor ws = at::empty({splits, part}, input.options().dtype(at::kFloat));
   a.ws = ws.mutable_data_ptr<float>();
+  const at::Tensor wsb = bias ? at::empty({splits, s.K}, ws.options()) : at::Tensor();
+  a.wsb = bias ? wsb.mutable_data_ptr<float>() : nullptr;
   cudaStream_t stream = FC_CURRENT_STREAM();
   for_tc_config(plan.config, [&](auto cfg) { launch_tc_wgrad<T, decltype(cfg)::value>(a, splits, stream); });
   at::Tensor gw = at::empty({s.K, s.R, s.S, cp}, input.options().memory_format(at::MemoryFormat::Contiguous));
-  auto* reduce = &reduce_splits_kernel<T>;
-  FC_LAUNCH(reduce, stride_grid(part, reduce_splits_threads), dim3(reduce_splits_threads), 0, stream)(
-      ws.const_data_ptr<float>(), gw.mutable_data_ptr<T>(), part, int(splits));
-  FC_CHECK_LAUNCH();
-  return gw.narrow(3, 0, s.C).permute({0, 3, 1, 2});
+  at::Tensor gb = bias ? at::empty({s.K}, input.options()) : at::Tensor();
+  auto reduce = [&](const at::Tensor& src, at::Tensor& dst, int64_t n) {
+    auto* kernel = &reduce_splits_kernel<T>;
+    FC_LAUNCH(kernel, stride_grid(n, reduce_splits_threads), dim3(reduce_splits_threads), 0, stream)(
+        src.const_data_ptr<float>(), dst.mutable_data_ptr<T>(), n, int(splits));
+    FC_CHECK_LAUNCH();
+  };
+  reduce(ws, gw, part);
+  if (bias) reduce(wsb, gb, s.K);
+  return {gw.narrow(3, 0, s.C).permute({0, 3, 1, 2}), gb};
 }
 
 template <typename T>
@@ -411,15 +427,14 @@ inline DgradPhase dgrad_phase(int64_t phi, int64_t in, int64_t k, int64_t st, in
   return f;
 }
 
-// Each of the sh x sw phases: conv2d_fwd_tc_into of grad_output (made NHWC once) with the phase's
+// Each of the sh x sw phases: conv2d_fwd_tc_into of dy (NHWC, channels padded: nhwc_padded) with the phase's
 // weight taps, flipped, transposed (C <-> K), writing rows start_h + i*sh, columns start_w + j*sw of
 // grad_input in its epilogue (each grad_input element written once, no scatter pass); a phase
 // without taps gets zeros.
 template <typename T>
-at::Tensor conv2d_bwd_data_tc(const Conv2dShape& s, const at::Tensor& grad_output, const at::Tensor& weight,
+at::Tensor conv2d_bwd_data_tc(const Conv2dShape& s, const at::Tensor& gy, const at::Tensor& weight,
                               at::MemoryFormat fmt) {
-  at::Tensor gx = at::empty({s.N, s.C, s.H, s.W}, grad_output.options().memory_format(fmt));
-  const at::Tensor gy = nhwc_padded(grad_output, ceil_div(s.K, int64_t(16 / sizeof(T))) * (16 / sizeof(T)));
+  at::Tensor gx = at::empty({s.N, s.C, s.H, s.W}, gy.options().memory_format(fmt));
   for (int64_t ph = 0; ph < s.stride_h; ++ph)
     for (int64_t pw = 0; pw < s.stride_w; ++pw) {
       const DgradPhase fh = dgrad_phase(ph, s.H, s.R, s.stride_h, s.pad_h, s.dil_h);
@@ -444,46 +459,68 @@ at::Tensor conv2d_bwd_data_tc(const Conv2dShape& s, const at::Tensor& grad_outpu
   return gx;
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  const Conv2dShape s =
-      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kernel_dtypes());
+// ---- backward: which kernels run
+// conv2d_backward, and conv2d_relu_backward when gate (conv2d_relu's output) is defined: dy is
+// relu_backward(grad_output, gate) then.
+// Tensor cores where use_tc: dy made NHWC with its channels padded once (nhwc_padded: none for an
+// aligned channels_last dy without gate; the ReLU mask applied in that copy), read by the input
+// gradient's phases and by the weight gradient, which also sums grad_bias. Otherwise the FP32/FP64
+// implicit GEMMs and bias_grad_kernel on NCHW copies (of the masked dy; of x, w only where needed).
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+inline Grads conv2d_backward_impl(const Conv2dShape& s, const at::Tensor& grad_output, const at::Tensor& gate,
+                                  const at::Tensor& input, const at::Tensor& weight, std::array<bool, 3> output_mask) {
   DeviceGuard guard(input);
-  if (s.N > 0 && s.depthwise()) return depthwise_backward(s, grad_output, input, weight, output_mask);  // depthwise_launch.h
+  auto masked = [&] { return gate.defined() ? relu_backward(grad_output, gate) : grad_output; };
+  if (s.N > 0 && s.depthwise()) return depthwise_backward(s, masked(), input, weight, output_mask);  // depthwise_launch.h
   const auto opts = input.options();
   at::Tensor gx = output_mask[0] ? at::empty({s.N, s.C, s.H, s.W}, opts) : at::empty({0}, opts);
   at::Tensor gw = output_mask[1] ? at::empty({s.K, s.Cg(), s.R, s.S}, opts) : at::empty({0}, opts);
   at::Tensor gb = output_mask[2] ? at::empty({s.K}, opts) : at::empty({0}, opts);
+  const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   if (s.N == 0) {  // sums over an empty batch
     if (output_mask[1]) gw.zero_();
     if (output_mask[2]) gb.zero_();
-    const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
     return {output_mask[0] ? gx.contiguous(fmt) : gx, output_mask[1] ? gw.contiguous(fmt) : gw, gb};
   }
-  const at::Tensor gy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
-  dispatch(gy.scalar_type(), [&](auto tag) {
+  dispatch(input.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    bool gx_done = false;
     if constexpr (tc_dtype<T>) {
-      if (output_mask[0] && use_tc<T>(s)) {
-        gx = conv2d_bwd_data_tc<T>(s, grad_output, weight, conv2d_memory_format(input, weight));
-        gx_done = true;
+      if (use_tc<T>(s)) {
+        const at::Tensor dy = nhwc_padded(grad_output, ceil_div(s.K, int64_t(16 / sizeof(T))) * (16 / sizeof(T)), gate);
+        if (output_mask[0]) gx = conv2d_bwd_data_tc<T>(s, dy, weight, fmt);
+        if (output_mask[1]) {
+          auto [w_grad, b_grad] = conv2d_bwd_weight_tc<T>(s, dy, input, output_mask[2]);
+          gw = w_grad;
+          if (output_mask[2]) gb = b_grad;
+        } else if (output_mask[2]) conv2d_bwd_bias_run<T>(s, dy.narrow(1, 0, s.K).contiguous(), gb);
+        return;
       }
     }
-    if (output_mask[0] && !gx_done) conv2d_bwd_data_run<T>(s, gy, w, gx);
-    bool gw_done = false;
-    if constexpr (tc_dtype<T>) {
-      if (output_mask[1] && use_tc<T>(s)) {
-        gw = conv2d_bwd_weight_tc<T>(s, grad_output, input);
-        gw_done = true;
-      }
-    }
-    if (output_mask[1] && !gw_done) conv2d_bwd_weight_run<T>(s, x, gy, gw);
+    const at::Tensor gy = masked().contiguous();
+    if (output_mask[0]) conv2d_bwd_data_run<T>(s, gy, weight.contiguous(), gx);
+    if (output_mask[1]) conv2d_bwd_weight_run<T>(s, input.contiguous(), gy, gw);
     if (output_mask[2]) conv2d_bwd_bias_run<T>(s, gy, gb);
   });
-  const at::MemoryFormat fmt = conv2d_memory_format(input, weight);
   return {output_mask[0] ? gx.contiguous(fmt) : gx, output_mask[1] ? gw.contiguous(fmt) : gw, gb};
+}
+
+inline Grads conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             int64_t groups, std::array<bool, 3> output_mask) {
+  const Conv2dShape s =
+      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kernel_dtypes());
+  return conv2d_backward_impl(s, grad_output, at::Tensor(), input, weight, output_mask);
+}
+
+// conv2d_relu's gradients with the ReLU mask (result > 0) applied in dy's NHWC copy shared by the
+// input and weight gradients (tensor cores), else by relu_backward first.
+inline Grads conv2d_relu_backward(const at::Tensor& grad_output, const at::Tensor& result, const at::Tensor& input,
+                                  const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const Conv2dShape s =
+      check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, kernel_dtypes());
+  check_relu_backward(grad_output, result, kernel_dtypes());
+  return conv2d_backward_impl(s, grad_output, result, input, weight, output_mask);
 }
 
 }  // namespace cuda

@@ -17,6 +17,7 @@ inline void register_kernels(torch::Library& m) {
   m.impl("conv2d", &conv2d);
   m.impl("conv2d_relu", &conv2d_relu);
   m.impl("conv2d_backward", &conv2d_backward);
+  m.impl("conv2d_relu_backward", &conv2d_relu_backward);
   m.impl("max_pool2d", &max_pool2d);
   m.impl("max_pool2d_backward", &max_pool2d_backward);
   m.impl("relu", &relu);
