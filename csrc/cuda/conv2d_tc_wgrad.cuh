@@ -38,8 +38,8 @@
 //
 // Bias gradient (a.wsb set): grad_bias[m] = sum_k A[m][k], the row sums of the A operand. The
 // blocks of the first column tile (blockIdx.x == 0) already stage every dy element of their m
-// range once per split, so their first BM threads each sum one channel's column of every A stage
-// in smem, pixels in order (fp32, exact for float: no TF32 rounding), and store the split's sum
+// range once per split, so their threads each sum one channel's column (two, where the block has
+// fewer threads than BM) of every A stage in smem, pixels in order (fp32, exact for float: no TF32 rounding), and store the split's sum
 // into wsb[z][m]; reduce_splits_kernel sums the splits in order like the weights' (deterministic,
 // no atomics). The other blocks do no extra work.
 #pragma once
@@ -143,12 +143,12 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
 
   float acc[Tile::kMI][Tile::kNI][4];
   tc_zero(acc);
-  // The bias row sum of this thread: channel m0 + tid, held at smem row (tid/BK)*BK + k, element
-  // tid % BK of the 64-byte row (chunk (tid%BK)/VEC), for the stage's pixels k < BK.
-  static_assert(NT >= BM, "one thread per bias channel");
-  const bool bias_sum = a.wsb != nullptr && blockIdx.x == 0 && tid < BM;
-  const int bias_row = (tid / BK) * BK, bias_byte = ((tid % BK) % VEC) * int(sizeof(T));
-  float bsum = 0.f;
+  // The bias row sums of this thread: channels m0 + mb, mb = tid + c*NT < BM (one or, where the
+  // block has fewer threads than rows, two of them); channel mb is held at smem row (mb/BK)*BK + k,
+  // element mb % BK of the 64-byte row (chunk (mb%BK)/VEC), for the stage's pixels k < BK.
+  constexpr int kBiasRows = (BM + NT - 1) / NT;
+  const bool bias_sum = a.wsb != nullptr && blockIdx.x == 0;
+  float bsum[kBiasRows] = {};
 
   const int wm = warp % WM, wn = warp / WM;
   const int g = lane / 4, t = lane % 4;
@@ -180,8 +180,14 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
     const unsigned char* As = smem + slot * Tile::kStageBytes;
     const unsigned char* Bs = As + BM * 64;
     if (bias_sum)
-      for (int k = 0; k < BK; ++k)
-        bsum += to_acc<float>(ld_shared(reinterpret_cast<const T*>(As + wg_swz(bias_row + k, (tid % BK) / VEC) + bias_byte)));
+#pragma unroll
+      for (int c = 0; c < kBiasRows; ++c) {
+        const int mb = tid + c * NT;
+        if (mb < BM)
+          for (int k = 0; k < BK; ++k)
+            bsum[c] += to_acc<float>(ld_shared(reinterpret_cast<const T*>(
+                As + wg_swz((mb / BK) * BK + k, (mb % BK) / VEC) + ((mb % BK) % VEC) * int(sizeof(T)))));
+      }
     if constexpr (!kF32) {
 #pragma unroll
       for (int ks = 0; ks < 2; ++ks) {  // two k steps of 16 pixels per stage
@@ -229,7 +235,11 @@ conv2d_tc_wgrad_kernel(const TcWgradArgs<T> a) {
   });
 
   // Epilogue: c[e] of tile (i, j) is D[m = 16i + g + 8*(e/2)][n = 8j + 2t + e%2] of the warp tile.
-  if (bias_sum && m0 + tid < a.K) st_global(a.wsb + int64_t(blockIdx.z) * a.K + m0 + tid, bsum);
+  if (bias_sum)
+#pragma unroll
+    for (int c = 0; c < kBiasRows; ++c)
+      if (tid + c * NT < BM && m0 + tid + c * NT < a.K)
+        st_global(a.wsb + int64_t(blockIdx.z) * a.K + m0 + tid + c * NT, bsum[c]);
   float* ws = a.ws + int64_t(blockIdx.z) * a.K * a.rsc;
 #pragma unroll
   for (int i = 0; i < Tile::kMI; ++i)
