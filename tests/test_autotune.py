@@ -192,6 +192,8 @@ def test_conv_algo_rules_winograd(algo, rng):
     fwd, dx, _ = _kernels(cfg, x, w)
     if algo == "exact":
         assert "winograd" not in (fwd, dx)
+        OPS._force_cpu_conv_kernel("winograd")  # not even a candidate
+        assert "winograd" not in _kernels(cfg, x, w)
     elif algo == "winograd" and fastconv.info()["cpu_isa"].startswith("avx512"):
         assert fwd == dx == "winograd"
 

@@ -320,7 +320,10 @@ std::optional<ConvKernel> tuned_choice(const TuneKey& key) {
 }
 
 // The fastest of ks on this call (run(k) runs k on its operands): the least of kReps timings of
-// each (the first also packs weights and warms the caches), ties to the earlier kernel.
+// each (the first also packs weights and warms the caches), ties to the earlier kernel. A kernel
+// whose first run takes over twice the best time so far is not run again: it would not win, and
+// on large layers the slow candidates (small-M on many pixels, the GEMM on a direct shape) would
+// make the first call several seconds longer.
 ConvKernel fastest(const std::vector<ConvKernel>& ks, const std::function<void(ConvKernel)>& run) {
   constexpr int kReps = 3;
   if (ks.size() == 1) return ks[0];
@@ -332,6 +335,7 @@ ConvKernel fastest(const std::vector<ConvKernel>& ks, const std::function<void(C
       run(k);
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (sec < best_s) best_s = sec, best = k;
+      if (sec > 2 * best_s) break;
     }
   return best;
 }

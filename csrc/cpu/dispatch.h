@@ -96,9 +96,9 @@ std::vector<ConvKernel> conv_candidates(ConvPass p, const Conv2dShape& s, at::Sc
 // The kernel that runs pass p of a call: a forced kernel (force_conv_kernel, for tests) where it is
 // a candidate; else with the autotune on (fastconv.set_cpu_autotune) the measured choice for the
 // call's key (the shape, t, layout, pass, weights_kept, gated, thread count, ISA, conv algorithm),
-// measured on the key's first call: `run` runs each candidate on the call's operands (a few reps,
-// the fastest minimum wins, ties to the earlier), and the caller then runs the winner, whose output
-// is the call's. The choice is cached (thread-safe) and reused by every later call of the key, so a
+// measured on the key's first call: `run` runs each candidate on the call's operands (up to three
+// times, the least time wins, ties to the earlier), and the caller then runs the winner, whose
+// output is the call's. The choice is cached (thread-safe) and reused by every later call of the key, so a
 // key always runs one kernel. With the autotune off: the heuristic chooser of the pass.
 ConvKernel choose_kernel(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool channels_last, bool weights_kept,
                          bool gated, const std::function<void(ConvKernel)>& run);
