@@ -319,25 +319,26 @@ std::optional<ConvKernel> tuned_choice(const TuneKey& key) {
   return it == tk.chosen.end() ? std::nullopt : std::optional<ConvKernel>(it->second);
 }
 
-// The fastest of ks on this call (run(k) runs k on its operands): the least of kReps timings of
-// each (the first also packs weights and warms the caches), ties to the earlier kernel. A kernel
-// whose first run takes over twice the best time so far is not run again: it would not win, and
-// on large layers the slow candidates (small-M on many pixels, the GEMM on a direct shape) would
-// make the first call several seconds longer.
+// The fastest of ks on this call (run(k) runs k on its operands): the least of up to kReps timings
+// of each, taken in rounds over the candidates so that a change in the machine's load falls on all
+// of them alike (the first round also packs weights and warms the caches); ties to the earlier
+// kernel. After the first round a kernel over twice the best time so far is not run again: it
+// would not win, and on large layers the slow candidates (small-M on many pixels, the GEMM on a
+// direct shape) would make the first call seconds longer.
 ConvKernel fastest(const std::vector<ConvKernel>& ks, const std::function<void(ConvKernel)>& run) {
   constexpr int kReps = 3;
   if (ks.size() == 1) return ks[0];
-  ConvKernel best = ks[0];
-  double best_s = std::numeric_limits<double>::infinity();
-  for (ConvKernel k : ks)
-    for (int rep = 0; rep < kReps; ++rep) {
+  std::vector<double> least(ks.size(), std::numeric_limits<double>::infinity());
+  for (int rep = 0; rep < kReps; ++rep) {
+    const double best = *std::min_element(least.begin(), least.end());
+    for (size_t i = 0; i < ks.size(); ++i) {
+      if (least[i] > 2 * best) continue;
       const auto t0 = std::chrono::steady_clock::now();
-      run(k);
-      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (sec < best_s) best_s = sec, best = k;
-      if (sec > 2 * best_s) break;
+      run(ks[i]);
+      least[i] = std::min(least[i], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-  return best;
+  }
+  return ks[std::min_element(least.begin(), least.end()) - least.begin()];
 }
 
 }  // namespace
