@@ -91,7 +91,9 @@ def set_cpu_autotune(enabled):
     That first call is several times slower. The choice never breaks set_cpu_conv_algo: Winograd
     is never measured under 'exact', and is the only choice where it can run under 'winograd'.
     Results stay deterministic: once measured, a key always runs the same kernel, and each kernel's
-    result does not depend on the thread count or timing. Keys are kept until
+    result does not depend on the thread count or timing. The measurement itself can come out
+    differently in another process, and kernels round differently (last bits), so bit-identical
+    results across processes need the autotune off (or the same choices). Keys are kept until
     clear_cpu_autotune(); ``info()["cpu_autotune"]["entries"]`` counts them. The environment
     variable FASTCONV_CPU_AUTOTUNE (1 / on / true, 0 / off / false) sets the initial choice."""
     if not isinstance(enabled, bool):

@@ -98,8 +98,8 @@ std::vector<ConvKernel> conv_candidates(ConvPass p, const Conv2dShape& s, at::Sc
 // call's key (the shape, t, layout, pass, weights_kept, gated, thread count, ISA, conv algorithm),
 // measured on the key's first call: `run` runs each candidate on the call's operands (up to three
 // times, the least time wins, ties to the earlier), and the caller then runs the winner, whose
-// output is the call's. The choice is cached (thread-safe) and reused by every later call of the key, so a
-// key always runs one kernel. With the autotune off: the heuristic chooser of the pass.
+// output is the call's. The choice is cached (thread-safe) and reused by every later call of the
+// key, so a key always runs one kernel. With the autotune off: the heuristic chooser of the pass.
 ConvKernel choose_kernel(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool channels_last, bool weights_kept,
                          bool gated, const std::function<void(ConvKernel)>& run);
 
