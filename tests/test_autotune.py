@@ -96,20 +96,23 @@ def _run(cfg, dtype, rng, channels_last=False, fused_relu=False, tol=None):
     return [out] + [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("fused_relu", [False, True], ids=["conv", "conv_relu"])
+@pytest.mark.parametrize("dtype,fused_relu", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)],
+                         ids=["conv", "conv_relu", "conv_bf16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("i", range(len(SHAPES)), ids=[f"shape{i}" for i in range(len(SHAPES))])
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_forced_kernel(kernel, i, channels_last, fused_relu, rng):
-    """Every kernel on every shape where a pass can run it: what the autotune may choose."""
+def test_forced_kernel(kernel, i, channels_last, dtype, fused_relu, rng):
+    """Every kernel on every shape where a pass can run it: what the autotune may choose (bfloat16:
+    the kernels of its own candidate list, e.g. the bf16 GEMMs with AVX512_BF16)."""
     cfg = SHAPES[i]
     if kernel == "winograd":
         fastconv.set_cpu_conv_algo("auto")  # conftest restores 'exact'
     assert OPS._force_cpu_conv_kernel(kernel) == ""
-    _, (x, w, _) = _operands(cfg, torch.float32, rng, channels_last)
+    _, (x, w, _) = _operands(cfg, dtype, rng, channels_last)
     if kernel not in _kernels(cfg, x, w):
         pytest.skip(f"no pass of this call can run {kernel}")
-    _run(cfg, torch.float32, rng, channels_last, fused_relu, WINOGRAD_TOL if kernel == "winograd" else None)
+    tol = WINOGRAD_TOL if kernel == "winograd" and dtype == torch.float32 else None
+    _run(cfg, dtype, rng, channels_last, fused_relu, tol)
 
 
 def test_force_rejects_unknown():
