@@ -166,6 +166,9 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true",
                    help="also time the vendor and fastconv on channels_last (NHWC) inputs (speedup column: "
                         "native_cl / fastconv_cl)")
+    p.add_argument("--cpu-autotune", action="store_true",
+                   help="fastconv's CPU kernels chosen by measuring (fastconv.set_cpu_autotune): each case's "
+                        "correctness run measures, the timed calls reuse the choice")
     p.add_argument("--json", metavar="PATH", help="write every figure + machine/build details here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of speedups here")
     p.add_argument("--roofline", action="store_true", help="print the paper GPU roofline bounds of the cases and exit")
@@ -210,6 +213,9 @@ def run(args, impls=None, cases=None):
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.cpu_autotune:
+        import fastconv
+        fastconv.set_cpu_autotune(True)
     impls = impls if impls is not None else default_impls(device, args.impl, args.channels_last, dtype)
     names = list(impls)
     ref, test = names[0], names[-1]

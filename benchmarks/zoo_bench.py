@@ -710,6 +710,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"{','.join(QUICK_MODELS)} at 64b1, short timing")
     p.add_argument("--min-time", type=float, help="seconds of timed calls per side per measurement (default 2, quick 0.2)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
+    p.add_argument("--cpu-autotune", action="store_true",
+                   help="fastconv's CPU kernels chosen by measuring (FASTCONV_CPU_AUTOTUNE=1 in every worker)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"relative error of a whole model (vs float64) that always passes (default {DEFAULT_TOLERANCE:g})")
     p.add_argument("--error-ratio", type=float, default=ERROR_RATIO,
@@ -758,6 +760,8 @@ def run(args):
     import torch
     from fcbench.timing import build_info, ceilings, machine_info, progress
     t0, load_start = time.time(), os.getloadavg()
+    if args.cpu_autotune:
+        os.environ["FASTCONV_CPU_AUTOTUNE"] = "1"  # read by fastconv at load in each worker
     torch.set_num_threads(args.threads)
     ceil = ceilings(torch.device("cpu"), torch.float32, args.threads, min(args.min_time, 0.5))
     plan = []

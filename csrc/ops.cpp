@@ -14,6 +14,13 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_info() -> str", &fastconv::info_json);
   m.def("_set_cpu_isa(str isa) -> str", &fastconv::set_cpu_isa);
   m.def("_set_cpu_conv_algo(str algo) -> str", &fastconv::set_cpu_conv_algo);
+  m.def("_set_cpu_autotune(bool on) -> bool", &fastconv::set_cpu_autotune);
+  m.def("_clear_cpu_autotune() -> ()", &fastconv::clear_cpu_autotune);
+  // The CPU conv kernels' test hooks (cpu/dispatch.h: force_conv_kernel, planned_kernel).
+  m.def("_force_cpu_conv_kernel(str name) -> str", &fastconv::force_cpu_conv_kernel);
+  m.def("_cpu_conv_kernel_for(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups, str which, bool weights_kept=False, bool gated=False) -> str",
+        &fastconv::cpu_conv_kernel_for);
   // The CUDA conv kernels' test switch (cuda/tc_configs.h; returns the previous setting).
   m.def("_set_cuda_conv_config(str name) -> str", &fastconv::cuda::set_cuda_conv_config);
   m.def("_cuda_conv_config_for(int M, int K, int sms) -> str", &fastconv::cuda::cuda_conv_config_for);

@@ -31,17 +31,19 @@ register_namespace("fastconv")
 register_torchscript_symbolics()
 
 __version__ = "0.1.0"
-__all__ = ["Conv2d", "Conv2dAdd", "Conv2dFused", "Conv2dReLU", "MaxPool2d", "ReLU", "clear_packed_weights", "convert", "fuse_conv_relu",
+__all__ = ["Conv2d", "Conv2dAdd", "Conv2dFused", "Conv2dReLU", "MaxPool2d", "ReLU", "clear_cpu_autotune",
+           "clear_packed_weights", "convert", "fuse_conv_relu",
            "functional", "info",
            "onnx_translation_table", "optimize_for_inference",
-           "set_cpu_conv_algo", "set_cpu_isa"]
+           "set_cpu_autotune", "set_cpu_conv_algo", "set_cpu_isa"]
 
 
 def info():
     """What this build of fastconv contains and what will run: a dict with ``version``,
     ``backends`` (compiled: 'cpu', and 'cuda' when built with CUDA), ``cuda_archs``, ``cpu_isa``
     (the CPU micro-kernels in use: avx512, avx2 or generic), ``cpu_conv_algo`` (see
-    set_cpu_conv_algo), ``cpu_threads``, ``cpu_packed_weights`` (the packed-weight cache:
+    set_cpu_conv_algo), ``cpu_autotune`` (``enabled`` and the number of measured choices,
+    ``entries``; see set_cpu_autotune), ``cpu_threads``, ``cpu_packed_weights`` (the packed-weight cache:
     ``entries``, ``bytes``, ``limit_bytes``; see clear_packed_weights), ``dtypes`` (per backend, the dtypes its kernels take:
     {'cpu': [...], 'cuda': [...]}, as names of torch dtypes), and ``cuda_available`` (a GPU is
     visible now)."""
@@ -74,6 +76,35 @@ def set_cpu_conv_algo(algo):
 
     The environment variable FASTCONV_CPU_CONV_ALGO sets the initial choice."""
     return torch.ops.fastconv._set_cpu_conv_algo(algo)
+
+
+def set_cpu_autotune(enabled):
+    """Choose each CPU conv2d pass's kernel by measuring, the way ``torch.backends.cudnn.benchmark``
+    does (``True``), or by fastconv's built-in heuristics (``False``, the default). Returns the
+    setting now in effect; anything but a bool raises TypeError.
+
+    With it on, the first call of a pass (forward, input gradient, weight gradient) for a key -- the
+    convolution's shape, stride, padding, dilation and groups, the dtype, the memory format, whether
+    the weights are kept packed (inference), the thread count, the CPU ISA and the conv algorithm
+    setting -- runs every kernel that can compute it on the call's own operands, a few times each,
+    keeps the fastest, and returns that kernel's result; later calls of the key run it directly.
+    That first call is several times slower. The choice never breaks set_cpu_conv_algo: Winograd
+    is never measured under 'exact', and is the only choice where it can run under 'winograd'.
+    Results stay deterministic: once measured, a key always runs the same kernel, and each kernel's
+    result does not depend on the thread count or timing. The measurement itself can come out
+    differently in another process, and kernels round differently (last bits), so bit-identical
+    results across processes need the autotune off (or the same choices). Keys are kept until
+    clear_cpu_autotune(); ``info()["cpu_autotune"]["entries"]`` counts them. The environment
+    variable FASTCONV_CPU_AUTOTUNE (1 / on / true, 0 / off / false) sets the initial choice."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"fastconv.set_cpu_autotune: expected True or False, got {enabled!r}")
+    return torch.ops.fastconv._set_cpu_autotune(enabled)
+
+
+def clear_cpu_autotune():
+    """Forget the CPU conv2d kernels the autotune measured (set_cpu_autotune): the next call of
+    each key measures again."""
+    torch.ops.fastconv._clear_cpu_autotune()
 
 
 def clear_packed_weights():

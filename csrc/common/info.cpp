@@ -35,7 +35,7 @@ std::string info_json() {
 #endif
   os << "], \"cuda_archs\": \"" << FASTCONV_CUDA_ARCHS << "\", \"cpu_isa\": \"" << cpu_isa_name()
      << "\", \"cpu_conv_algo\": \"" << cpu_conv_algo_name() << "\", \"cpu_threads\": " << at::get_num_threads()
-     << ", \"cpu_packed_weights\": " << cpu_packed_weights_json()
+     << ", \"cpu_autotune\": " << cpu_autotune_json() << ", \"cpu_packed_weights\": " << cpu_packed_weights_json()
      << ", \"dtypes\": {\"cpu\": " << dtype_list(kCpuDtypes) << ", \"cuda\": " << dtype_list(kCudaDtypes)
      << "}, \"cuda_conv_configs\": " << cuda::tc_configs_json() << "}";
   return os.str();

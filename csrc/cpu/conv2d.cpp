@@ -1,5 +1,6 @@
 // conv2d forward and backward on the CPU. Each pass of each call asks cpu/dispatch.h which kernel
-// runs it and switches on the answer once:
+// runs it (choose_kernel: the heuristics' choice, or with the autotune on the measured one, for
+// which it runs the candidates through the same switch) and switches on the answer once:
 //   kWinograd  Winograd F(4x4, 3x3) (cpu/winograd.h): forward, and the input gradient as the
 //              forward of the dual convolution;
 //   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
@@ -34,6 +35,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -295,6 +297,21 @@ at::Tensor cast(const at::Tensor& y, at::ScalarType t) {
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// A pass's tensor operands: the forward's x, w, b; the backward's dy, x, w and gate r.
+struct Operands {
+  at::Tensor x, w, b, dy, r;
+};
+
+// The operands kernel k runs on in a call of dtype t: the call's own, or for a bfloat16 call on a
+// kernel that takes float32 (takes_bf16) float32 copies, made once into `copies` and shared by the
+// call's passes and by the autotune's runs.
+const Operands& operands_for(ConvKernel k, at::ScalarType t, const Operands& call, std::optional<Operands>& copies) {
+  if (t != at::kBFloat16 || takes_bf16(k)) return call;
+  if (!copies)
+    copies = Operands{to_float(call.x), to_float(call.w), to_float(call.b), to_float(call.dy), to_float(call.r)};
+  return *copies;
+}
+
 at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            bool relu) {
@@ -306,51 +323,58 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().dtype(acc_dtype(t)).memory_format(fmt));
   if (y.numel() == 0) return cast(y, t);
-  const ConvKernel k = forward_kernel(s, t, cl, packed_weights_cacheable(weight));
-  if (t == at::kBFloat16 && !takes_bf16(k)) x = to_float(x), w = to_float(w), b = to_float(b);
-  const at::ScalarType ot = x.scalar_type();  // the operands' dtype
-  switch (k) {
-    case ConvKernel::kNhwcGemm:
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_nhwc_cpu", [&] {
-        conv2d_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
-                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
-      });
-      break;
-    case ConvKernel::kDepthwiseNhwc:
-      AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_nhwc_cpu", [&] {
-        depthwise_forward_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), strides_of(w),
-                                         data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
-      });
-      break;
-    case ConvKernel::kDepthwise:
-      AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_cpu", [&] {
-        depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                    data_or_null<scalar_t>(b), y.mutable_data_ptr<scalar_t>(), s, relu);
-      });
-      break;
-    case ConvKernel::kSmallM:
-      small_m_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
-                      y.mutable_data_ptr<float>(), s, relu);
-      break;
-    case ConvKernel::kStridedDirect:
-      strided_direct_forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(), data_or_null<float>(b),
-                             y.mutable_data_ptr<float>(), s, relu);
-      break;
-    case ConvKernel::kWinograd:
-      conv2d_forward_winograd(x.const_data_ptr<float>(), weight, w.const_data_ptr<float>(), data_or_null<float>(b),
-                              y.mutable_data_ptr<float>(), s, relu);
-      break;
-    case ConvKernel::kDirect:
-      conv2d_forward_direct(x.const_data_ptr<float>(), weight, w.const_data_ptr<float>(), data_or_null<float>(b),
-                            y.mutable_data_ptr<float>(), s, relu);
-      break;
-    case ConvKernel::kGemm:
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_cpu", [&] {
-        conv2d_forward_gemm<scalar_t>(x.const_data_ptr<scalar_t>(), weight, w.const_data_ptr<scalar_t>(),
-                                      data_or_null<scalar_t>(b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
-      });
-      break;
-  }
+  // Runs kernel k into y.
+  const Operands call{x, w, b, at::Tensor(), at::Tensor()};
+  std::optional<Operands> copies;
+  auto run = [&](ConvKernel k) {
+    const Operands& o = operands_for(k, t, call, copies);
+    const at::ScalarType ot = o.x.scalar_type();
+    switch (k) {
+      case ConvKernel::kNhwcGemm:
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_nhwc_cpu", [&] {
+          conv2d_forward_nhwc<scalar_t>(o.x.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                        strides_of(o.w), data_or_null<scalar_t>(o.b),
+                                        y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
+        });
+        break;
+      case ConvKernel::kDepthwiseNhwc:
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_nhwc_cpu", [&] {
+          depthwise_forward_nhwc<scalar_t>(o.x.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                           strides_of(o.w), data_or_null<scalar_t>(o.b),
+                                           y.mutable_data_ptr<scalar_t>(), s, relu);
+        });
+        break;
+      case ConvKernel::kDepthwise:
+        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_cpu", [&] {
+          depthwise_forward<scalar_t>(o.x.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                      data_or_null<scalar_t>(o.b), y.mutable_data_ptr<scalar_t>(), s, relu);
+        });
+        break;
+      case ConvKernel::kSmallM:
+        small_m_forward(o.x.const_data_ptr<float>(), o.w.const_data_ptr<float>(), data_or_null<float>(o.b),
+                        y.mutable_data_ptr<float>(), s, relu);
+        break;
+      case ConvKernel::kStridedDirect:
+        strided_direct_forward(o.x.const_data_ptr<float>(), o.w.const_data_ptr<float>(), data_or_null<float>(o.b),
+                               y.mutable_data_ptr<float>(), s, relu);
+        break;
+      case ConvKernel::kWinograd:
+        conv2d_forward_winograd(o.x.const_data_ptr<float>(), weight, o.w.const_data_ptr<float>(),
+                                data_or_null<float>(o.b), y.mutable_data_ptr<float>(), s, relu);
+        break;
+      case ConvKernel::kDirect:
+        conv2d_forward_direct(o.x.const_data_ptr<float>(), weight, o.w.const_data_ptr<float>(),
+                              data_or_null<float>(o.b), y.mutable_data_ptr<float>(), s, relu);
+        break;
+      case ConvKernel::kGemm:
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_cpu", [&] {
+          conv2d_forward_gemm<scalar_t>(o.x.const_data_ptr<scalar_t>(), weight, o.w.const_data_ptr<scalar_t>(),
+                                        data_or_null<scalar_t>(o.b), y.mutable_data_ptr<acc_t<scalar_t>>(), s, relu);
+        });
+        break;
+    }
+  };
+  run(choose_kernel(ConvPass::kForward, s, t, cl, packed_weights_cacheable(weight), false, run));
   return cast(y, t);  // bfloat16: the one rounding
 }
 
@@ -433,111 +457,105 @@ Grads conv2d_backward_impl(const at::Tensor& grad_output, const at::Tensor& gate
   at::Tensor db = at::empty({output_mask[2] ? s.K : 0}, weight.options());
   const at::Tensor r = gate.defined() ? gate.contiguous() : at::Tensor();
   TORCH_INTERNAL_ASSERT(!r.defined() || !cl, "fastconv: the NHWC kernels cannot read a gate");
-  // The operands of a pass: the call's, or for a bfloat16 pass on a float32 kernel float32 copies
-  // (made once, shared by both passes).
-  struct Operands {
-    at::Tensor dy, x, w, r;
-  };
-  const Operands call{dy, x, w, r};
+  const Operands call{x, w, at::Tensor(), dy, r};
   std::optional<Operands> copies;
-  auto operands = [&](ConvKernel k) -> const Operands& {
-    if (t != at::kBFloat16 || takes_bf16(k)) return call;
-    if (!copies) copies = Operands{to_float(dy), to_float(x), to_float(w), to_float(r)};
-    return *copies;
-  };
   if (output_mask[0] && dx.numel() > 0) {
-    const ConvKernel k = backward_input_kernel(s, t, cl);
-    const Operands& o = operands(k);
-    const at::ScalarType ot = o.dy.scalar_type();
-    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k),
-                          "fastconv: this input-gradient kernel cannot read a gate");
-    switch (k) {
-      case ConvKernel::kNhwcGemm:
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
-          conv2d_backward_input_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
-                                               strides_of(o.w), dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
-        });
-        break;
-      case ConvKernel::kDepthwiseNhwc:
-        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_input_nhwc_cpu", [&] {
-          depthwise_backward_input_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
-                                                  strides_of(o.w), dx.mutable_data_ptr<scalar_t>(), s);
-        });
-        break;
-      case ConvKernel::kDepthwise:
-        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
-          depthwise_backward_input<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
-                                             dx.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
-        });
-        break;
-      case ConvKernel::kSmallM:
-        small_m_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
-                               dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
-        break;
-      case ConvKernel::kStridedDirect:
-        TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no input-gradient pass");
-      case ConvKernel::kWinograd:
-        winograd_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
-                                dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
-        break;
-      case ConvKernel::kDirect:
-        conv2d_backward_input_direct(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
-                                     dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
-        break;
-      case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_cpu", [&] {
-          conv2d_backward_input_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
-                                               dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
-        });
-        break;
-    }
+    auto run = [&](ConvKernel k) {  // runs kernel k into dx
+      const Operands& o = operands_for(k, t, call, copies);
+      const at::ScalarType ot = o.dy.scalar_type();
+      TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k),
+                            "fastconv: this input-gradient kernel cannot read a gate");
+      switch (k) {
+        case ConvKernel::kNhwcGemm:
+          AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_nhwc_cpu", [&] {
+            conv2d_backward_input_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                                 strides_of(o.w), dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
+          });
+          break;
+        case ConvKernel::kDepthwiseNhwc:
+          AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_input_nhwc_cpu", [&] {
+            depthwise_backward_input_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                                    strides_of(o.w), dx.mutable_data_ptr<scalar_t>(), s);
+          });
+          break;
+        case ConvKernel::kDepthwise:
+          AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_input_cpu", [&] {
+            depthwise_backward_input<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                               dx.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
+          });
+          break;
+        case ConvKernel::kSmallM:
+          small_m_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
+                                 dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
+          break;
+        case ConvKernel::kStridedDirect:
+          TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no input-gradient pass");
+        case ConvKernel::kWinograd:
+          winograd_backward_input(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
+                                  dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
+          break;
+        case ConvKernel::kDirect:
+          conv2d_backward_input_direct(o.dy.const_data_ptr<float>(), o.w.const_data_ptr<float>(),
+                                       dx.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
+          break;
+        case ConvKernel::kGemm:
+          AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_input_cpu", [&] {
+            conv2d_backward_input_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.w.const_data_ptr<scalar_t>(),
+                                                 dx.mutable_data_ptr<acc_t<scalar_t>>(), s);
+          });
+          break;
+      }
+    };
+    run(choose_kernel(ConvPass::kInputGrad, s, t, cl, false, r.defined(), run));
   }
   if (output_mask[1]) {
-    const ConvKernel k = backward_weight_kernel(s, t, cl);
-    const Operands& o = operands(k);
-    const at::ScalarType ot = o.dy.scalar_type();
-    TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k),
-                          "fastconv: this weight-gradient kernel cannot read a gate");
-    switch (k) {
-      case ConvKernel::kNhwcGemm:  // dw is channels_last: (K, R, S, Cg) in memory
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
-          conv2d_backward_weight_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
-                                                dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
-        });
-        break;
-      case ConvKernel::kDepthwiseNhwc:  // dw (K, 1, R, S): the same memory in both formats
-        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_weight_nhwc_cpu", [&] {
-          depthwise_backward_weight_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
-                                                   dw.mutable_data_ptr<scalar_t>(), s);
-        });
-        break;
-      case ConvKernel::kDepthwise:
-        AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
-          depthwise_backward_weight<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
-                                              dw.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
-        });
-        break;
-      case ConvKernel::kSmallM:
-        small_m_backward_weight(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
-                                dw.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
-        break;
-      case ConvKernel::kDirect:
-        direct_conv_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
-                                dw.mutable_data_ptr<float>(), direct_shape(s), data_or_null<float>(o.r));
-        break;
-      case ConvKernel::kStridedDirect:
-        strided_direct_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
-                                   dw.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
-        break;
-      case ConvKernel::kWinograd:
-        TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
-      case ConvKernel::kGemm:
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_cpu", [&] {
-          conv2d_backward_weight_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
-                                                dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
-        });
-        break;
-    }
+    auto run = [&](ConvKernel k) {  // runs kernel k into dw
+      const Operands& o = operands_for(k, t, call, copies);
+      const at::ScalarType ot = o.dy.scalar_type();
+      TORCH_INTERNAL_ASSERT(!o.r.defined() || reads_gate(k),
+                            "fastconv: this weight-gradient kernel cannot read a gate");
+      switch (k) {
+        case ConvKernel::kNhwcGemm:  // dw is channels_last: (K, R, S, Cg) in memory
+          AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_nhwc_cpu", [&] {
+            conv2d_backward_weight_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                                  dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
+          });
+          break;
+        case ConvKernel::kDepthwiseNhwc:  // dw (K, 1, R, S): the same memory in both formats
+          AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_weight_nhwc_cpu", [&] {
+            depthwise_backward_weight_nhwc<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                                     dw.mutable_data_ptr<scalar_t>(), s);
+          });
+          break;
+        case ConvKernel::kDepthwise:
+          AT_DISPATCH_FLOATING_TYPES(ot, "fastconv_conv2d_depthwise_backward_weight_cpu", [&] {
+            depthwise_backward_weight<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                                dw.mutable_data_ptr<scalar_t>(), s, data_or_null<scalar_t>(o.r));
+          });
+          break;
+        case ConvKernel::kSmallM:
+          small_m_backward_weight(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
+                                  dw.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
+          break;
+        case ConvKernel::kDirect:
+          direct_conv_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
+                                  dw.mutable_data_ptr<float>(), direct_shape(s), data_or_null<float>(o.r));
+          break;
+        case ConvKernel::kStridedDirect:
+          strided_direct_weight_grad(o.dy.const_data_ptr<float>(), o.x.const_data_ptr<float>(),
+                                     dw.mutable_data_ptr<float>(), s, data_or_null<float>(o.r));
+          break;
+        case ConvKernel::kWinograd:
+          TORCH_INTERNAL_ASSERT(false, "fastconv: Winograd has no weight-gradient kernel");
+        case ConvKernel::kGemm:
+          AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, ot, "fastconv_conv2d_backward_weight_cpu", [&] {
+            conv2d_backward_weight_gemm<scalar_t>(o.dy.const_data_ptr<scalar_t>(), o.x.const_data_ptr<scalar_t>(),
+                                                  dw.mutable_data_ptr<acc_t<scalar_t>>(), s);
+          });
+          break;
+      }
+    };
+    run(choose_kernel(ConvPass::kWeightGrad, s, t, cl, false, r.defined(), run));
   }
   if (output_mask[2] && cl) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "fastconv_conv2d_backward_bias_nhwc_cpu", [&] {

@@ -6,10 +6,16 @@
 
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -111,8 +117,17 @@ ConvAlgo parse_algo(const std::string& a) {
   TORCH_CHECK_VALUE(false, "fastconv: unknown CPU conv algorithm '", a, "' (expected auto, exact or winograd)");
 }
 
+// ---- autotune switch ----
+
+bool parse_switch(const std::string& v) {
+  if (v == "auto" || v.empty() || v == "0" || v == "off" || v == "false") return false;  // "auto": the default
+  if (v == "1" || v == "on" || v == "true") return true;
+  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU autotune setting '", v, "' (expected 1, on, true, 0, off or false)");
+}
+
 Setting<Isa> g_isa("FASTCONV_CPU_ISA", parse_isa);
 Setting<ConvAlgo> g_algo("FASTCONV_CPU_CONV_ALGO", parse_algo);
+Setting<bool> g_autotune("FASTCONV_CPU_AUTOTUNE", parse_switch);
 
 // kAuto's choice, from single-thread timings against the direct and small-M kernels: Winograd
 // needs >= 16 input and output channels (with 3 the transforms cost more than the GEMMs save:
@@ -246,16 +261,166 @@ bool reads_gate(ConvKernel k) {
   return false;
 }
 
-bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask, bool channels_last) {
-  return reads_gate(backward_weight_kernel(s, t, channels_last)) &&
-         (!output_mask[0] || reads_gate(backward_input_kernel(s, t, channels_last)));
-}
-
 Conv2dShape input_grad_dual(const Conv2dShape& s) {
   Conv2dShape d = s;
   d.C = s.K, d.H = s.P, d.W = s.Q, d.K = s.C, d.P = s.H, d.Q = s.W;
   d.pad_h = s.dil_h * (s.R - 1) - s.pad_h, d.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
   return d;
+}
+
+// ---- the kernel of a call: forced, measured or the heuristics' ----
+
+namespace {
+
+ConvKernel heuristic_kernel(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool cl, bool kept) {
+  switch (p) {
+    case ConvPass::kForward: return forward_kernel(s, t, cl, kept);
+    case ConvPass::kInputGrad: return backward_input_kernel(s, t, cl);
+    case ConvPass::kWeightGrad: return backward_weight_kernel(s, t, cl);
+  }
+  return ConvKernel::kGemm;
+}
+
+// The kernels that run float32 operands only (a bfloat16 call runs them on float32 copies).
+bool float32_only(ConvKernel k) {
+  return k == ConvKernel::kDirect || k == ConvKernel::kWinograd || k == ConvKernel::kSmallM ||
+         k == ConvKernel::kStridedDirect;
+}
+
+std::atomic<int> g_forced{-1};  // force_conv_kernel's kernel, -1: none
+
+std::optional<ConvKernel> forced_candidate(const std::vector<ConvKernel>& ks) {
+  const int f = g_forced.load(std::memory_order_relaxed);
+  if (f < 0 || std::find(ks.begin(), ks.end(), ConvKernel(f)) == ks.end()) return std::nullopt;
+  return ConvKernel(f);
+}
+
+// The autotune's measured choices by key (key_of).
+using TuneKey = std::vector<int64_t>;
+struct TunedKernels {
+  std::mutex mutex;
+  std::map<TuneKey, ConvKernel> chosen;
+};
+TunedKernels& tuned() {
+  static TunedKernels t;
+  return t;
+}
+
+TuneKey key_of(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool cl, bool kept, bool gated) {
+  return {s.N, s.C, s.H, s.W, s.K, s.R, s.S, s.groups, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w,
+          int64_t(t), cl, int64_t(p), kept, gated, at::get_num_threads(), int64_t(current_isa()),
+          int64_t(current_conv_algo())};
+}
+
+std::optional<ConvKernel> tuned_choice(const TuneKey& key) {
+  TunedKernels& tk = tuned();
+  std::lock_guard<std::mutex> lock(tk.mutex);
+  const auto it = tk.chosen.find(key);
+  return it == tk.chosen.end() ? std::nullopt : std::optional<ConvKernel>(it->second);
+}
+
+// The fastest of ks on this call (run(k) runs k on its operands): the least of up to kReps timings
+// of each, taken in rounds over the candidates so that a change in the machine's load falls on all
+// of them alike (the first round also packs weights and warms the caches); ties to the earlier
+// kernel. After the first round a kernel over twice the best time so far is not run again: it
+// would not win, and on large layers the slow candidates (small-M on many pixels, the GEMM on a
+// direct shape) would make the first call seconds longer.
+ConvKernel fastest(const std::vector<ConvKernel>& ks, const std::function<void(ConvKernel)>& run) {
+  constexpr int kReps = 3;
+  if (ks.size() == 1) return ks[0];
+  std::vector<double> least(ks.size(), std::numeric_limits<double>::infinity());
+  for (int rep = 0; rep < kReps; ++rep) {
+    const double best = *std::min_element(least.begin(), least.end());
+    for (size_t i = 0; i < ks.size(); ++i) {
+      if (least[i] > 2 * best) continue;
+      const auto t0 = std::chrono::steady_clock::now();
+      run(ks[i]);
+      least[i] = std::min(least[i], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  return ks[std::min_element(least.begin(), least.end()) - least.begin()];
+}
+
+}  // namespace
+
+std::vector<ConvKernel> conv_candidates(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool cl, bool kept,
+                                        bool gated) {
+  const ConvKernel first = heuristic_kernel(p, s, t, cl, kept);
+  std::vector<ConvKernel> ks{first};
+  auto add = [&](ConvKernel k) {
+    if (t == at::kBFloat16) k = bf16_kernel(k);
+    if (float32_only(k) && t != at::kFloat && t != at::kBFloat16) return;
+    if (std::find(ks.begin(), ks.end(), k) == ks.end()) ks.push_back(k);
+  };
+  if (cl) {  // the kernels that read and write NHWC
+    add(ConvKernel::kNhwcGemm);
+    if (depthwise_supports(s)) add(ConvKernel::kDepthwiseNhwc);
+  } else {
+    const Conv2dShape conv = p == ConvPass::kInputGrad ? input_grad_dual(s) : s;  // what direct / Winograd run
+    add(ConvKernel::kGemm);
+    if (depthwise_supports(s)) add(ConvKernel::kDepthwise);
+    if (small_m_supports(s)) add(ConvKernel::kSmallM);
+    if (p != ConvPass::kInputGrad && strided_direct_supports(s)) add(ConvKernel::kStridedDirect);
+    if (direct_conv_supports(conv)) add(ConvKernel::kDirect);
+    if (p != ConvPass::kWeightGrad && winograd_supports(conv) && current_conv_algo() != ConvAlgo::kExact)
+      add(ConvKernel::kWinograd);
+  }
+  if (first == ConvKernel::kWinograd && current_conv_algo() == ConvAlgo::kWinograd) ks = {first};
+  if (gated) ks.erase(std::remove_if(ks.begin(), ks.end(), [](ConvKernel k) { return !reads_gate(k); }), ks.end());
+  return ks;
+}
+
+std::optional<ConvKernel> planned_kernel(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool cl, bool kept,
+                                         bool gated) {
+  const std::vector<ConvKernel> ks = conv_candidates(p, s, t, cl, kept, gated);
+  TORCH_INTERNAL_ASSERT(!ks.empty(), "fastconv: no CPU kernel can run this convolution pass");
+  if (const auto f = forced_candidate(ks)) return f;
+  if (!g_autotune.get()) return ks[0];
+  return tuned_choice(key_of(p, s, t, cl, kept, gated));
+}
+
+ConvKernel choose_kernel(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool cl, bool kept, bool gated,
+                         const std::function<void(ConvKernel)>& run) {
+  if (const auto k = planned_kernel(p, s, t, cl, kept, gated)) return *k;
+  const ConvKernel k = fastest(conv_candidates(p, s, t, cl, kept, gated), run);
+  TunedKernels& tk = tuned();
+  std::lock_guard<std::mutex> lock(tk.mutex);
+  return tk.chosen.emplace(key_of(p, s, t, cl, kept, gated), k).first->second;  // a concurrent first call's stands
+}
+
+const char* kernel_name(ConvKernel k) {
+  switch (k) {
+    case ConvKernel::kGemm: return "gemm";
+    case ConvKernel::kDirect: return "direct";
+    case ConvKernel::kWinograd: return "winograd";
+    case ConvKernel::kDepthwise: return "depthwise";
+    case ConvKernel::kDepthwiseNhwc: return "depthwise_nhwc";
+    case ConvKernel::kSmallM: return "small_m";
+    case ConvKernel::kStridedDirect: return "strided_direct";
+    case ConvKernel::kNhwcGemm: return "nhwc_gemm";
+  }
+  return "?";
+}
+
+ConvKernel kernel_of_name(const std::string& name) {
+  for (int i = 0; i <= int(ConvKernel::kNhwcGemm); ++i)
+    if (name == kernel_name(ConvKernel(i))) return ConvKernel(i);
+  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU conv kernel '", name, "' (expected gemm, direct, winograd, ",
+                    "depthwise, depthwise_nhwc, small_m, strided_direct or nhwc_gemm)");
+}
+
+std::optional<ConvKernel> force_conv_kernel(std::optional<ConvKernel> k) {
+  const int prev = g_forced.exchange(k ? int(*k) : -1);
+  return prev < 0 ? std::nullopt : std::optional<ConvKernel>(ConvKernel(prev));
+}
+
+bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask, bool channels_last) {
+  auto fixed_kernel = [&](ConvPass p) {  // the forced kernel where it is a candidate, else the heuristic's
+    const std::vector<ConvKernel> ks = conv_candidates(p, s, t, channels_last, false, false);
+    return forced_candidate(ks).value_or(ks[0]);
+  };
+  return reads_gate(fixed_kernel(ConvPass::kWeightGrad)) &&
+         (!output_mask[0] || reads_gate(fixed_kernel(ConvPass::kInputGrad)));
 }
 
 }  // namespace cpu
@@ -272,6 +437,43 @@ const char* cpu_conv_algo_name() { return cpu::algo_name(cpu::current_conv_algo(
 std::string set_cpu_conv_algo(std::string algo) {
   cpu::g_algo.set(algo);
   return cpu_conv_algo_name();
+}
+
+bool set_cpu_autotune(bool on) {
+  cpu::g_autotune.set(on ? "1" : "0");
+  return cpu::g_autotune.get();
+}
+
+std::string cpu_autotune_json() {
+  cpu::TunedKernels& tk = cpu::tuned();
+  std::lock_guard<std::mutex> lock(tk.mutex);
+  return std::string("{\"enabled\": ") + (cpu::g_autotune.get() ? "true" : "false") +
+         ", \"entries\": " + std::to_string(tk.chosen.size()) + "}";
+}
+
+void clear_cpu_autotune() {
+  cpu::TunedKernels& tk = cpu::tuned();
+  std::lock_guard<std::mutex> lock(tk.mutex);
+  tk.chosen.clear();
+}
+
+std::string force_cpu_conv_kernel(std::string name) {
+  const auto prev = cpu::force_conv_kernel(name.empty() ? std::nullopt
+                                                        : std::optional<cpu::ConvKernel>(cpu::kernel_of_name(name)));
+  return prev ? cpu::kernel_name(*prev) : "";
+}
+
+std::string cpu_conv_kernel_for(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                std::string pass, bool weights_kept, bool gated) {
+  const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, cpu::kCpuTypes);
+  const bool cl = conv2d_memory_format(input, weight) == at::MemoryFormat::ChannelsLast;
+  const char* const passes[] = {"forward", "input_grad", "weight_grad"};  // ConvPass's order
+  int p = 0;
+  while (p < 3 && pass != passes[p]) ++p;
+  TORCH_CHECK_VALUE(p < 3, "fastconv: unknown conv pass '", pass, "' (expected forward, input_grad or weight_grad)");
+  const auto k = cpu::planned_kernel(cpu::ConvPass(p), s, input.scalar_type(), cl, weights_kept, gated);
+  return k ? cpu::kernel_name(*k) : "";
 }
 
 }  // namespace fastconv

@@ -4,9 +4,9 @@
 // Each kernel says whether it *can* run a problem (winograd_supports, direct_conv_supports, in its
 // own header); the choosers here decide which one *does*, once per pass, from those predicates, the
 // settings and the speed heuristics; conv2d.cpp switches on the answer once per pass. Adding a
-// conv2d kernel variant: its predicate in its header, an enumerator in ConvKernel, a line in the
-// chooser of each pass it serves (dispatch.cpp) and in reads_gate, and a case in that pass's
-// switch in conv2d.cpp.
+// conv2d kernel variant: its predicate in its header, an enumerator in ConvKernel and its name in
+// kernel_name, a line in the chooser and in conv_candidates for each pass it serves (dispatch.cpp)
+// and in reads_gate, and a case in that pass's switch in conv2d.cpp.
 //
 // Settings (each read from its environment variable once, at load; a bad value falls back to
 // "auto" rather than stop the library loading; changed at run time through fastconv.set_cpu_*):
@@ -15,11 +15,17 @@
 //                           machine ("avx512" on an AVX512_BF16 CPU: bfloat16 by its float32 path).
 //   FASTCONV_CPU_CONV_ALGO  "auto" (Winograd where faster), "exact" (never Winograd),
 //                           "winograd" (wherever it can run): fastconv.set_cpu_conv_algo.
+//   FASTCONV_CPU_AUTOTUNE   "0" / "off" / "false" (default: the choosers' heuristics), "1" / "on" /
+//                           "true" (the measured choice, choose_kernel): fastconv.set_cpu_autotune.
 #pragma once
 
 #include <c10/core/ScalarType.h>
 
 #include <array>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "common/checks.h"
 
@@ -76,6 +82,41 @@ ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_
 ConvKernel backward_input_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_last = false);
 
+// The passes of conv2d that choose a kernel.
+enum class ConvPass : int { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
+
+// Every kernel that can run pass p of s on dtype t in the call's layout, the chooser's own choice
+// first: each kernel's predicate (the input gradient's on input_grad_dual(s) where it runs the
+// dual), no Winograd under ConvAlgo::kExact and nothing else where Winograd can run under
+// kWinograd; bfloat16 maps float32's list through its own kernel substitution; `gated`
+// (conv2d_relu_backward's gate) keeps the kernels that read it.
+std::vector<ConvKernel> conv_candidates(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool channels_last,
+                                        bool weights_kept, bool gated);
+
+// The kernel that runs pass p of a call: a forced kernel (force_conv_kernel, for tests) where it is
+// a candidate; else with the autotune on (fastconv.set_cpu_autotune) the measured choice for the
+// call's key (the shape, t, layout, pass, weights_kept, gated, thread count, ISA, conv algorithm),
+// measured on the key's first call: `run` runs each candidate on the call's operands (up to three
+// times, the least time wins, ties to the earlier), and the caller then runs the winner, whose
+// output is the call's. The choice is cached (thread-safe) and reused by every later call of the
+// key, so a key always runs one kernel. With the autotune off: the heuristic chooser of the pass.
+ConvKernel choose_kernel(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool channels_last, bool weights_kept,
+                         bool gated, const std::function<void(ConvKernel)>& run);
+
+// What choose_kernel would answer for that key now, without measuring: the forced or heuristic
+// kernel with the autotune off, the cached choice with it on, nullopt when not yet measured.
+std::optional<ConvKernel> planned_kernel(ConvPass p, const Conv2dShape& s, at::ScalarType t, bool channels_last,
+                                         bool weights_kept, bool gated);
+
+// The kernel's name ("gemm", "direct", "winograd", "depthwise", "depthwise_nhwc", "small_m",
+// "strided_direct", "nhwc_gemm"), and the kernel of a name (raises on an unknown one).
+const char* kernel_name(ConvKernel k);
+ConvKernel kernel_of_name(const std::string& name);
+
+// Tests: run kernel k (nullopt: none) in every pass where it is a candidate, whatever the
+// heuristics or the autotune say; returns the previous setting.
+std::optional<ConvKernel> force_conv_kernel(std::optional<ConvKernel> k);
+
 // Whether kernel k takes bfloat16 operands itself: the GEMMs (kGemm, kNhwcGemm) with kAvx512Bf16
 // selected. A bfloat16 pass on any other kernel runs it on float32 copies of its operands.
 bool takes_bf16(ConvKernel k);
@@ -84,7 +125,9 @@ bool takes_bf16(ConvKernel k);
 bool reads_gate(ConvKernel k);
 
 // Whether conv2d_relu_backward can pass its gate into the kernels of this call: every requested
-// gradient pass and the weight-gradient pass run kernels that read it (the bias sum always can).
+// gradient pass and the weight-gradient pass run kernels that read it (the bias sum always can),
+// as the heuristics (or a forced kernel) choose them; the autotune then measures, for a gated
+// call, only the candidates that read it.
 bool gate_fusable(const Conv2dShape& s, at::ScalarType t, std::array<bool, 3> output_mask,
                   bool channels_last = false);
 
