@@ -268,6 +268,35 @@ struct FnMatrix {
   }
 };
 
+// A matrix with columns at offsets: element (x, k) at p[off[x] + k*sk] (x the panel dimension);
+// packed depth row by depth row across all panels, so that each row is read in memory order.
+template <typename T>
+struct OffsetColumns {
+  const T* p;
+  const int64_t* off;
+  int64_t sk;
+  const T* operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    // whether each panel's columns are adjacent in memory (copied as one run)
+    std::vector<char> run(size_t(ceil_div(xn, width)));
+    for (int64_t x = 0; x < xn; ++x) {
+      char& r = run[size_t(x / width)];
+      r = x % width == 0 || (r && off[x0 + x] == off[x0 + x - 1] + 1);
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* pk = p + (k0 + k) * sk;
+      for (int64_t xp = 0; xp < xn; xp += width) {
+        const int64_t w = std::min<int64_t>(width, xn - xp);
+        const int64_t* o = off + x0 + xp;
+        T* d = dst + xp * kc + k * width;
+        if (run[size_t(xp / width)]) std::copy(pk + o[0], pk + o[0] + w, d);
+        else for (int64_t x = 0; x < w; ++x) d[x] = pk[o[x]];
+        std::fill(d + w, d + width, T(0));
+      }
+    }
+    return dst;
+  }
+};
+
 // The forward GEMMs for groups of `cols` output channels over input x (N, H, W, C) with weights
 // wt(g, j, k) = Wt_g[k][j] (k = (r*S + s)*Cg + c): y (N, P, Q, K) = col * Wt (+ bias, ReLU).
 // Serves the forward pass and, on the dual convolution, the stride-1 input gradient.
@@ -701,42 +730,51 @@ void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, acc_t
     };
     return nhwc_conv_gemm<T>(dy, wt, nullptr, dx, d, false);
   }
-  // Strided or over-padded: per (image, group) task (disjoint parts of dx), colgrad tiles then
-  // col2im in pixel order: deterministic.
+  // Strided or over-padded: tasks are image ranges x groups x blocks of input channels (disjoint
+  // parts of dx), about 8 per group, split so as to pack the least: a task packs its images' dY
+  // rows and its channels' weights. Columns of W_g as B (depth
+  // kout) in the order (channel block, r, s, c), so a task's RS*cbn columns are contiguous and
+  // packed by the task itself; per tile of pixels (any image) colgrad[mt x RS*cbn] = dY * W, then
+  // col2im adds it into dx in pixel order: deterministic, whatever the blocking.
   const NhwcGeometry geo(s);
-  const int64_t CRS = geo.depth(), PQ = s.P * s.Q, HWC = s.H * s.W * s.C;
+  const int64_t RS = R * S;
   const int nr = micro_kernel<T>().nr;
-  const int64_t size = PackedA<T>::size(CRS, Kg, nr);
-  Scratch<T> storage_buf;  // aligned, as above
-  T* storage = storage_buf.get(size * s.groups);
-  std::vector<PackedA<T>> packed;  // W_g as B panels: column = depth index (r, s, c), depth = kout
-  for (int64_t g = 0; g < s.groups; ++g) {
-    auto f = [&, g](int64_t j, int64_t kout) {
-      const int64_t c = j % Cg, rs = j / Cg;
-      return w[(g * Kg + kout) * ws.k + c * ws.c + (rs / S) * ws.r + (rs % S) * ws.s];
-    };
-    packed.emplace_back(FnMatrix<T, decltype(f)>{f}, CRS, Kg, nr, storage + g * size);
+  const int64_t tasks = ceil_div(8, s.groups), M = s.N * s.P * s.Q;
+  int64_t nsplits = 1, cb = Cg, best = -1;
+  for (int64_t n = 1; n <= std::min(s.N, tasks); ++n) {
+    const int64_t b = round_up(ceil_div(Cg, ceil_div(tasks, n)), nr), packed = n * Cg * RS + ceil_div(Cg, b) * M;
+    if (best < 0 || packed < best) best = packed, nsplits = n, cb = b;
   }
+  const int64_t cblocks = ceil_div(Cg, cb);
   constexpr int64_t kTile = 96;
-  at::parallel_for(0, s.N * s.groups, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nsplits * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<T> wbuf;
+    static thread_local std::vector<int64_t> off;
     static thread_local Scratch<Acc> col_scratch;
-    Acc* col = col_scratch.get(kTile * CRS);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task % s.groups, n = task / s.groups;
-      Acc* dxn = dx + n * HWC + g * Cg;
-      for (int64_t i = 0; i < s.H * s.W; ++i) std::fill(dxn + i * s.C, dxn + i * s.C + Cg, Acc(0));
-      for (int64_t m0 = 0; m0 < PQ; m0 += kTile) {
-        const int64_t mt = std::min(kTile, PQ - m0);
-        gemm<T>(mt, CRS, Kg, StridedMatrix<T>{dy + (n * PQ + m0) * s.K + g * Kg, s.K, 1}, packed[g].rows_from(0),
-                col, CRS, 1, false);
+      const int64_t g = task % s.groups, c0 = (task / s.groups % cblocks) * cb, sp = task / (s.groups * cblocks);
+      const int64_t cbn = std::min(cb, Cg - c0), cols = RS * cbn;
+      const int64_t n0 = sp * s.N / nsplits, n1 = (sp + 1) * s.N / nsplits, HW = s.H * s.W, PQ = s.P * s.Q;
+      // B[kout][rs*cbn + u] = w[g*Kg + kout][c0 + u][r][s]
+      off.resize(size_t(cols));
+      for (int64_t rs = 0, j = 0; rs < RS; ++rs)
+        for (int64_t u = 0; u < cbn; ++u, ++j) off[j] = (c0 + u) * ws.c + (rs / S) * ws.r + (rs % S) * ws.s;
+      const PackedA<T> wp(OffsetColumns<T>{w + g * Kg * ws.k, off.data(), ws.k}, cols, Kg, nr,
+                          wbuf.get(PackedA<T>::size(cols, Kg, nr)));
+      Acc* col = col_scratch.get(kTile * cols);
+      Acc* dxc = dx + g * Cg + c0;  // this task's channels of pixel 0
+      for (int64_t i = n0 * HW; i < n1 * HW; ++i) std::fill(dxc + i * s.C, dxc + i * s.C + cbn, Acc(0));
+      for (int64_t m0 = n0 * PQ; m0 < n1 * PQ; m0 += kTile) {
+        const int64_t mt = std::min(kTile, n1 * PQ - m0);
+        gemm<T>(mt, cols, Kg, StridedMatrix<T>{dy + m0 * s.K + g * Kg, s.K, 1}, wp.rows_from(0), col, cols, 1, false);
         for (int64_t i = 0; i < mt; ++i) {
-          const NhwcGeometry::Origin o = geo.origin(n * PQ + m0 + i);
-          for (int64_t rs = 0; rs < R * S; ++rs) {
+          const NhwcGeometry::Origin o = geo.origin(m0 + i);
+          for (int64_t rs = 0; rs < RS; ++rs) {
             const int64_t off = geo.tap(o, rs / S, rs % S);
             if (off < 0) continue;
-            Acc* d = dx + off + g * Cg;
-            const Acc* src = col + i * CRS + rs * Cg;
-            for (int64_t c = 0; c < Cg; ++c) d[c] += src[c];
+            Acc* __restrict__ d = dxc + off;
+            const Acc* src = col + i * cols + rs * cbn;
+            for (int64_t c = 0; c < cbn; ++c) d[c] += src[c];
           }
         }
       }
