@@ -190,6 +190,11 @@ ISA_CONVS = [
     (1, 7, 6, 5, 12, (1, 5), 1, (0, 3), 1, 1, True),
     (1, 6, 12, 13, 10, (3, 3), 1, 2, 2, 1, True),
     (3, 33, 4, 3, 65, (3, 3), 1, 1, 1, 1, False),
+    # the strided input gradient's tasks: input channels in blocks of whole panels with a ragged
+    # last one (overlapping windows, padding), images split as well, few pixels per image
+    (1, 70, 9, 8, 24, (3, 3), 2, 1, 1, 1, True),
+    (4, 512, 20, 20, 16, (1, 1), 2, 0, 1, 1, False),
+    (2, 100, 6, 6, 48, (1, 1), 2, 0, 1, 1, True),
 ]
 
 

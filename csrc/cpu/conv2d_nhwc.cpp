@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <array>
+#include <functional>
+#include <optional>
 #include <utility>
 #include <type_traits>
 #include <vector>
@@ -268,6 +270,35 @@ struct FnMatrix {
   }
 };
 
+// A matrix with columns at offsets: element (x, k) at p[off[x] + k*sk] (x the panel dimension);
+// packed depth row by depth row across all panels, so that each row is read in memory order.
+template <typename T>
+struct OffsetColumns {
+  const T* p;
+  const int64_t* off;
+  int64_t sk;
+  const T* operator()(T* dst, int64_t x0, int64_t xn, int64_t k0, int64_t kc, int width) const {
+    // whether each panel's columns are adjacent in memory (copied as one run)
+    std::vector<char> run(size_t(ceil_div(xn, width)));
+    for (int64_t x = 0; x < xn; ++x) {
+      char& r = run[size_t(x / width)];
+      r = x % width == 0 || (r && off[x0 + x] == off[x0 + x - 1] + 1);
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* pk = p + (k0 + k) * sk;
+      for (int64_t xp = 0; xp < xn; xp += width) {
+        const int64_t w = std::min<int64_t>(width, xn - xp);
+        const int64_t* o = off + x0 + xp;
+        T* d = dst + xp * kc + k * width;
+        if (run[size_t(xp / width)]) std::copy(pk + o[0], pk + o[0] + w, d);
+        else for (int64_t x = 0; x < w; ++x) d[x] = pk[o[x]];
+        std::fill(d + w, d + width, T(0));
+      }
+    }
+    return dst;
+  }
+};
+
 // The forward GEMMs for groups of `cols` output channels over input x (N, H, W, C) with weights
 // wt(g, j, k) = Wt_g[k][j] (k = (r*S + s)*Cg + c): y (N, P, Q, K) = col * Wt (+ bias, ReLU).
 // Serves the forward pass and, on the dual convolution, the stride-1 input gradient.
@@ -348,6 +379,7 @@ struct Segments {
   int64_t count, len;
   explicit Segments(const NhwcGeometry& g)
       : adjacent(g.taps_adjacent()), count(adjacent ? g.R : g.R * g.S), len(adjacent ? g.S * g.Cg : g.Cg) {}
+  Segments(int64_t count_, int64_t len_) : adjacent(false), count(count_), len(len_) {}
 };
 
 // The tap table of pixels [m0, m0 + n): rows[i*seg.count + sg] points at segment sg of pixel m0+i.
@@ -537,6 +569,68 @@ float* pack_direct_weights(Scratch<float>& buf, WtFn wt, int64_t groups, int64_t
   return bw;
 }
 
+#if defined(__x86_64__)
+// The direct path's forward tiling for Kg output channels: tiles of 14 pixels x 32 output
+// channels, 6 x 64 when direct_wide (fewer broadcasts per FMA), 14 x 16 when there are 16 or
+// fewer (fewer idle lanes: the input gradient of an RGB layer has 3); depth blocks of B (depth x
+// nr floats) of about half of L1.
+struct DirectTiling {
+  int64_t Kg, nr, mr_max, panels, kc;
+  const decltype(kFwdTiles)::value_type* tiles;
+  explicit DirectTiling(int64_t Kg_) : Kg(Kg_) {
+    const bool wide = direct_wide(Kg), narrow = Kg <= 16;
+    nr = wide ? 2 * kDirectNR : narrow ? kDirectNR / 2 : kDirectNR;
+    mr_max = wide ? kWideMR : kDirectMR;
+    tiles = wide ? kFwdTilesWide.data() : narrow ? kFwdTilesNarrow.data() : kFwdTiles.data();
+    panels = ceil_div(Kg, nr);
+    kc = std::max<int64_t>(16, cache_sizes().l1 / 2 / (nr * int64_t(sizeof(float))));
+  }
+  // y[i][0..Kg) (row stride ldy) = the products of pixels i < n of a tap table (rows, seg) with
+  // the column panels bw (pack_direct_weights' layout for one group): whole segments per depth
+  // block when they fit, else slices of one segment.
+  void run(const float* const* rows, const Segments& seg, int64_t n, const float* bw, float* y, int64_t ldy) const {
+    const int64_t segs_per_block = std::max<int64_t>(1, kc / seg.len), ulen = std::min(seg.len, kc);
+    const int64_t psize = seg.count * seg.len * nr;
+    for (int64_t s0 = 0; s0 < seg.count; s0 += segs_per_block) {
+      const int64_t s1 = std::min(seg.count, s0 + segs_per_block);
+      for (int64_t u0 = 0; u0 < seg.len; u0 += ulen) {
+        const int64_t len = std::min(ulen, seg.len - u0);
+        const bool acc = s0 > 0 || u0 > 0;
+        for (int64_t jp = 0; jp < panels; ++jp) {
+          const float* b = bw + jp * psize + u0 * nr;
+          const int nc = int(std::min(nr, Kg - jp * nr));
+          for (int64_t i0 = 0; i0 < n; i0 += mr_max) {
+            const int mr = int(std::min(mr_max, n - i0));
+            tiles[mr - 1](rows + i0 * seg.count, seg.count, s0, s1, u0, len, b, seg.len * nr, y + i0 * ldy + jp * nr,
+                          ldy, acc, nc);
+          }
+        }
+      }
+    }
+  }
+};
+#endif
+
+#if defined(__x86_64__)
+// The strided input gradient's col[i][j] (row stride cols) = sum over kout < Kg of dy_i[kout] *
+// B[kout][j], j < cols, by the direct path's tiles: each pixel's dY row is one segment of Kg
+// values, broadcast in place (no packing of dY); B's panels over the whole depth are the layout
+// of pack_direct_weights.
+struct DirectColGrad {
+  DirectTiling tiling;
+  Segments seg;
+  const float* bw;
+  DirectColGrad(Scratch<float>& buf, const OffsetColumns<float>& b, int64_t Kg, int64_t cols)
+      : tiling(cols), seg(1, Kg), bw(b(buf.get(tiling.panels * tiling.nr * Kg), 0, cols, 0, Kg, int(tiling.nr))) {}
+  // n pixels' rows dy + i*ldy
+  void operator()(const float* dy, int64_t ldy, int64_t n, float* col, std::vector<const float*>& rows) const {
+    rows.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) rows[size_t(i)] = dy + i * ldy;
+    tiling.run(rows.data(), seg, n, bw, col, tiling.Kg);
+  }
+};
+#endif
+
 // The forward (or the stride-1 input gradient as its dual) by the direct path: y (N, P, Q, K)
 // = conv(x, w) with wt(g, j, r, s, c) the weight of output channel j of group g.
 template <typename WtFn>
@@ -544,46 +638,20 @@ void direct_conv(const float* x, WtFn wt, const float* bias, float* y, const Con
 #if defined(__x86_64__)
   const NhwcGeometry geo(s);
   const Segments seg(geo);
-  // Tiles of 14 pixels x 32 output channels, 6 x 64 when direct_wide (fewer broadcasts per FMA),
-  // 14 x 16 when there are 16 or fewer (fewer idle lanes: the input gradient of an RGB
-  // layer has 3).
   const int64_t Kg = s.Kg(), M = s.N * s.P * s.Q;
-  const bool wide = direct_wide(Kg), narrow = Kg <= 16;
-  const int64_t nr = wide ? 2 * kDirectNR : narrow ? kDirectNR / 2 : kDirectNR, mr_max = wide ? kWideMR : kDirectMR;
-  const auto tiles = wide ? kFwdTilesWide.data() : narrow ? kFwdTilesNarrow.data() : kFwdTiles.data();
-  const int64_t panels = ceil_div(Kg, nr);
+  const DirectTiling tiling(Kg);
   Scratch<float> wbuf;
-  const float* bw = pack_direct_weights(wbuf, wt, s.groups, Kg, geo.R, geo.S, geo.Cg, nr);
-  const int64_t psize = geo.depth() * nr;
-  // Depth blocks: a B block (depth x 32 floats) of about half of L1: whole segments when they
-  // fit, else slices of one segment.
-  const int64_t kc = std::max<int64_t>(16, cache_sizes().l1 / 2 / (nr * int64_t(sizeof(float))));
-  const int64_t segs_per_block = std::max<int64_t>(1, kc / seg.len), ulen = std::min(seg.len, kc);
+  const float* bw = pack_direct_weights(wbuf, wt, s.groups, Kg, geo.R, geo.S, geo.Cg, tiling.nr);
+  const int64_t gsize = tiling.panels * geo.depth() * tiling.nr;  // one group's panels
   // A chunk's depth block of A stays in L2 while the tiles run over every column panel.
-  const int64_t chunk = direct_chunk(std::min(kc, geo.depth()), s.K, M, s.groups), chunks = ceil_div(M, chunk);
+  const int64_t chunk = direct_chunk(std::min(tiling.kc, geo.depth()), s.K, M, s.groups), chunks = ceil_div(M, chunk);
   at::parallel_for(0, chunks * s.groups, 1, [&](int64_t begin, int64_t end) {
     static thread_local TapTable<float> table;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task % s.groups, m0 = (task / s.groups) * chunk, n = std::min(chunk, M - m0);
       table.build(geo, seg, x + g * geo.Cg, m0, n);
-      const float* const* rows = table.rows.data();
       float* yt = y + m0 * s.K + g * Kg;
-      for (int64_t s0 = 0; s0 < seg.count; s0 += segs_per_block) {
-        const int64_t s1 = std::min(seg.count, s0 + segs_per_block);
-        for (int64_t u0 = 0; u0 < seg.len; u0 += ulen) {
-          const int64_t len = std::min(ulen, seg.len - u0);
-          const bool acc = s0 > 0 || u0 > 0;
-          for (int64_t jp = 0; jp < panels; ++jp) {
-            const float* b = bw + (g * panels + jp) * psize + u0 * nr;
-            const int nc = int(std::min(nr, Kg - jp * nr));
-            for (int64_t i0 = 0; i0 < n; i0 += mr_max) {
-              const int mr = int(std::min(mr_max, n - i0));
-              tiles[mr - 1](rows + i0 * seg.count, seg.count, s0, s1, u0, len, b, seg.len * nr,
-                            yt + i0 * s.K + jp * nr, s.K, acc, nc);
-            }
-          }
-        }
-      }
+      tiling.run(table.rows.data(), seg, n, bw + g * gsize, yt, s.K);
       const float* bb = bias ? bias + g * Kg : nullptr;
       for (int64_t i = 0; i < n && (bb || relu); ++i) {
         float* __restrict__ row = yt + i * s.K;
@@ -701,42 +769,71 @@ void conv2d_backward_input_nhwc(const T* dy, const T* w, WeightStrides ws, acc_t
     };
     return nhwc_conv_gemm<T>(dy, wt, nullptr, dx, d, false);
   }
-  // Strided or over-padded: per (image, group) task (disjoint parts of dx), colgrad tiles then
-  // col2im in pixel order: deterministic.
+  // Strided or over-padded: tasks are image ranges x groups x blocks of input channels (disjoint
+  // parts of dx), about 8 per group, split so as to pack the least: a task packs its images' dY
+  // rows and its channels' weights. Columns of W_g as B (depth
+  // kout) in the order (channel block, r, s, c), so a task's RS*cbn columns are contiguous and
+  // packed by the task itself; per tile of pixels (any image) colgrad[mt x RS*cbn] = dY * W, then
+  // col2im adds it into dx in pixel order: deterministic, whatever the blocking.
   const NhwcGeometry geo(s);
-  const int64_t CRS = geo.depth(), PQ = s.P * s.Q, HWC = s.H * s.W * s.C;
+  const int64_t RS = R * S;
   const int nr = micro_kernel<T>().nr;
-  const int64_t size = PackedA<T>::size(CRS, Kg, nr);
-  Scratch<T> storage_buf;  // aligned, as above
-  T* storage = storage_buf.get(size * s.groups);
-  std::vector<PackedA<T>> packed;  // W_g as B panels: column = depth index (r, s, c), depth = kout
-  for (int64_t g = 0; g < s.groups; ++g) {
-    auto f = [&, g](int64_t j, int64_t kout) {
-      const int64_t c = j % Cg, rs = j / Cg;
-      return w[(g * Kg + kout) * ws.k + c * ws.c + (rs / S) * ws.r + (rs % S) * ws.s];
-    };
-    packed.emplace_back(FnMatrix<T, decltype(f)>{f}, CRS, Kg, nr, storage + g * size);
+  const int64_t tasks = ceil_div(8, s.groups), M = s.N * s.P * s.Q;
+  int64_t nsplits = 1, cb = Cg, best = -1;
+  for (int64_t n = 1; n <= std::min(s.N, tasks); ++n) {
+    const int64_t b = round_up(ceil_div(Cg, ceil_div(tasks, n)), nr), packed = n * Cg * RS + ceil_div(Cg, b) * M;
+    if (best < 0 || packed < best) best = packed, nsplits = n, cb = b;
   }
+  const int64_t cblocks = ceil_div(Cg, cb);
   constexpr int64_t kTile = 96;
-  at::parallel_for(0, s.N * s.groups, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nsplits * s.groups * cblocks, 1, [&](int64_t begin, int64_t end) {
+    static thread_local Scratch<T> wbuf;
+    static thread_local std::vector<int64_t> off;
     static thread_local Scratch<Acc> col_scratch;
-    Acc* col = col_scratch.get(kTile * CRS);
+    [[maybe_unused]] static thread_local std::vector<const T*> rows;  // the direct path's dY rows
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task % s.groups, n = task / s.groups;
-      Acc* dxn = dx + n * HWC + g * Cg;
-      for (int64_t i = 0; i < s.H * s.W; ++i) std::fill(dxn + i * s.C, dxn + i * s.C + Cg, Acc(0));
-      for (int64_t m0 = 0; m0 < PQ; m0 += kTile) {
-        const int64_t mt = std::min(kTile, PQ - m0);
-        gemm<T>(mt, CRS, Kg, StridedMatrix<T>{dy + (n * PQ + m0) * s.K + g * Kg, s.K, 1}, packed[g].rows_from(0),
-                col, CRS, 1, false);
+      const int64_t g = task % s.groups, c0 = (task / s.groups % cblocks) * cb, sp = task / (s.groups * cblocks);
+      const int64_t cbn = std::min(cb, Cg - c0), cols = RS * cbn;
+      const int64_t n0 = sp * s.N / nsplits, n1 = (sp + 1) * s.N / nsplits, HW = s.H * s.W, PQ = s.P * s.Q;
+      // B[kout][rs*cbn + u] = w[g*Kg + kout][c0 + u][r][s]
+      off.resize(size_t(cols));
+      for (int64_t rs = 0, j = 0; rs < RS; ++rs)
+        for (int64_t u = 0; u < cbn; ++u, ++j) off[j] = (c0 + u) * ws.c + (rs / S) * ws.r + (rs % S) * ws.s;
+      const T* wg = w + g * Kg * ws.k;
+      Acc* col = col_scratch.get(kTile * cols);
+      // colgrad(m0, mt): col[mt x cols] = dY rows m0.. times B; float32 on AVX-512 by the direct
+      // path's tiles, else by the GEMM
+      std::function<void(int64_t, int64_t)> colgrad;
+#if defined(__x86_64__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (direct_nhwc<T>()) {
+          const DirectColGrad d(wbuf, OffsetColumns<T>{wg, off.data(), ws.k}, Kg, cols);
+          colgrad = [&, d](int64_t m0, int64_t mt) {
+            d(dy + m0 * s.K + g * Kg, s.K, mt, col, rows);
+          };
+        }
+      }
+#endif
+      std::optional<PackedA<T>> wp;
+      if (!colgrad) {
+        wp.emplace(OffsetColumns<T>{wg, off.data(), ws.k}, cols, Kg, nr, wbuf.get(PackedA<T>::size(cols, Kg, nr)));
+        colgrad = [&](int64_t m0, int64_t mt) {
+          gemm<T>(mt, cols, Kg, StridedMatrix<T>{dy + m0 * s.K + g * Kg, s.K, 1}, wp->rows_from(0), col, cols, 1, false);
+        };
+      }
+      Acc* dxc = dx + g * Cg + c0;  // this task's channels of pixel 0
+      for (int64_t i = n0 * HW; i < n1 * HW; ++i) std::fill(dxc + i * s.C, dxc + i * s.C + cbn, Acc(0));
+      for (int64_t m0 = n0 * PQ; m0 < n1 * PQ; m0 += kTile) {
+        const int64_t mt = std::min(kTile, n1 * PQ - m0);
+        colgrad(m0, mt);
         for (int64_t i = 0; i < mt; ++i) {
-          const NhwcGeometry::Origin o = geo.origin(n * PQ + m0 + i);
-          for (int64_t rs = 0; rs < R * S; ++rs) {
+          const NhwcGeometry::Origin o = geo.origin(m0 + i);
+          for (int64_t rs = 0; rs < RS; ++rs) {
             const int64_t off = geo.tap(o, rs / S, rs % S);
             if (off < 0) continue;
-            Acc* d = dx + off + g * Cg;
-            const Acc* src = col + i * CRS + rs * Cg;
-            for (int64_t c = 0; c < Cg; ++c) d[c] += src[c];
+            Acc* __restrict__ d = dxc + off;
+            const Acc* src = col + i * cols + rs * cbn;
+            for (int64_t c = 0; c < cbn; ++c) d[c] += src[c];
           }
         }
       }

@@ -3,8 +3,9 @@
 // pixels, per group g (Cg, Kg channels, depth CRS = R*S*Cg ordered (r, s, c), c fastest):
 //   forward:      Y[M x Kg]     = col[M x CRS] * Wt[CRS x Kg]   (+ bias, ReLU)  Y = y (N,P,Q,K)
 //   input grad:   stride 1 (pad <= dil*(k-1)): the forward of the dual convolution (dy as input,
-//                 the weight transposed and flipped); otherwise per image
-//                 colgrad[PQ x CRS] = dY[PQ x Kg] * W[Kg x CRS], then col2im adds it into dx
+//                 the weight transposed and flipped); otherwise per tile of pixels
+//                 colgrad[mt x CRS] = dY[mt x Kg] * W[Kg x CRS], then col2im adds it into dx
+//                 (tasks: image ranges x groups x input-channel blocks, disjoint parts of dx)
 //   weight grad:  dW[Kg x CRS]  = dY^T[Kg x M] * col[M x CRS]   (dW in (K, R, S, Cg) order, i.e. a
 //                 channels_last weight), the pixel sum split into a number of partial sums fixed by
 //                 the shape and added in order: deterministic whatever the thread count
@@ -14,8 +15,9 @@
 // read through its strides (any layout). y, dx and dw are acc_t<T> (cpu/gemm.h): float32 for
 // bfloat16 operands, which the caller rounds once.
 // float32 on AVX-512 takes the direct path of conv2d_nhwc.cpp for the forward, the stride-1 input
-// gradient and the weight gradient instead: the same products, no im2col panels (tiles broadcast
-// the input straight from NHWC memory through a per-chunk table of tap rows).
+// gradient, the strided one's colgrad and the weight gradient instead: the same products, no
+// im2col panels (tiles broadcast the input straight from NHWC memory through a per-chunk table of
+// tap rows).
 #pragma once
 
 #include <cstdint>
