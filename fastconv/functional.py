@@ -16,6 +16,8 @@ __all__ = ["conv2d", "conv2d_add", "conv2d_fused", "conv2d_relu", "max_pool2d", 
 
 
 def _pair(name, v):
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return [v[0], v[1]]  # what modules hold: the common case, checked first (bool is not int here)
     if isinstance(v, (bool, float)) or not isinstance(v, (int, tuple, list, torch.SymInt)):
         raise TypeError(f"fastconv: {name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, (tuple, list)):
@@ -25,6 +27,18 @@ def _pair(name, v):
             raise TypeError(f"fastconv: {name} must be an int or a pair of ints, got {v!r}")
         return [v[0], v[1]]
     return [v, v]
+
+
+def _call(op, *args):
+    """``_backend.ops().<op>(*args)`` for an out-of-place op. Where no gradient can be recorded (grad
+    mode off, outside torch.compile / torch.export tracing) the call goes below the autograd layer:
+    the ops' autograd formulas are Python (fastconv.ops), which costs ~5 us a call even under
+    no_grad, as much as a small layer's whole kernel call."""
+    fn = getattr(_backend.ops(), op)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return fn(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return fn(*args)
 
 
 def _batched(input, fn_name):
@@ -109,9 +123,9 @@ def _conv(op, input, weight, bias, stride, padding, dilation, groups, residual=N
             # path may keep its packed form across calls (fastconv.clear_packed_weights).
             weight = weight.detach()
         if op == "conv2d_fused":
-            out = _backend.ops().conv2d_fused(x, weight, bias, residual, stride, padding, dilation, groups, activation)
+            out = _call(op, x, weight, bias, residual, stride, padding, dilation, groups, activation)
         else:
-            out = getattr(_backend.ops(), op)(x, weight, bias, stride, padding, dilation, groups)
+            out = _call(op, x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 
@@ -124,8 +138,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if _onnx_exporting():  # torch.onnx.export: MaxPool, with indices only where they are asked for
         return F.max_pool2d(input, kernel_size, stride, _pair("padding", padding), _pair("dilation", dilation),
                             ceil_mode=bool(ceil_mode), return_indices=return_indices)
-    out, indices = _backend.ops().max_pool2d(x, kernel_size, stride, _pair("padding", padding),
-                                             _pair("dilation", dilation), bool(ceil_mode))
+    out, indices = _call("max_pool2d", x, kernel_size, stride, _pair("padding", padding), _pair("dilation", dilation),
+                         bool(ceil_mode))
     if unbatched:
         out, indices = out.squeeze(0), indices.squeeze(0)
     return (out, indices) if return_indices else out
@@ -155,7 +169,7 @@ def relu(input, inplace=False):
     if _onnx_exporting():  # torch.onnx.export: Relu (an in-place custom op has no ONNX form)
         return torch.relu_(input) if inplace else torch.relu(input)
     if not inplace:
-        return _backend.ops().relu(input)
+        return _call("relu", input)
     if torch.compiler.is_exporting():
         # torch.export: the out-of-place op and a copy, which functionalization turns into a plain
         # relu node (the exported graph then has no mutating custom op for consumers to handle).

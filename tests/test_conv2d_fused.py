@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastconv
 import fastconv.functional as FC
 from fastconv.ops import ACTIVATIONS
 from helpers import assert_close, randn
@@ -50,6 +51,40 @@ def test_conv2d_fused(backend, cfg, dtype, act, residual, rng):
     assert_close(out, ref, dtype, "output")
     for name, g, t in zip(["input", "weight", "bias" if has_bias else "residual", "residual"], grads, leaves):
         assert_close(g, t.grad, dtype, f"grad_{name}")
+
+
+# Stride-1 float32 shapes of the direct kernel (cpu/direct_conv.h, the most common CPU path at
+# inference): tiles straight into y (the whole depth in one chunk, padded rows >= 16 wide) and
+# through its buffer (rows < 16 wide, or several chunks).
+DIRECT_CASES = [(2, 3, 9, 17, 5, 3, 1, 1, 1, 1, True),  # straight into y, odd sizes, a 5-channel tail
+                (1, 24, 13, 14, 11, 1, 1, 0, 1, 1, True),  # 1x1, batch 1: buffer (rows 14 wide)
+                (1, 40, 7, 9, 20, 3, 1, 1, 1, 1, True),  # buffer: rows 11 wide, depth 360 in two chunks
+                (3, 12, 10, 21, 18, 3, 1, 2, 2, 2, False)]  # dilation and groups, no bias
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("cfg", DIRECT_CASES, ids=[f"d{i}" for i in range(len(DIRECT_CASES))])
+def test_conv2d_fused_direct_epilogue(cpu_isa, cfg, act, residual, rng):
+    """Every activation x residual on the direct kernel's shapes (on AVX-512; the other ISAs run
+    them through the other kernels), float32 against float64, a NaN input kept where it reaches."""
+    N, C, H, W, K, k, stride, padding, dilation, groups, has_bias = cfg
+    x = randn((N, C, H, W), rng) * 4
+    x[0, 0, 1, 2] = float("nan")  # a NaN input reaches the outputs whose windows cover it
+    w = randn((K, C // groups, k, k), rng) / (C // groups * k * k) ** 0.5
+    b = randn((K,), rng) if has_bias else None
+    z = F.conv2d(x.double(), w.double(), b.double() if b is not None else None, stride, padding, dilation, groups)
+    r = randn(z.shape, rng) * 3 if residual else None
+    ref = _ref_act(act, z if r is None else z + r.double())
+    algo = fastconv.set_cpu_conv_algo("exact")  # the direct kernel rather than Winograd for 3x3
+    try:
+        with torch.no_grad():
+            out = FC.conv2d_fused(x, w, b, stride, padding, dilation, groups, residual=r, activation=act)
+    finally:
+        fastconv.set_cpu_conv_algo(algo)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), "NaN where the reference has none, or lost"
+    finite = ~torch.isnan(ref)
+    assert_close(torch.where(finite, out, 0), torch.where(finite, ref, 0), torch.float32, "output")
 
 
 @pytest.mark.parametrize("act", ACTS)

@@ -211,3 +211,47 @@ def test_small_cnn_training_step_float64(fmt):
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-12)
     for (name, p_ref), (_, p) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_no_grad_calls_skip_the_autograd_layer(backend, rng):
+    """Under no_grad, fastconv.functional calls the ops below the autograd layer (whose formulas are
+    Python, torch._library.autograd, ~5 us a call): none of that code runs, the results are those
+    of the grad-mode call bit for bit, and need no gradient. With grad mode on, the layer runs."""
+    import sys
+
+    import fastconv.functional as FC
+
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64, generator=rng).to(backend.device)
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, generator=rng).to(backend.device).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64, generator=rng).to(backend.device).requires_grad_()
+    r = torch.randn(2, 6, 7, 9, dtype=torch.float64, generator=rng).to(backend.device)
+    calls = {
+        "conv2d": lambda: FC.conv2d(x, w, b, padding=1),
+        "conv2d_relu": lambda: FC.conv2d_relu(x, w, b, padding=1),
+        "conv2d_fused": lambda: FC.conv2d_fused(x, w, b, padding=1, residual=r, activation="silu"),
+        "max_pool2d": lambda: FC.max_pool2d(x, 3, 2, 1),
+        "relu": lambda: FC.relu(x),
+    }
+    entered = []
+
+    def profiler(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.endswith("_library/autograd.py"):
+            entered.append(frame.f_code.co_name)
+
+    for name, call in calls.items():
+        expected = call().detach()
+        entered.clear()
+        sys.setprofile(profiler)
+        try:
+            with torch.no_grad():
+                out = call()
+        finally:
+            sys.setprofile(None)
+        assert not entered, f"{name}: the autograd layer ran under no_grad ({entered})"
+        assert torch.equal(out, expected) and not out.requires_grad, name
+        sys.setprofile(profiler)
+        try:
+            call()
+        finally:
+            sys.setprofile(None)
+        assert entered, f"{name}: the autograd layer did not run in grad mode (the test sees nothing)"
