@@ -208,7 +208,7 @@ ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_
   if (t == at::kBFloat16) return bf16_kernel(forward_kernel(s, at::kFloat, channels_last, weights_kept));
   if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(s, weights_kept) && small_m_chosen(s)) return ConvKernel::kSmallM;
-  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
+  if (t == at::kFloat && direct_conv_strided_supports(s) && direct_conv_strided_faster(s)) return ConvKernel::kDirect;
   return convolution_kernel(s, t, weights_kept);
 }
 
@@ -223,7 +223,8 @@ ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool c
   if (t == at::kBFloat16) return bf16_kernel(backward_weight_kernel(s, at::kFloat, channels_last));
   if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
-  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
+  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_weight_grad_faster(s))
+    return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
 }
