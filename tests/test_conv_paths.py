@@ -2,10 +2,13 @@
 - the small-M kernels (cpu/small_m.h: few output pixels for a large weight, any stride / padding /
   dilation / groups), on shapes that satisfy their heuristic on AVX-512 (N*P*Q <= K/groups,
   Cg*R*S >= 128, K/groups >= 32);
-- the phase-decomposed strided direct forward and weight gradient (cpu/strided_direct.h:
-  stride > 1, <= 4 input channels, e.g. 7x7 stride-2 RGB stems);
+- strided layers on phase planes: the direct forward (cpu/direct_conv.h: stride > 1, kernels
+  wider than 1x1, any channels and groups; whole depth in one tile or in chunks through a buffer)
+  and the strided weight gradient (cpu/strided_direct.h: stride > 1, groups 1, phase rows of >= 16
+  pixels);
 - the GEMM path on stride-2 layers with more channels (AVX-512: the weight gradient's operands
-  transposed in registers, its stride-2 rows de-interleaved in registers).
+  transposed in registers, its stride-2 rows de-interleaved in registers, where the strided direct
+  kernel cannot run: groups, rows of < 16 phase pixels).
 On the other ISAs and in float64 the same shapes run the GEMM paths."""
 import pytest
 import torch
@@ -61,11 +64,15 @@ STRIDED = [
     (1, 1, 20, 40, 9, (3, 5), (3, 2), (1, 2), 1, 1, False),  # mixed strides and padding
     (2, 4, 33, 35, 24, (3, 3), 2, 0, 2, 1, True),  # dilation, no padding
     (1, 3, 224, 40, 16, (7, 7), 2, 3, 1, 1, False),  # 112 output rows: weight-gradient row chunks
+    (2, 40, 33, 35, 72, (3, 3), 2, 1, 1, 1, True),  # 40 channels: depth chunks; two 64-channel blocks
+    (1, 70, 36, 40, 24, (1, 1), 2, 0, 1, 1, False),  # strided 1x1: GEMM forward, strided weight gradient
+    (3, 19, 30, 47, 9, (3, 3), (2, 3), (2, 1), (2, 1), 1, True),  # mixed strides, dilation
+    (2, 24, 13, 11, 32, (3, 3), 2, 1, 1, 2, True),  # groups, phase rows of 7: GEMM weight gradient
 ]
 # The GEMM path's stride-2 im2col rows (the weight gradient's de-interleaved in registers on
 # AVX-512): rows of 35 and 9 pixels (full vectors and masked tails), 1x1 and 3x3 with padding.
 GEMM = [
-    (2, 8, 9, 70, 16, (1, 1), 2, 0, 1, 1, False),
+    (2, 8, 9, 70, 16, (1, 1), 2, 0, 1, 2, False),  # groups: not on the strided direct kernel
     (1, 40, 19, 17, 24, (3, 3), 2, 1, 1, 1, True),
 ]
 SHAPES = SMALL_M + STRIDED + GEMM
@@ -96,8 +103,9 @@ def test_relu_fused(cfg, rng):
 
 
 @pytest.mark.parametrize("cfg,mask", [(SMALL_M[1], [True, True, True]), (SMALL_M[3], [True, True, True]),
-                                      (SMALL_M[-1], [True, True, True]), (STRIDED[1], [False, True, True])],
-                         ids=["3x3", "1x1s2", "pointwise", "stem"])
+                                      (SMALL_M[-1], [True, True, True]), (STRIDED[1], [False, True, True]),
+                                      (STRIDED[5], [False, True, True])],
+                         ids=["3x3", "1x1s2", "pointwise", "stem", "strided"])
 def test_gated_backward_is_the_composition(cfg, mask, rng):
     """conv2d_relu_backward == conv2d_backward(relu_backward(dy, result)), with NaN, zeros and
     negative values in result, where the kernels read the gate (stem: without dx, as for an input
@@ -120,8 +128,8 @@ def test_gated_backward_is_the_composition(cfg, mask, rng):
 
 
 # GEMM[1], batch 1: the GEMM weight gradient splits dW's columns by the thread count (never its sums).
-@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1], GEMM[1]],
-                         ids=["3x3pix", "chunks", "pointwise", "stem", "gemm"])
+@pytest.mark.parametrize("cfg", [SMALL_M[0], SMALL_M[8], SMALL_M[-1], STRIDED[1], STRIDED[5], GEMM[1]],
+                         ids=["3x3pix", "chunks", "pointwise", "stem", "strided", "gemm"])
 def test_thread_count_independent(cfg, rng):
     """Every pass gives bit-identical results with 1, 2 and 3 threads."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups, _ = cfg

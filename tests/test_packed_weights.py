@@ -22,7 +22,8 @@ CPU_CONV_ALGO = "auto"
 LAYERS = [
     ("winograd", (2, 16, 12, 12), (24, 16, 3, 3), 1, 1, torch.float32, "winograd"),
     ("direct", (2, 16, 12, 12), (24, 16, 3, 3), 1, 1, torch.float32, "exact"),
-    ("gemm_f32", (2, 8, 13, 11), (24, 8, 3, 3), 2, 1, torch.float32, "exact"),
+    ("direct_strided", (2, 8, 13, 11), (24, 8, 3, 3), 2, 1, torch.float32, "exact"),
+    ("gemm_f32", (2, 8, 13, 11), (24, 8, 1, 1), 2, 0, torch.float32, "exact"),
     ("gemm_f64", (2, 8, 13, 11), (24, 8, 3, 3), 1, 1, torch.float64, "exact"),
 ]
 

@@ -3,15 +3,14 @@
 // which it runs the candidates through the same switch) and switches on the answer once:
 //   kWinograd  Winograd F(4x4, 3x3) (cpu/winograd.h): forward, and the input gradient as the
 //              forward of the dual convolution;
-//   kDirect    the direct stride-1 kernels (cpu/direct_conv.h): forward, the input gradient on the
-//              dual convolution, weight gradient;
+//   kDirect    the direct kernels (cpu/direct_conv.h): forward (strided ones on phase planes), and
+//              for stride 1 the input gradient on the dual convolution and the weight gradient;
 //   kNhwcGemm  channels_last calls (conv2d_memory_format): every pass as GEMMs reading NHWC memory
 //              (cpu/conv2d_nhwc.h); outputs and gradients channels_last;
 //   kDepthwise the depthwise kernels (cpu/depthwise.h): every pass of groups == C convolutions, in
 //              every dtype; kDepthwiseNhwc the same for channels_last calls;
 //   kSmallM    the small-M kernels (cpu/small_m.h): every pass, for few output pixels per weight;
-//   kStridedDirect  the phase-decomposed strided direct kernels (cpu/strided_direct.h): forward
-//              and weight gradient of strided few-channel layers (RGB stems);
+//   kStridedDirect  the phase-decomposed strided weight gradient (cpu/strided_direct.h);
 //   kGemm      GEMMs over implicit im2col matrices (cpu/im2col.h) driven by the blocked GEMM of
 //              cpu/gemm.h, for every shape and dtype. Per image n and group g, with CRS = Cg*R*S,
 //              PQ = P*Q:
@@ -355,9 +354,7 @@ at::Tensor conv2d_cpu_impl(const at::Tensor& input, const at::Tensor& weight, co
                         y.mutable_data_ptr<float>(), s, relu);
         break;
       case ConvKernel::kStridedDirect:
-        strided_direct_forward(o.x.const_data_ptr<float>(), o.w.const_data_ptr<float>(), data_or_null<float>(o.b),
-                               y.mutable_data_ptr<float>(), s, relu);
-        break;
+        TORCH_INTERNAL_ASSERT(false, "fastconv: the strided direct kernel has no forward pass");
       case ConvKernel::kWinograd:
         conv2d_forward_winograd(o.x.const_data_ptr<float>(), weight, o.w.const_data_ptr<float>(),
                                 data_or_null<float>(o.b), y.mutable_data_ptr<float>(), s, relu);

@@ -15,6 +15,59 @@
 
 namespace fastconv {
 namespace cpu {
+namespace {
+
+// x, or 0 where a gate (relu's output) is <= 0: relu_backward's rule (a NaN gate passes x).
+inline float gated(float x, const float* gate, int64_t i) { return gate && gate[i] <= 0.f ? 0.f : x; }
+
+}  // namespace
+
+// Tap (r, s): phase ((r*dh) % sh, (s*dw) % sw), row (r*dh) / sh, column (s*dw) / sw.
+std::vector<int64_t> tap_offsets(const DirectConvShape& d, int64_t Wv, int64_t psize) {
+  std::vector<int64_t> off(d.R * d.S);
+  for (int64_t r = 0; r < d.R; ++r)
+    for (int64_t s = 0; s < d.S; ++s) {
+      const int64_t hr = r * d.dh, ws = s * d.dw;
+      off[r * d.S + s] = ((hr % d.sh) * d.sw + ws % d.sw) * psize + hr / d.sh * Wv + ws / d.sw;
+    }
+  return off;
+}
+
+// Phase (a, b) row i is input row i*sh + a - ph; channel c's plane (a, b) at dst + ((c*sh + a)*sw + b)*psize.
+void copy_padded_rows(const float* x, const float* gate, int64_t channels, const DirectConvShape& d, int64_t Wv,
+                      int64_t p0, int64_t n, float* dst, int64_t psize) {
+  // Plain loops rather than std::copy / std::fill: rows are often a few dozen floats, where the
+  // library calls cost more than the copy.
+  const int64_t HW = d.H * d.W, sw = d.sw;
+  float* out = dst;
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t a = 0; a < d.sh; ++a)
+      for (int64_t b = 0; b < sw; ++b) {
+        float* const end = out + psize;
+        // Columns j in [jlo, jhi) read input column j*sw + w0, inside [0, W).
+        const int64_t w0 = b - d.pw;
+        const int64_t jlo = std::min(Wv, w0 >= 0 ? 0 : ceil_div(-w0, sw));
+        const int64_t jhi = std::clamp<int64_t>(d.W - 1 - w0 < 0 ? 0 : (d.W - 1 - w0) / sw + 1, jlo, Wv);
+        for (int64_t i = 0; i < n; ++i, out += Wv) {
+          const int64_t h = (p0 + i) * d.sh + a - d.ph;
+          if (h < 0 || h >= d.H) {
+            for (int64_t j = 0; j < Wv; ++j) out[j] = 0.f;
+            continue;
+          }
+          const int64_t at = c * HW + h * d.W + w0;  // input column j*sw + w0 at x[at + j*sw]
+          for (int64_t j = 0; j < jlo; ++j) out[j] = 0.f;
+          if (gate) {
+            for (int64_t j = jlo; j < jhi; ++j) out[j] = gated(x[at + j * sw], gate, at + j * sw);
+          } else if (sw == 1) {
+            for (int64_t j = jlo; j < jhi; ++j) out[j] = x[at + j];
+          } else {
+            for (int64_t j = jlo; j < jhi; ++j) out[j] = x[at + j * sw];
+          }
+          for (int64_t j = jhi; j < Wv; ++j) out[j] = 0.f;
+        }
+        for (; out < end; ++out) *out = 0.f;
+      }
+}
 
 #if defined(__x86_64__)
 namespace {
@@ -156,9 +209,6 @@ FC_TARGET_AVX512 void wgrad_uk(const float* const* rows, int64_t v0, int64_t nro
     }
 }
 
-// x, or 0 where a gate (relu's output) is <= 0: relu_backward's rule (a NaN gate passes x).
-inline float gated(float x, const float* gate, int64_t i) { return gate && gate[i] <= 0.f ? 0.f : x; }
-
 // dst[j*ldd + i] = src[i*lds + j] for i, j < 16: an in-register 16 x 16 transpose. With a gate
 // (same layout as src), elements whose gate is <= 0 become 0 (relu_backward's rule).
 FC_TARGET_AVX512 void transpose16(const float* src, const float* gate, int64_t lds, float* dst, int64_t ldd) {
@@ -245,74 +295,44 @@ void pack_transposed_panels(const float* src, int64_t ld, int64_t rows, int64_t 
   }
 }
 
-namespace {
-
-// The (r, s) taps' offsets in a padded plane of row width Wp.
-std::vector<int64_t> tap_offsets(const DirectConvShape& d, int64_t Wp) {
-  std::vector<int64_t> off(d.R * d.S);
-  for (int64_t r = 0; r < d.R; ++r)
-    for (int64_t s = 0; s < d.S; ++s) off[r * d.S + s] = r * d.dh * Wp + s * d.dw;
-  return off;
-}
-
-// Copies rows [p0, p0 + n) of the zero-padded image (padded row hp = input row hp - ph) of `channels`
-// channels of x (each H x W) into dst (channel stride `plane`, row width Wp), zero-filling each
-// channel's plane past those rows.
-void copy_padded_rows(const float* x, const float* gate, int64_t channels, const DirectConvShape& d, int64_t Wp,
-                      int64_t p0, int64_t n, float* dst, int64_t plane) {
-  // Plain loops rather than std::copy / std::fill: rows are often a few dozen floats, where the
-  // library calls cost more than the copy.
-  const int64_t HW = d.H * d.W;
-  for (int64_t c = 0; c < channels; ++c) {
-    float* out = dst + c * plane;
-    for (int64_t lr = 0; lr < n; ++lr, out += Wp) {
-      const int64_t h = p0 + lr - d.ph;
-      if (h < 0 || h >= d.H) {
-        for (int64_t w = 0; w < Wp; ++w) out[w] = 0.f;
-      } else {
-        const int64_t at = c * HW + h * d.W;
-        const float* src = x + at;
-        for (int64_t w = 0; w < d.pw; ++w) out[w] = 0.f;
-        if (gate) {
-          for (int64_t w = 0; w < d.W; ++w) out[d.pw + w] = gated(src[w], gate, at + w);
-        } else {
-          for (int64_t w = 0; w < d.W; ++w) out[d.pw + w] = src[w];
-        }
-        for (int64_t w = d.pw + d.W; w < Wp; ++w) out[w] = 0.f;
-      }
-    }
-    for (float* end = dst + (c + 1) * plane; out < end; ++out) *out = 0.f;
-  }
-}
-
-}  // namespace
 
 bool direct_conv_supports(const Conv2dShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && s.pad_h >= 0 && s.pad_w >= 0 && current_isa() >= Isa::kAvx512;
+  return s.stride_h == 1 && s.stride_w == 1 && direct_conv_strided_supports(s);
+}
+
+bool direct_conv_strided_supports(const Conv2dShape& s) {
+  return s.pad_h >= 0 && s.pad_w >= 0 && current_isa() >= Isa::kAvx512;
+}
+
+bool direct_conv_strided_faster(const Conv2dShape& s) {
+  return (s.stride_h > 1 || s.stride_w > 1) && s.R * s.S > 1;
 }
 
 void direct_conv(const float* x, const float* wpacked, const float* bias, float* y, const DirectConvShape& d,
                  bool relu, const float* gate) {
-  const int64_t P = d.P(), Q = d.Q(), Wp = d.W + 2 * d.pw, RS = d.R * d.S, HW = d.H * d.W;
-  const int64_t blocks = ceil_div(d.Co, kDirectMR), halo = d.dh * (d.R - 1);
+  const int64_t P = d.P(), Q = d.Q(), RS = d.R * d.S, HW = d.H * d.W;
+  const int64_t Wv = ceil_div(d.W + 2 * d.pw, d.sw);  // virtual row width: a phase row (stride 1: a padded row)
+  const int64_t blocks = ceil_div(d.Co, kDirectMR), halo = d.dh * (d.R - 1) / d.sh;  // phase rows past a task's
   const int64_t NG = d.N * d.groups;
   // Output rows per task: about 512 virtual pixels. When images x groups x row blocks are fewer
   // than the threads (batch 1, small images), the 8-channel output blocks are split into parts too.
-  int64_t rblocks = ceil_div(P, std::clamp<int64_t>(512 / Wp, 1, P));
+  int64_t rblocks = ceil_div(P, std::clamp<int64_t>(512 / Wv, 1, P));
   const int64_t rows = ceil_div(P, rblocks);
   rblocks = ceil_div(P, rows);
   const int64_t kparts = std::min(blocks, ceil_div(at::get_num_threads(), NG * rblocks));
   const int64_t part = ceil_div(blocks, kparts);  // output blocks per part
-  const int64_t L = round_up(rows * Wp, kDirectNR);  // virtual pixels of a task (buffer row length)
-  // A local input channel: rows + halo padded rows, then zeros for the last tile's overreach.
-  const int64_t plane = round_up((rows + halo) * Wp + kDirectNR + d.dw * (d.S - 1), 16);
+  const int64_t L = round_up(rows * Wv, kDirectNR);  // virtual pixels of a task (buffer row length)
+  // A local input channel: sh*sw phase planes of rows + halo rows, each followed by zeros for the
+  // last tile's overreach.
+  const int64_t psize = round_up((rows + halo) * Wv + kDirectNR + d.dw * (d.S - 1) / d.sw, 16);
+  const int64_t plane = d.sh * d.sw * psize;
   // Input channels per depth chunk (its weights and input rows stay in L1): about 256 taps, split evenly.
   const int64_t chunk = ceil_div(d.Ci, ceil_div(d.Ci, std::max<int64_t>(1, 256 / RS)));
-  const std::vector<int64_t> off = tap_offsets(d, Wp);
+  const std::vector<int64_t> off = tap_offsets(d, Wv, psize);
   const int64_t* offs = off.data();
   // With the whole depth in one chunk (few input channels, e.g. RGB first layers) the tiles are
   // final: they skip the buffer and go straight to y (needs rows of >= 16 pixels).
-  const bool direct_out = chunk >= d.Ci && Wp >= 16;
+  const bool direct_out = chunk >= d.Ci && Wv >= 16;
 
   at::parallel_for(0, NG * rblocks * kparts, 1, [&](int64_t begin, int64_t end) {
     static thread_local Scratch<float> x_scratch, y_scratch;
@@ -321,14 +341,14 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
     for (int64_t task = begin; task < end; ++task) {
       const int64_t kp = task % kparts, rb = task / kparts % rblocks, ng = task / kparts / rblocks, g = ng % d.groups;
       const int64_t b0 = kp * part, b1 = std::min(blocks, b0 + part);
-      const int64_t p0 = rb * rows, nr = std::min(rows, P - p0), len = round_up(nr * Wp, kDirectNR);
-      // Local padded input: row lr is padded row p0 + lr.
-      copy_padded_rows(x + ng * d.Ci * HW, gate ? gate + ng * d.Ci * HW : nullptr, d.Ci, d, Wp, p0, nr + halo, xl,
-                       plane);
+      const int64_t p0 = rb * rows, nr = std::min(rows, P - p0), len = round_up(nr * Wv, kDirectNR);
+      // Local padded input: phase row lr holds phase row p0 + lr.
+      copy_padded_rows(x + ng * d.Ci * HW, gate ? gate + ng * d.Ci * HW : nullptr, d.Ci, d, Wv, p0, nr + halo, xl,
+                       psize);
       const float* wg = wpacked + g * blocks * kDirectMR * d.Ci * RS;
       if (direct_out) {  // one depth chunk: tiles go straight to y
         for (int64_t t0 = 0; t0 < len; t0 += kDirectNR) {
-          const TileRows rows_of_tile = tile_rows(t0, Wp, Q, nr);
+          const TileRows rows_of_tile = tile_rows(t0, Wv, Q, nr);
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t o0 = b * kDirectMR;
             direct_uk_out(wg + b * d.Ci * RS * kDirectMR, xl + t0, plane, d.Ci, offs, RS, rows_of_tile,
@@ -348,13 +368,14 @@ void direct_conv(const float* x, const float* wpacked, const float* bias, float*
       for (int64_t o = b0 * kDirectMR; o < std::min(d.Co, b1 * kDirectMR); ++o) {
         const float bo = bias ? bias[g * d.Co + o] : 0.f;
         float* yo = y + ((ng * d.Co + o) * P + p0) * Q;
-        for (int64_t lr = 0; lr < nr; ++lr) bias_relu_row(yv + o * L + lr * Wp, bo, relu, yo + lr * Q, Q);
+        for (int64_t lr = 0; lr < nr; ++lr) bias_relu_row(yv + o * L + lr * Wv, bo, relu, yo + lr * Q, Q);
       }
     }
   });
 }
 
 void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const DirectConvShape& d, const float* gate) {
+  TORCH_INTERNAL_ASSERT(d.sh == 1 && d.sw == 1, "fastconv: the direct weight gradient is stride 1 only");
   const int64_t P = d.P(), Q = d.Q(), Wp = d.W + 2 * d.pw, Hp = d.H + 2 * d.ph, RS = d.R * d.S;
   const int64_t CRS = d.Ci * RS, HW = d.H * d.W, PQ = P * Q, V = P * Wp;  // V: padded-row pixels of an image
   const bool wide = d.Co % 64 == 0;  // 6 rows x 64 channels, else 8 rows x 32 channels
@@ -363,7 +384,7 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
   constexpr int64_t kChunk = 128;  // pixels per transposed dy chunk (kChunk x NRk floats, in L1)
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunk / Q);
   const int64_t plane = round_up(Hp * Wp + d.dw * (d.S - 1) + 1, 16);
-  const std::vector<int64_t> off = tap_offsets(d, Wp);
+  const std::vector<int64_t> off = tap_offsets(d, Wp, plane);
   // Tasks: input-channel blocks (disjoint rows of dw) x partial sums over images, both fixed by the
   // shape, so the summation order never depends on the thread count. Every block transposes all of
   // dy again, so blocks keep at least ~256 rows (transposing costs ~16/rows of the FMAs).
@@ -423,6 +444,8 @@ void direct_conv_weight_grad(const float* dy, const float* x, float* dw, const D
 
 #else  // not x86-64: no AVX-512, so the dispatch (cpu/dispatch.h) never chooses these.
 bool direct_conv_supports(const Conv2dShape&) { return false; }
+bool direct_conv_strided_supports(const Conv2dShape&) { return false; }
+bool direct_conv_strided_faster(const Conv2dShape&) { return false; }
 void direct_conv(const float*, const float*, const float*, float*, const DirectConvShape&, bool, const float*) {
   std::abort();
 }

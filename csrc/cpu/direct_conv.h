@@ -22,18 +22,19 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "common/checks.h"
 
 namespace fastconv {
 namespace cpu {
 
-// A stride-1 convolution: input (N, groups*Ci, H, W), output (N, groups*Co, P, Q) with
-// P = H + 2*ph - dh*(R-1), Q = W + 2*pw - dw*(S-1).
+// A convolution of stride (sh, sw): input (N, groups*Ci, H, W), output (N, groups*Co, P, Q) with
+// P = (H + 2*ph - dh*(R-1) - 1) / sh + 1, Q likewise. Stride 1 but for direct_conv's forward.
 struct DirectConvShape {
-  int64_t N, groups, Ci, Co, H, W, R, S, ph, pw, dh, dw;
-  int64_t P() const { return H + 2 * ph - dh * (R - 1); }
-  int64_t Q() const { return W + 2 * pw - dw * (S - 1); }
+  int64_t N, groups, Ci, Co, H, W, R, S, ph, pw, dh, dw, sh = 1, sw = 1;
+  int64_t P() const { return (H + 2 * ph - dh * (R - 1) - 1) / sh + 1; }
+  int64_t Q() const { return (W + 2 * pw - dw * (S - 1) - 1) / sw + 1; }
 };
 
 constexpr int kDirectMR = 8;   // output channels per micro-kernel tile
@@ -44,10 +45,30 @@ constexpr int kDirectNR = 48;  // virtual pixels per micro-kernel tile
 // (cpu::current_isa()).
 bool direct_conv_supports(const Conv2dShape& s);
 
+// The same for direct_conv's forward alone, at any stride.
+bool direct_conv_strided_supports(const Conv2dShape& s);
+
+// The heuristic for a strided forward: stride > 1 and a kernel wider than 1x1, whose taps share
+// the phase planes where the GEMM's im2col reads each input element R*S times with the stride
+// (3x3 stride 2 at 32-128 channels: 1.3-2x the GEMM; 7x7/2 and 11x11/4 stems: on par or faster).
+// A 1x1 strided convolution reads one phase of four: the GEMM, which packs it in place, wins.
+bool direct_conv_strided_faster(const Conv2dShape& s);
+
 // The stride-1 convolution s as the direct kernels see it (channels per group).
 inline DirectConvShape direct_shape(const Conv2dShape& s) {
-  return {s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
+  return {s.N, s.groups, s.Cg(), s.Kg(), s.H, s.W, s.R, s.S, s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.stride_h, s.stride_w};
 }
+
+// Phase planes (direct_conv's local input; the strided weight gradient's, cpu/strided_direct.h):
+// a channel's sh*sw planes of psize floats each, plane (a, b) holding rows of Wv floats,
+//   phase(a, b)[i][j] = xpad[i*sh + a][j*sw + b]   (stride 1: the padded plane itself).
+// tap_offsets: where tap (r, s) of output (0, 0) reads, relative to the channel's first plane.
+// copy_padded_rows: phase rows [p0, p0 + n) of `channels` channels of x (each H x W) into dst
+// (channel c's planes at dst + c*sh*sw*psize), each plane zero-filled past those rows; with a
+// gate (x's shape), x read as relu_backward(x, gate).
+std::vector<int64_t> tap_offsets(const DirectConvShape& d, int64_t Wv, int64_t psize);
+void copy_padded_rows(const float* x, const float* gate, int64_t channels, const DirectConvShape& d, int64_t Wv,
+                      int64_t p0, int64_t n, float* dst, int64_t psize);
 
 // Packed weights: per group, ceil(Co/8) blocks of [Ci][R*S][8] (output channels past Co are 0).
 inline int64_t direct_weights_size(const DirectConvShape& d) {
@@ -90,6 +111,11 @@ inline void pack_direct_weights_flipped(const float* w, const DirectConvShape& d
 
 // y = conv(x) (+ bias[groups*Co]) then ReLU when `relu`; x, y contiguous NCHW. With a gate (x's
 // shape), x is read as relu_backward(x, gate): 0 where gate <= 0 (the fused ReLU's input gradient).
+// Any stride: the task's copy of its input rows is split into sh*sw phase planes,
+//   phase(a, b)[i][j] = xpad[i*sh + a][j*sw + b]   (rows of Wv = ceil((W + 2*pw) / sw) floats),
+// and tap (r, s) of output (p, q) reads phase((r*dh) % sh, (s*dw) % sw)[p + r*dh/sh][q + s*dw/sw],
+// so with virtual rows of Wv pixels every tap is again one contiguous run (stride 1: one phase,
+// Wv = Wp). No FMA is spent on a tap that does not exist.
 void direct_conv(const float* x, const float* wpacked, const float* bias, float* y, const DirectConvShape& d,
                  bool relu, const float* gate = nullptr);
 

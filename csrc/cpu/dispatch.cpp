@@ -223,7 +223,7 @@ ConvKernel forward_kernel(const Conv2dShape& s, at::ScalarType t, bool channels_
   if (t == at::kBFloat16) return bf16_kernel(forward_kernel(s, at::kFloat, channels_last, weights_kept));
   if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && !winograd_chosen(s, weights_kept) && small_m_chosen(s)) return ConvKernel::kSmallM;
-  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
+  if (t == at::kFloat && direct_conv_strided_supports(s) && direct_conv_strided_faster(s)) return ConvKernel::kDirect;
   return convolution_kernel(s, t, weights_kept);
 }
 
@@ -238,7 +238,8 @@ ConvKernel backward_weight_kernel(const Conv2dShape& s, at::ScalarType t, bool c
   if (t == at::kBFloat16) return bf16_kernel(backward_weight_kernel(s, at::kFloat, channels_last));
   if (const auto k = layout_choice(s, channels_last)) return *k;
   if (t == at::kFloat && small_m_chosen(s)) return ConvKernel::kSmallM;
-  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_faster(s)) return ConvKernel::kStridedDirect;
+  if (t == at::kFloat && strided_direct_supports(s) && strided_direct_weight_grad_faster(s))
+    return ConvKernel::kStridedDirect;
   if (t == at::kFloat && direct_conv_supports(s)) return ConvKernel::kDirect;
   return ConvKernel::kGemm;
 }
@@ -360,8 +361,9 @@ std::vector<ConvKernel> conv_candidates(ConvPass p, const Conv2dShape& s, at::Sc
     add(ConvKernel::kGemm);
     if (depthwise_supports(s)) add(ConvKernel::kDepthwise);
     if (small_m_supports(s)) add(ConvKernel::kSmallM);
-    if (p != ConvPass::kInputGrad && strided_direct_supports(s)) add(ConvKernel::kStridedDirect);
-    if (direct_conv_supports(conv)) add(ConvKernel::kDirect);
+    if (p == ConvPass::kWeightGrad && strided_direct_supports(s)) add(ConvKernel::kStridedDirect);
+    if (p == ConvPass::kForward ? direct_conv_strided_supports(s) : direct_conv_supports(conv))
+      add(ConvKernel::kDirect);  // the forward at any stride, the other passes at stride 1
     if (p != ConvPass::kWeightGrad && winograd_supports(conv) && current_conv_algo() != ConvAlgo::kExact)
       add(ConvKernel::kWinograd);
   }

@@ -60,12 +60,12 @@ ConvAlgo current_conv_algo();
 // The kernels that run a pass of conv2d (the bias gradient has one kernel and no choice).
 enum class ConvKernel {
   kGemm,      // implicit-im2col GEMM (cpu/gemm.h, cpu/im2col.h): every shape and dtype
-  kDirect,    // direct stride-1 kernel (cpu/direct_conv.h)
+  kDirect,    // direct kernel (cpu/direct_conv.h): any stride forward, else stride 1
   kWinograd,  // Winograd F(4x4, 3x3) (cpu/winograd.h)
   kDepthwise, // groups == C (cpu/depthwise.h): every pass and dtype, on s itself
   kDepthwiseNhwc,  // the same for channels_last calls (cpu/depthwise.h): every pass and dtype
   kSmallM,    // few output pixels for a large weight (cpu/small_m.h): every pass, on s itself
-  kStridedDirect,  // phase-decomposed strided direct, few input channels (cpu/strided_direct.h): forward, weight grad
+  kStridedDirect,  // phase-decomposed strided weight gradient (cpu/strided_direct.h)
   kNhwcGemm,  // GEMMs reading NHWC memory (cpu/conv2d_nhwc.h): every pass of channels_last convs
 };
 
