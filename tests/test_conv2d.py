@@ -136,11 +136,17 @@ def test_conv2d_relu_fused(backend, cfg, rng):
 
 
 CUDA_CONV_CONFIGS = [c["name"] for c in fastconv.info()["cuda_conv_configs"]]
+# Every tile configuration in every tensor-core dtype (each pair is its own kernel instantiation),
+# the layouts alternating over the pairs so that each configuration and each dtype meets both (the
+# layout only changes the operand loads' addressing, which all configurations share): half the
+# emulator time of the full product.
+_TC_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+TC_VARIANTS = [pytest.param(config, dtype, layout, id=f"{config}-{str(dtype)}-{layout or 'nchw'}")
+               for i, config in enumerate(CUDA_CONV_CONFIGS) for j, dtype in enumerate(_TC_DTYPES)
+               for layout in [[None, "channels_last"][(i + j) % 2]]]
 
 
-@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
+@pytest.mark.parametrize("config, dtype, layout", TC_VARIANTS)
 @pytest.mark.parametrize("cfg", CONV_TC, ids=case_id)
 def test_conv2d_tensor_cores(backend, cfg, config, dtype, layout, rng):
     """The tensor-core forward, grad_input and grad_weight in each tile configuration (forced; the
@@ -153,9 +159,7 @@ def test_conv2d_tensor_cores(backend, cfg, config, dtype, layout, rng):
         _run(backend, cfg, dtype, rng, layout, tf32=True)
 
 
-@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
+@pytest.mark.parametrize("config, dtype, layout", TC_VARIANTS)
 @pytest.mark.parametrize("cfg", CONV_TC_STRIDED, ids=case_id)
 def test_conv2d_tensor_cores_strided_grad_input(backend, cfg, config, dtype, layout, rng):
     """grad_input on tensor cores by stride phases: every input pixel written by exactly one phase
@@ -207,13 +211,11 @@ WGRAD_BIAS = [
 ]
 
 
-@pytest.mark.parametrize("layout", [None, "channels_last"], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("config", CUDA_CONV_CONFIGS)
+@pytest.mark.parametrize("config, dtype, layout", TC_VARIANTS)
 @pytest.mark.parametrize("cfg", WGRAD_BIAS, ids=case_id)
 def test_conv2d_tensor_cores_bias_grad(backend, cfg, config, dtype, layout, rng):
     """grad_bias summed by the weight-gradient kernel on tensor cores, with and without split-K,
-    every configuration and TC dtype, both layouts, against float64 (TF32 does not touch it: the
+    every configuration and TC dtype (TC_VARIANTS), against float64 (TF32 does not touch it: the
     bias sum reads dy in fp32)."""
     if backend.name == "cpu":
         pytest.skip("configurations of the CUDA kernels")
